@@ -1,0 +1,159 @@
+//! auth-service's REST API under /api/v1, plus the JWKS and ops endpoints.
+
+mod audit;
+mod auth;
+mod roles;
+mod users;
+
+use std::net::{IpAddr, SocketAddr};
+use std::sync::Arc;
+
+use axum::Router;
+use axum::extract::{ConnectInfo, FromRequestParts};
+use axum::http::header::{AUTHORIZATION, USER_AGENT};
+use axum::http::request::Parts;
+use axum::routing::{get, post, put};
+use wf_common::http::{ReadinessCheck, finish, ops_routes};
+
+use crate::error::{Error, Result};
+use crate::state::{AppState, ClientInfo, Identity};
+
+pub fn router(state: AppState) -> Router {
+    let db = state.store.db().clone();
+    let db_check: ReadinessCheck = Arc::new(move || {
+        let db = db.clone();
+        Box::pin(async move { db.ping().await.map_err(|e| e.to_string()) })
+    });
+    let api = Router::new()
+        .route("/.well-known/jwks.json", get(auth::jwks))
+        .route("/api/v1/auth/login", post(auth::login))
+        .route("/api/v1/auth/refresh", post(auth::refresh))
+        .route("/api/v1/auth/logout", post(auth::logout))
+        .route("/api/v1/auth/me", get(auth::me))
+        .route("/api/v1/auth/me/password", put(auth::change_password))
+        .route("/api/v1/users", get(users::list).post(users::create))
+        .route(
+            "/api/v1/users/{id}",
+            get(users::get).patch(users::update).delete(users::delete),
+        )
+        .route("/api/v1/users/{id}/enable", post(users::enable))
+        .route("/api/v1/users/{id}/disable", post(users::disable))
+        .route("/api/v1/users/{id}/password", put(users::reset_password))
+        .route("/api/v1/users/{id}/roles", put(users::set_roles))
+        .route("/api/v1/roles", get(roles::list).post(roles::create))
+        .route(
+            "/api/v1/roles/{id}",
+            get(roles::get).patch(roles::update).delete(roles::delete),
+        )
+        .route(
+            "/api/v1/roles/{id}/permissions",
+            put(roles::set_permissions),
+        )
+        .route("/api/v1/permissions", get(roles::permissions))
+        .route("/api/v1/audit-logs", get(audit::list))
+        .with_state(state.clone());
+    let max_body = state.config.max_body_bytes;
+    finish(
+        api.merge(ops_routes(vec![("database", db_check)])),
+        "auth-service",
+        max_body,
+    )
+}
+
+/// The authenticated caller, from `Authorization: Bearer <access token>`.
+pub struct Caller(pub Identity);
+
+impl FromRequestParts<AppState> for Caller {
+    type Rejection = Error;
+
+    async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self> {
+        let value = parts
+            .headers
+            .get(AUTHORIZATION)
+            .ok_or_else(|| Error::Unauthenticated("missing bearer token".into()))?;
+        let token = value
+            .to_str()
+            .ok()
+            .and_then(|v| {
+                v.strip_prefix("Bearer ")
+                    .or_else(|| v.strip_prefix("bearer "))
+            })
+            .map(str::trim)
+            .filter(|t| !t.is_empty())
+            .ok_or_else(|| {
+                Error::Unauthenticated("expected Authorization: Bearer <token>".into())
+            })?;
+        state.authenticate(token).await.map(Caller)
+    }
+}
+
+/// The client's address (through trusted proxies), user agent and request id.
+pub struct Client(pub ClientInfo);
+
+impl FromRequestParts<AppState> for Client {
+    type Rejection = Error;
+
+    async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self> {
+        let peer: Option<IpAddr> = parts
+            .extensions
+            .get::<ConnectInfo<SocketAddr>>()
+            .map(|c| c.0.ip());
+        let forwarded = parts
+            .headers
+            .get("x-forwarded-for")
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.rsplit(',').next())
+            .and_then(|v| v.trim().parse::<IpAddr>().ok());
+        let ip = match (peer, forwarded) {
+            (Some(peer), Some(fwd)) if state.config.trusted_proxies.contains(&peer) => Some(fwd),
+            (peer, _) => peer,
+        };
+        Ok(Client(ClientInfo {
+            ip: ip
+                .map(|ip| ip.to_string())
+                .unwrap_or_else(|| "unknown".into()),
+            user_agent: parts
+                .headers
+                .get(USER_AGENT)
+                .and_then(|v| v.to_str().ok())
+                .map(str::to_string),
+            request_id: wf_common::telemetry::current_request_id(),
+        }))
+    }
+}
+
+/// `?limit=&offset=` paging, shared by the list endpoints.
+#[derive(Debug, Clone, Copy)]
+pub struct Page {
+    pub limit: i64,
+    pub offset: i64,
+}
+
+impl Page {
+    pub const DEFAULT_LIMIT: i64 = 50;
+    pub const MAX_LIMIT: i64 = 500;
+
+    pub fn from_query(limit: Option<i64>, offset: Option<i64>) -> Result<Self> {
+        let limit = limit.unwrap_or(Self::DEFAULT_LIMIT);
+        let offset = offset.unwrap_or(0);
+        if !(1..=Self::MAX_LIMIT).contains(&limit) {
+            return Err(Error::Validation(format!(
+                "limit must be between 1 and {}",
+                Self::MAX_LIMIT
+            )));
+        }
+        if offset < 0 {
+            return Err(Error::Validation("offset must not be negative".into()));
+        }
+        Ok(Self { limit, offset })
+    }
+}
+
+/// A page of results.
+#[derive(Debug, serde::Serialize)]
+pub struct Paged<T> {
+    pub items: Vec<T>,
+    pub total: i64,
+    pub limit: i64,
+    pub offset: i64,
+}

@@ -1,0 +1,281 @@
+//! Roles and their permissions. Reading needs `role:manage` or
+//! `user:manage` (to assign roles); changing needs `role:manage`.
+
+use axum::Json;
+use axum::extract::State;
+use axum::http::StatusCode;
+use serde::{Deserialize, Serialize};
+use serde_json::json;
+use wf_common::extract::{self, Path};
+use wf_common::format_millis;
+
+use super::{Caller, Client};
+use crate::domain::{Permission, PermissionCode, RoleName};
+use crate::error::{Error, Result};
+use crate::state::AppState;
+use crate::store::RoleRecord;
+
+const READ: [Permission; 2] = [Permission::RoleManage, Permission::UserManage];
+
+#[derive(Serialize)]
+pub struct RoleDto {
+    id: String,
+    name: String,
+    description: String,
+    is_system: bool,
+    permissions: Vec<String>,
+    created_at: String,
+    updated_at: String,
+}
+
+impl From<RoleRecord> for RoleDto {
+    fn from(r: RoleRecord) -> Self {
+        Self {
+            id: r.id,
+            name: r.name,
+            description: r.description,
+            is_system: r.is_system,
+            permissions: r.permissions,
+            created_at: format_millis(r.created_at),
+            updated_at: format_millis(r.updated_at),
+        }
+    }
+}
+
+async fn load(state: &AppState, id: &str) -> Result<RoleRecord> {
+    state
+        .store
+        .get_role(id)
+        .await?
+        .ok_or_else(|| Error::NotFound(format!("no role with id {id:?}")))
+}
+
+#[derive(Serialize)]
+pub struct RoleList {
+    items: Vec<RoleDto>,
+}
+
+pub async fn list(State(state): State<AppState>, Caller(caller): Caller) -> Result<Json<RoleList>> {
+    caller.require_any(&READ)?;
+    let items = state
+        .store
+        .list_roles()
+        .await?
+        .into_iter()
+        .map(RoleDto::from)
+        .collect();
+    Ok(Json(RoleList { items }))
+}
+
+pub async fn get(
+    State(state): State<AppState>,
+    Caller(caller): Caller,
+    Path(id): Path<String>,
+) -> Result<Json<RoleDto>> {
+    caller.require_any(&READ)?;
+    Ok(Json(load(&state, &id).await?.into()))
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CreateRequest {
+    name: String,
+    #[serde(default)]
+    description: String,
+    #[serde(default)]
+    permissions: Vec<PermissionCode>,
+}
+
+fn check_description(d: &str) -> Result<()> {
+    if d.chars().count() > 500 {
+        return Err(Error::Validation(
+            "description must be at most 500 characters".into(),
+        ));
+    }
+    Ok(())
+}
+
+/// Refuses permission codes the platform does not know.
+async fn known_permissions(state: &AppState, codes: Vec<PermissionCode>) -> Result<Vec<String>> {
+    let known = state.store.list_permissions().await?;
+    let mut out: Vec<String> = Vec::with_capacity(codes.len());
+    for code in codes {
+        if !known.iter().any(|(c, _)| c == code.as_str()) {
+            return Err(Error::Validation(format!(
+                "unknown permission {:?}",
+                code.as_str()
+            )));
+        }
+        out.push(code.into());
+    }
+    out.sort();
+    out.dedup();
+    Ok(out)
+}
+
+pub async fn create(
+    State(state): State<AppState>,
+    Caller(caller): Caller,
+    Client(client): Client,
+    extract::Json(req): extract::Json<CreateRequest>,
+) -> Result<(StatusCode, Json<RoleDto>)> {
+    caller.require(Permission::RoleManage)?;
+    let name = RoleName::parse(&req.name).map_err(Error::Validation)?;
+    check_description(&req.description)?;
+    let permissions = known_permissions(&state, req.permissions).await?;
+    let id = uuid::Uuid::now_v7().to_string();
+    state
+        .store
+        .insert_role(
+            &id,
+            name.as_str(),
+            req.description.trim(),
+            wf_common::now_millis(),
+        )
+        .await?;
+    state.store.set_role_permissions(&id, &permissions).await?;
+    state
+        .audit_action(
+            &caller,
+            &client,
+            "role.create",
+            Some(id.clone()),
+            Some(json!({ "name": name.as_str(), "permissions": permissions })),
+        )
+        .await;
+    Ok((StatusCode::CREATED, Json(load(&state, &id).await?.into())))
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct UpdateRequest {
+    name: Option<String>,
+    description: Option<String>,
+}
+
+pub async fn update(
+    State(state): State<AppState>,
+    Caller(caller): Caller,
+    Client(client): Client,
+    Path(id): Path<String>,
+    extract::Json(req): extract::Json<UpdateRequest>,
+) -> Result<Json<RoleDto>> {
+    caller.require(Permission::RoleManage)?;
+    let role = load(&state, &id).await?;
+    let name = req
+        .name
+        .as_deref()
+        .map(RoleName::parse)
+        .transpose()
+        .map_err(Error::Validation)?;
+    if role.is_system && name.as_ref().is_some_and(|n| n.as_str() != role.name) {
+        return Err(Error::Conflict(format!(
+            "the built-in role {:?} cannot be renamed",
+            role.name
+        )));
+    }
+    if let Some(d) = &req.description {
+        check_description(d)?;
+    }
+    state
+        .store
+        .update_role(
+            &id,
+            name.as_ref().map(RoleName::as_str),
+            req.description.as_deref().map(str::trim),
+            wf_common::now_millis(),
+        )
+        .await?;
+    state
+        .audit_action(&caller, &client, "role.update", Some(id.clone()), None)
+        .await;
+    Ok(Json(load(&state, &id).await?.into()))
+}
+
+pub async fn delete(
+    State(state): State<AppState>,
+    Caller(caller): Caller,
+    Client(client): Client,
+    Path(id): Path<String>,
+) -> Result<StatusCode> {
+    caller.require(Permission::RoleManage)?;
+    let role = load(&state, &id).await?;
+    if role.is_system {
+        return Err(Error::Conflict(format!(
+            "the built-in role {:?} cannot be deleted",
+            role.name
+        )));
+    }
+    state.store.delete_role(&id).await?;
+    state
+        .audit_action(
+            &caller,
+            &client,
+            "role.delete",
+            Some(id),
+            Some(json!({ "name": role.name })),
+        )
+        .await;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SetPermissionsRequest {
+    permissions: Vec<PermissionCode>,
+}
+
+/// Replaces a role's permissions. The admin role always keeps all of them.
+pub async fn set_permissions(
+    State(state): State<AppState>,
+    Caller(caller): Caller,
+    Client(client): Client,
+    Path(id): Path<String>,
+    extract::Json(req): extract::Json<SetPermissionsRequest>,
+) -> Result<Json<RoleDto>> {
+    caller.require(Permission::RoleManage)?;
+    let role = load(&state, &id).await?;
+    if role.is_system && role.name == "admin" {
+        return Err(Error::Conflict(
+            "the admin role always holds every permission".into(),
+        ));
+    }
+    let permissions = known_permissions(&state, req.permissions).await?;
+    state.store.set_role_permissions(&id, &permissions).await?;
+    state
+        .audit_action(
+            &caller,
+            &client,
+            "role.permissions_set",
+            Some(id.clone()),
+            Some(json!({ "permissions": permissions })),
+        )
+        .await;
+    Ok(Json(load(&state, &id).await?.into()))
+}
+
+#[derive(Serialize)]
+pub struct PermissionDto {
+    code: String,
+    description: String,
+}
+
+#[derive(Serialize)]
+pub struct PermissionList {
+    items: Vec<PermissionDto>,
+}
+
+pub async fn permissions(
+    State(state): State<AppState>,
+    Caller(caller): Caller,
+) -> Result<Json<PermissionList>> {
+    caller.require_any(&READ)?;
+    let items = state
+        .store
+        .list_permissions()
+        .await?
+        .into_iter()
+        .map(|(code, description)| PermissionDto { code, description })
+        .collect();
+    Ok(Json(PermissionList { items }))
+}

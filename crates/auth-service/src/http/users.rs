@@ -1,0 +1,374 @@
+//! Users: create, list, read, update, enable/disable, reset password,
+//! assign roles, delete. Every endpoint needs `user:manage`.
+
+use axum::Json;
+use axum::extract::State;
+use axum::http::StatusCode;
+use serde::{Deserialize, Serialize};
+use serde_json::json;
+use wf_common::extract::{self, Path, Query};
+use wf_common::format_millis;
+
+use super::{Caller, Client, Page, Paged};
+use crate::domain::{Email, NewPassword, Permission};
+use crate::error::{Error, Result};
+use crate::state::{AppState, CreateUser};
+use crate::store::{RoleRef, UserFilter, UserRecord, UserUpdate};
+
+#[derive(Debug, Serialize)]
+pub struct UserDto {
+    id: String,
+    username: String,
+    email: String,
+    full_name: String,
+    is_active: bool,
+    is_superuser: bool,
+    roles: Vec<RoleRef>,
+    last_login_at: Option<String>,
+    created_at: String,
+    updated_at: String,
+}
+
+impl UserDto {
+    pub fn new(user: UserRecord, roles: Vec<RoleRef>) -> Self {
+        Self {
+            id: user.id,
+            username: user.username,
+            email: user.email,
+            full_name: user.full_name,
+            is_active: user.is_active,
+            is_superuser: user.is_superuser,
+            roles,
+            last_login_at: user.last_login_at.map(format_millis),
+            created_at: format_millis(user.created_at),
+            updated_at: format_millis(user.updated_at),
+        }
+    }
+}
+
+async fn load(state: &AppState, id: &str) -> Result<UserDto> {
+    let user = state
+        .store
+        .get_user(id)
+        .await?
+        .ok_or_else(|| Error::NotFound(format!("no user with id {id:?}")))?;
+    let roles = state
+        .store
+        .roles_of_users(std::slice::from_ref(&user.id))
+        .await?
+        .remove(&user.id)
+        .unwrap_or_default();
+    Ok(UserDto::new(user, roles))
+}
+
+#[derive(Deserialize)]
+pub struct ListQuery {
+    q: Option<String>,
+    is_active: Option<bool>,
+    limit: Option<i64>,
+    offset: Option<i64>,
+}
+
+pub async fn list(
+    State(state): State<AppState>,
+    Caller(caller): Caller,
+    Query(query): Query<ListQuery>,
+) -> Result<Json<Paged<UserDto>>> {
+    caller.require(Permission::UserManage)?;
+    let page = Page::from_query(query.limit, query.offset)?;
+    let (users, total) = state
+        .store
+        .list_users(&UserFilter {
+            search: query.q.filter(|q| !q.trim().is_empty()),
+            is_active: query.is_active,
+            limit: page.limit,
+            offset: page.offset,
+        })
+        .await?;
+    let ids: Vec<String> = users.iter().map(|u| u.id.clone()).collect();
+    let mut roles = state.store.roles_of_users(&ids).await?;
+    let items = users
+        .into_iter()
+        .map(|u| {
+            let r = roles.remove(&u.id).unwrap_or_default();
+            UserDto::new(u, r)
+        })
+        .collect();
+    Ok(Json(Paged {
+        items,
+        total,
+        limit: page.limit,
+        offset: page.offset,
+    }))
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CreateRequest {
+    username: String,
+    email: String,
+    password: String,
+    #[serde(default)]
+    full_name: String,
+    #[serde(default)]
+    is_superuser: bool,
+    /// Role names; defaults to `viewer`.
+    roles: Option<Vec<String>>,
+}
+
+pub async fn create(
+    State(state): State<AppState>,
+    Caller(caller): Caller,
+    Client(client): Client,
+    extract::Json(req): extract::Json<CreateRequest>,
+) -> Result<(StatusCode, Json<UserDto>)> {
+    caller.require(Permission::UserManage)?;
+    if req.is_superuser && !caller.user.is_superuser {
+        return Err(Error::Forbidden(
+            "only a superuser can create a superuser".into(),
+        ));
+    }
+    let roles = req.roles.unwrap_or_else(|| vec!["viewer".into()]);
+    let id = state
+        .create_user(CreateUser {
+            username: req.username,
+            email: req.email,
+            full_name: req.full_name,
+            password: req.password,
+            is_superuser: req.is_superuser,
+            roles: roles.clone(),
+        })
+        .await?;
+    state
+        .audit_action(
+            &caller,
+            &client,
+            "user.create",
+            Some(id.clone()),
+            Some(json!({ "roles": roles })),
+        )
+        .await;
+    Ok((StatusCode::CREATED, Json(load(&state, &id).await?)))
+}
+
+pub async fn get(
+    State(state): State<AppState>,
+    Caller(caller): Caller,
+    Path(id): Path<String>,
+) -> Result<Json<UserDto>> {
+    caller.require(Permission::UserManage)?;
+    load(&state, &id).await.map(Json)
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct UpdateRequest {
+    email: Option<String>,
+    full_name: Option<String>,
+    is_superuser: Option<bool>,
+}
+
+pub async fn update(
+    State(state): State<AppState>,
+    Caller(caller): Caller,
+    Client(client): Client,
+    Path(id): Path<String>,
+    extract::Json(req): extract::Json<UpdateRequest>,
+) -> Result<Json<UserDto>> {
+    caller.require(Permission::UserManage)?;
+    if req.is_superuser.is_some() && !caller.user.is_superuser {
+        return Err(Error::Forbidden(
+            "only a superuser can change the superuser flag".into(),
+        ));
+    }
+    if req.is_superuser == Some(false) && caller.user.id == id {
+        return Err(Error::Conflict(
+            "you cannot remove your own superuser flag".into(),
+        ));
+    }
+    let email = req
+        .email
+        .as_deref()
+        .map(Email::parse)
+        .transpose()
+        .map_err(Error::Validation)?
+        .map(Email::into_inner);
+    let full_name = req.full_name.map(|n| n.trim().to_string());
+    if full_name.as_ref().is_some_and(|n| n.chars().count() > 200) {
+        return Err(Error::Validation(
+            "full name must be at most 200 characters".into(),
+        ));
+    }
+    let update = UserUpdate {
+        email,
+        full_name,
+        is_superuser: req.is_superuser,
+    };
+    if !state
+        .store
+        .update_user(&id, &update, wf_common::now_millis())
+        .await?
+    {
+        return Err(Error::NotFound(format!("no user with id {id:?}")));
+    }
+    state
+        .audit_action(&caller, &client, "user.update", Some(id.clone()), None)
+        .await;
+    load(&state, &id).await.map(Json)
+}
+
+/// Refuses to remove the last active superuser, which would lock everyone
+/// out of administration.
+async fn guard_last_superuser(state: &AppState, id: &str) -> Result<()> {
+    let Some(user) = state.store.get_user(id).await? else {
+        return Err(Error::NotFound(format!("no user with id {id:?}")));
+    };
+    if user.is_superuser
+        && user.is_active
+        && state.store.count_other_active_superusers(id).await? == 0
+    {
+        return Err(Error::Conflict("this is the last active superuser".into()));
+    }
+    Ok(())
+}
+
+pub async fn delete(
+    State(state): State<AppState>,
+    Caller(caller): Caller,
+    Client(client): Client,
+    Path(id): Path<String>,
+) -> Result<StatusCode> {
+    caller.require(Permission::UserManage)?;
+    if caller.user.id == id {
+        return Err(Error::Conflict("you cannot delete your own account".into()));
+    }
+    guard_last_superuser(&state, &id).await?;
+    if !state.store.delete_user(&id).await? {
+        return Err(Error::NotFound(format!("no user with id {id:?}")));
+    }
+    state
+        .audit_action(&caller, &client, "user.delete", Some(id), None)
+        .await;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+pub async fn enable(
+    State(state): State<AppState>,
+    Caller(caller): Caller,
+    Client(client): Client,
+    Path(id): Path<String>,
+) -> Result<Json<UserDto>> {
+    caller.require(Permission::UserManage)?;
+    if !state
+        .store
+        .set_user_active(&id, true, wf_common::now_millis())
+        .await?
+    {
+        return Err(Error::NotFound(format!("no user with id {id:?}")));
+    }
+    state
+        .audit_action(&caller, &client, "user.enable", Some(id.clone()), None)
+        .await;
+    load(&state, &id).await.map(Json)
+}
+
+/// Disables an account: it can no longer log in, and its tokens stop working.
+pub async fn disable(
+    State(state): State<AppState>,
+    Caller(caller): Caller,
+    Client(client): Client,
+    Path(id): Path<String>,
+) -> Result<Json<UserDto>> {
+    caller.require(Permission::UserManage)?;
+    if caller.user.id == id {
+        return Err(Error::Conflict(
+            "you cannot disable your own account".into(),
+        ));
+    }
+    guard_last_superuser(&state, &id).await?;
+    let now = wf_common::now_millis();
+    if !state.store.set_user_active(&id, false, now).await? {
+        return Err(Error::NotFound(format!("no user with id {id:?}")));
+    }
+    state.store.revoke_user_tokens(&id, now).await?;
+    state
+        .audit_action(&caller, &client, "user.disable", Some(id.clone()), None)
+        .await;
+    load(&state, &id).await.map(Json)
+}
+
+#[derive(Deserialize)]
+pub struct ResetPasswordRequest {
+    new_password: String,
+}
+
+/// Sets a user's password; their sessions end.
+pub async fn reset_password(
+    State(state): State<AppState>,
+    Caller(caller): Caller,
+    Client(client): Client,
+    Path(id): Path<String>,
+    extract::Json(req): extract::Json<ResetPasswordRequest>,
+) -> Result<StatusCode> {
+    caller.require(Permission::UserManage)?;
+    let new = NewPassword::parse(req.new_password).map_err(Error::Validation)?;
+    let target = state
+        .store
+        .get_user(&id)
+        .await?
+        .ok_or_else(|| Error::NotFound(format!("no user with id {id:?}")))?;
+    if target.is_superuser && !caller.user.is_superuser {
+        return Err(Error::Forbidden(
+            "only a superuser can reset a superuser's password".into(),
+        ));
+    }
+    let hash = state.hasher.hash(new.expose().to_string()).await?;
+    let now = wf_common::now_millis();
+    state.store.set_password(&id, &hash, now).await?;
+    state.store.revoke_user_tokens(&id, now).await?;
+    state
+        .audit_action(&caller, &client, "user.password_reset", Some(id), None)
+        .await;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SetRolesRequest {
+    /// Role names.
+    roles: Vec<String>,
+}
+
+/// Replaces a user's roles.
+pub async fn set_roles(
+    State(state): State<AppState>,
+    Caller(caller): Caller,
+    Client(client): Client,
+    Path(id): Path<String>,
+    extract::Json(req): extract::Json<SetRolesRequest>,
+) -> Result<Json<UserDto>> {
+    caller.require(Permission::UserManage)?;
+    if state.store.get_user(&id).await?.is_none() {
+        return Err(Error::NotFound(format!("no user with id {id:?}")));
+    }
+    let role_ids = state.role_ids_by_name(&req.roles).await?;
+    if req.roles.iter().any(|r| r.eq_ignore_ascii_case("admin"))
+        && !caller.user.is_superuser
+        && !caller.roles.iter().any(|r| r.name == "admin")
+    {
+        return Err(Error::Forbidden(
+            "only an admin can grant the admin role".into(),
+        ));
+    }
+    state.store.set_user_roles(&id, &role_ids).await?;
+    state
+        .audit_action(
+            &caller,
+            &client,
+            "user.roles_set",
+            Some(id.clone()),
+            Some(json!({ "roles": req.roles })),
+        )
+        .await;
+    load(&state, &id).await.map(Json)
+}

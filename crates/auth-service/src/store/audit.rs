@@ -1,0 +1,150 @@
+// Dynamic SQL here is assembled from constant fragments and `?`
+// placeholders only; every value is bound.
+use sqlx::{AssertSqlSafe, Row};
+
+use super::Store;
+use crate::error::Result;
+
+/// An event worth keeping: who did what to what, when, from where.
+#[derive(Debug, Clone, Default)]
+pub struct AuditEntry {
+    pub actor_id: Option<String>,
+    pub actor_username: Option<String>,
+    /// e.g. `auth.login`, `auth.login_failed`, `user.create`.
+    pub action: &'static str,
+    pub target: Option<String>,
+    /// `success`, `failure` or `denied`.
+    pub outcome: &'static str,
+    pub client_ip: Option<String>,
+    pub user_agent: Option<String>,
+    pub request_id: Option<String>,
+    pub details: Option<serde_json::Value>,
+}
+
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct AuditRecord {
+    pub id: i64,
+    pub at: i64,
+    pub actor_id: Option<String>,
+    pub actor_username: Option<String>,
+    pub action: String,
+    pub target: Option<String>,
+    pub outcome: String,
+    pub client_ip: Option<String>,
+    pub user_agent: Option<String>,
+    pub request_id: Option<String>,
+    pub details: Option<serde_json::Value>,
+}
+
+#[derive(Debug, Default)]
+pub struct AuditFilter {
+    pub action: Option<String>,
+    pub actor: Option<String>,
+    pub outcome: Option<String>,
+    pub since: Option<i64>,
+    pub until: Option<i64>,
+    pub limit: i64,
+    pub offset: i64,
+}
+
+fn truncate(s: Option<String>, max: usize) -> Option<String> {
+    s.map(|s| s.chars().take(max).collect())
+}
+
+impl Store {
+    pub async fn insert_audit(&self, entry: AuditEntry, at: i64) -> Result<()> {
+        sqlx::query(
+            "INSERT INTO audit_log (at, actor_id, actor_username, action, target, outcome, \
+             client_ip, user_agent, request_id, details) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+        )
+        .bind(at)
+        .bind(entry.actor_id)
+        .bind(truncate(entry.actor_username, 254))
+        .bind(entry.action)
+        .bind(truncate(entry.target, 255))
+        .bind(entry.outcome)
+        .bind(truncate(entry.client_ip, 64))
+        .bind(truncate(entry.user_agent, 255))
+        .bind(truncate(entry.request_id, 128))
+        .bind(entry.details.map(|d| d.to_string()))
+        .execute(&self.db.pool)
+        .await?;
+        Ok(())
+    }
+
+    /// Audit entries matching `filter`, newest first, with the total count.
+    pub async fn list_audit(&self, filter: &AuditFilter) -> Result<(Vec<AuditRecord>, i64)> {
+        let mut conditions: Vec<&str> = Vec::new();
+        let mut text_args: Vec<String> = Vec::new();
+        let mut int_args: Vec<i64> = Vec::new();
+        if let Some(a) = &filter.action {
+            conditions.push("action = ?");
+            text_args.push(a.clone());
+        }
+        if let Some(a) = &filter.actor {
+            conditions.push("(actor_username = ? OR actor_id = ?)");
+            text_args.push(a.clone());
+            text_args.push(a.clone());
+        }
+        if let Some(o) = &filter.outcome {
+            conditions.push("outcome = ?");
+            text_args.push(o.clone());
+        }
+        if let Some(s) = filter.since {
+            conditions.push("at >= ?");
+            int_args.push(s);
+        }
+        if let Some(u) = filter.until {
+            conditions.push("at < ?");
+            int_args.push(u);
+        }
+        let where_clause = if conditions.is_empty() {
+            String::new()
+        } else {
+            format!("WHERE {}", conditions.join(" AND "))
+        };
+        let count_sql = format!("SELECT COUNT(*) AS n FROM audit_log {where_clause}");
+        let list_sql = format!(
+            "SELECT id, at, actor_id, actor_username, action, target, outcome, client_ip, \
+             user_agent, request_id, details FROM audit_log {where_clause} \
+             ORDER BY id DESC LIMIT ? OFFSET ?"
+        );
+        let mut count = sqlx::query(AssertSqlSafe(count_sql));
+        let mut list = sqlx::query(AssertSqlSafe(list_sql));
+        // Text conditions come before time conditions in the WHERE clause.
+        for a in &text_args {
+            count = count.bind(a.clone());
+            list = list.bind(a.clone());
+        }
+        for a in &int_args {
+            count = count.bind(*a);
+            list = list.bind(*a);
+        }
+        let total: i64 = count.fetch_one(&self.db.pool).await?.try_get("n")?;
+        let rows = list
+            .bind(filter.limit)
+            .bind(filter.offset)
+            .fetch_all(&self.db.pool)
+            .await?;
+        let records = rows
+            .iter()
+            .map(|row| {
+                let details: Option<String> = row.try_get("details")?;
+                Ok(AuditRecord {
+                    id: row.try_get("id")?,
+                    at: row.try_get("at")?,
+                    actor_id: row.try_get("actor_id")?,
+                    actor_username: row.try_get("actor_username")?,
+                    action: row.try_get("action")?,
+                    target: row.try_get("target")?,
+                    outcome: row.try_get("outcome")?,
+                    client_ip: row.try_get("client_ip")?,
+                    user_agent: row.try_get("user_agent")?,
+                    request_id: row.try_get("request_id")?,
+                    details: details.and_then(|d| serde_json::from_str(&d).ok()),
+                })
+            })
+            .collect::<sqlx::Result<_>>()?;
+        Ok((records, total))
+    }
+}

@@ -1,0 +1,232 @@
+//! Database access for SQLite (the embedded default) and MySQL/MariaDB from
+//! one code base, through sqlx's `Any` driver. Queries use `?` placeholders
+//! and portable types (integers, text, doubles); timestamps are milliseconds
+//! since the Unix epoch. Each service keeps one migration set per dialect.
+
+use std::sync::Once;
+use std::time::Duration;
+
+use sqlx::any::{AnyPoolOptions, install_default_drivers};
+use sqlx::migrate::{Migrate, MigrateDatabase, Migrator};
+use sqlx::{Any, AnyPool, Executor};
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Dialect {
+    Sqlite,
+    MySql,
+}
+
+impl Dialect {
+    pub fn from_url(url: &str) -> Result<Self, sqlx::Error> {
+        if url.starts_with("sqlite:") {
+            Ok(Self::Sqlite)
+        } else if url.starts_with("mysql:") || url.starts_with("mariadb:") {
+            Ok(Self::MySql)
+        } else {
+            Err(sqlx::Error::Configuration(
+                format!("unsupported database URL {url:?}: use sqlite:// or mysql://").into(),
+            ))
+        }
+    }
+}
+
+/// A service's migrations, one set per dialect (`sqlx::migrate!` of each
+/// directory).
+pub struct Migrations {
+    pub sqlite: &'static Migrator,
+    pub mysql: &'static Migrator,
+}
+
+/// One applied or pending migration.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct MigrationState {
+    pub version: i64,
+    pub description: String,
+    pub applied: bool,
+}
+
+#[derive(Clone, Debug)]
+pub struct Db {
+    pub pool: AnyPool,
+    pub dialect: Dialect,
+}
+
+/// Normalises a URL for sqlx: `mariadb://` is spelled `mysql://`, and SQLite
+/// files are created when missing (with their directory).
+fn prepare_url(url: &str, dialect: Dialect) -> Result<String, sqlx::Error> {
+    match dialect {
+        Dialect::MySql => Ok(url.replacen("mariadb:", "mysql:", 1)),
+        Dialect::Sqlite => {
+            let path = url
+                .trim_start_matches("sqlite:")
+                .trim_start_matches("//")
+                .split('?')
+                .next()
+                .unwrap_or_default();
+            if !path.is_empty() && path != ":memory:" {
+                if let Some(dir) = std::path::Path::new(path).parent() {
+                    if !dir.as_os_str().is_empty() {
+                        std::fs::create_dir_all(dir)?;
+                    }
+                }
+            }
+            Ok(if url.contains("mode=") {
+                url.to_string()
+            } else if url.contains('?') {
+                format!("{url}&mode=rwc")
+            } else {
+                format!("{url}?mode=rwc")
+            })
+        }
+    }
+}
+
+impl Db {
+    /// Opens a pool. For MySQL the database must exist (see
+    /// [`Db::create_database_if_missing`]).
+    pub async fn connect(url: &str, max_connections: u32) -> Result<Self, sqlx::Error> {
+        static DRIVERS: Once = Once::new();
+        DRIVERS.call_once(install_default_drivers);
+        let dialect = Dialect::from_url(url)?;
+        let url = prepare_url(url, dialect)?;
+        let pool = AnyPoolOptions::new()
+            .max_connections(max_connections.max(1))
+            .acquire_timeout(Duration::from_secs(10))
+            .after_connect(move |conn, _| {
+                Box::pin(async move {
+                    if dialect == Dialect::Sqlite {
+                        conn.execute(
+                            "PRAGMA journal_mode = WAL; PRAGMA synchronous = NORMAL; \
+                             PRAGMA foreign_keys = ON; PRAGMA busy_timeout = 10000;",
+                        )
+                        .await?;
+                    }
+                    Ok(())
+                })
+            })
+            .connect(&url)
+            .await?;
+        Ok(Self { pool, dialect })
+    }
+
+    /// Creates the database named in `url` when it does not exist yet.
+    pub async fn create_database_if_missing(url: &str) -> Result<(), sqlx::Error> {
+        static DRIVERS: Once = Once::new();
+        DRIVERS.call_once(install_default_drivers);
+        let dialect = Dialect::from_url(url)?;
+        let url = prepare_url(url, dialect)?;
+        if dialect == Dialect::MySql && !Any::database_exists(&url).await? {
+            Any::create_database(&url).await?;
+        }
+        Ok(())
+    }
+
+    fn migrator(&self, migrations: &Migrations) -> &'static Migrator {
+        match self.dialect {
+            Dialect::Sqlite => migrations.sqlite,
+            Dialect::MySql => migrations.mysql,
+        }
+    }
+
+    /// Applies every pending migration.
+    pub async fn migrate_up(&self, migrations: &Migrations) -> Result<(), sqlx::Error> {
+        self.migrator(migrations).run(&self.pool).await?;
+        Ok(())
+    }
+
+    /// Reverts the newest `steps` applied migrations; returns their versions.
+    pub async fn migrate_down(
+        &self,
+        migrations: &Migrations,
+        steps: usize,
+    ) -> Result<Vec<i64>, sqlx::Error> {
+        let applied: Vec<i64> = self
+            .status(migrations)
+            .await?
+            .into_iter()
+            .filter(|m| m.applied)
+            .map(|m| m.version)
+            .collect();
+        if steps == 0 || applied.is_empty() {
+            return Ok(Vec::new());
+        }
+        let keep = applied.len().saturating_sub(steps);
+        let target = if keep == 0 { 0 } else { applied[keep - 1] };
+        self.migrator(migrations).undo(&self.pool, target).await?;
+        Ok(applied[keep..].iter().rev().copied().collect())
+    }
+
+    /// Every known migration and whether it is applied.
+    pub async fn status(
+        &self,
+        migrations: &Migrations,
+    ) -> Result<Vec<MigrationState>, sqlx::Error> {
+        let mut conn = self.pool.acquire().await?;
+        conn.ensure_migrations_table(Default::default()).await?;
+        let applied: std::collections::HashSet<i64> = conn
+            .list_applied_migrations(Default::default())
+            .await?
+            .into_iter()
+            .map(|m| m.version)
+            .collect();
+        Ok(self
+            .migrator(migrations)
+            .iter()
+            .filter(|m| !m.migration_type.is_down_migration())
+            .map(|m| MigrationState {
+                version: m.version,
+                description: m.description.to_string(),
+                applied: applied.contains(&m.version),
+            })
+            .collect())
+    }
+
+    /// A round trip to the database, for readiness.
+    pub async fn ping(&self) -> Result<(), sqlx::Error> {
+        sqlx::query("SELECT 1")
+            .execute(&self.pool)
+            .await
+            .map(|_| ())
+    }
+}
+
+/// Whether an error is a unique-constraint violation.
+pub fn is_unique_violation(err: &sqlx::Error) -> bool {
+    matches!(err, sqlx::Error::Database(db) if db.kind() == sqlx::error::ErrorKind::UniqueViolation)
+}
+
+/// Whether an error is a foreign-key violation.
+pub fn is_foreign_key_violation(err: &sqlx::Error) -> bool {
+    matches!(err, sqlx::Error::Database(db) if db.kind() == sqlx::error::ErrorKind::ForeignKeyViolation)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn dialects_from_urls() {
+        assert_eq!(Dialect::from_url("sqlite://x.db").unwrap(), Dialect::Sqlite);
+        assert_eq!(
+            Dialect::from_url("mysql://root@h/db").unwrap(),
+            Dialect::MySql
+        );
+        assert_eq!(
+            Dialect::from_url("mariadb://root@h/db").unwrap(),
+            Dialect::MySql
+        );
+        assert!(Dialect::from_url("postgres://h/db").is_err());
+    }
+
+    #[test]
+    fn sqlite_urls_get_create_mode() {
+        let dir = tempfile::tempdir().unwrap();
+        let url = format!("sqlite://{}/sub/a.db", dir.path().display());
+        assert!(
+            prepare_url(&url, Dialect::Sqlite)
+                .unwrap()
+                .ends_with("?mode=rwc")
+        );
+        assert!(dir.path().join("sub").is_dir());
+    }
+}

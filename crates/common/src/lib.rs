@@ -1,0 +1,28 @@
+//! The small shared core of the wf-iot services: configuration loading,
+//! telemetry (logs, metrics, request ids), the JSON error envelope, JWT
+//! signing and verification, database access and graceful shutdown.
+
+pub mod config;
+pub mod db;
+pub mod error;
+pub mod extract;
+pub mod grpc;
+pub mod http;
+pub mod jwt;
+pub mod random;
+pub mod shutdown;
+pub mod telemetry;
+
+pub use error::ApiError;
+
+/// Milliseconds since the Unix epoch.
+pub fn now_millis() -> i64 {
+    chrono::Utc::now().timestamp_millis()
+}
+
+/// Formats milliseconds since the Unix epoch as RFC 3339 (UTC).
+pub fn format_millis(ms: i64) -> String {
+    chrono::DateTime::<chrono::Utc>::from_timestamp_millis(ms)
+        .unwrap_or_default()
+        .to_rfc3339_opts(chrono::SecondsFormat::Millis, true)
+}

@@ -1,0 +1,92 @@
+//! `wf-iot`: the platform's command line.
+
+mod config;
+mod migrate;
+mod serve;
+mod user;
+
+use std::path::PathBuf;
+
+use clap::{Parser, Subcommand};
+
+use crate::config::PlatformConfig;
+
+#[derive(Parser)]
+#[command(name = "wf-iot", version, about = "An IoT device-management platform")]
+struct Cli {
+    /// A TOML configuration file (environment variables WF_IOT_... override it).
+    #[arg(long, global = true, env = "WF_IOT_CONFIG")]
+    config: Option<PathBuf>,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the platform: every service in one process, or one service alone.
+    Serve {
+        #[arg(value_enum, default_value_t = serve::Target::All)]
+        service: serve::Target,
+    },
+    /// Apply, revert or list database migrations.
+    Migrate {
+        #[command(subcommand)]
+        action: migrate::Action,
+    },
+    /// Manage user accounts directly in the database.
+    User {
+        #[command(subcommand)]
+        action: user::Action,
+    },
+    /// Print the effective configuration (secrets masked).
+    Config,
+}
+
+fn main() -> std::process::ExitCode {
+    let cli = Cli::parse();
+    let config = match PlatformConfig::load(cli.config.as_deref()) {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            return std::process::ExitCode::from(2);
+        }
+    };
+    if let Command::Config = cli.command {
+        return match config.to_toml() {
+            Ok(text) => {
+                print!("{text}");
+                std::process::ExitCode::SUCCESS
+            }
+            Err(e) => {
+                eprintln!("error: {e:#}");
+                std::process::ExitCode::FAILURE
+            }
+        };
+    }
+    wf_common::telemetry::init_logging(&config.log);
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("error: starting the runtime: {e}");
+            return std::process::ExitCode::FAILURE;
+        }
+    };
+    let result = runtime.block_on(async move {
+        match cli.command {
+            Command::Serve { service } => serve::run(config, service).await,
+            Command::Migrate { action } => migrate::run(&config, action).await,
+            Command::User { action } => user::run(config, action).await,
+            Command::Config => Ok(()),
+        }
+    });
+    match result {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}
