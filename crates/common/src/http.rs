@@ -68,6 +68,8 @@ async fn readiness(checks: &[(&'static str, ReadinessCheck)]) -> Response {
 /// Adds what every service router ends with: envelope fallbacks, the body
 /// size limit and the request-context middleware (request id, span, metrics).
 pub fn finish(router: Router, service: &'static str, body_limit: usize) -> Router {
+    // Install the recorder before the first request is counted.
+    telemetry::metrics_handle();
     router
         .fallback(error::not_found_fallback)
         .method_not_allowed_fallback(error::method_not_allowed_fallback)

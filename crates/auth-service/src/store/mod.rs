@@ -62,13 +62,15 @@ fn placeholders(n: usize) -> String {
     vec!["?"; n].join(", ")
 }
 
-/// Escapes `%`, `_` and `\` for a `LIKE ... ESCAPE '\'` pattern.
+/// A `LIKE ... ESCAPE '!'` pattern matching `s` anywhere, with `%`, `_` and
+/// `!` taken literally. (`!` rather than a backslash, which MySQL string
+/// literals treat as an escape of their own.)
 fn like_pattern(s: &str) -> String {
     let mut out = String::with_capacity(s.len() + 2);
     out.push('%');
     for c in s.chars() {
-        if matches!(c, '%' | '_' | '\\') {
-            out.push('\\');
+        if matches!(c, '%' | '_' | '!') {
+            out.push('!');
         }
         out.push(c);
     }

@@ -135,10 +135,16 @@ impl Store {
 
     pub async fn list_users(&self, filter: &UserFilter) -> Result<(Vec<UserRecord>, i64)> {
         let mut conditions = Vec::new();
-        let pattern = filter.search.as_deref().map(like_pattern);
+        // Usernames and e-mails are stored lower-case; the collation may be
+        // case-sensitive (MySQL utf8mb4_bin), so compare lower-case throughout.
+        let pattern = filter
+            .search
+            .as_deref()
+            .map(|s| like_pattern(&s.to_lowercase()));
         if pattern.is_some() {
             conditions.push(
-                "(username LIKE ? ESCAPE '\\' OR email LIKE ? ESCAPE '\\' OR full_name LIKE ? ESCAPE '\\')",
+                "(username LIKE ? ESCAPE '!' OR email LIKE ? ESCAPE '!' \
+                 OR LOWER(full_name) LIKE ? ESCAPE '!')",
             );
         }
         if filter.is_active.is_some() {

@@ -1,0 +1,201 @@
+//! The gRPC API other services use, plus health and reflection.
+
+use tonic::Code;
+use tonic_health::pb::HealthCheckRequest;
+use tonic_health::pb::health_check_response::ServingStatus;
+use tonic_health::pb::health_client::HealthClient;
+use tonic_reflection::pb::v1::ServerReflectionRequest;
+use tonic_reflection::pb::v1::server_reflection_client::ServerReflectionClient;
+use tonic_reflection::pb::v1::server_reflection_request::MessageRequest;
+use tonic_reflection::pb::v1::server_reflection_response::MessageResponse;
+use wf_proto::auth::auth_service_client::AuthServiceClient;
+use wf_proto::auth::{CheckPermissionRequest, GetUserByIdRequest, ValidateTokenRequest};
+
+use crate::helpers::TestApp;
+
+async fn channel(app: &TestApp) -> tonic::transport::Channel {
+    tonic::transport::Endpoint::from_shared(app.grpc_url())
+        .unwrap()
+        .connect()
+        .await
+        .expect("gRPC connects")
+}
+
+async fn client(app: &TestApp) -> AuthServiceClient<tonic::transport::Channel> {
+    AuthServiceClient::connect(app.grpc_url())
+        .await
+        .expect("gRPC connects")
+}
+
+#[tokio::test]
+async fn validate_token_returns_the_identity() {
+    let app = TestApp::spawn().await;
+    let id = app
+        .create_user("lena", "lena-password", &["operator"])
+        .await;
+    let token = app.token("lena", "lena-password").await;
+    let mut grpc = client(&app).await;
+    let identity = grpc
+        .validate_token(ValidateTokenRequest {
+            token: token.clone(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(identity.user_id, id);
+    assert_eq!(identity.username, "lena");
+    assert_eq!(identity.roles, vec!["operator".to_string()]);
+    assert!(identity.permissions.contains(&"device:command".to_string()));
+    assert!(!identity.is_superuser);
+    assert!(identity.expires_at > 0);
+
+    let err = grpc
+        .validate_token(ValidateTokenRequest {
+            token: format!("{token}x"),
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Code::Unauthenticated);
+    let err = grpc
+        .validate_token(ValidateTokenRequest {
+            token: "garbage".into(),
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Code::Unauthenticated);
+}
+
+#[tokio::test]
+async fn check_permission_follows_roles_and_the_superuser_flag() {
+    let app = TestApp::spawn().await;
+    let viewer = app.create_user("mike", "mike-password", &["viewer"]).await;
+    let me: serde_json::Value = app
+        .get("/api/v1/auth/me", &app.admin_token)
+        .await
+        .json()
+        .await
+        .unwrap();
+    let admin_id = me["id"].as_str().unwrap().to_string();
+    let mut grpc = client(&app).await;
+    let check = |user: &str, permission: &str| CheckPermissionRequest {
+        user_id: user.into(),
+        permission: permission.into(),
+    };
+    assert!(
+        grpc.check_permission(check(&viewer, "device:read"))
+            .await
+            .unwrap()
+            .into_inner()
+            .allowed
+    );
+    assert!(
+        !grpc
+            .check_permission(check(&viewer, "device:write"))
+            .await
+            .unwrap()
+            .into_inner()
+            .allowed
+    );
+    assert!(
+        grpc.check_permission(check(&admin_id, "anything:else"))
+            .await
+            .unwrap()
+            .into_inner()
+            .allowed
+    );
+    let err = grpc
+        .check_permission(check("no-such-user", "device:read"))
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Code::NotFound);
+    let err = grpc
+        .check_permission(check(&viewer, "not a permission"))
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Code::InvalidArgument);
+
+    app.post(
+        &format!("/api/v1/users/{viewer}/disable"),
+        &app.admin_token,
+        serde_json::json!({}),
+    )
+    .await;
+    assert!(
+        !grpc
+            .check_permission(check(&viewer, "device:read"))
+            .await
+            .unwrap()
+            .into_inner()
+            .allowed
+    );
+}
+
+#[tokio::test]
+async fn get_user_by_id() {
+    let app = TestApp::spawn().await;
+    let id = app.create_user("nina", "nina-password", &["viewer"]).await;
+    let mut grpc = client(&app).await;
+    let user = grpc
+        .get_user_by_id(GetUserByIdRequest {
+            user_id: id.clone(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(user.id, id);
+    assert_eq!(user.email, "nina@example.com");
+    assert_eq!(user.roles, vec!["viewer".to_string()]);
+    assert!(user.is_active);
+    let err = grpc
+        .get_user_by_id(GetUserByIdRequest {
+            user_id: "missing".into(),
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Code::NotFound);
+}
+
+#[tokio::test]
+async fn health_and_reflection_are_served() {
+    let app = TestApp::spawn().await;
+    let mut health = HealthClient::new(channel(&app).await);
+    for service in ["", "wfiot.auth.v1.AuthService"] {
+        let status = health
+            .check(HealthCheckRequest {
+                service: service.into(),
+            })
+            .await
+            .unwrap()
+            .into_inner()
+            .status;
+        assert_eq!(
+            status,
+            ServingStatus::Serving as i32,
+            "health of {service:?}"
+        );
+    }
+
+    let mut reflection = ServerReflectionClient::new(channel(&app).await);
+    let request = ServerReflectionRequest {
+        host: String::new(),
+        message_request: Some(MessageRequest::ListServices(String::new())),
+    };
+    let mut stream = reflection
+        .server_reflection_info(tokio_stream::iter([request]))
+        .await
+        .unwrap()
+        .into_inner();
+    let response = stream.message().await.unwrap().unwrap();
+    let Some(MessageResponse::ListServicesResponse(list)) = response.message_response else {
+        panic!("unexpected reflection answer");
+    };
+    let names: Vec<String> = list.service.into_iter().map(|s| s.name).collect();
+    assert!(
+        names.contains(&"wfiot.auth.v1.AuthService".to_string()),
+        "{names:?}"
+    );
+    assert!(
+        names.contains(&"grpc.health.v1.Health".to_string()),
+        "{names:?}"
+    );
+}

@@ -1,0 +1,10 @@
+//! auth-service over its real protocols: HTTP and gRPC.
+
+mod helpers;
+
+mod auth;
+mod grpc;
+mod permissions;
+mod roles;
+mod tokens;
+mod users;
