@@ -67,19 +67,19 @@ mod tests {
             "data_dir = \"/srv/wf\"\n[auth]\nhttp_port = 9101\naccess_token_ttl_secs = 60\n",
         )
         .unwrap();
-        // SAFETY-free: the variable is unique to this test.
-        let config = figment::Jail::expect_with(|jail| {
+        figment::Jail::expect_with(|jail| {
             jail.set_env("WF_IOT_AUTH__ACCESS_TOKEN_TTL_SECS", "120");
             jail.set_env("WF_IOT_ADMIN_PASSWORD", "s3cret-pass");
-            Ok(PlatformConfig::load(Some(&file)).unwrap())
+            let config = PlatformConfig::load(Some(&file)).unwrap();
+            assert_eq!(config.auth.http_port, 9101);
+            assert_eq!(config.auth.access_token_ttl_secs, 120);
+            assert_eq!(config.auth.database_url, "sqlite:///srv/wf/auth.db");
+            assert_eq!(config.admin_password().as_deref(), Some("s3cret-pass"));
+            let printed = config.to_toml().unwrap();
+            assert!(!printed.contains("s3cret-pass"));
+            assert!(printed.contains("http_port = 9101"));
+            Ok(())
         });
-        assert_eq!(config.auth.http_port, 9101);
-        assert_eq!(config.auth.access_token_ttl_secs, 120);
-        assert_eq!(config.auth.database_url, "sqlite:///srv/wf/auth.db");
-        assert_eq!(config.admin_password().as_deref(), Some("s3cret-pass"));
-        let printed = config.to_toml().unwrap();
-        assert!(!printed.contains("s3cret-pass"));
-        assert!(printed.contains("http_port = 9101"));
     }
 
     #[test]
