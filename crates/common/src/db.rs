@@ -161,16 +161,16 @@ impl Db {
         &self,
         migrations: &Migrations,
     ) -> Result<Vec<MigrationState>, sqlx::Error> {
+        let migrator = self.migrator(migrations);
         let mut conn = self.pool.acquire().await?;
-        conn.ensure_migrations_table(Default::default()).await?;
+        conn.ensure_migrations_table(&migrator.table_name).await?;
         let applied: std::collections::HashSet<i64> = conn
-            .list_applied_migrations(Default::default())
+            .list_applied_migrations(&migrator.table_name)
             .await?
             .into_iter()
             .map(|m| m.version)
             .collect();
-        Ok(self
-            .migrator(migrations)
+        Ok(migrator
             .iter()
             .filter(|m| !m.migration_type.is_down_migration())
             .map(|m| MigrationState {

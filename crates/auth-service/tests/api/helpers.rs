@@ -12,6 +12,62 @@ use wf_common::shutdown::Shutdown;
 
 pub const ADMIN_PASSWORD: &str = "admin-password-1";
 
+/// A fresh, empty database: a SQLite file in a temporary directory, or a
+/// new database on the MariaDB/MySQL server named by `WF_IOT_TEST_MYSQL_URL`,
+/// dropped when this value is.
+pub struct TestDatabase {
+    pub url: String,
+    mysql: Option<(String, String)>,
+    _dir: tempfile::TempDir,
+}
+
+impl TestDatabase {
+    pub fn new() -> Self {
+        let dir = tempfile::tempdir().expect("temp dir");
+        match std::env::var("WF_IOT_TEST_MYSQL_URL") {
+            Ok(server) if !server.trim().is_empty() => {
+                let server = server.trim_end_matches('/').to_string();
+                let name = format!("wf_test_{}", uuid::Uuid::new_v4().simple());
+                Self {
+                    url: format!("{server}/{name}"),
+                    mysql: Some((server, name)),
+                    _dir: dir,
+                }
+            }
+            _ => Self {
+                url: format!("sqlite://{}", dir.path().join("auth.db").display()),
+                mysql: None,
+                _dir: dir,
+            },
+        }
+    }
+}
+
+impl Drop for TestDatabase {
+    fn drop(&mut self) {
+        let Some((server, name)) = self.mysql.take() else {
+            return;
+        };
+        // Dropped on a separate thread: Drop cannot await.
+        let _ = std::thread::spawn(move || {
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .expect("runtime");
+            rt.block_on(async move {
+                if let Ok(db) = wf_common::db::Db::connect(&format!("{server}/mysql"), 1).await {
+                    let _ = sqlx::query(sqlx::AssertSqlSafe(format!(
+                        "DROP DATABASE IF EXISTS `{name}`"
+                    )))
+                    .execute(&db.pool)
+                    .await;
+                }
+            });
+        })
+        .join();
+    }
+}
+
 pub struct TestApp {
     pub base: String,
     pub grpc_port: u16,
@@ -19,7 +75,7 @@ pub struct TestApp {
     pub config: Arc<Config>,
     pub admin_token: String,
     shutdown: Shutdown,
-    mysql_db: Option<(String, String)>,
+    _db: TestDatabase,
     _dir: tempfile::TempDir,
 }
 
@@ -49,19 +105,8 @@ impl TestAppBuilder {
     }
 
     pub async fn spawn(mut self) -> TestApp {
-        let mysql_db = match std::env::var("WF_IOT_TEST_MYSQL_URL") {
-            Ok(server) if !server.trim().is_empty() => {
-                let server = server.trim_end_matches('/').to_string();
-                let name = format!("wf_test_{}", uuid::Uuid::new_v4().simple());
-                self.config.database_url = format!("{server}/{name}");
-                Some((server, name))
-            }
-            _ => {
-                self.config.database_url =
-                    format!("sqlite://{}", self.dir.path().join("auth.db").display());
-                None
-            }
-        };
+        let db = TestDatabase::new();
+        self.config.database_url = db.url.clone();
         let config = Arc::new(self.config);
         let app = Application::build(config.clone())
             .await
@@ -81,7 +126,7 @@ impl TestAppBuilder {
             config,
             admin_token: String::new(),
             shutdown,
-            mysql_db,
+            _db: db,
             _dir: self.dir,
         };
         test.admin_token = test.token("admin", ADMIN_PASSWORD).await;
@@ -247,25 +292,5 @@ pub async fn assert_error(resp: Response, status: StatusCode, code: &str) -> Val
 impl Drop for TestApp {
     fn drop(&mut self) {
         self.shutdown.trigger();
-        if let Some((server, name)) = self.mysql_db.take() {
-            // Dropped on a separate thread: Drop cannot await.
-            let _ = std::thread::spawn(move || {
-                let rt = tokio::runtime::Builder::new_current_thread()
-                    .enable_all()
-                    .build()
-                    .expect("runtime");
-                rt.block_on(async move {
-                    if let Ok(db) = wf_common::db::Db::connect(&format!("{server}/mysql"), 1).await
-                    {
-                        let _ = sqlx::query(sqlx::AssertSqlSafe(format!(
-                            "DROP DATABASE IF EXISTS `{name}`"
-                        )))
-                        .execute(&db.pool)
-                        .await;
-                    }
-                });
-            })
-            .join();
-        }
     }
 }

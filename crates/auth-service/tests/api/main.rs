@@ -4,6 +4,7 @@ mod helpers;
 
 mod auth;
 mod grpc;
+mod migrations;
 mod permissions;
 mod roles;
 mod tokens;
