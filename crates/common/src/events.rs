@@ -1,0 +1,704 @@
+//! The event bus between services: at-least-once delivery to consumer
+//! groups. Every member of a group shares the group's events; every group
+//! sees every event. Two implementations behind one trait:
+//!
+//! - [`InProcessBus`] for the all-in-one mode: bounded queues per group
+//!   (publishers wait when a consumer falls behind), and deliveries a
+//!   consumer did not acknowledge are handed back when it goes away.
+//! - [`RedisBus`] for the distributed mode: one Redis Stream per topic and a
+//!   consumer group per service. Unacknowledged entries are re-read by the
+//!   same consumer after a restart, and claimed by others once idle.
+//!
+//! Handlers must be idempotent: a delivery can arrive twice.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use async_trait::async_trait;
+use serde::de::DeserializeOwned;
+use serde::{Deserialize, Serialize};
+use tokio::sync::mpsc;
+
+/// Topic names, as DESIGN.md fixes them.
+pub mod topics {
+    pub const DEVICE_DATA_RECEIVED: &str = "device.data.received";
+    pub const DEVICE_STATUS_CHANGED: &str = "device.status.changed";
+    pub const DEVICE_COMMAND_RESPONDED: &str = "device.command.responded";
+    pub const DEVICE_OTA_PROGRESS: &str = "device.ota.progress";
+    pub const DEVICE_DELETED: &str = "device.deleted";
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum BusError {
+    #[error("event bus unavailable: {0}")]
+    Unavailable(String),
+    #[error("malformed event: {0}")]
+    Malformed(String),
+}
+
+impl From<redis::RedisError> for BusError {
+    fn from(e: redis::RedisError) -> Self {
+        Self::Unavailable(e.to_string())
+    }
+}
+
+/// One event as a consumer receives it.
+#[derive(Debug, Clone)]
+pub struct Delivery {
+    /// Acknowledge with this id.
+    pub id: String,
+    pub payload: Arc<[u8]>,
+}
+
+impl Delivery {
+    pub fn decode<T: DeserializeOwned>(&self) -> Result<T, BusError> {
+        serde_json::from_slice(&self.payload).map_err(|e| BusError::Malformed(e.to_string()))
+    }
+}
+
+#[async_trait]
+pub trait EventBus: Send + Sync + 'static {
+    /// Publishes events in order.
+    async fn publish(&self, topic: &str, payloads: Vec<Vec<u8>>) -> Result<(), BusError>;
+    /// Joins `group` as `consumer` (a name stable across restarts of the
+    /// same replica lets it resume its unacknowledged events).
+    async fn subscribe(
+        &self,
+        topic: &str,
+        group: &str,
+        consumer: &str,
+    ) -> Result<Box<dyn Subscription>, BusError>;
+    /// Whether the bus is reachable, for readiness.
+    async fn ping(&self) -> Result<(), BusError>;
+}
+
+#[async_trait]
+pub trait Subscription: Send {
+    /// Up to `max` events, waiting at most `wait` for the first; empty when
+    /// none came.
+    async fn next(&mut self, max: usize, wait: Duration) -> Result<Vec<Delivery>, BusError>;
+    /// Marks events handled; they will not be delivered again.
+    async fn ack(&mut self, ids: &[String]) -> Result<(), BusError>;
+}
+
+/// Serializes each item as one event and publishes them.
+pub async fn publish_json<T: Serialize>(
+    bus: &dyn EventBus,
+    topic: &str,
+    items: &[T],
+) -> Result<(), BusError> {
+    let payloads = items
+        .iter()
+        .map(|i| serde_json::to_vec(i).map_err(|e| BusError::Malformed(e.to_string())))
+        .collect::<Result<Vec<_>, _>>()?;
+    bus.publish(topic, payloads).await
+}
+
+// ---------------------------------------------------------------------------
+// Event payloads
+
+/// A metric value: JSON numbers, booleans and strings.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(untagged)]
+pub enum MetricValue {
+    Bool(bool),
+    Number(f64),
+    Text(String),
+}
+
+/// One telemetry message from one device (`devices/{id}/telemetry`).
+/// `device.data.received` carries a JSON array of these.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct TelemetryMessage {
+    pub device_id: String,
+    /// The device's timestamp (ms), or the time the gateway received it.
+    pub ts: i64,
+    pub values: Vec<(String, MetricValue)>,
+}
+
+/// `device.status.changed`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct StatusChanged {
+    pub device_id: String,
+    pub online: bool,
+    /// When it happened (ms).
+    pub at: i64,
+    /// `connected`, `disconnected`, `status_message` or `last_will`.
+    pub reason: String,
+}
+
+/// `device.command.responded`, from `devices/{id}/commands/response`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct CommandResponded {
+    pub device_id: String,
+    pub command_id: String,
+    /// `succeeded` or `failed` (anything else the device says is `failed`).
+    pub status: String,
+    #[serde(default)]
+    pub result: serde_json::Value,
+    pub at: i64,
+}
+
+/// `device.ota.progress`, from `devices/{id}/ota/progress`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct OtaProgress {
+    pub device_id: String,
+    pub task_id: String,
+    pub state: String,
+    #[serde(default)]
+    pub progress: Option<f64>,
+    #[serde(default)]
+    pub error: Option<String>,
+    #[serde(default)]
+    pub version: Option<String>,
+    pub at: i64,
+}
+
+/// `device.deleted`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct DeviceDeleted {
+    pub device_id: String,
+    pub at: i64,
+}
+
+// ---------------------------------------------------------------------------
+// In-process
+
+/// Events queued per group before publishers wait.
+const IN_PROCESS_QUEUE: usize = 16_384;
+
+type Queue = (
+    mpsc::Sender<Delivery>,
+    Arc<tokio::sync::Mutex<mpsc::Receiver<Delivery>>>,
+);
+
+/// The all-in-one bus. Events published before any group subscribed to a
+/// topic are kept (up to the queue size) for the first group that does.
+#[derive(Default)]
+pub struct InProcessBus {
+    topics: Mutex<HashMap<String, TopicState>>,
+    next_id: std::sync::atomic::AtomicU64,
+}
+
+#[derive(Default)]
+struct TopicState {
+    groups: HashMap<String, Queue>,
+    backlog: Vec<Delivery>,
+}
+
+impl InProcessBus {
+    pub fn new() -> Self {
+        Self::default()
+    }
+}
+
+#[async_trait]
+impl EventBus for InProcessBus {
+    async fn publish(&self, topic: &str, payloads: Vec<Vec<u8>>) -> Result<(), BusError> {
+        let deliveries: Vec<Delivery> = payloads
+            .into_iter()
+            .map(|p| Delivery {
+                id: self
+                    .next_id
+                    .fetch_add(1, std::sync::atomic::Ordering::Relaxed)
+                    .to_string(),
+                payload: p.into(),
+            })
+            .collect();
+        let senders: Vec<mpsc::Sender<Delivery>> = {
+            let mut topics = self
+                .topics
+                .lock()
+                .map_err(|_| BusError::Unavailable("poisoned".into()))?;
+            let state = topics.entry(topic.to_string()).or_default();
+            if state.groups.is_empty() {
+                let room = IN_PROCESS_QUEUE.saturating_sub(state.backlog.len());
+                if deliveries.len() > room {
+                    tracing::warn!(
+                        topic,
+                        dropped = deliveries.len() - room,
+                        "no consumer for topic; backlog full"
+                    );
+                }
+                state.backlog.extend(deliveries.into_iter().take(room));
+                return Ok(());
+            }
+            state.groups.values().map(|(tx, _)| tx.clone()).collect()
+        };
+        for tx in senders {
+            for d in &deliveries {
+                tx.send(d.clone())
+                    .await
+                    .map_err(|_| BusError::Unavailable("consumer group closed".into()))?;
+            }
+        }
+        Ok(())
+    }
+
+    async fn subscribe(
+        &self,
+        topic: &str,
+        group: &str,
+        _consumer: &str,
+    ) -> Result<Box<dyn Subscription>, BusError> {
+        let mut topics = self
+            .topics
+            .lock()
+            .map_err(|_| BusError::Unavailable("poisoned".into()))?;
+        let state = topics.entry(topic.to_string()).or_default();
+        let first_group = state.groups.is_empty();
+        let (tx, rx) = state
+            .groups
+            .entry(group.to_string())
+            .or_insert_with(|| {
+                let (tx, rx) = mpsc::channel(IN_PROCESS_QUEUE);
+                (tx, Arc::new(tokio::sync::Mutex::new(rx)))
+            })
+            .clone();
+        if first_group {
+            for d in std::mem::take(&mut state.backlog) {
+                let _ = tx.try_send(d);
+            }
+        }
+        Ok(Box::new(InProcessSubscription {
+            tx,
+            rx,
+            in_flight: HashMap::new(),
+        }))
+    }
+
+    async fn ping(&self) -> Result<(), BusError> {
+        Ok(())
+    }
+}
+
+struct InProcessSubscription {
+    tx: mpsc::Sender<Delivery>,
+    rx: Arc<tokio::sync::Mutex<mpsc::Receiver<Delivery>>>,
+    in_flight: HashMap<String, Delivery>,
+}
+
+#[async_trait]
+impl Subscription for InProcessSubscription {
+    async fn next(&mut self, max: usize, wait: Duration) -> Result<Vec<Delivery>, BusError> {
+        let mut rx = match tokio::time::timeout(wait, self.rx.lock()).await {
+            Ok(rx) => rx,
+            Err(_) => return Ok(Vec::new()),
+        };
+        let mut out = Vec::new();
+        match tokio::time::timeout(wait, rx.recv_many(&mut out, max.max(1))).await {
+            Ok(0) => return Err(BusError::Unavailable("bus closed".into())),
+            Ok(_) | Err(_) => {}
+        }
+        for d in &out {
+            self.in_flight.insert(d.id.clone(), d.clone());
+        }
+        Ok(out)
+    }
+
+    async fn ack(&mut self, ids: &[String]) -> Result<(), BusError> {
+        for id in ids {
+            self.in_flight.remove(id);
+        }
+        Ok(())
+    }
+}
+
+impl Drop for InProcessSubscription {
+    /// Unacknowledged deliveries go back to the group.
+    fn drop(&mut self) {
+        let mut pending: Vec<Delivery> = self.in_flight.drain().map(|(_, d)| d).collect();
+        if pending.is_empty() {
+            return;
+        }
+        pending.sort_by_key(|d| d.id.parse::<u64>().unwrap_or_default());
+        let tx = self.tx.clone();
+        if let Ok(handle) = tokio::runtime::Handle::try_current() {
+            handle.spawn(async move {
+                for d in pending {
+                    let _ = tx.send(d).await;
+                }
+            });
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------
+// Redis Streams
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default)]
+pub struct RedisBusConfig {
+    /// Prefix of every stream key.
+    pub stream_prefix: String,
+    /// Streams are trimmed to about this many entries.
+    pub max_len: usize,
+    /// Unacknowledged entries idle this long are claimed by another consumer.
+    pub claim_idle_ms: u64,
+}
+
+impl Default for RedisBusConfig {
+    fn default() -> Self {
+        Self {
+            stream_prefix: "wf-iot:".into(),
+            max_len: 1_000_000,
+            claim_idle_ms: 30_000,
+        }
+    }
+}
+
+/// The distributed bus on Redis Streams.
+pub struct RedisBus {
+    client: redis::Client,
+    conn: redis::aio::ConnectionManager,
+    config: RedisBusConfig,
+}
+
+/// The field holding an event's payload in a stream entry.
+const FIELD: &str = "p";
+
+impl RedisBus {
+    pub async fn connect(url: &str, config: RedisBusConfig) -> Result<Self, BusError> {
+        let client = redis::Client::open(url)?;
+        let conn = redis::aio::ConnectionManager::new(client.clone()).await?;
+        Ok(Self {
+            client,
+            conn,
+            config,
+        })
+    }
+
+    fn key(&self, topic: &str) -> String {
+        format!("{}{topic}", self.config.stream_prefix)
+    }
+}
+
+#[async_trait]
+impl EventBus for RedisBus {
+    async fn publish(&self, topic: &str, payloads: Vec<Vec<u8>>) -> Result<(), BusError> {
+        if payloads.is_empty() {
+            return Ok(());
+        }
+        let key = self.key(topic);
+        let mut pipe = redis::pipe();
+        for p in payloads {
+            pipe.cmd("XADD")
+                .arg(&key)
+                .arg("MAXLEN")
+                .arg("~")
+                .arg(self.config.max_len)
+                .arg("*")
+                .arg(FIELD)
+                .arg(p)
+                .ignore();
+        }
+        let mut conn = self.conn.clone();
+        pipe.query_async::<()>(&mut conn).await?;
+        Ok(())
+    }
+
+    async fn subscribe(
+        &self,
+        topic: &str,
+        group: &str,
+        consumer: &str,
+    ) -> Result<Box<dyn Subscription>, BusError> {
+        let key = self.key(topic);
+        let mut conn = self.conn.clone();
+        // From the start of the stream, so events published before the
+        // group first existed are not lost.
+        let created: redis::RedisResult<()> = redis::cmd("XGROUP")
+            .arg("CREATE")
+            .arg(&key)
+            .arg(group)
+            .arg("0")
+            .arg("MKSTREAM")
+            .query_async(&mut conn)
+            .await;
+        if let Err(e) = created {
+            if e.code() != Some("BUSYGROUP") {
+                return Err(e.into());
+            }
+        }
+        Ok(Box::new(RedisSubscription {
+            client: self.client.clone(),
+            conn: None,
+            key,
+            group: group.to_string(),
+            consumer: consumer.to_string(),
+            own_pending_done: false,
+            claim_idle_ms: self.config.claim_idle_ms,
+            last_claim: None,
+        }))
+    }
+
+    async fn ping(&self) -> Result<(), BusError> {
+        let mut conn = self.conn.clone();
+        redis::cmd("PING").query_async::<()>(&mut conn).await?;
+        Ok(())
+    }
+}
+
+struct RedisSubscription {
+    client: redis::Client,
+    /// Its own connection: a blocking read would stall a shared one.
+    conn: Option<redis::aio::MultiplexedConnection>,
+    key: String,
+    group: String,
+    consumer: String,
+    /// Entries delivered to this consumer before a restart are read first.
+    own_pending_done: bool,
+    claim_idle_ms: u64,
+    last_claim: Option<Instant>,
+}
+
+impl RedisSubscription {
+    async fn conn(&mut self) -> Result<redis::aio::MultiplexedConnection, BusError> {
+        if let Some(c) = &self.conn {
+            return Ok(c.clone());
+        }
+        let config = redis::AsyncConnectionConfig::new()
+            .set_response_timeout(None)
+            .set_connection_timeout(Some(Duration::from_secs(5)));
+        let c = self
+            .client
+            .get_multiplexed_async_connection_with_config(&config)
+            .await?;
+        self.conn = Some(c.clone());
+        Ok(c)
+    }
+
+    async fn read(
+        &mut self,
+        id: &str,
+        max: usize,
+        block: Option<Duration>,
+    ) -> Result<Vec<Delivery>, BusError> {
+        let mut conn = self.conn().await?;
+        let mut cmd = redis::cmd("XREADGROUP");
+        cmd.arg("GROUP")
+            .arg(&self.group)
+            .arg(&self.consumer)
+            .arg("COUNT")
+            .arg(max);
+        if let Some(b) = block {
+            cmd.arg("BLOCK").arg(b.as_millis().max(1) as u64);
+        }
+        cmd.arg("STREAMS").arg(&self.key).arg(id);
+        let reply: redis::RedisResult<Option<redis::streams::StreamReadReply>> =
+            cmd.query_async(&mut conn).await;
+        match reply {
+            Ok(reply) => Ok(reply
+                .map(|r| {
+                    r.keys
+                        .into_iter()
+                        .flat_map(|k| k.ids)
+                        .filter_map(to_delivery)
+                        .collect()
+                })
+                .unwrap_or_default()),
+            Err(e) => {
+                self.conn = None;
+                Err(e.into())
+            }
+        }
+    }
+
+    async fn claim(&mut self, max: usize) -> Result<Vec<Delivery>, BusError> {
+        let mut conn = self.conn().await?;
+        let reply: redis::RedisResult<redis::streams::StreamAutoClaimReply> =
+            redis::cmd("XAUTOCLAIM")
+                .arg(&self.key)
+                .arg(&self.group)
+                .arg(&self.consumer)
+                .arg(self.claim_idle_ms)
+                .arg("0-0")
+                .arg("COUNT")
+                .arg(max)
+                .query_async(&mut conn)
+                .await;
+        match reply {
+            Ok(r) => Ok(r.claimed.into_iter().filter_map(to_delivery).collect()),
+            Err(e) => {
+                self.conn = None;
+                Err(e.into())
+            }
+        }
+    }
+}
+
+fn to_delivery(entry: redis::streams::StreamId) -> Option<Delivery> {
+    let payload = match entry.map.get(FIELD)? {
+        redis::Value::BulkString(b) => b.clone(),
+        _ => return None,
+    };
+    Some(Delivery {
+        id: entry.id,
+        payload: payload.into(),
+    })
+}
+
+#[async_trait]
+impl Subscription for RedisSubscription {
+    async fn next(&mut self, max: usize, wait: Duration) -> Result<Vec<Delivery>, BusError> {
+        let max = max.max(1);
+        if !self.own_pending_done {
+            let pending = self.read("0", max, None).await?;
+            if !pending.is_empty() {
+                return Ok(pending);
+            }
+            self.own_pending_done = true;
+        }
+        let claim_every = Duration::from_millis(self.claim_idle_ms.max(100));
+        if self.last_claim.is_none_or(|t| t.elapsed() >= claim_every) {
+            self.last_claim = Some(Instant::now());
+            let claimed = self.claim(max).await?;
+            if !claimed.is_empty() {
+                return Ok(claimed);
+            }
+        }
+        self.read(">", max, Some(wait)).await
+    }
+
+    async fn ack(&mut self, ids: &[String]) -> Result<(), BusError> {
+        if ids.is_empty() {
+            return Ok(());
+        }
+        let mut conn = self.conn().await?;
+        redis::cmd("XACK")
+            .arg(&self.key)
+            .arg(&self.group)
+            .arg(ids)
+            .query_async::<()>(&mut conn)
+            .await?;
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    async fn drain(sub: &mut Box<dyn Subscription>, n: usize) -> Vec<Delivery> {
+        let mut got = Vec::new();
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while got.len() < n && Instant::now() < deadline {
+            got.extend(
+                sub.next(n - got.len(), Duration::from_millis(200))
+                    .await
+                    .unwrap(),
+            );
+        }
+        got
+    }
+
+    fn payloads(range: std::ops::Range<u32>) -> Vec<Vec<u8>> {
+        range.map(|i| i.to_string().into_bytes()).collect()
+    }
+
+    fn numbers(d: &[Delivery]) -> Vec<u32> {
+        d.iter()
+            .map(|d| std::str::from_utf8(&d.payload).unwrap().parse().unwrap())
+            .collect()
+    }
+
+    /// Every group sees every event; members of one group share them; what a
+    /// consumer did not acknowledge comes back after it goes away.
+    async fn bus_contract(bus: &dyn EventBus, topic: &str) {
+        let mut a1 = bus.subscribe(topic, "a", "a1").await.unwrap();
+        let mut b1 = bus.subscribe(topic, "b", "b1").await.unwrap();
+        bus.publish(topic, payloads(0..10)).await.unwrap();
+
+        let got_b = drain(&mut b1, 10).await;
+        assert_eq!(numbers(&got_b), (0..10).collect::<Vec<_>>());
+        b1.ack(&got_b.iter().map(|d| d.id.clone()).collect::<Vec<_>>())
+            .await
+            .unwrap();
+
+        let got_a = drain(&mut a1, 10).await;
+        assert_eq!(got_a.len(), 10);
+        // Acknowledge the first half only, then "crash".
+        a1.ack(&got_a[..5].iter().map(|d| d.id.clone()).collect::<Vec<_>>())
+            .await
+            .unwrap();
+        drop(a1);
+        let mut a1 = bus.subscribe(topic, "a", "a1").await.unwrap();
+        let again = drain(&mut a1, 5).await;
+        assert_eq!(numbers(&again), (5..10).collect::<Vec<_>>());
+        a1.ack(&again.iter().map(|d| d.id.clone()).collect::<Vec<_>>())
+            .await
+            .unwrap();
+        assert!(
+            a1.next(10, Duration::from_millis(300))
+                .await
+                .unwrap()
+                .is_empty()
+        );
+        assert!(
+            b1.next(10, Duration::from_millis(300))
+                .await
+                .unwrap()
+                .is_empty()
+        );
+    }
+
+    #[tokio::test]
+    async fn in_process_bus_keeps_the_contract() {
+        let bus = InProcessBus::new();
+        bus_contract(&bus, "t").await;
+    }
+
+    #[tokio::test]
+    async fn in_process_bus_keeps_events_published_before_anyone_listens() {
+        let bus = InProcessBus::new();
+        bus.publish("early", payloads(0..3)).await.unwrap();
+        let mut sub = bus.subscribe("early", "g", "c").await.unwrap();
+        assert_eq!(numbers(&drain(&mut sub, 3).await), vec![0, 1, 2]);
+    }
+
+    fn redis_url() -> Option<String> {
+        std::env::var("WF_IOT_TEST_REDIS_URL")
+            .ok()
+            .filter(|u| !u.is_empty())
+    }
+
+    fn redis_config() -> RedisBusConfig {
+        RedisBusConfig {
+            stream_prefix: format!("wf-test-{}:", uuid::Uuid::new_v4().simple()),
+            max_len: 10_000,
+            claim_idle_ms: 200,
+        }
+    }
+
+    #[tokio::test]
+    async fn redis_bus_keeps_the_contract() {
+        let Some(url) = redis_url() else { return };
+        let bus = RedisBus::connect(&url, redis_config()).await.unwrap();
+        bus.ping().await.unwrap();
+        bus_contract(&bus, "t").await;
+    }
+
+    #[tokio::test]
+    async fn redis_bus_hands_a_dead_consumers_events_to_another() {
+        let Some(url) = redis_url() else { return };
+        let bus = RedisBus::connect(&url, redis_config()).await.unwrap();
+        // Events published before the group exists are delivered too.
+        bus.publish("t", payloads(0..20)).await.unwrap();
+        let mut dead = bus.subscribe("t", "g", "replica-1").await.unwrap();
+        let taken = drain(&mut dead, 20).await;
+        assert_eq!(taken.len(), 20);
+        drop(dead); // killed without acknowledging anything
+
+        let mut survivor = bus.subscribe("t", "g", "replica-2").await.unwrap();
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        let claimed = drain(&mut survivor, 20).await;
+        let mut got = numbers(&claimed);
+        got.sort_unstable();
+        assert_eq!(got, (0..20).collect::<Vec<_>>());
+        survivor
+            .ack(&claimed.iter().map(|d| d.id.clone()).collect::<Vec<_>>())
+            .await
+            .unwrap();
+    }
+}
