@@ -190,6 +190,32 @@ impl Db {
     }
 }
 
+/// `?, ?, ?` for an `IN (...)` list or a row of `n` values.
+pub fn placeholders(n: usize) -> String {
+    vec!["?"; n].join(", ")
+}
+
+/// A `LIKE ... ESCAPE '!'` pattern matching `s` anywhere, with `%`, `_` and
+/// `!` taken literally. (`!` rather than a backslash, which MySQL string
+/// literals treat as an escape of their own.)
+pub fn like_pattern(s: &str) -> String {
+    let mut out = String::with_capacity(s.len() + 2);
+    out.push('%');
+    for c in s.chars() {
+        if matches!(c, '%' | '_' | '!') {
+            out.push('!');
+        }
+        out.push(c);
+    }
+    out.push('%');
+    out
+}
+
+/// Booleans are stored as integers in every dialect.
+pub fn flag(v: i64) -> bool {
+    v != 0
+}
+
 /// Whether an error is a unique-constraint violation.
 pub fn is_unique_violation(err: &sqlx::Error) -> bool {
     matches!(err, sqlx::Error::Database(db) if db.kind() == sqlx::error::ErrorKind::UniqueViolation)
@@ -203,6 +229,11 @@ pub fn is_foreign_key_violation(err: &sqlx::Error) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn like_patterns_escape_wildcards() {
+        assert_eq!(like_pattern("a%b_c!"), "%a!%b!_c!!%");
+    }
 
     #[test]
     fn dialects_from_urls() {

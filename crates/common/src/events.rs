@@ -95,6 +95,97 @@ pub async fn publish_json<T: Serialize>(
     bus.publish(topic, payloads).await
 }
 
+/// Consumes `topic` as a member of `group` until `stop` resolves. Each batch
+/// goes to `handle`; on success it is acknowledged, on failure it is retried
+/// (with backoff) before anything newer is read, so a database outage delays
+/// events but loses none. Handlers skip (and log) payloads they cannot
+/// decode rather than failing on them forever.
+pub async fn run_consumer<H, Fut>(
+    bus: Arc<dyn EventBus>,
+    topic: &'static str,
+    group: String,
+    consumer: String,
+    max_batch: usize,
+    stop: impl Future<Output = ()> + Send,
+    mut handle: H,
+) where
+    H: FnMut(Vec<Delivery>) -> Fut + Send,
+    Fut: Future<Output = anyhow::Result<()>> + Send,
+{
+    tokio::pin!(stop);
+    let mut backoff = Duration::from_millis(100);
+    let mut subscription: Option<Box<dyn Subscription>> = None;
+    let mut pending: Vec<Delivery> = Vec::new();
+    loop {
+        let sub = match &mut subscription {
+            Some(s) => s,
+            None => {
+                let joined = tokio::select! {
+                    () = &mut stop => return,
+                    s = bus.subscribe(topic, &group, &consumer) => s,
+                };
+                match joined {
+                    Ok(s) => {
+                        backoff = Duration::from_millis(100);
+                        subscription.insert(s)
+                    }
+                    Err(e) => {
+                        tracing::warn!(topic, error = %e, "subscribing failed; retrying");
+                        sleep_or_stop(&mut backoff, &mut stop).await;
+                        continue;
+                    }
+                }
+            }
+        };
+        if pending.is_empty() {
+            let next = tokio::select! {
+                () = &mut stop => return,
+                n = sub.next(max_batch, Duration::from_secs(1)) => n,
+            };
+            match next {
+                Ok(batch) => pending = batch,
+                Err(e) => {
+                    tracing::warn!(topic, error = %e, "reading events failed; reconnecting");
+                    subscription = None;
+                    sleep_or_stop(&mut backoff, &mut stop).await;
+                    continue;
+                }
+            }
+            if pending.is_empty() {
+                continue;
+            }
+        }
+        let ids: Vec<String> = pending.iter().map(|d| d.id.clone()).collect();
+        match handle(pending.clone()).await {
+            Ok(()) => {
+                pending.clear();
+                backoff = Duration::from_millis(100);
+                if let Err(e) = sub.ack(&ids).await {
+                    // Not acknowledged: delivered again later, which
+                    // idempotent handlers tolerate.
+                    tracing::warn!(topic, error = %e, "acknowledging events failed");
+                    subscription = None;
+                }
+            }
+            Err(e) => {
+                tracing::warn!(topic, error = %e, events = ids.len(), "handling events failed; retrying");
+                sleep_or_stop(&mut backoff, &mut stop).await;
+            }
+        }
+    }
+}
+
+async fn sleep_or_stop(
+    backoff: &mut Duration,
+    stop: &mut std::pin::Pin<&mut impl Future<Output = ()>>,
+) {
+    tokio::select! {
+        () = stop.as_mut() => {},
+        () = tokio::time::sleep(*backoff) => {},
+    }
+    *backoff = (*backoff * 2).min(Duration::from_secs(10));
+}
+
 // ---------------------------------------------------------------------------
 // Event payloads
 

@@ -13,6 +13,8 @@ pub mod jwt;
 pub mod random;
 pub mod shutdown;
 pub mod telemetry;
+#[cfg(feature = "testing")]
+pub mod testing;
 
 pub use error::ApiError;
 

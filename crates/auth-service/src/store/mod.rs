@@ -7,7 +7,7 @@ mod tokens;
 mod users;
 
 use sqlx::migrate::Migrator;
-use wf_common::db::{Db, Migrations};
+use wf_common::db::{Db, Migrations, flag, like_pattern, placeholders};
 
 pub use audit::{AuditEntry, AuditFilter, AuditRecord};
 pub use roles::{RoleRecord, RoleRef};
@@ -50,30 +50,4 @@ fn conflict_on_unique(message: impl Into<String>) -> impl FnOnce(sqlx::Error) ->
             Error::from(e)
         }
     }
-}
-
-/// SQL booleans are stored as integers in every dialect.
-fn flag(v: i64) -> bool {
-    v != 0
-}
-
-/// `?, ?, ?` for an `IN (...)` list of `n` values.
-fn placeholders(n: usize) -> String {
-    vec!["?"; n].join(", ")
-}
-
-/// A `LIKE ... ESCAPE '!'` pattern matching `s` anywhere, with `%`, `_` and
-/// `!` taken literally. (`!` rather than a backslash, which MySQL string
-/// literals treat as an escape of their own.)
-fn like_pattern(s: &str) -> String {
-    let mut out = String::with_capacity(s.len() + 2);
-    out.push('%');
-    for c in s.chars() {
-        if matches!(c, '%' | '_' | '!') {
-            out.push('!');
-        }
-        out.push(c);
-    }
-    out.push('%');
-    out
 }

@@ -12,61 +12,7 @@ use wf_common::shutdown::Shutdown;
 
 pub const ADMIN_PASSWORD: &str = "admin-password-1";
 
-/// A fresh, empty database: a SQLite file in a temporary directory, or a
-/// new database on the MariaDB/MySQL server named by `WF_IOT_TEST_MYSQL_URL`,
-/// dropped when this value is.
-pub struct TestDatabase {
-    pub url: String,
-    mysql: Option<(String, String)>,
-    _dir: tempfile::TempDir,
-}
-
-impl TestDatabase {
-    pub fn new() -> Self {
-        let dir = tempfile::tempdir().expect("temp dir");
-        match std::env::var("WF_IOT_TEST_MYSQL_URL") {
-            Ok(server) if !server.trim().is_empty() => {
-                let server = server.trim_end_matches('/').to_string();
-                let name = format!("wf_test_{}", uuid::Uuid::new_v4().simple());
-                Self {
-                    url: format!("{server}/{name}"),
-                    mysql: Some((server, name)),
-                    _dir: dir,
-                }
-            }
-            _ => Self {
-                url: format!("sqlite://{}", dir.path().join("auth.db").display()),
-                mysql: None,
-                _dir: dir,
-            },
-        }
-    }
-}
-
-impl Drop for TestDatabase {
-    fn drop(&mut self) {
-        let Some((server, name)) = self.mysql.take() else {
-            return;
-        };
-        // Dropped on a separate thread: Drop cannot await.
-        let _ = std::thread::spawn(move || {
-            let rt = tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()
-                .expect("runtime");
-            rt.block_on(async move {
-                if let Ok(db) = wf_common::db::Db::connect(&format!("{server}/mysql"), 1).await {
-                    let _ = sqlx::query(sqlx::AssertSqlSafe(format!(
-                        "DROP DATABASE IF EXISTS `{name}`"
-                    )))
-                    .execute(&db.pool)
-                    .await;
-                }
-            });
-        })
-        .join();
-    }
-}
+pub use wf_common::testing::TestDatabase;
 
 pub struct TestApp {
     pub base: String,
@@ -105,7 +51,7 @@ impl TestAppBuilder {
     }
 
     pub async fn spawn(mut self) -> TestApp {
-        let db = TestDatabase::new();
+        let db = TestDatabase::new("auth.db");
         self.config.database_url = db.url.clone();
         let config = Arc::new(self.config);
         let app = Application::build(config.clone())

@@ -8,7 +8,7 @@ use crate::helpers::TestDatabase;
 
 #[tokio::test]
 async fn migrations_run_up_down_and_up_again() {
-    let test_db = TestDatabase::new();
+    let test_db = TestDatabase::new("auth.db");
     Db::create_database_if_missing(&test_db.url).await.unwrap();
     let db = Db::connect(&test_db.url, 2).await.unwrap();
 

@@ -1,0 +1,131 @@
+//! device-service's gRPC API (`wfiot.device.v1.DeviceService`), with
+//! grpc.health.v1 and reflection.
+
+use tokio::net::TcpListener;
+use tokio_stream::wrappers::TcpListenerStream;
+use tonic::{Request, Response, Status};
+use wf_proto::device::device_service_server::{DeviceService, DeviceServiceServer};
+use wf_proto::device::{
+    AuthenticateDeviceRequest, AuthenticateDeviceResponse, Device, GetDeviceRequest,
+    ListDevicesRequest, ListDevicesResponse,
+};
+
+use crate::domain::secret_matches;
+use crate::state::AppState;
+use crate::store::{DeviceFilter, DeviceRecord, DeviceSort};
+
+pub async fn serve(
+    state: AppState,
+    listener: TcpListener,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> anyhow::Result<()> {
+    let (health, health_service) = tonic_health::server::health_reporter();
+    health
+        .set_serving::<DeviceServiceServer<DeviceGrpc>>()
+        .await;
+    let reflection = tonic_reflection::server::Builder::configure()
+        .register_encoded_file_descriptor_set(wf_proto::FILE_DESCRIPTOR_SET)
+        .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+        .build_v1()?;
+    tonic::transport::Server::builder()
+        .layer(wf_common::grpc::RequestContextLayer::new("device-service"))
+        .add_service(health_service)
+        .add_service(reflection)
+        .add_service(DeviceServiceServer::new(DeviceGrpc { state }))
+        .serve_with_incoming_shutdown(TcpListenerStream::new(listener), shutdown)
+        .await?;
+    Ok(())
+}
+
+pub struct DeviceGrpc {
+    state: AppState,
+}
+
+fn to_proto(d: DeviceRecord) -> Device {
+    Device {
+        id: d.id,
+        name: d.name,
+        device_type: d.device_type,
+        tags: d.tags,
+        owner_id: d.owner_id,
+        online: d.online,
+        last_seen_at: d.last_seen_at.unwrap_or_default(),
+        firmware_version: d.firmware_version,
+        metadata_json: d.metadata.to_string(),
+        created_at: d.created_at,
+    }
+}
+
+#[tonic::async_trait]
+impl DeviceService for DeviceGrpc {
+    async fn get_device(
+        &self,
+        request: Request<GetDeviceRequest>,
+    ) -> Result<Response<Device>, Status> {
+        let id = request.into_inner().device_id;
+        match self.state.store.get_device(&id).await? {
+            Some(d) => Ok(Response::new(to_proto(d))),
+            None => Err(Status::not_found(format!("no device with id {id:?}"))),
+        }
+    }
+
+    async fn list_devices(
+        &self,
+        request: Request<ListDevicesRequest>,
+    ) -> Result<Response<ListDevicesResponse>, Status> {
+        let req = request.into_inner();
+        let limit = match req.page_size {
+            0 => 100,
+            n => i64::from(n.min(1000)),
+        };
+        let offset: i64 = if req.page_token.is_empty() {
+            0
+        } else {
+            req.page_token
+                .parse()
+                .ok()
+                .filter(|o: &i64| *o >= 0)
+                .ok_or_else(|| {
+                    Status::invalid_argument("page_token is not one this service issued")
+                })?
+        };
+        let non_empty = |s: String| (!s.is_empty()).then_some(s);
+        let (devices, total) = self
+            .state
+            .store
+            .list_devices(&DeviceFilter {
+                ids: req.device_ids,
+                tag: non_empty(req.tag.to_ascii_lowercase()),
+                device_type: non_empty(req.device_type),
+                owner_id: non_empty(req.owner_id),
+                sort: DeviceSort::Id,
+                limit,
+                offset,
+                ..DeviceFilter::default()
+            })
+            .await?;
+        let next = offset + devices.len() as i64;
+        Ok(Response::new(ListDevicesResponse {
+            devices: devices.into_iter().map(to_proto).collect(),
+            next_page_token: if next < total {
+                next.to_string()
+            } else {
+                String::new()
+            },
+        }))
+    }
+
+    async fn authenticate_device(
+        &self,
+        request: Request<AuthenticateDeviceRequest>,
+    ) -> Result<Response<AuthenticateDeviceResponse>, Status> {
+        let req = request.into_inner();
+        let authenticated = match self.state.store.secret_hash(&req.device_id).await? {
+            Some(hash) => secret_matches(&req.secret, &hash),
+            None => false,
+        };
+        metrics::counter!("wf_device_authentications_total", "result" => if authenticated { "ok" } else { "refused" })
+            .increment(1);
+        Ok(Response::new(AuthenticateDeviceResponse { authenticated }))
+    }
+}

@@ -1,0 +1,312 @@
+//! Cloud-to-device commands: send (optionally waiting for the answer),
+//! list a device's history, read one.
+
+use std::time::Duration;
+
+use axum::Json;
+use axum::extract::State;
+use axum::http::{HeaderMap, StatusCode};
+use serde::{Deserialize, Serialize};
+use serde_json::json;
+use wf_common::extract::{self, Path, Query};
+use wf_common::format_millis;
+
+use super::{Paged, page};
+use crate::domain::{CommandName, CommandStatus};
+use crate::error::{Error, Result};
+use crate::state::{AppState, Caller, Permission};
+use crate::store::{CommandRecord, NewCommand};
+
+#[derive(Debug, Serialize)]
+pub struct CommandDto {
+    id: String,
+    device_id: String,
+    name: String,
+    params: serde_json::Value,
+    status: &'static str,
+    result: Option<serde_json::Value>,
+    error: Option<String>,
+    created_by: String,
+    timeout_s: i64,
+    expires_at: String,
+    created_at: String,
+    sent_at: Option<String>,
+    completed_at: Option<String>,
+}
+
+impl From<CommandRecord> for CommandDto {
+    fn from(c: CommandRecord) -> Self {
+        Self {
+            id: c.id,
+            device_id: c.device_id,
+            name: c.name,
+            params: c.params,
+            status: c.status.as_str(),
+            result: c.result,
+            error: c.error,
+            created_by: c.created_by,
+            timeout_s: c.timeout_s,
+            expires_at: format_millis(c.expires_at),
+            created_at: format_millis(c.created_at),
+            sent_at: c.sent_at.map(format_millis),
+            completed_at: c.completed_at.map(format_millis),
+        }
+    }
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CreateRequest {
+    name: String,
+    #[serde(default = "empty_object")]
+    params: serde_json::Value,
+    timeout_s: Option<i64>,
+}
+
+fn empty_object() -> serde_json::Value {
+    json!({})
+}
+
+#[derive(Deserialize)]
+pub struct CreateQuery {
+    /// Hold the request until the device answers or the command times out.
+    #[serde(default)]
+    wait: bool,
+}
+
+/// Sends a command. With `Idempotency-Key`, a retried request returns the
+/// command the first one created instead of sending another.
+pub async fn create(
+    State(state): State<AppState>,
+    caller: Caller,
+    Path(device_id): Path<String>,
+    Query(query): Query<CreateQuery>,
+    headers: HeaderMap,
+    extract::Json(req): extract::Json<CreateRequest>,
+) -> Result<(StatusCode, Json<CommandDto>)> {
+    caller.require(&state, Permission::DeviceCommand).await?;
+    let device = state.device_for(&caller, &device_id).await?;
+    let name = CommandName::parse(&req.name).map_err(Error::Validation)?;
+    let max = state.config.command_max_timeout_secs;
+    let timeout_s = req
+        .timeout_s
+        .unwrap_or(state.config.command_default_timeout_secs);
+    if !(1..=max).contains(&timeout_s) {
+        return Err(Error::Validation(format!(
+            "timeout_s must be between 1 and {max}"
+        )));
+    }
+    if req.params.to_string().len() > 16 * 1024 {
+        return Err(Error::Validation(
+            "params must be at most 16 KiB of JSON".into(),
+        ));
+    }
+    let idempotency_key = match headers.get("idempotency-key") {
+        Some(v) => {
+            let key = v
+                .to_str()
+                .ok()
+                .map(str::trim)
+                .filter(|k| !k.is_empty() && k.len() <= 128)
+                .ok_or_else(|| {
+                    Error::BadRequest("Idempotency-Key must be 1 to 128 visible characters".into())
+                })?;
+            Some(key.to_string())
+        }
+        None => None,
+    };
+    if let Some(key) = &idempotency_key {
+        if let Some(existing) = state
+            .store
+            .command_by_idempotency_key(&caller.user_id, key)
+            .await?
+        {
+            return replay(existing, &device.id);
+        }
+    }
+
+    let now = wf_common::now_millis();
+    let command = NewCommand {
+        id: uuid::Uuid::now_v7().to_string(),
+        device_id: device.id.clone(),
+        name: name.as_str().to_string(),
+        params: req.params,
+        created_by: caller.user_id.clone(),
+        idempotency_key: idempotency_key.clone(),
+        timeout_s,
+        created_at: now,
+    };
+    match state.store.insert_command(&command).await {
+        Ok(()) => {}
+        // A concurrent retry with the same key won the race.
+        Err(Error::Conflict(_)) if idempotency_key.is_some() => {
+            let key = idempotency_key.as_deref().unwrap_or_default();
+            if let Some(existing) = state
+                .store
+                .command_by_idempotency_key(&caller.user_id, key)
+                .await?
+            {
+                return replay(existing, &device.id);
+            }
+            return Err(Error::Conflict(
+                "that idempotency key was used already".into(),
+            ));
+        }
+        Err(e) => return Err(e),
+    }
+
+    let payload = json!({
+        "id": command.id,
+        "name": command.name,
+        "params": command.params,
+        "expires_at": format_millis(now + timeout_s * 1000),
+    });
+    let topic = format!("devices/{}/commands", device.id);
+    match state
+        .gateway
+        .publish(topic, payload.to_string().into_bytes(), 1)
+        .await
+    {
+        Ok(()) => {
+            state
+                .store
+                .mark_command_sent(&command.id, wf_common::now_millis())
+                .await?
+        }
+        Err(e) => {
+            tracing::warn!(command_id = %command.id, error = %e, "command could not be sent");
+            state
+                .store
+                .complete_command(
+                    &command.id,
+                    &device.id,
+                    CommandStatus::Failed,
+                    None,
+                    Some("the command could not be delivered to the device gateway"),
+                    wf_common::now_millis(),
+                )
+                .await?;
+        }
+    }
+
+    let record = if query.wait {
+        wait_for(&state, &command.id, Duration::from_secs(timeout_s as u64)).await?
+    } else {
+        load(&state, &command.id).await?
+    };
+    let status = if record.status.is_final() || !query.wait {
+        StatusCode::CREATED
+    } else {
+        StatusCode::ACCEPTED
+    };
+    Ok((status, Json(record.into())))
+}
+
+fn replay(existing: CommandRecord, device_id: &str) -> Result<(StatusCode, Json<CommandDto>)> {
+    if existing.device_id != device_id {
+        return Err(Error::Conflict(
+            "that idempotency key was used for a command to another device".into(),
+        ));
+    }
+    Ok((StatusCode::OK, Json(existing.into())))
+}
+
+async fn load(state: &AppState, id: &str) -> Result<CommandRecord> {
+    state
+        .store
+        .get_command(id)
+        .await?
+        .ok_or_else(|| Error::NotFound(format!("no command with id {id:?}")))
+}
+
+/// Waits until the command is final or its deadline passes. Completion is
+/// announced in-process; the periodic re-read covers a response handled by
+/// another replica.
+async fn wait_for(state: &AppState, id: &str, timeout: Duration) -> Result<CommandRecord> {
+    let mut done = state.command_done.subscribe();
+    let deadline = tokio::time::Instant::now() + timeout + Duration::from_millis(500);
+    loop {
+        let record = load(state, id).await?;
+        if record.status.is_final() {
+            return Ok(record);
+        }
+        if tokio::time::Instant::now() >= deadline {
+            let now = wf_common::now_millis();
+            state
+                .store
+                .complete_command(
+                    id,
+                    &record.device_id,
+                    CommandStatus::TimedOut,
+                    None,
+                    Some("the device did not answer in time"),
+                    now,
+                )
+                .await?;
+            return load(state, id).await;
+        }
+        let poll = tokio::time::sleep(Duration::from_millis(250));
+        tokio::select! {
+            () = poll => {}
+            () = tokio::time::sleep_until(deadline) => {}
+            finished = done.recv() => {
+                if let Ok(finished) = finished {
+                    if finished != id {
+                        continue;
+                    }
+                }
+            }
+        }
+    }
+}
+
+#[derive(Deserialize)]
+pub struct ListQuery {
+    status: Option<String>,
+    limit: Option<i64>,
+    offset: Option<i64>,
+}
+
+pub async fn list(
+    State(state): State<AppState>,
+    caller: Caller,
+    Path(device_id): Path<String>,
+    Query(q): Query<ListQuery>,
+) -> Result<Json<Paged<CommandDto>>> {
+    caller.require(&state, Permission::DeviceRead).await?;
+    state.device_for(&caller, &device_id).await?;
+    let (limit, offset) = page(q.limit, q.offset)?;
+    let status = q
+        .status
+        .filter(|s| !s.is_empty())
+        .map(|s| {
+            CommandStatus::parse(&s)
+                .ok_or_else(|| Error::Validation(format!("unknown status {s:?}")))
+        })
+        .transpose()?;
+    let (commands, total) = state
+        .store
+        .list_commands(&device_id, status, limit, offset)
+        .await?;
+    Ok(Json(Paged {
+        items: commands.into_iter().map(CommandDto::from).collect(),
+        total,
+        limit,
+        offset,
+    }))
+}
+
+pub async fn get(
+    State(state): State<AppState>,
+    caller: Caller,
+    Path((device_id, command_id)): Path<(String, String)>,
+) -> Result<Json<CommandDto>> {
+    caller.require(&state, Permission::DeviceRead).await?;
+    state.device_for(&caller, &device_id).await?;
+    match state.store.get_command(&command_id).await? {
+        Some(c) if c.device_id == device_id => Ok(Json(c.into())),
+        _ => Err(Error::NotFound(format!(
+            "no command with id {command_id:?}"
+        ))),
+    }
+}

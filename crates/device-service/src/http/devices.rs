@@ -1,0 +1,384 @@
+//! Devices: create (with a secret shown once), list, read, update, delete,
+//! rotate the secret, status history, and a fleet summary.
+
+use axum::Json;
+use axum::extract::State;
+use axum::http::StatusCode;
+use serde::{Deserialize, Serialize};
+use wf_common::events::{DeviceDeleted, publish_json, topics};
+use wf_common::extract::{self, Path, Query};
+use wf_common::format_millis;
+
+use super::{Paged, page};
+use crate::domain::{DeviceId, DeviceSecret, Tag, normalize_tags};
+use crate::error::{Error, Result};
+use crate::state::{AppState, Caller, Permission};
+use crate::store::{DeviceFilter, DeviceRecord, DeviceSort, DeviceUpdate, NewDevice, StatusRecord};
+
+#[derive(Debug, Serialize)]
+pub struct DeviceDto {
+    id: String,
+    name: String,
+    device_type: String,
+    tags: Vec<String>,
+    metadata: serde_json::Value,
+    owner_id: String,
+    online: bool,
+    last_seen_at: Option<String>,
+    firmware_version: String,
+    created_at: String,
+    updated_at: String,
+}
+
+impl From<DeviceRecord> for DeviceDto {
+    fn from(d: DeviceRecord) -> Self {
+        Self {
+            id: d.id,
+            name: d.name,
+            device_type: d.device_type,
+            tags: d.tags,
+            metadata: d.metadata,
+            owner_id: d.owner_id,
+            online: d.online,
+            last_seen_at: d.last_seen_at.map(format_millis),
+            firmware_version: d.firmware_version,
+            created_at: format_millis(d.created_at),
+            updated_at: format_millis(d.updated_at),
+        }
+    }
+}
+
+/// A device with its new secret, answered once on create and rotate.
+#[derive(Serialize)]
+pub struct DeviceWithSecret {
+    #[serde(flatten)]
+    device: DeviceDto,
+    credentials: Credentials,
+}
+
+#[derive(Serialize)]
+struct Credentials {
+    client_id: String,
+    username: String,
+    /// Shown only now; stored as a hash.
+    secret: String,
+}
+
+fn with_secret(device: DeviceRecord, secret: &DeviceSecret) -> DeviceWithSecret {
+    DeviceWithSecret {
+        credentials: Credentials {
+            client_id: device.id.clone(),
+            username: device.id.clone(),
+            secret: secret.expose().to_string(),
+        },
+        device: device.into(),
+    }
+}
+
+fn check_name(name: &str) -> Result<String> {
+    let name = name.trim();
+    if name.is_empty() || name.chars().count() > 200 {
+        return Err(Error::Validation("name must be 1 to 200 characters".into()));
+    }
+    Ok(name.to_string())
+}
+
+fn check_type(device_type: &str) -> Result<String> {
+    let t = device_type.trim();
+    if t.len() > 64
+        || !t
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'))
+    {
+        return Err(Error::Validation(
+            "device_type must be at most 64 letters, digits, '.', '_' or '-'".into(),
+        ));
+    }
+    Ok(t.to_string())
+}
+
+fn check_metadata(metadata: serde_json::Value) -> Result<serde_json::Value> {
+    if !metadata.is_object() {
+        return Err(Error::Validation("metadata must be a JSON object".into()));
+    }
+    if metadata.to_string().len() > 16 * 1024 {
+        return Err(Error::Validation("metadata must be at most 16 KiB".into()));
+    }
+    Ok(metadata)
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CreateRequest {
+    /// Chosen by the caller, or generated.
+    id: Option<String>,
+    name: String,
+    #[serde(default)]
+    device_type: String,
+    #[serde(default)]
+    tags: Vec<String>,
+    #[serde(default = "empty_object")]
+    metadata: serde_json::Value,
+}
+
+fn empty_object() -> serde_json::Value {
+    serde_json::json!({})
+}
+
+pub async fn create(
+    State(state): State<AppState>,
+    caller: Caller,
+    extract::Json(req): extract::Json<CreateRequest>,
+) -> Result<(StatusCode, Json<DeviceWithSecret>)> {
+    caller.require(&state, Permission::DeviceWrite).await?;
+    let id = match req.id.as_deref().map(str::trim).filter(|s| !s.is_empty()) {
+        Some(id) => DeviceId::parse(id).map_err(Error::Validation)?,
+        None => DeviceId::generate(),
+    };
+    let secret = DeviceSecret::generate();
+    let device = NewDevice {
+        id: id.into_inner(),
+        name: check_name(&req.name)?,
+        device_type: check_type(&req.device_type)?,
+        owner_id: caller.user_id.clone(),
+        metadata: check_metadata(req.metadata)?,
+        tags: normalize_tags(&req.tags).map_err(Error::Validation)?,
+        secret_hash: secret.hash(),
+        created_at: wf_common::now_millis(),
+    };
+    state.store.insert_device(&device).await?;
+    sync_credentials(&state, &device.id, secret.expose()).await;
+    let record = state.device_for(&caller, &device.id).await?;
+    tracing::info!(device_id = %record.id, owner = %caller.username, "device created");
+    Ok((StatusCode::CREATED, Json(with_secret(record, &secret))))
+}
+
+/// Tells mqtt-gateway the credentials (an external broker keeps its own
+/// copy). The registry stays the source of truth, so a failure is logged.
+async fn sync_credentials(state: &AppState, device_id: &str, secret: &str) {
+    if let Err(e) = state.gateway.sync_credentials(device_id, secret).await {
+        tracing::warn!(device_id, error = %e, "could not sync device credentials to mqtt-gateway");
+    }
+}
+
+#[derive(Deserialize)]
+pub struct ListQuery {
+    /// Substring of the name.
+    name: Option<String>,
+    #[serde(rename = "type")]
+    device_type: Option<String>,
+    tag: Option<String>,
+    /// `online` or `offline`.
+    status: Option<String>,
+    /// `created_at`, `name`, `last_seen_at` or `id`; `-` in front sorts
+    /// descending.
+    sort: Option<String>,
+    limit: Option<i64>,
+    offset: Option<i64>,
+}
+
+pub async fn list(
+    State(state): State<AppState>,
+    caller: Caller,
+    Query(q): Query<ListQuery>,
+) -> Result<Json<Paged<DeviceDto>>> {
+    caller.require(&state, Permission::DeviceRead).await?;
+    let (limit, offset) = page(q.limit, q.offset)?;
+    let online = match q.status.as_deref() {
+        None | Some("") => None,
+        Some("online") => Some(true),
+        Some("offline") => Some(false),
+        Some(other) => {
+            return Err(Error::Validation(format!(
+                "status {other:?} is not online or offline"
+            )));
+        }
+    };
+    let sort_spec = q.sort.as_deref().unwrap_or("created_at");
+    let (descending, field) = match sort_spec.strip_prefix('-') {
+        Some(f) => (true, f),
+        None => (false, sort_spec),
+    };
+    let sort = match field {
+        "created_at" => DeviceSort::CreatedAt,
+        "name" => DeviceSort::Name,
+        "last_seen_at" => DeviceSort::LastSeen,
+        "id" => DeviceSort::Id,
+        other => {
+            return Err(Error::Validation(format!(
+                "cannot sort by {other:?} (created_at, name, last_seen_at or id)"
+            )));
+        }
+    };
+    let tag = q
+        .tag
+        .filter(|t| !t.is_empty())
+        .map(|t| Tag::parse(&t).map(Tag::into_inner))
+        .transpose()
+        .map_err(Error::Validation)?;
+    let (devices, total) = state
+        .store
+        .list_devices(&DeviceFilter {
+            name: q.name.filter(|n| !n.trim().is_empty()),
+            device_type: q.device_type.filter(|t| !t.is_empty()),
+            tag,
+            online,
+            owner_id: caller.owner_filter(),
+            sort,
+            descending,
+            limit,
+            offset,
+            ..DeviceFilter::default()
+        })
+        .await?;
+    Ok(Json(Paged {
+        items: devices.into_iter().map(DeviceDto::from).collect(),
+        total,
+        limit,
+        offset,
+    }))
+}
+
+pub async fn get(
+    State(state): State<AppState>,
+    caller: Caller,
+    Path(id): Path<String>,
+) -> Result<Json<DeviceDto>> {
+    caller.require(&state, Permission::DeviceRead).await?;
+    Ok(Json(state.device_for(&caller, &id).await?.into()))
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct UpdateRequest {
+    name: Option<String>,
+    device_type: Option<String>,
+    tags: Option<Vec<String>>,
+    metadata: Option<serde_json::Value>,
+}
+
+pub async fn update(
+    State(state): State<AppState>,
+    caller: Caller,
+    Path(id): Path<String>,
+    extract::Json(req): extract::Json<UpdateRequest>,
+) -> Result<Json<DeviceDto>> {
+    caller.require(&state, Permission::DeviceWrite).await?;
+    state.device_for(&caller, &id).await?;
+    let update = DeviceUpdate {
+        name: req.name.as_deref().map(check_name).transpose()?,
+        device_type: req.device_type.as_deref().map(check_type).transpose()?,
+        tags: req
+            .tags
+            .as_deref()
+            .map(normalize_tags)
+            .transpose()
+            .map_err(Error::Validation)?,
+        metadata: req.metadata.map(check_metadata).transpose()?,
+    };
+    if !state
+        .store
+        .update_device(&id, &update, wf_common::now_millis())
+        .await?
+    {
+        return Err(Error::NotFound(format!("no device with id {id:?}")));
+    }
+    Ok(Json(state.device_for(&caller, &id).await?.into()))
+}
+
+/// Deletes a device and everything stored about it, and announces
+/// `device.deleted` so other services (rollouts) let go of it.
+pub async fn delete(
+    State(state): State<AppState>,
+    caller: Caller,
+    Path(id): Path<String>,
+) -> Result<StatusCode> {
+    caller.require(&state, Permission::DeviceWrite).await?;
+    state.device_for(&caller, &id).await?;
+    if !state.store.delete_device(&id).await? {
+        return Err(Error::NotFound(format!("no device with id {id:?}")));
+    }
+    let event = DeviceDeleted {
+        device_id: id.clone(),
+        at: wf_common::now_millis(),
+    };
+    publish_json(state.bus.as_ref(), topics::DEVICE_DELETED, &[event])
+        .await
+        .map_err(|e| Error::Internal(e.into()))?;
+    sync_credentials(&state, &id, "").await;
+    tracing::info!(device_id = %id, by = %caller.username, "device deleted");
+    Ok(StatusCode::NO_CONTENT)
+}
+
+/// Issues a new secret; the old one stops working.
+pub async fn rotate_secret(
+    State(state): State<AppState>,
+    caller: Caller,
+    Path(id): Path<String>,
+) -> Result<Json<DeviceWithSecret>> {
+    caller.require(&state, Permission::DeviceWrite).await?;
+    state.device_for(&caller, &id).await?;
+    let secret = DeviceSecret::generate();
+    state
+        .store
+        .set_secret_hash(&id, &secret.hash(), wf_common::now_millis())
+        .await?;
+    sync_credentials(&state, &id, secret.expose()).await;
+    Ok(Json(with_secret(
+        state.device_for(&caller, &id).await?,
+        &secret,
+    )))
+}
+
+#[derive(Serialize)]
+pub struct StatusDto {
+    time: String,
+    online: bool,
+    reason: String,
+}
+
+#[derive(Deserialize)]
+pub struct HistoryQuery {
+    limit: Option<i64>,
+}
+
+pub async fn status_history(
+    State(state): State<AppState>,
+    caller: Caller,
+    Path(id): Path<String>,
+    Query(q): Query<HistoryQuery>,
+) -> Result<Json<Vec<StatusDto>>> {
+    caller.require(&state, Permission::DeviceRead).await?;
+    state.device_for(&caller, &id).await?;
+    let (limit, _) = page(q.limit, None)?;
+    let history = state.store.status_history(&id, limit).await?;
+    Ok(Json(
+        history
+            .into_iter()
+            .map(|StatusRecord { at, online, reason }| StatusDto {
+                time: format_millis(at),
+                online,
+                reason,
+            })
+            .collect(),
+    ))
+}
+
+#[derive(Serialize)]
+pub struct Summary {
+    total: i64,
+    online: i64,
+    offline: i64,
+}
+
+/// Device counts for the caller's fleet.
+pub async fn summary(State(state): State<AppState>, caller: Caller) -> Result<Json<Summary>> {
+    caller.require(&state, Permission::DeviceRead).await?;
+    let owner = caller.owner_filter();
+    let (total, online) = state.store.count_devices(owner.as_deref()).await?;
+    Ok(Json(Summary {
+        total,
+        online,
+        offline: total - online,
+    }))
+}

@@ -1,0 +1,114 @@
+//! device-service's REST API under /api/v1/devices.
+
+mod commands;
+mod devices;
+mod telemetry;
+
+use std::sync::Arc;
+
+use axum::Router;
+use axum::extract::FromRequestParts;
+use axum::http::header::AUTHORIZATION;
+use axum::http::request::Parts;
+use axum::routing::{get, post};
+use wf_common::http::{ReadinessCheck, finish, ops_routes};
+
+use crate::error::{Error, Result};
+use crate::state::{AppState, Caller};
+
+pub fn router(state: AppState) -> Router {
+    let db = state.store.db().clone();
+    let db_check: ReadinessCheck = Arc::new(move || {
+        let db = db.clone();
+        Box::pin(async move { db.ping().await.map_err(|e| e.to_string()) })
+    });
+    let bus = state.bus.clone();
+    let bus_check: ReadinessCheck = Arc::new(move || {
+        let bus = bus.clone();
+        Box::pin(async move { bus.ping().await.map_err(|e| e.to_string()) })
+    });
+    let api = Router::new()
+        .route("/api/v1/devices", get(devices::list).post(devices::create))
+        .route("/api/v1/devices/summary", get(devices::summary))
+        .route(
+            "/api/v1/devices/{id}",
+            get(devices::get)
+                .patch(devices::update)
+                .delete(devices::delete),
+        )
+        .route("/api/v1/devices/{id}/secret", post(devices::rotate_secret))
+        .route(
+            "/api/v1/devices/{id}/status-history",
+            get(devices::status_history),
+        )
+        .route("/api/v1/devices/{id}/telemetry", get(telemetry::series))
+        .route(
+            "/api/v1/devices/{id}/telemetry/latest",
+            get(telemetry::latest),
+        )
+        .route(
+            "/api/v1/devices/{id}/commands",
+            get(commands::list).post(commands::create),
+        )
+        .route(
+            "/api/v1/devices/{id}/commands/{command_id}",
+            get(commands::get),
+        )
+        .with_state(state.clone());
+    finish(
+        api.merge(ops_routes(vec![
+            ("database", db_check),
+            ("event_bus", bus_check),
+        ])),
+        "device-service",
+        state.config.max_body_bytes,
+    )
+}
+
+/// The caller, from `Authorization: Bearer <access token>` verified against
+/// auth-service's published keys.
+impl FromRequestParts<AppState> for Caller {
+    type Rejection = Error;
+
+    async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self> {
+        let token = parts
+            .headers
+            .get(AUTHORIZATION)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| {
+                v.strip_prefix("Bearer ")
+                    .or_else(|| v.strip_prefix("bearer "))
+            })
+            .map(str::trim)
+            .filter(|t| !t.is_empty())
+            .ok_or_else(|| {
+                Error::Unauthenticated("expected Authorization: Bearer <token>".into())
+            })?;
+        let claims = state.verifier.verify(token).await?;
+        Ok(Caller::from_claims(claims))
+    }
+}
+
+/// `?limit=&offset=` bounds shared by list endpoints.
+pub fn page(limit: Option<i64>, offset: Option<i64>) -> Result<(i64, i64)> {
+    const MAX: i64 = 500;
+    let limit = limit.unwrap_or(50);
+    let offset = offset.unwrap_or(0);
+    if !(1..=MAX).contains(&limit) {
+        return Err(Error::Validation(format!(
+            "limit must be between 1 and {MAX}"
+        )));
+    }
+    if offset < 0 {
+        return Err(Error::Validation("offset must not be negative".into()));
+    }
+    Ok((limit, offset))
+}
+
+#[derive(Debug, serde::Serialize)]
+pub struct Paged<T> {
+    pub items: Vec<T>,
+    pub total: i64,
+    pub limit: i64,
+    pub offset: i64,
+}

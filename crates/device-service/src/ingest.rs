@@ -1,0 +1,210 @@
+//! What device-service does with device events: stores telemetry, applies
+//! status changes, completes commands from their responses, and times out
+//! commands nobody answered.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use wf_common::events::{
+    CommandResponded, Delivery, StatusChanged, TelemetryMessage, run_consumer, topics,
+};
+use wf_common::shutdown::Shutdown;
+
+use crate::domain::CommandStatus;
+use crate::state::AppState;
+
+/// The consumer group of every device-service replica.
+const GROUP: &str = "device-service";
+
+/// Runs every background worker until `stop` is triggered.
+pub async fn run(state: AppState, stop: Shutdown) {
+    let last_seen: Arc<Mutex<HashMap<String, i64>>> = Arc::default();
+    let bus = state.bus.clone();
+    let consumer = state.config.consumer_name.clone();
+
+    let telemetry = {
+        let state = state.clone();
+        let last_seen = last_seen.clone();
+        run_consumer(
+            bus.clone(),
+            topics::DEVICE_DATA_RECEIVED,
+            GROUP.into(),
+            consumer.clone(),
+            64,
+            stop.wait(),
+            move |batch| {
+                let state = state.clone();
+                let last_seen = last_seen.clone();
+                async move { store_telemetry(&state, &last_seen, batch).await }
+            },
+        )
+    };
+    let status = {
+        let state = state.clone();
+        run_consumer(
+            bus.clone(),
+            topics::DEVICE_STATUS_CHANGED,
+            GROUP.into(),
+            consumer.clone(),
+            256,
+            stop.wait(),
+            move |batch| {
+                let state = state.clone();
+                async move { apply_status(&state, batch).await }
+            },
+        )
+    };
+    let responses = {
+        let state = state.clone();
+        run_consumer(
+            bus.clone(),
+            topics::DEVICE_COMMAND_RESPONDED,
+            GROUP.into(),
+            consumer.clone(),
+            256,
+            stop.wait(),
+            move |batch| {
+                let state = state.clone();
+                async move { complete_commands(&state, batch).await }
+            },
+        )
+    };
+    tokio::join!(
+        telemetry,
+        status,
+        responses,
+        expire_commands(state.clone(), stop.clone()),
+        flush_last_seen(state, last_seen, stop),
+    );
+}
+
+/// Decodes each delivery, logging and skipping the ones that do not parse.
+fn decode_all<T: serde::de::DeserializeOwned>(topic: &str, batch: &[Delivery]) -> Vec<T> {
+    batch
+        .iter()
+        .filter_map(|d| match d.decode::<T>() {
+            Ok(v) => Some(v),
+            Err(e) => {
+                tracing::warn!(topic, id = %d.id, error = %e, "skipping an undecodable event");
+                None
+            }
+        })
+        .collect()
+}
+
+async fn store_telemetry(
+    state: &AppState,
+    last_seen: &Mutex<HashMap<String, i64>>,
+    batch: Vec<Delivery>,
+) -> anyhow::Result<()> {
+    let messages: Vec<TelemetryMessage> =
+        decode_all::<Vec<TelemetryMessage>>(topics::DEVICE_DATA_RECEIVED, &batch)
+            .into_iter()
+            .flatten()
+            .collect();
+    if messages.is_empty() {
+        return Ok(());
+    }
+    let stored = state.store.insert_telemetry(&messages).await?;
+    metrics::counter!("wf_telemetry_messages_stored_total").increment(messages.len() as u64);
+    metrics::counter!("wf_telemetry_values_stored_total").increment(stored);
+    let now = wf_common::now_millis();
+    if let Ok(mut seen) = last_seen.lock() {
+        for m in &messages {
+            seen.insert(m.device_id.clone(), now);
+        }
+    }
+    Ok(())
+}
+
+async fn apply_status(state: &AppState, batch: Vec<Delivery>) -> anyhow::Result<()> {
+    for change in decode_all::<StatusChanged>(topics::DEVICE_STATUS_CHANGED, &batch) {
+        let applied = state
+            .store
+            .apply_status(&change.device_id, change.online, change.at, &change.reason)
+            .await?;
+        tracing::debug!(device_id = %change.device_id, online = change.online, applied, "status change");
+    }
+    Ok(())
+}
+
+async fn complete_commands(state: &AppState, batch: Vec<Delivery>) -> anyhow::Result<()> {
+    for response in decode_all::<CommandResponded>(topics::DEVICE_COMMAND_RESPONDED, &batch) {
+        let status = if response.status == "succeeded" {
+            CommandStatus::Succeeded
+        } else {
+            CommandStatus::Failed
+        };
+        let error = (status == CommandStatus::Failed).then_some("the device reported a failure");
+        let completed = state
+            .store
+            .complete_command(
+                &response.command_id,
+                &response.device_id,
+                status,
+                Some(&response.result),
+                error,
+                response.at,
+            )
+            .await?;
+        if completed {
+            metrics::counter!("wf_commands_completed_total", "status" => status.as_str())
+                .increment(1);
+            let _ = state.command_done.send(response.command_id);
+        }
+    }
+    Ok(())
+}
+
+/// Marks open commands past their deadline `timed_out`, every second. Safe
+/// to run on every replica: the update is conditional.
+async fn expire_commands(state: AppState, stop: Shutdown) {
+    let stopped = stop.wait();
+    tokio::pin!(stopped);
+    let mut tick = tokio::time::interval(Duration::from_secs(1));
+    loop {
+        tokio::select! {
+            () = &mut stopped => return,
+            _ = tick.tick() => {}
+        }
+        match state.store.expire_commands(wf_common::now_millis()).await {
+            Ok(0) => {}
+            Ok(n) => {
+                metrics::counter!("wf_commands_completed_total", "status" => "timed_out")
+                    .increment(n);
+            }
+            Err(e) => tracing::warn!(error = %e, "timing out commands failed"),
+        }
+    }
+}
+
+/// Writes last-seen times gathered from telemetry every few seconds rather
+/// than once per message.
+async fn flush_last_seen(
+    state: AppState,
+    last_seen: Arc<Mutex<HashMap<String, i64>>>,
+    stop: Shutdown,
+) {
+    let stopped = stop.wait();
+    tokio::pin!(stopped);
+    let mut tick = tokio::time::interval(Duration::from_secs(5));
+    loop {
+        let stopping = tokio::select! {
+            () = &mut stopped => true,
+            _ = tick.tick() => false,
+        };
+        let seen: Vec<(String, i64)> = last_seen
+            .lock()
+            .map(|mut m| m.drain().collect())
+            .unwrap_or_default();
+        if !seen.is_empty() {
+            if let Err(e) = state.store.touch_last_seen(&seen).await {
+                tracing::warn!(error = %e, "recording last-seen times failed");
+            }
+        }
+        if stopping {
+            return;
+        }
+    }
+}

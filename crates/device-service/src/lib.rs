@@ -1,0 +1,177 @@
+//! device-service: the device registry and credentials, telemetry storage
+//! and queries, online status, and cloud-to-device commands.
+
+pub mod clients;
+pub mod domain;
+pub mod error;
+mod grpc;
+mod http;
+mod ingest;
+mod state;
+pub mod store;
+
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context;
+use serde::{Deserialize, Serialize};
+use tokio::net::TcpListener;
+use wf_common::db::Db;
+use wf_common::events::EventBus;
+use wf_common::jwt::JwtVerifier;
+
+pub use state::AppState;
+
+/// device-service configuration (`[device]` in the wf-iot config file).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default)]
+pub struct Config {
+    pub host: IpAddr,
+    pub http_port: u16,
+    pub grpc_port: u16,
+    /// `sqlite://path/devices.db` or `mysql://user:pass@host:3306/iot_device_db`;
+    /// when empty, `devices.db` in the platform's data directory.
+    #[serde(serialize_with = "wf_common::config::redact_db_url")]
+    pub database_url: String,
+    pub database_max_connections: u32,
+    pub auto_migrate: bool,
+    /// auth-service's gRPC endpoint (permission checks).
+    pub auth_grpc_url: String,
+    /// Where the public keys that verify access tokens are published.
+    pub auth_jwks_url: String,
+    /// The `iss` tokens must carry.
+    pub issuer: String,
+    /// mqtt-gateway's gRPC endpoint (commands to devices).
+    pub mqtt_gateway_url: String,
+    /// How long a permission answer from auth-service is reused.
+    pub permission_cache_ttl_secs: u64,
+    /// The most points one series query returns (raw values or buckets).
+    pub max_series_points: i64,
+    pub command_default_timeout_secs: i64,
+    pub command_max_timeout_secs: i64,
+    /// This replica's name in event consumer groups; stable across restarts
+    /// so a replica resumes the events it had not finished.
+    pub consumer_name: String,
+    pub max_body_bytes: usize,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Self {
+            host: IpAddr::V4(Ipv4Addr::UNSPECIFIED),
+            http_port: 8102,
+            grpc_port: 50052,
+            database_url: String::new(),
+            database_max_connections: 8,
+            auto_migrate: true,
+            auth_grpc_url: "http://127.0.0.1:50051".into(),
+            auth_jwks_url: "http://127.0.0.1:8101/.well-known/jwks.json".into(),
+            issuer: "wf-iot".into(),
+            mqtt_gateway_url: "http://127.0.0.1:50054".into(),
+            permission_cache_ttl_secs: 10,
+            max_series_points: 10_000,
+            command_default_timeout_secs: 30,
+            command_max_timeout_secs: 3600,
+            consumer_name: "device-service-1".into(),
+            max_body_bytes: 64 * 1024,
+        }
+    }
+}
+
+impl Config {
+    /// Fills the database location, when empty, with a file under `data_dir`.
+    pub fn with_data_dir(mut self, data_dir: &std::path::Path) -> Self {
+        if self.database_url.trim().is_empty() {
+            self.database_url = format!("sqlite://{}", data_dir.join("devices.db").display());
+        }
+        self
+    }
+}
+
+/// Opens the configured database (creating a MySQL database when missing).
+pub async fn connect_db(config: &Config) -> anyhow::Result<Db> {
+    if config.database_url.trim().is_empty() {
+        anyhow::bail!("device.database_url is not set");
+    }
+    Db::create_database_if_missing(&config.database_url)
+        .await
+        .context("creating the device database")?;
+    Db::connect(&config.database_url, config.database_max_connections)
+        .await
+        .context("connecting to the device database")
+}
+
+/// device-service with its listeners bound.
+pub struct Application {
+    state: AppState,
+    http: TcpListener,
+    grpc: TcpListener,
+}
+
+impl Application {
+    /// Connects to the database (migrating when configured) and binds both
+    /// listeners; port 0 picks free ports. Other services are reached lazily,
+    /// so they may start later.
+    pub async fn build(config: Arc<Config>, bus: Arc<dyn EventBus>) -> anyhow::Result<Self> {
+        let db = connect_db(&config).await?;
+        if config.auto_migrate {
+            db.migrate_up(&store::MIGRATIONS)
+                .await
+                .context("migrating the device database")?;
+        }
+        let verifier =
+            JwtVerifier::from_jwks_url(config.issuer.clone(), config.auth_jwks_url.clone());
+        let auth = clients::AuthClient::new(
+            &config.auth_grpc_url,
+            Duration::from_secs(config.permission_cache_ttl_secs),
+        )?;
+        let gateway = clients::GatewayClient::new(&config.mqtt_gateway_url)?;
+        let state = AppState::new(
+            config.clone(),
+            store::Store::new(db),
+            verifier,
+            auth,
+            gateway,
+            bus,
+        );
+        let http = TcpListener::bind(SocketAddr::new(config.host, config.http_port))
+            .await
+            .with_context(|| format!("binding device-service HTTP port {}", config.http_port))?;
+        let grpc = TcpListener::bind(SocketAddr::new(config.host, config.grpc_port))
+            .await
+            .with_context(|| format!("binding device-service gRPC port {}", config.grpc_port))?;
+        Ok(Self { state, http, grpc })
+    }
+
+    pub fn http_port(&self) -> u16 {
+        self.http.local_addr().map(|a| a.port()).unwrap_or_default()
+    }
+
+    pub fn grpc_port(&self) -> u16 {
+        self.grpc.local_addr().map(|a| a.port()).unwrap_or_default()
+    }
+
+    /// Serves HTTP and gRPC and consumes device events until `shutdown`
+    /// resolves, then drains in-flight requests.
+    pub async fn run_until_stopped(
+        self,
+        shutdown: impl Future<Output = ()> + Send + 'static,
+    ) -> anyhow::Result<()> {
+        let stop = wf_common::shutdown::Shutdown::new();
+        let router = http::router(self.state.clone());
+        let http = axum::serve(self.http, router).with_graceful_shutdown(stop.wait());
+        let grpc = grpc::serve(self.state.clone(), self.grpc, stop.wait());
+        let workers = ingest::run(self.state.clone(), stop.clone());
+        let trigger = stop.clone();
+        tokio::spawn(async move {
+            shutdown.await;
+            trigger.trigger();
+        });
+        tracing::info!("device-service ready");
+        let (http, grpc, ()) = tokio::join!(http, grpc, workers);
+        http.context("device-service HTTP server")?;
+        grpc.context("device-service gRPC server")?;
+        Ok(())
+    }
+}

@@ -1,0 +1,423 @@
+// Dynamic SQL here is assembled from constant fragments and `?`
+// placeholders only; every value is bound.
+use std::collections::HashMap;
+
+use sqlx::any::AnyRow;
+use sqlx::{AssertSqlSafe, Row};
+use wf_common::db::{flag, is_unique_violation, like_pattern, placeholders};
+
+use super::Store;
+use crate::error::{Error, Result};
+
+#[derive(Debug, Clone)]
+pub struct DeviceRecord {
+    pub id: String,
+    pub name: String,
+    pub device_type: String,
+    pub owner_id: String,
+    pub metadata: serde_json::Value,
+    pub tags: Vec<String>,
+    pub secret_hash: String,
+    pub online: bool,
+    pub last_seen_at: Option<i64>,
+    pub status_changed_at: i64,
+    pub firmware_version: String,
+    pub created_at: i64,
+    pub updated_at: i64,
+}
+
+const COLUMNS: &str = "id, name, device_type, owner_id, metadata, secret_hash, online, \
+    last_seen_at, status_changed_at, firmware_version, created_at, updated_at";
+
+fn from_row(row: &AnyRow) -> sqlx::Result<DeviceRecord> {
+    let metadata: String = row.try_get("metadata")?;
+    Ok(DeviceRecord {
+        id: row.try_get("id")?,
+        name: row.try_get("name")?,
+        device_type: row.try_get("device_type")?,
+        owner_id: row.try_get("owner_id")?,
+        metadata: serde_json::from_str(&metadata).unwrap_or_else(|_| serde_json::json!({})),
+        tags: Vec::new(),
+        secret_hash: row.try_get("secret_hash")?,
+        online: flag(row.try_get("online")?),
+        last_seen_at: row.try_get("last_seen_at")?,
+        status_changed_at: row.try_get("status_changed_at")?,
+        firmware_version: row.try_get("firmware_version")?,
+        created_at: row.try_get("created_at")?,
+        updated_at: row.try_get("updated_at")?,
+    })
+}
+
+pub struct NewDevice {
+    pub id: String,
+    pub name: String,
+    pub device_type: String,
+    pub owner_id: String,
+    pub metadata: serde_json::Value,
+    pub tags: Vec<String>,
+    pub secret_hash: String,
+    pub created_at: i64,
+}
+
+#[derive(Default)]
+pub struct DeviceUpdate {
+    pub name: Option<String>,
+    pub device_type: Option<String>,
+    pub metadata: Option<serde_json::Value>,
+    pub tags: Option<Vec<String>>,
+}
+
+#[derive(Debug, Clone, Copy, Default)]
+pub enum DeviceSort {
+    #[default]
+    CreatedAt,
+    Name,
+    LastSeen,
+    Id,
+}
+
+#[derive(Default)]
+pub struct DeviceFilter {
+    pub ids: Vec<String>,
+    /// Substring of the name, case-insensitive.
+    pub name: Option<String>,
+    pub device_type: Option<String>,
+    pub tag: Option<String>,
+    pub online: Option<bool>,
+    pub owner_id: Option<String>,
+    pub sort: DeviceSort,
+    pub descending: bool,
+    pub limit: i64,
+    pub offset: i64,
+}
+
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct StatusRecord {
+    pub at: i64,
+    pub online: bool,
+    pub reason: String,
+}
+
+impl Store {
+    pub async fn insert_device(&self, d: &NewDevice) -> Result<()> {
+        let mut tx = self.db.pool.begin().await?;
+        sqlx::query(
+            "INSERT INTO devices (id, name, device_type, owner_id, metadata, secret_hash, online, \
+             status_changed_at, firmware_version, created_at, updated_at) \
+             VALUES (?, ?, ?, ?, ?, ?, 0, 0, '', ?, ?)",
+        )
+        .bind(&d.id)
+        .bind(&d.name)
+        .bind(&d.device_type)
+        .bind(&d.owner_id)
+        .bind(d.metadata.to_string())
+        .bind(&d.secret_hash)
+        .bind(d.created_at)
+        .bind(d.created_at)
+        .execute(&mut *tx)
+        .await
+        .map_err(|e| {
+            if is_unique_violation(&e) {
+                Error::Conflict(format!("a device with id {:?} already exists", d.id))
+            } else {
+                e.into()
+            }
+        })?;
+        for tag in &d.tags {
+            sqlx::query("INSERT INTO device_tags (device_id, tag) VALUES (?, ?)")
+                .bind(&d.id)
+                .bind(tag)
+                .execute(&mut *tx)
+                .await?;
+        }
+        tx.commit().await?;
+        Ok(())
+    }
+
+    pub async fn get_device(&self, id: &str) -> Result<Option<DeviceRecord>> {
+        let row = sqlx::query(AssertSqlSafe(format!(
+            "SELECT {COLUMNS} FROM devices WHERE id = ?"
+        )))
+        .bind(id)
+        .fetch_optional(&self.db.pool)
+        .await?;
+        let Some(row) = row else { return Ok(None) };
+        let mut device = from_row(&row)?;
+        device.tags = self
+            .tags_of(std::slice::from_ref(&device.id))
+            .await?
+            .remove(&device.id)
+            .unwrap_or_default();
+        Ok(Some(device))
+    }
+
+    /// The stored secret hash of a device, for MQTT authentication.
+    pub async fn secret_hash(&self, id: &str) -> Result<Option<String>> {
+        Ok(sqlx::query("SELECT secret_hash FROM devices WHERE id = ?")
+            .bind(id)
+            .fetch_optional(&self.db.pool)
+            .await?
+            .map(|r| r.try_get("secret_hash"))
+            .transpose()?)
+    }
+
+    async fn tags_of(&self, ids: &[String]) -> Result<HashMap<String, Vec<String>>> {
+        let mut out: HashMap<String, Vec<String>> = HashMap::new();
+        if ids.is_empty() {
+            return Ok(out);
+        }
+        let sql = format!(
+            "SELECT device_id, tag FROM device_tags WHERE device_id IN ({}) ORDER BY tag",
+            placeholders(ids.len())
+        );
+        let mut q = sqlx::query(AssertSqlSafe(sql));
+        for id in ids {
+            q = q.bind(id);
+        }
+        for row in q.fetch_all(&self.db.pool).await? {
+            out.entry(row.try_get("device_id")?)
+                .or_default()
+                .push(row.try_get("tag")?);
+        }
+        Ok(out)
+    }
+
+    pub async fn list_devices(&self, f: &DeviceFilter) -> Result<(Vec<DeviceRecord>, i64)> {
+        let mut conditions: Vec<String> = Vec::new();
+        let mut args: Vec<String> = Vec::new();
+        if !f.ids.is_empty() {
+            conditions.push(format!("id IN ({})", placeholders(f.ids.len())));
+            args.extend(f.ids.iter().cloned());
+        }
+        if let Some(name) = &f.name {
+            conditions.push("LOWER(name) LIKE ? ESCAPE '!'".into());
+            args.push(like_pattern(&name.to_lowercase()));
+        }
+        if let Some(t) = &f.device_type {
+            conditions.push("device_type = ?".into());
+            args.push(t.clone());
+        }
+        if let Some(tag) = &f.tag {
+            conditions.push("id IN (SELECT device_id FROM device_tags WHERE tag = ?)".into());
+            args.push(tag.clone());
+        }
+        if let Some(owner) = &f.owner_id {
+            conditions.push("owner_id = ?".into());
+            args.push(owner.clone());
+        }
+        if let Some(online) = f.online {
+            conditions.push(if online { "online = 1" } else { "online = 0" }.into());
+        }
+        let where_clause = if conditions.is_empty() {
+            String::new()
+        } else {
+            format!("WHERE {}", conditions.join(" AND "))
+        };
+        let order = match f.sort {
+            DeviceSort::CreatedAt => "created_at",
+            DeviceSort::Name => "name",
+            DeviceSort::LastSeen => "last_seen_at",
+            DeviceSort::Id => "id",
+        };
+        let dir = if f.descending { "DESC" } else { "ASC" };
+        let count_sql = format!("SELECT COUNT(*) AS n FROM devices {where_clause}");
+        let list_sql = format!(
+            "SELECT {COLUMNS} FROM devices {where_clause} ORDER BY {order} {dir}, id {dir} LIMIT ? OFFSET ?"
+        );
+        let mut count = sqlx::query(AssertSqlSafe(count_sql));
+        let mut list = sqlx::query(AssertSqlSafe(list_sql));
+        for a in &args {
+            count = count.bind(a.clone());
+            list = list.bind(a.clone());
+        }
+        let total: i64 = count.fetch_one(&self.db.pool).await?.try_get("n")?;
+        let rows = list
+            .bind(f.limit)
+            .bind(f.offset)
+            .fetch_all(&self.db.pool)
+            .await?;
+        let mut devices: Vec<DeviceRecord> =
+            rows.iter().map(from_row).collect::<sqlx::Result<_>>()?;
+        let ids: Vec<String> = devices.iter().map(|d| d.id.clone()).collect();
+        let mut tags = self.tags_of(&ids).await?;
+        for d in &mut devices {
+            d.tags = tags.remove(&d.id).unwrap_or_default();
+        }
+        Ok((devices, total))
+    }
+
+    pub async fn update_device(&self, id: &str, u: &DeviceUpdate, now: i64) -> Result<bool> {
+        let mut tx = self.db.pool.begin().await?;
+        let result = sqlx::query(
+            "UPDATE devices SET name = COALESCE(?, name), device_type = COALESCE(?, device_type), \
+             metadata = COALESCE(?, metadata), updated_at = ? WHERE id = ?",
+        )
+        .bind(u.name.clone())
+        .bind(u.device_type.clone())
+        .bind(u.metadata.as_ref().map(|m| m.to_string()))
+        .bind(now)
+        .bind(id)
+        .execute(&mut *tx)
+        .await?;
+        if result.rows_affected() == 0 {
+            return Ok(false);
+        }
+        if let Some(tags) = &u.tags {
+            sqlx::query("DELETE FROM device_tags WHERE device_id = ?")
+                .bind(id)
+                .execute(&mut *tx)
+                .await?;
+            for tag in tags {
+                sqlx::query("INSERT INTO device_tags (device_id, tag) VALUES (?, ?)")
+                    .bind(id)
+                    .bind(tag)
+                    .execute(&mut *tx)
+                    .await?;
+            }
+        }
+        tx.commit().await?;
+        Ok(true)
+    }
+
+    pub async fn set_secret_hash(&self, id: &str, hash: &str, now: i64) -> Result<bool> {
+        let result = sqlx::query("UPDATE devices SET secret_hash = ?, updated_at = ? WHERE id = ?")
+            .bind(hash)
+            .bind(now)
+            .bind(id)
+            .execute(&self.db.pool)
+            .await?;
+        Ok(result.rows_affected() > 0)
+    }
+
+    /// Deletes a device with its telemetry, history and commands.
+    pub async fn delete_device(&self, id: &str) -> Result<bool> {
+        let mut tx = self.db.pool.begin().await?;
+        let result = sqlx::query("DELETE FROM devices WHERE id = ?")
+            .bind(id)
+            .execute(&mut *tx)
+            .await?;
+        if result.rows_affected() == 0 {
+            return Ok(false);
+        }
+        for table in [
+            "device_tags",
+            "device_data",
+            "device_latest",
+            "device_status_history",
+            "device_commands",
+        ] {
+            sqlx::query(AssertSqlSafe(format!(
+                "DELETE FROM {table} WHERE device_id = ?"
+            )))
+            .bind(id)
+            .execute(&mut *tx)
+            .await?;
+        }
+        tx.commit().await?;
+        Ok(true)
+    }
+
+    /// Applies a status change unless a later one was applied already
+    /// (events can arrive out of order or twice).
+    pub async fn apply_status(
+        &self,
+        id: &str,
+        online: bool,
+        at: i64,
+        reason: &str,
+    ) -> Result<bool> {
+        let mut tx = self.db.pool.begin().await?;
+        let result = sqlx::query(
+            "UPDATE devices SET online = ?, status_changed_at = ?, \
+             last_seen_at = CASE WHEN last_seen_at IS NULL OR last_seen_at < ? THEN ? ELSE last_seen_at END \
+             WHERE id = ? AND status_changed_at <= ?",
+        )
+        .bind(i64::from(online))
+        .bind(at)
+        .bind(at)
+        .bind(at)
+        .bind(id)
+        .bind(at)
+        .execute(&mut *tx)
+        .await?;
+        let exists = result.rows_affected() > 0;
+        if exists {
+            let insert = match self.db.dialect {
+                wf_common::db::Dialect::Sqlite => {
+                    "INSERT OR IGNORE INTO device_status_history (device_id, at, online, reason) VALUES (?, ?, ?, ?)"
+                }
+                wf_common::db::Dialect::MySql => {
+                    "INSERT IGNORE INTO device_status_history (device_id, at, online, reason) VALUES (?, ?, ?, ?)"
+                }
+            };
+            sqlx::query(insert)
+                .bind(id)
+                .bind(at)
+                .bind(i64::from(online))
+                .bind(reason)
+                .execute(&mut *tx)
+                .await?;
+        }
+        tx.commit().await?;
+        Ok(exists)
+    }
+
+    pub async fn status_history(&self, id: &str, limit: i64) -> Result<Vec<StatusRecord>> {
+        let rows = sqlx::query(
+            "SELECT at, online, reason FROM device_status_history WHERE device_id = ? ORDER BY at DESC LIMIT ?",
+        )
+        .bind(id)
+        .bind(limit)
+        .fetch_all(&self.db.pool)
+        .await?;
+        Ok(rows
+            .iter()
+            .map(|r| {
+                Ok(StatusRecord {
+                    at: r.try_get("at")?,
+                    online: flag(r.try_get("online")?),
+                    reason: r.try_get("reason")?,
+                })
+            })
+            .collect::<sqlx::Result<_>>()?)
+    }
+
+    /// How many devices there are and how many are online, optionally for
+    /// one owner.
+    pub async fn count_devices(&self, owner_id: Option<&str>) -> Result<(i64, i64)> {
+        let mut counts = [0i64; 2];
+        for (i, online_only) in [false, true].into_iter().enumerate() {
+            let sql = match (owner_id.is_some(), online_only) {
+                (false, false) => "SELECT COUNT(*) AS n FROM devices",
+                (false, true) => "SELECT COUNT(*) AS n FROM devices WHERE online = 1",
+                (true, false) => "SELECT COUNT(*) AS n FROM devices WHERE owner_id = ?",
+                (true, true) => {
+                    "SELECT COUNT(*) AS n FROM devices WHERE owner_id = ? AND online = 1"
+                }
+            };
+            let mut q = sqlx::query(sql);
+            if let Some(o) = owner_id {
+                q = q.bind(o);
+            }
+            counts[i] = q.fetch_one(&self.db.pool).await?.try_get("n")?;
+        }
+        Ok((counts[0], counts[1]))
+    }
+
+    /// Moves devices' last-seen times forward (never back).
+    pub async fn touch_last_seen(&self, seen: &[(String, i64)]) -> Result<()> {
+        let mut tx = self.db.pool.begin().await?;
+        for (id, at) in seen {
+            sqlx::query(
+                "UPDATE devices SET last_seen_at = ? WHERE id = ? AND (last_seen_at IS NULL OR last_seen_at < ?)",
+            )
+            .bind(*at)
+            .bind(id)
+            .bind(*at)
+            .execute(&mut *tx)
+            .await?;
+        }
+        tx.commit().await?;
+        Ok(())
+    }
+}

@@ -1,0 +1,584 @@
+//! The registry: CRUD, listing, ownership, permissions, credentials, gRPC.
+
+use std::time::Duration;
+
+use reqwest::{Method, StatusCode};
+use serde_json::{Value, json};
+use wf_common::events::{DeviceDeleted, EventBus, StatusChanged, topics};
+use wf_proto::device::device_service_client::DeviceServiceClient;
+use wf_proto::device::{AuthenticateDeviceRequest, GetDeviceRequest, ListDevicesRequest};
+
+use crate::helpers::{TestApp, assert_error, eventually};
+
+#[tokio::test]
+async fn create_read_update_list_and_delete() {
+    let app = TestApp::spawn().await;
+    let admin = app.admin_token.clone();
+    let created = app
+        .device(
+            &admin,
+            json!({
+                "id": "boiler-1", "name": "Boiler one", "device_type": "boiler",
+                "tags": ["Site-A", "heating"], "metadata": { "floor": 2 }
+            }),
+        )
+        .await;
+    assert_eq!(created["id"], "boiler-1");
+    assert_eq!(created["tags"], json!(["heating", "site-a"]));
+    assert_eq!(created["online"], false);
+    assert_eq!(created["credentials"]["client_id"], "boiler-1");
+    assert_eq!(created["credentials"]["secret"].as_str().unwrap().len(), 43);
+    let generated = app
+        .device(
+            &admin,
+            json!({ "name": "Pump", "device_type": "pump", "tags": ["site-a"] }),
+        )
+        .await;
+    let pump_id = generated["id"].as_str().unwrap().to_string();
+    assert!(pump_id.starts_with("dev-"));
+    app.device(
+        &admin,
+        json!({ "id": "fan-9", "name": "Fan", "device_type": "fan" }),
+    )
+    .await;
+
+    // The secret is never shown again.
+    let got = app.get_json("/api/v1/devices/boiler-1", &admin).await;
+    assert!(got.get("credentials").is_none() && got.get("secret_hash").is_none());
+    assert_eq!(got["metadata"]["floor"], 2);
+
+    let list = app
+        .get_json("/api/v1/devices?tag=site-a&sort=name", &admin)
+        .await;
+    assert_eq!(list["total"], 2);
+    assert_eq!(list["items"][0]["name"], "Boiler one");
+    let list = app.get_json("/api/v1/devices?type=fan", &admin).await;
+    assert_eq!(list["items"][0]["id"], "fan-9");
+    let list = app.get_json("/api/v1/devices?name=BOIL", &admin).await;
+    assert_eq!(list["total"], 1);
+    let list = app
+        .get_json("/api/v1/devices?sort=-id&limit=2", &admin)
+        .await;
+    assert_eq!(list["total"], 3);
+    assert_eq!(list["items"].as_array().unwrap().len(), 2);
+    assert_eq!(list["items"][0]["id"], "fan-9");
+    assert_eq!(list["items"][1]["id"], pump_id.as_str());
+    let list = app.get_json("/api/v1/devices?status=online", &admin).await;
+    assert_eq!(list["total"], 0);
+
+    let resp = app
+        .request(
+            Method::PATCH,
+            "/api/v1/devices/boiler-1",
+            Some(&admin),
+            Some(json!({ "tags": ["site-b"], "metadata": { "floor": 3 } })),
+        )
+        .await;
+    assert_eq!(resp.status(), StatusCode::OK);
+    let updated: Value = resp.json().await.unwrap();
+    assert_eq!(updated["tags"], json!(["site-b"]));
+    assert_eq!(updated["name"], "Boiler one");
+
+    let mut deleted = app
+        .bus
+        .subscribe(topics::DEVICE_DELETED, "test", "t")
+        .await
+        .unwrap();
+    let resp = app
+        .request(
+            Method::DELETE,
+            "/api/v1/devices/boiler-1",
+            Some(&admin),
+            None,
+        )
+        .await;
+    assert_eq!(resp.status(), StatusCode::NO_CONTENT);
+    assert_error(
+        app.request(Method::GET, "/api/v1/devices/boiler-1", Some(&admin), None)
+            .await,
+        StatusCode::NOT_FOUND,
+        "not_found",
+    )
+    .await;
+    let events = deleted.next(10, Duration::from_secs(2)).await.unwrap();
+    let event: DeviceDeleted = events[0].decode().unwrap();
+    assert_eq!(event.device_id, "boiler-1");
+    let summary = app.get_json("/api/v1/devices/summary", &admin).await;
+    assert_eq!(summary, json!({ "total": 2, "online": 0, "offline": 2 }));
+}
+
+#[tokio::test]
+async fn bad_input_is_refused_clearly() {
+    let app = TestApp::spawn().await;
+    let admin = app.admin_token.clone();
+    app.device(&admin, json!({ "id": "dup", "name": "First" }))
+        .await;
+    let post = |body: Value| app.request(Method::POST, "/api/v1/devices", Some(&admin), Some(body));
+    assert_error(
+        post(json!({ "id": "dup", "name": "Again" })).await,
+        StatusCode::CONFLICT,
+        "conflict",
+    )
+    .await;
+    for (body, what) in [
+        (json!({ "id": "a/b", "name": "x" }), "slash in id"),
+        (json!({ "id": "a+b", "name": "x" }), "wildcard in id"),
+        (json!({ "name": "" }), "empty name"),
+        (json!({ "name": "x", "tags": ["has space"] }), "bad tag"),
+        (
+            json!({ "name": "x", "metadata": [1, 2] }),
+            "metadata not an object",
+        ),
+        (json!({ "name": "x", "owner": "me" }), "unknown field"),
+        (json!({ "name": 5 }), "wrong type"),
+    ] {
+        assert_eq!(
+            post(body).await.status(),
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "{what}"
+        );
+    }
+    let resp = app
+        .client
+        .post(format!("{}/api/v1/devices", app.base))
+        .bearer_auth(&admin)
+        .header("content-type", "application/json")
+        .body("{\"name\": ")
+        .send()
+        .await
+        .unwrap();
+    assert_error(resp, StatusCode::BAD_REQUEST, "bad_request").await;
+    let big = json!({ "name": "x", "metadata": { "blob": "y".repeat(8000) } });
+    assert_error(
+        post(big).await,
+        StatusCode::PAYLOAD_TOO_LARGE,
+        "payload_too_large",
+    )
+    .await;
+    assert_error(
+        app.request(
+            Method::GET,
+            "/api/v1/devices?status=sleeping",
+            Some(&admin),
+            None,
+        )
+        .await,
+        StatusCode::UNPROCESSABLE_ENTITY,
+        "validation_failed",
+    )
+    .await;
+    assert_error(
+        app.request(
+            Method::GET,
+            "/api/v1/devices?sort=owner",
+            Some(&admin),
+            None,
+        )
+        .await,
+        StatusCode::UNPROCESSABLE_ENTITY,
+        "validation_failed",
+    )
+    .await;
+    assert_error(
+        app.request(Method::GET, "/api/v1/devices?limit=0", Some(&admin), None)
+            .await,
+        StatusCode::UNPROCESSABLE_ENTITY,
+        "validation_failed",
+    )
+    .await;
+    assert_error(
+        app.request(Method::DELETE, "/api/v1/devices/nope", Some(&admin), None)
+            .await,
+        StatusCode::NOT_FOUND,
+        "not_found",
+    )
+    .await;
+}
+
+#[tokio::test]
+async fn users_see_only_their_own_devices_and_admins_see_all() {
+    let app = TestApp::spawn().await;
+    let alice = app.user("alice", &["operator"]).await;
+    let bob = app.user("bob", &["operator"]).await;
+    app.device(&alice, json!({ "id": "alice-1", "name": "Alice's" }))
+        .await;
+    app.device(&bob, json!({ "id": "bob-1", "name": "Bob's" }))
+        .await;
+
+    let mine = app.get_json("/api/v1/devices", &alice).await;
+    assert_eq!(mine["total"], 1);
+    assert_eq!(mine["items"][0]["id"], "alice-1");
+    for (method, path) in [
+        (Method::GET, "/api/v1/devices/bob-1"),
+        (Method::DELETE, "/api/v1/devices/bob-1"),
+        (Method::GET, "/api/v1/devices/bob-1/telemetry/latest"),
+        (Method::GET, "/api/v1/devices/bob-1/commands"),
+        (Method::POST, "/api/v1/devices/bob-1/secret"),
+    ] {
+        let resp = app.request(method.clone(), path, Some(&alice), None).await;
+        assert_eq!(resp.status(), StatusCode::NOT_FOUND, "{method} {path}");
+    }
+    let resp = app
+        .request(
+            Method::POST,
+            "/api/v1/devices/bob-1/commands",
+            Some(&alice),
+            Some(json!({ "name": "reboot" })),
+        )
+        .await;
+    assert_eq!(resp.status(), StatusCode::NOT_FOUND);
+    assert_eq!(
+        app.get_json("/api/v1/devices/summary", &alice).await["total"],
+        1
+    );
+
+    let all = app.get_json("/api/v1/devices", &app.admin_token).await;
+    assert_eq!(all["total"], 2);
+    assert_eq!(
+        app.get_json("/api/v1/devices/bob-1", &app.admin_token)
+            .await["owner_id"],
+        app.get_json("/api/v1/devices/bob-1", &bob).await["owner_id"]
+    );
+}
+
+#[tokio::test]
+async fn every_endpoint_checks_its_permission() {
+    let app = TestApp::spawn().await;
+    let admin = app.admin_token.clone();
+    app.device(&admin, json!({ "id": "d1", "name": "Device" }))
+        .await;
+    let viewer = app.user("vera", &["viewer"]).await;
+    let nobody = app.user("nobody", &[]).await;
+    // d1 belongs to the admin: a viewer holds device:read but does not own it.
+    let endpoints: Vec<(Method, &str, Option<Value>, &str)> = vec![
+        (Method::GET, "/api/v1/devices", None, "device:read"),
+        (Method::GET, "/api/v1/devices/summary", None, "device:read"),
+        (
+            Method::POST,
+            "/api/v1/devices",
+            Some(json!({ "name": "new" })),
+            "device:write",
+        ),
+        (Method::GET, "/api/v1/devices/d1", None, "device:read"),
+        (
+            Method::PATCH,
+            "/api/v1/devices/d1",
+            Some(json!({ "name": "renamed" })),
+            "device:write",
+        ),
+        (Method::DELETE, "/api/v1/devices/d1", None, "device:write"),
+        (
+            Method::POST,
+            "/api/v1/devices/d1/secret",
+            None,
+            "device:write",
+        ),
+        (
+            Method::GET,
+            "/api/v1/devices/d1/status-history",
+            None,
+            "device:read",
+        ),
+        (
+            Method::GET,
+            "/api/v1/devices/d1/telemetry?metric=t",
+            None,
+            "device:read",
+        ),
+        (
+            Method::GET,
+            "/api/v1/devices/d1/telemetry/latest",
+            None,
+            "device:read",
+        ),
+        (
+            Method::GET,
+            "/api/v1/devices/d1/commands",
+            None,
+            "device:read",
+        ),
+        (
+            Method::POST,
+            "/api/v1/devices/d1/commands",
+            Some(json!({ "name": "reboot" })),
+            "device:command",
+        ),
+    ];
+    for (method, path, body, permission) in &endpoints {
+        let resp = app.request(method.clone(), path, None, body.clone()).await;
+        assert_eq!(
+            resp.status(),
+            StatusCode::UNAUTHORIZED,
+            "{method} {path} without a token"
+        );
+        let resp = app
+            .request(method.clone(), path, Some("not-a-token"), body.clone())
+            .await;
+        assert_eq!(
+            resp.status(),
+            StatusCode::UNAUTHORIZED,
+            "{method} {path} with a forged token"
+        );
+        let resp = app
+            .request(method.clone(), path, Some(&nobody), body.clone())
+            .await;
+        assert_eq!(
+            resp.status(),
+            StatusCode::FORBIDDEN,
+            "{method} {path} without permissions"
+        );
+        let viewer_status = app
+            .request(method.clone(), path, Some(&viewer), body.clone())
+            .await
+            .status();
+        if *permission == "device:read" {
+            // Allowed; d1 belongs to the admin, so single-device reads are 404.
+            assert!(
+                viewer_status == StatusCode::OK || viewer_status == StatusCode::NOT_FOUND,
+                "{method} {path}: {viewer_status}"
+            );
+        } else {
+            assert_eq!(
+                viewer_status,
+                StatusCode::FORBIDDEN,
+                "viewer {method} {path}"
+            );
+        }
+    }
+}
+
+#[tokio::test]
+async fn credentials_authenticate_over_grpc_and_rotate() {
+    let app = TestApp::spawn().await;
+    let created = app
+        .device(
+            &app.admin_token,
+            json!({ "id": "meter-7", "name": "Meter" }),
+        )
+        .await;
+    let secret = created["credentials"]["secret"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let mut grpc = DeviceServiceClient::connect(app.grpc_url()).await.unwrap();
+    let auth = |device_id: &str, secret: &str| AuthenticateDeviceRequest {
+        device_id: device_id.into(),
+        secret: secret.into(),
+    };
+    assert!(
+        grpc.authenticate_device(auth("meter-7", &secret))
+            .await
+            .unwrap()
+            .into_inner()
+            .authenticated
+    );
+    assert!(
+        !grpc
+            .authenticate_device(auth("meter-7", "wrong"))
+            .await
+            .unwrap()
+            .into_inner()
+            .authenticated
+    );
+    assert!(
+        !grpc
+            .authenticate_device(auth("nobody", &secret))
+            .await
+            .unwrap()
+            .into_inner()
+            .authenticated
+    );
+
+    let resp = app
+        .request(
+            Method::POST,
+            "/api/v1/devices/meter-7/secret",
+            Some(&app.admin_token),
+            None,
+        )
+        .await;
+    assert_eq!(resp.status(), StatusCode::OK);
+    let rotated: Value = resp.json().await.unwrap();
+    let new_secret = rotated["credentials"]["secret"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    assert_ne!(new_secret, secret);
+    assert!(
+        !grpc
+            .authenticate_device(auth("meter-7", &secret))
+            .await
+            .unwrap()
+            .into_inner()
+            .authenticated
+    );
+    assert!(
+        grpc.authenticate_device(auth("meter-7", &new_secret))
+            .await
+            .unwrap()
+            .into_inner()
+            .authenticated
+    );
+    let synced = app.gateway.0.lock().unwrap().credentials.clone();
+    assert_eq!(
+        synced,
+        vec![
+            ("meter-7".to_string(), secret),
+            ("meter-7".to_string(), new_secret)
+        ]
+    );
+
+    let device = grpc
+        .get_device(GetDeviceRequest {
+            device_id: "meter-7".into(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(device.name, "Meter");
+    let err = grpc
+        .get_device(GetDeviceRequest {
+            device_id: "ghost".into(),
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), tonic::Code::NotFound);
+}
+
+#[tokio::test]
+async fn grpc_lists_devices_by_page_and_filter() {
+    let app = TestApp::spawn().await;
+    for i in 0..5 {
+        let tags = if i % 2 == 0 {
+            json!(["even"])
+        } else {
+            json!([])
+        };
+        app.device(
+            &app.admin_token,
+            json!({ "id": format!("d{i}"), "name": "n", "device_type": "sensor", "tags": tags }),
+        )
+        .await;
+    }
+    let mut grpc = DeviceServiceClient::connect(app.grpc_url()).await.unwrap();
+    let first = grpc
+        .list_devices(ListDevicesRequest {
+            page_size: 2,
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(
+        first
+            .devices
+            .iter()
+            .map(|d| d.id.as_str())
+            .collect::<Vec<_>>(),
+        ["d0", "d1"]
+    );
+    let mut ids: Vec<String> = first.devices.iter().map(|d| d.id.clone()).collect();
+    let mut token = first.next_page_token;
+    while !token.is_empty() {
+        let page = grpc
+            .list_devices(ListDevicesRequest {
+                page_size: 2,
+                page_token: token,
+                ..Default::default()
+            })
+            .await
+            .unwrap()
+            .into_inner();
+        ids.extend(page.devices.iter().map(|d| d.id.clone()));
+        token = page.next_page_token;
+    }
+    assert_eq!(ids, ["d0", "d1", "d2", "d3", "d4"]);
+    let even = grpc
+        .list_devices(ListDevicesRequest {
+            tag: "even".into(),
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(even.devices.len(), 3);
+    let picked = grpc
+        .list_devices(ListDevicesRequest {
+            device_ids: vec!["d4".into(), "d1".into(), "zz".into()],
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(
+        picked
+            .devices
+            .iter()
+            .map(|d| d.id.as_str())
+            .collect::<Vec<_>>(),
+        ["d1", "d4"]
+    );
+    let err = grpc
+        .list_devices(ListDevicesRequest {
+            page_token: "garbage".into(),
+            ..Default::default()
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), tonic::Code::InvalidArgument);
+}
+
+#[tokio::test]
+async fn status_follows_events_in_time_order() {
+    let app = TestApp::spawn().await;
+    let admin = app.admin_token.clone();
+    app.device(&admin, json!({ "id": "s1", "name": "Sensor" }))
+        .await;
+    let change = |online: bool, at: i64, reason: &str| StatusChanged {
+        device_id: "s1".into(),
+        online,
+        at,
+        reason: reason.into(),
+    };
+    let t0 = wf_common::now_millis();
+    app.publish(
+        topics::DEVICE_STATUS_CHANGED,
+        &[change(true, t0, "connected")],
+    )
+    .await;
+    let device = eventually("online", || async {
+        let d = app.get_json("/api/v1/devices/s1", &admin).await;
+        (d["online"] == true).then_some(d)
+    })
+    .await;
+    assert!(device["last_seen_at"].is_string());
+    assert_eq!(
+        app.get_json("/api/v1/devices?status=online", &admin).await["total"],
+        1
+    );
+
+    // An older event arriving late does not undo the newer one; a repeat is harmless.
+    app.publish(
+        topics::DEVICE_STATUS_CHANGED,
+        &[
+            change(false, t0 - 1000, "last_will"),
+            change(true, t0, "connected"),
+            change(false, t0 + 500, "disconnected"),
+        ],
+    )
+    .await;
+    eventually("offline", || async {
+        (app.get_json("/api/v1/devices/s1", &admin).await["online"] == false).then_some(())
+    })
+    .await;
+    let history = app
+        .get_json("/api/v1/devices/s1/status-history", &admin)
+        .await;
+    let reasons: Vec<&str> = history
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|h| h["reason"].as_str().unwrap())
+        .collect();
+    assert_eq!(reasons, ["disconnected", "connected"]);
+}
