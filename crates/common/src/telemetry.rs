@@ -63,7 +63,7 @@ pub struct LogConfig {
 impl Default for LogConfig {
     fn default() -> Self {
         Self {
-            level: "info".into(),
+            level: "info,rmqtt=warn,rmqtt_net=warn".into(),
             format: LogFormat::Text,
         }
     }

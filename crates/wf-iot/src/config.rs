@@ -18,7 +18,20 @@ pub struct PlatformConfig {
     #[serde(serialize_with = "wf_common::config::redact_opt")]
     pub admin_password: Option<SecretString>,
     pub log: LogConfig,
+    pub events: EventsConfig,
     pub auth: auth_service::Config,
+    pub device: device_service::Config,
+    pub mqtt_gateway: mqtt_gateway::Config,
+}
+
+/// Where services exchange events.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(default)]
+pub struct EventsConfig {
+    /// `redis://host:6379` for Redis Streams (required when services run
+    /// apart); empty for the in-process bus of the all-in-one mode.
+    pub redis_url: String,
+    pub redis: wf_common::events::RedisBusConfig,
 }
 
 impl Default for PlatformConfig {
@@ -27,7 +40,10 @@ impl Default for PlatformConfig {
             data_dir: PathBuf::from("data"),
             admin_password: None,
             log: LogConfig::default(),
+            events: EventsConfig::default(),
             auth: auth_service::Config::default(),
+            device: device_service::Config::default(),
+            mqtt_gateway: mqtt_gateway::Config::default(),
         }
     }
 }
@@ -38,6 +54,7 @@ impl PlatformConfig {
     pub fn load(file: Option<&Path>) -> anyhow::Result<Self> {
         let mut config: Self = wf_common::config::load(file)?;
         config.auth = config.auth.with_data_dir(&config.data_dir);
+        config.device = config.device.with_data_dir(&config.data_dir);
         Ok(config)
     }
 

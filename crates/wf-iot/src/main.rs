@@ -1,8 +1,11 @@
 //! `wf-iot`: the platform's command line.
 
+mod bench;
 mod config;
 mod migrate;
+mod platform;
 mod serve;
+mod simulate;
 mod user;
 
 use std::path::PathBuf;
@@ -40,6 +43,11 @@ enum Command {
     },
     /// Print the effective configuration (secrets masked).
     Config,
+    /// Run simulated devices against a running platform.
+    Simulate(simulate::SimulateArgs),
+    /// Measure throughput on this machine.
+    #[command(subcommand)]
+    Bench(bench::Bench),
 }
 
 fn main() -> std::process::ExitCode {
@@ -79,6 +87,8 @@ fn main() -> std::process::ExitCode {
             Command::Serve { service } => serve::run(config, service).await,
             Command::Migrate { action } => migrate::run(&config, action).await,
             Command::User { action } => user::run(config, action).await,
+            Command::Simulate(args) => simulate::run(args).await,
+            Command::Bench(bench) => bench::run(bench).await,
             Command::Config => Ok(()),
         }
     });

@@ -31,6 +31,7 @@ pub enum Action {
 pub enum Service {
     All,
     Auth,
+    Device,
 }
 
 /// The services that own a database: name, URL, migrations.

@@ -4,9 +4,9 @@
 use std::sync::Arc;
 
 use anyhow::Context;
-use auth_service::AdminBootstrap;
 
 use crate::config::PlatformConfig;
+use crate::platform::{Platform, event_bus};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
 pub enum Target {
@@ -14,44 +14,58 @@ pub enum Target {
     All,
     /// auth-service alone.
     Auth,
+    /// device-service alone.
+    Device,
+    /// mqtt-gateway alone.
+    MqttGateway,
 }
 
 pub async fn run(config: PlatformConfig, target: Target) -> anyhow::Result<()> {
     std::fs::create_dir_all(&config.data_dir)
         .with_context(|| format!("creating the data directory {}", config.data_dir.display()))?;
-    let admin_password = config.admin_password();
-    let auth = auth_service::Application::build(Arc::new(config.auth.clone())).await?;
-    tracing::info!(
-        http_port = auth.http_port(),
-        grpc_port = auth.grpc_port(),
-        "auth-service listening"
-    );
-    if target == Target::All {
-        match auth.ensure_admin(admin_password).await? {
-            AdminBootstrap::Existing => {}
-            AdminBootstrap::Created {
-                username,
-                generated_password,
-            } => print_admin_banner(&username, generated_password.as_deref(), auth.http_port()),
+    let shutdown = wf_common::shutdown::signal();
+    match target {
+        Target::All => Platform::start(config).await?.run_until_signal().await,
+        Target::Auth => {
+            let app = auth_service::Application::build(Arc::new(config.auth)).await?;
+            tracing::info!(
+                http_port = app.http_port(),
+                grpc_port = app.grpc_port(),
+                "auth-service listening"
+            );
+            app.run_until_stopped(shutdown).await
+        }
+        Target::Device => {
+            let bus = distributed_bus(&config).await?;
+            let app = device_service::Application::build(Arc::new(config.device), bus).await?;
+            tracing::info!(
+                http_port = app.http_port(),
+                grpc_port = app.grpc_port(),
+                "device-service listening"
+            );
+            app.run_until_stopped(shutdown).await
+        }
+        Target::MqttGateway => {
+            let bus = distributed_bus(&config).await?;
+            let app = mqtt_gateway::Application::build(Arc::new(config.mqtt_gateway), bus).await?;
+            tracing::info!(
+                mqtt_port = app.mqtt_port(),
+                http_port = app.http_port(),
+                grpc_port = app.grpc_port(),
+                "mqtt-gateway listening"
+            );
+            app.run_until_stopped(shutdown).await
         }
     }
-    auth.run_until_stopped(wf_common::shutdown::signal()).await
 }
 
-fn print_admin_banner(username: &str, generated: Option<&str>, http_port: u16) {
-    println!();
-    println!("  wf-iot created the first administrator account.");
-    println!("    username: {username}");
-    match generated {
-        Some(password) => {
-            println!("    password: {password}");
-            println!("  This password is shown only once: keep it, then change it.");
-        }
-        None => println!("    password: the value of WF_IOT_ADMIN_PASSWORD"),
-    }
-    println!(
-        "  Log in: curl -s -X POST http://localhost:{http_port}/api/v1/auth/login \
-         -H 'content-type: application/json' -d '{{\"username\":\"{username}\",\"password\":\"...\"}}'"
+/// Services running apart exchange events through Redis.
+async fn distributed_bus(
+    config: &PlatformConfig,
+) -> anyhow::Result<Arc<dyn wf_common::events::EventBus>> {
+    anyhow::ensure!(
+        !config.events.redis_url.trim().is_empty(),
+        "a service running on its own needs events.redis_url (WF_IOT_EVENTS__REDIS_URL=redis://127.0.0.1:6379)"
     );
-    println!();
+    event_bus(config).await
 }

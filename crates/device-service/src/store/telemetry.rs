@@ -135,6 +135,17 @@ impl Store {
         Ok(inserted)
     }
 
+    /// How many values of `metric` are stored, across all devices.
+    pub async fn count_values(&self, metric: &str) -> Result<i64> {
+        Ok(
+            sqlx::query("SELECT COUNT(*) AS n FROM device_data WHERE metric = ?")
+                .bind(metric)
+                .fetch_one(&self.db.pool)
+                .await?
+                .try_get("n")?,
+        )
+    }
+
     pub async fn latest_values(&self, device_id: &str) -> Result<Vec<LatestValue>> {
         let rows = sqlx::query(
             "SELECT metric, ts, kind, num, txt FROM device_latest WHERE device_id = ? ORDER BY metric",

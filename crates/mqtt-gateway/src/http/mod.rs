@@ -1,0 +1,32 @@
+//! mqtt-gateway's HTTP port: health, readiness and metrics, and the HTTP
+//! authentication and authorization hooks an external EMQX broker calls.
+
+mod emqx;
+
+use std::sync::Arc;
+
+use axum::Router;
+use axum::routing::post;
+use wf_common::http::{ReadinessCheck, finish, ops_routes};
+
+use crate::state::AppState;
+
+/// Bodies of the hook requests are small JSON documents.
+const MAX_BODY_BYTES: usize = 16 * 1024;
+
+pub fn router(state: AppState) -> Router {
+    let bus = state.bus.clone();
+    let bus_check: ReadinessCheck = Arc::new(move || {
+        let bus = bus.clone();
+        Box::pin(async move { bus.ping().await.map_err(|e| e.to_string()) })
+    });
+    let hooks = Router::new()
+        .route("/mqtt/auth", post(emqx::auth))
+        .route("/mqtt/acl", post(emqx::acl))
+        .with_state(state);
+    finish(
+        hooks.merge(ops_routes(vec![("event_bus", bus_check)])),
+        "mqtt-gateway",
+        MAX_BODY_BYTES,
+    )
+}

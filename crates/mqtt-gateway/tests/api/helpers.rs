@@ -1,0 +1,409 @@
+//! `TestApp`: mqtt-gateway on free ports with an in-process event bus and a
+//! stand-in device-service (a real gRPC server that knows a fixed set of
+//! device secrets), plus MQTT device clients and event readers.
+
+use std::collections::{HashMap, VecDeque};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::Duration;
+
+use mqtt_gateway::{Application, Config};
+use rumqttc::{
+    AsyncClient, ConnectReturnCode, ConnectionError, Event, EventLoop, LastWill, MqttOptions,
+    Outgoing, Packet, QoS, SubscribeReasonCode, Transport,
+};
+use serde::de::DeserializeOwned;
+use tokio::sync::{mpsc, oneshot};
+use tokio::task::JoinHandle;
+use tokio_stream::wrappers::TcpListenerStream;
+use tonic::{Request, Response, Status};
+use wf_common::events::{EventBus, InProcessBus, Subscription};
+use wf_common::shutdown::Shutdown;
+use wf_proto::device::device_service_server::{DeviceService, DeviceServiceServer};
+use wf_proto::device::{
+    AuthenticateDeviceRequest, AuthenticateDeviceResponse, Device, GetDeviceRequest,
+    ListDevicesRequest, ListDevicesResponse,
+};
+
+/// How long a test waits for something that should happen.
+pub const WAIT: Duration = Duration::from_secs(5);
+
+/// device-service as far as the gateway uses it: `AuthenticateDevice`
+/// against fixed secrets, counting the calls.
+pub struct FakeDeviceService {
+    secrets: HashMap<String, String>,
+    auth_calls: Arc<AtomicUsize>,
+}
+
+#[tonic::async_trait]
+impl DeviceService for FakeDeviceService {
+    async fn get_device(&self, _: Request<GetDeviceRequest>) -> Result<Response<Device>, Status> {
+        Err(Status::unimplemented("not needed by mqtt-gateway"))
+    }
+
+    async fn list_devices(
+        &self,
+        _: Request<ListDevicesRequest>,
+    ) -> Result<Response<ListDevicesResponse>, Status> {
+        Err(Status::unimplemented("not needed by mqtt-gateway"))
+    }
+
+    async fn authenticate_device(
+        &self,
+        request: Request<AuthenticateDeviceRequest>,
+    ) -> Result<Response<AuthenticateDeviceResponse>, Status> {
+        self.auth_calls.fetch_add(1, Ordering::SeqCst);
+        let req = request.into_inner();
+        let authenticated = self.secrets.get(&req.device_id) == Some(&req.secret);
+        Ok(Response::new(AuthenticateDeviceResponse { authenticated }))
+    }
+}
+
+pub struct TestApp {
+    pub mqtt_port: u16,
+    pub ws_port: u16,
+    pub http_port: u16,
+    pub grpc_port: u16,
+    pub bus: Arc<InProcessBus>,
+    /// `AuthenticateDevice` calls device-service has answered.
+    pub auth_calls: Arc<AtomicUsize>,
+    shutdown: Shutdown,
+    app: Option<JoinHandle<anyhow::Result<()>>>,
+}
+
+pub struct TestAppBuilder {
+    config: Config,
+    secrets: HashMap<String, String>,
+}
+
+impl TestAppBuilder {
+    pub fn with_device(mut self, id: &str, secret: &str) -> Self {
+        self.secrets.insert(id.into(), secret.into());
+        self
+    }
+
+    pub fn max_payload_bytes(mut self, n: usize) -> Self {
+        self.config.max_payload_bytes = n;
+        self
+    }
+
+    pub async fn spawn(mut self) -> TestApp {
+        let auth_calls = Arc::new(AtomicUsize::new(0));
+        let device_service = FakeDeviceService {
+            secrets: self.secrets,
+            auth_calls: auth_calls.clone(),
+        };
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = listener.local_addr().unwrap().port();
+        tokio::spawn(
+            tonic::transport::Server::builder()
+                .add_service(DeviceServiceServer::new(device_service))
+                .serve_with_incoming(TcpListenerStream::new(listener)),
+        );
+        self.config.device_service_url = format!("http://127.0.0.1:{port}");
+
+        let bus = Arc::new(InProcessBus::new());
+        let app = Application::build(Arc::new(self.config), bus.clone() as Arc<dyn EventBus>)
+            .await
+            .expect("mqtt-gateway starts");
+        let shutdown = Shutdown::new();
+        TestApp {
+            mqtt_port: app.mqtt_port(),
+            ws_port: app.ws_port(),
+            http_port: app.http_port(),
+            grpc_port: app.grpc_port(),
+            bus,
+            auth_calls,
+            shutdown: shutdown.clone(),
+            app: Some(tokio::spawn(app.run_until_stopped(shutdown.wait()))),
+        }
+    }
+}
+
+impl TestApp {
+    pub fn builder() -> TestAppBuilder {
+        TestAppBuilder {
+            config: Config {
+                host: "127.0.0.1".parse().unwrap(),
+                mqtt_port: 0,
+                ws_port: 0,
+                http_port: 0,
+                grpc_port: 0,
+                batch_linger_ms: 5,
+                ..Config::default()
+            },
+            secrets: HashMap::new(),
+        }
+    }
+
+    /// A gateway knowing devices `d1`, `d2` and `d3`, whose secrets are
+    /// `s1`, `s2` and `s3`.
+    pub async fn spawn() -> Self {
+        Self::builder()
+            .with_device("d1", "s1")
+            .with_device("d2", "s2")
+            .with_device("d3", "s3")
+            .spawn()
+            .await
+    }
+
+    pub fn http(&self, path: &str) -> String {
+        format!("http://127.0.0.1:{}{path}", self.http_port)
+    }
+
+    pub fn grpc_url(&self) -> String {
+        format!("http://127.0.0.1:{}", self.grpc_port)
+    }
+
+    /// MQTT options for a device connecting over TCP as `id`/`secret`.
+    pub fn options(&self, id: &str, secret: &str) -> MqttOptions {
+        let mut opts = MqttOptions::new(id, "127.0.0.1", self.mqtt_port);
+        opts.set_credentials(id, secret);
+        opts.set_keep_alive(Duration::from_secs(5));
+        opts
+    }
+
+    /// The same over WebSocket.
+    pub fn ws_options(&self, id: &str, secret: &str) -> MqttOptions {
+        let url = format!("ws://127.0.0.1:{}/mqtt", self.ws_port);
+        let mut opts = MqttOptions::new(id, url, self.ws_port);
+        opts.set_transport(Transport::Ws);
+        opts.set_credentials(id, secret);
+        opts
+    }
+
+    /// Connects device `id` with its secret; panics unless accepted.
+    pub async fn device(&self, id: &str, secret: &str) -> TestDevice {
+        TestDevice::connect(self.options(id, secret))
+            .await
+            .unwrap_or_else(|code| panic!("{id} refused: {code:?}"))
+    }
+
+    /// Reads events of `topic` (one item per event).
+    pub async fn events<T: DeserializeOwned>(&self, topic: &str) -> Events<T> {
+        Events::new(self.bus.as_ref(), topic, false).await
+    }
+
+    /// Reads `device.data.received`, one item per telemetry message.
+    pub async fn telemetry(&self) -> Events<wf_common::events::TelemetryMessage> {
+        Events::new(
+            self.bus.as_ref(),
+            wf_common::events::topics::DEVICE_DATA_RECEIVED,
+            true,
+        )
+        .await
+    }
+
+    /// The gateway's Prometheus text.
+    pub async fn metrics(&self) -> String {
+        reqwest::get(self.http("/metrics"))
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap()
+    }
+
+    /// Stops the gateway and waits for it to finish.
+    pub async fn stop(mut self) {
+        self.shutdown.trigger();
+        if let Some(app) = self.app.take() {
+            tokio::time::timeout(WAIT, app)
+                .await
+                .expect("the gateway stops in time")
+                .expect("the gateway task did not panic")
+                .expect("the gateway stops cleanly");
+        }
+    }
+}
+
+impl Drop for TestApp {
+    fn drop(&mut self) {
+        self.shutdown.trigger();
+    }
+}
+
+/// The value of a Prometheus sample, 0 when absent.
+pub fn metric(text: &str, name_and_labels: &str) -> f64 {
+    text.lines()
+        .find_map(|line| {
+            line.strip_prefix(name_and_labels)
+                .and_then(|rest| rest.strip_prefix(' '))
+                .and_then(|v| v.trim().parse().ok())
+        })
+        .unwrap_or(0.0)
+}
+
+/// A connected MQTT device; its event loop runs in the background.
+pub struct TestDevice {
+    pub client: AsyncClient,
+    incoming: mpsc::UnboundedReceiver<Packet>,
+    silence: Option<oneshot::Sender<()>>,
+    task: JoinHandle<()>,
+}
+
+impl TestDevice {
+    /// Connects; `Err` with the CONNACK code when refused.
+    pub async fn connect(opts: MqttOptions) -> Result<Self, ConnectReturnCode> {
+        let (client, mut eventloop) = AsyncClient::new(opts, 64);
+        loop {
+            match tokio::time::timeout(WAIT, eventloop.poll())
+                .await
+                .expect("CONNACK in time")
+            {
+                Ok(Event::Incoming(Packet::ConnAck(_))) => break,
+                Ok(_) => {}
+                Err(ConnectionError::ConnectionRefused(code)) => return Err(code),
+                Err(e) => panic!("connecting failed: {e}"),
+            }
+        }
+        let (tx, incoming) = mpsc::unbounded_channel();
+        let (silence, silenced) = oneshot::channel();
+        let task = tokio::spawn(drive(eventloop, tx, silenced));
+        Ok(Self {
+            client,
+            incoming,
+            silence: Some(silence),
+            task,
+        })
+    }
+
+    pub async fn publish(&self, topic: &str, payload: impl Into<Vec<u8>>) {
+        self.client
+            .publish(topic, QoS::AtLeastOnce, false, payload.into())
+            .await
+            .expect("publish queued");
+    }
+
+    /// Subscribes and returns whether the broker granted it.
+    pub async fn subscribe(&mut self, filter: &str) -> bool {
+        self.client
+            .subscribe(filter, QoS::AtLeastOnce)
+            .await
+            .expect("subscribe queued");
+        loop {
+            if let Packet::SubAck(ack) = self.next_packet().await {
+                return ack
+                    .return_codes
+                    .iter()
+                    .all(|c| !matches!(c, SubscribeReasonCode::Failure));
+            }
+        }
+    }
+
+    /// The next message delivered to this device.
+    pub async fn next_message(&mut self) -> rumqttc::Publish {
+        loop {
+            if let Packet::Publish(p) = self.next_packet().await {
+                return p;
+            }
+        }
+    }
+
+    async fn next_packet(&mut self) -> Packet {
+        tokio::time::timeout(WAIT, self.incoming.recv())
+            .await
+            .expect("a packet in time")
+            .expect("the connection is open")
+    }
+
+    /// Sends DISCONNECT and closes the connection.
+    pub async fn disconnect(mut self) {
+        self.client.disconnect().await.expect("disconnect queued");
+        let _ = tokio::time::timeout(WAIT, &mut self.task).await;
+    }
+
+    /// Stops answering (no PINGREQ) while keeping the socket open.
+    pub fn go_silent(&mut self) {
+        if let Some(s) = self.silence.take() {
+            let _ = s.send(());
+        }
+    }
+
+    /// Drops the socket without a DISCONNECT.
+    pub fn drop_connection(self) {
+        self.task.abort();
+    }
+}
+
+impl Drop for TestDevice {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+async fn drive(
+    mut eventloop: EventLoop,
+    tx: mpsc::UnboundedSender<Packet>,
+    mut silenced: oneshot::Receiver<()>,
+) {
+    loop {
+        tokio::select! {
+            _ = &mut silenced => {
+                // Hold the socket open without reading or pinging.
+                std::future::pending::<()>().await;
+            }
+            event = eventloop.poll() => match event {
+                Ok(Event::Incoming(packet)) => {
+                    let _ = tx.send(packet);
+                }
+                // A client closes its socket after DISCONNECT.
+                Ok(Event::Outgoing(Outgoing::Disconnect)) => return,
+                Ok(Event::Outgoing(_)) => {}
+                Err(_) => return,
+            }
+        }
+    }
+}
+
+/// Options for a device with a last will on its status topic.
+pub fn with_will(mut opts: MqttOptions, topic: &str) -> MqttOptions {
+    opts.set_last_will(LastWill::new(topic, "offline", QoS::AtLeastOnce, false));
+    opts
+}
+
+/// Reads events of one topic from the bus as one consumer group.
+pub struct Events<T> {
+    sub: Box<dyn Subscription>,
+    arrays: bool,
+    ready: VecDeque<T>,
+}
+
+impl<T: DeserializeOwned> Events<T> {
+    async fn new(bus: &dyn EventBus, topic: &str, arrays: bool) -> Self {
+        static GROUPS: AtomicUsize = AtomicUsize::new(0);
+        let group = format!("test-{}", GROUPS.fetch_add(1, Ordering::Relaxed));
+        Self {
+            sub: bus.subscribe(topic, &group, "c").await.unwrap(),
+            arrays,
+            ready: VecDeque::new(),
+        }
+    }
+
+    /// The next item; panics if none comes in time.
+    pub async fn next(&mut self) -> T {
+        self.next_within(WAIT).await.expect("an event in time")
+    }
+
+    /// The next item within `wait`, if any.
+    pub async fn next_within(&mut self, wait: Duration) -> Option<T> {
+        let deadline = tokio::time::Instant::now() + wait;
+        while self.ready.is_empty() {
+            let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+            if left.is_zero() {
+                return None;
+            }
+            let batch = self.sub.next(100, left).await.unwrap();
+            let ids: Vec<String> = batch.iter().map(|d| d.id.clone()).collect();
+            for d in &batch {
+                if self.arrays {
+                    self.ready.extend(d.decode::<Vec<T>>().unwrap());
+                } else {
+                    self.ready.push_back(d.decode::<T>().unwrap());
+                }
+            }
+            self.sub.ack(&ids).await.unwrap();
+        }
+        self.ready.pop_front()
+    }
+}

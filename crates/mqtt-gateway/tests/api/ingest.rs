@@ -1,0 +1,182 @@
+//! Device messages become events on the bus; malformed ones are counted
+//! and never block the good ones.
+
+use serde_json::json;
+use wf_common::events::{CommandResponded, MetricValue, OtaProgress, topics};
+
+use crate::helpers::{TestApp, metric};
+
+#[tokio::test]
+async fn telemetry_arrives_on_the_bus_with_its_values_and_timestamp() {
+    let app = TestApp::spawn().await;
+    let mut telemetry = app.telemetry().await;
+    let d1 = app.device("d1", "s1").await;
+
+    let before = wf_common::now_millis();
+    d1.publish(
+        "devices/d1/telemetry",
+        json!({"temp": 21.5, "door": "open", "alarm": false, "ts": 1_735_689_600_000_i64})
+            .to_string(),
+    )
+    .await;
+    d1.publish("devices/d1/telemetry", r#"{"temp": 22}"#).await;
+
+    let first = telemetry.next().await;
+    assert_eq!(first.device_id, "d1");
+    assert_eq!(first.ts, 1_735_689_600_000);
+    assert_eq!(
+        first.values,
+        vec![
+            ("alarm".to_string(), MetricValue::Bool(false)),
+            ("door".to_string(), MetricValue::Text("open".into())),
+            ("temp".to_string(), MetricValue::Number(21.5)),
+        ]
+    );
+    let second = telemetry.next().await;
+    assert_eq!(
+        second.values,
+        vec![("temp".to_string(), MetricValue::Number(22.0))]
+    );
+    assert!(
+        second.ts >= before && second.ts <= wf_common::now_millis(),
+        "a message without ts is stamped when received"
+    );
+}
+
+#[tokio::test]
+async fn telemetry_is_batched_into_arrays() {
+    let app = TestApp::spawn().await;
+    let d1 = app.device("d1", "s1").await;
+    let mut events = app
+        .events::<Vec<wf_common::events::TelemetryMessage>>(topics::DEVICE_DATA_RECEIVED)
+        .await;
+    for i in 0..200 {
+        d1.publish("devices/d1/telemetry", format!(r#"{{"n": {i}}}"#))
+            .await;
+    }
+    let mut received = Vec::new();
+    let mut event_count = 0;
+    while received.len() < 200 {
+        received.extend(events.next().await);
+        event_count += 1;
+    }
+    assert_eq!(received.len(), 200);
+    assert!(
+        event_count < 200,
+        "{event_count} events for 200 messages: not batched"
+    );
+    let numbers: Vec<f64> = received
+        .iter()
+        .map(|t| match t.values[0].1 {
+            MetricValue::Number(n) => n,
+            _ => panic!("not a number"),
+        })
+        .collect();
+    assert_eq!(
+        numbers,
+        (0..200).map(f64::from).collect::<Vec<_>>(),
+        "order kept"
+    );
+}
+
+#[tokio::test]
+async fn malformed_and_oversized_messages_are_counted_and_dropped() {
+    let app = TestApp::builder()
+        .with_device("d1", "s1")
+        .max_payload_bytes(1024)
+        .spawn()
+        .await;
+    let mut telemetry = app.telemetry().await;
+    let d1 = app.device("d1", "s1").await;
+
+    d1.publish("devices/d1/telemetry", "not json").await;
+    d1.publish("devices/d1/telemetry", "[1, 2, 3]").await;
+    d1.publish("devices/d1/telemetry", r#"{"nested": {"a": 1}}"#)
+        .await;
+    d1.publish(
+        "devices/d1/telemetry",
+        format!(r#"{{"big": "{}"}}"#, "x".repeat(2048)),
+    )
+    .await;
+    d1.publish("devices/d1/what/is/this", r#"{"a": 1}"#).await;
+    d1.publish("devices/d1/telemetry", r#"{"good": 1}"#).await;
+
+    let next = telemetry.next().await;
+    assert_eq!(
+        next.values,
+        vec![("good".to_string(), MetricValue::Number(1.0))]
+    );
+
+    let metrics = app.metrics().await;
+    for reason in [
+        "not_json",
+        "not_object",
+        "bad_value",
+        "oversized",
+        "unknown_topic",
+    ] {
+        let sample = format!("wf_mqtt_malformed_messages_total{{reason=\"{reason}\"}}");
+        assert!(metric(&metrics, &sample) >= 1.0, "{sample} not counted");
+    }
+    assert!(
+        metric(
+            &metrics,
+            "wf_mqtt_messages_received_total{kind=\"telemetry\"}"
+        ) >= 5.0
+    );
+    assert!(
+        metric(
+            &metrics,
+            "wf_mqtt_events_published_total{topic=\"device.data.received\"}"
+        ) >= 1.0
+    );
+}
+
+#[tokio::test]
+async fn command_responses_become_command_responded_events() {
+    let app = TestApp::spawn().await;
+    let mut responses = app
+        .events::<CommandResponded>(topics::DEVICE_COMMAND_RESPONDED)
+        .await;
+    let d2 = app.device("d2", "s2").await;
+
+    d2.publish(
+        "devices/d2/commands/response",
+        json!({"id": "cmd-1", "status": "succeeded", "result": {"uptime": 42}}).to_string(),
+    )
+    .await;
+    d2.publish(
+        "devices/d2/commands/response",
+        json!({"id": "cmd-2", "status": "exploded"}).to_string(),
+    )
+    .await;
+
+    let ok = responses.next().await;
+    assert_eq!(ok.device_id, "d2");
+    assert_eq!(ok.command_id, "cmd-1");
+    assert_eq!(ok.status, "succeeded");
+    assert_eq!(ok.result, json!({"uptime": 42}));
+    let failed = responses.next().await;
+    assert_eq!(failed.command_id, "cmd-2");
+    assert_eq!(failed.status, "failed");
+}
+
+#[tokio::test]
+async fn ota_progress_becomes_ota_progress_events() {
+    let app = TestApp::spawn().await;
+    let mut progress = app.events::<OtaProgress>(topics::DEVICE_OTA_PROGRESS).await;
+    let d3 = app.device("d3", "s3").await;
+    d3.publish(
+        "devices/d3/ota/progress",
+        json!({"task_id": "t-9", "state": "downloading", "progress": 40.0, "version": "1.2.0"})
+            .to_string(),
+    )
+    .await;
+    let p = progress.next().await;
+    assert_eq!(p.device_id, "d3");
+    assert_eq!(p.task_id, "t-9");
+    assert_eq!(p.state, "downloading");
+    assert_eq!(p.progress, Some(40.0));
+    assert_eq!(p.version.as_deref(), Some("1.2.0"));
+    assert_eq!(p.error, None);
+}

@@ -1,0 +1,107 @@
+//! Online and offline: on connect, on a polite disconnect, on a dropped
+//! socket (last will), on keep-alive expiry, and from status messages.
+
+use std::time::Duration;
+
+use wf_common::events::{StatusChanged, topics};
+
+use crate::helpers::{TestApp, TestDevice, with_will};
+
+async fn status_events(app: &TestApp) -> crate::helpers::Events<StatusChanged> {
+    app.events::<StatusChanged>(topics::DEVICE_STATUS_CHANGED)
+        .await
+}
+
+fn assert_status(event: &StatusChanged, device: &str, online: bool, reason: &str) {
+    assert_eq!(
+        (
+            event.device_id.as_str(),
+            event.online,
+            event.reason.as_str()
+        ),
+        (device, online, reason),
+        "{event:?}"
+    );
+}
+
+#[tokio::test]
+async fn online_on_connect_and_offline_on_disconnect() {
+    let app = TestApp::spawn().await;
+    let mut status = status_events(&app).await;
+    let d1 = app.device("d1", "s1").await;
+    assert_status(&status.next().await, "d1", true, "connected");
+    d1.disconnect().await;
+    assert_status(&status.next().await, "d1", false, "disconnected");
+}
+
+#[tokio::test]
+async fn a_dropped_connection_sends_the_last_will() {
+    let app = TestApp::spawn().await;
+    let mut status = status_events(&app).await;
+    let opts = with_will(app.options("d1", "s1"), "devices/d1/status");
+    let d1 = TestDevice::connect(opts).await.unwrap();
+    assert_status(&status.next().await, "d1", true, "connected");
+    d1.drop_connection();
+    assert_status(&status.next().await, "d1", false, "last_will");
+    // One offline event, not two.
+    assert!(
+        status
+            .next_within(Duration::from_millis(300))
+            .await
+            .is_none()
+    );
+}
+
+#[tokio::test]
+async fn a_silent_device_goes_offline_when_its_keep_alive_expires() {
+    let app = TestApp::spawn().await;
+    let mut status = status_events(&app).await;
+    let mut opts = app.options("d2", "s2");
+    opts.set_keep_alive(Duration::from_secs(1));
+    let mut d2 = TestDevice::connect(opts).await.unwrap();
+    assert_status(&status.next().await, "d2", true, "connected");
+    d2.go_silent();
+    assert_status(&status.next().await, "d2", false, "disconnected");
+}
+
+#[tokio::test]
+async fn a_reconnect_taking_over_the_session_leaves_the_device_online() {
+    let app = TestApp::spawn().await;
+    let mut status = status_events(&app).await;
+    let first = app.device("d1", "s1").await;
+    assert_status(&status.next().await, "d1", true, "connected");
+    let second = app.device("d1", "s1").await;
+    let mut events = vec![status.next().await];
+    while let Some(e) = status.next_within(Duration::from_millis(300)).await {
+        events.push(e);
+    }
+    // The old session ends while the new one starts; whatever the order,
+    // the last word is that the device is online.
+    let last = events.last().unwrap();
+    assert_status(last, "d1", true, "connected");
+    drop(first);
+    second.disconnect().await;
+    assert_status(&status.next().await, "d1", false, "disconnected");
+}
+
+#[tokio::test]
+async fn status_messages_are_reported() {
+    let app = TestApp::spawn().await;
+    let mut status = status_events(&app).await;
+    let d3 = app.device("d3", "s3").await;
+    assert_status(&status.next().await, "d3", true, "connected");
+    d3.publish("devices/d3/status", "offline").await;
+    assert_status(&status.next().await, "d3", false, "status_message");
+    d3.publish("devices/d3/status", "online").await;
+    assert_status(&status.next().await, "d3", true, "status_message");
+}
+
+#[tokio::test]
+async fn shutdown_reports_connected_devices_offline() {
+    let app = TestApp::spawn().await;
+    let mut status = status_events(&app).await;
+    let _d1 = app.device("d1", "s1").await;
+    assert_status(&status.next().await, "d1", true, "connected");
+    app.stop().await;
+    assert_status(&status.next().await, "d1", false, "disconnected");
+}

@@ -1,0 +1,171 @@
+//! Starting services: every one in one process (all-in-one), or one alone.
+//! In all-in-one mode the services still call each other over gRPC, on the
+//! ports this process bound.
+
+use std::net::TcpListener as StdListener;
+use std::sync::Arc;
+
+use anyhow::Context;
+use wf_common::events::{EventBus, InProcessBus, RedisBus};
+use wf_common::shutdown::Shutdown;
+
+use crate::config::PlatformConfig;
+
+/// Connects the configured event bus: Redis Streams, or in-process.
+pub async fn event_bus(config: &PlatformConfig) -> anyhow::Result<Arc<dyn EventBus>> {
+    if config.events.redis_url.trim().is_empty() {
+        Ok(Arc::new(InProcessBus::new()))
+    } else {
+        let bus = RedisBus::connect(&config.events.redis_url, config.events.redis.clone())
+            .await
+            .with_context(|| {
+                format!(
+                    "connecting to Redis at {}",
+                    wf_common::config::redact_url(&config.events.redis_url)
+                )
+            })?;
+        Ok(Arc::new(bus))
+    }
+}
+
+/// A free TCP port on the loopback interface when `port` is 0.
+fn concrete(port: u16) -> anyhow::Result<u16> {
+    if port != 0 {
+        return Ok(port);
+    }
+    let listener = StdListener::bind(("127.0.0.1", 0)).context("finding a free port")?;
+    Ok(listener.local_addr()?.port())
+}
+
+/// The ports the running platform listens on.
+#[derive(Debug, Clone, Copy)]
+pub struct Ports {
+    pub auth_http: u16,
+    pub auth_grpc: u16,
+    pub device_http: u16,
+    pub device_grpc: u16,
+    pub mqtt: u16,
+    pub mqtt_ws: u16,
+    pub mqtt_http: u16,
+    pub mqtt_grpc: u16,
+}
+
+/// The all-in-one platform, started.
+pub struct Platform {
+    pub ports: Ports,
+    pub bus: Arc<dyn EventBus>,
+    pub config: PlatformConfig,
+    stop: Shutdown,
+    tasks: Vec<tokio::task::JoinHandle<anyhow::Result<()>>>,
+}
+
+impl Platform {
+    /// Starts every service. Ports configured as 0 are chosen here first,
+    /// so each service can be told where the others are.
+    pub async fn start(mut config: PlatformConfig) -> anyhow::Result<Self> {
+        std::fs::create_dir_all(&config.data_dir).with_context(|| {
+            format!("creating the data directory {}", config.data_dir.display())
+        })?;
+        config.device.grpc_port = concrete(config.device.grpc_port)?;
+        config.mqtt_gateway.grpc_port = concrete(config.mqtt_gateway.grpc_port)?;
+        let bus = event_bus(&config).await?;
+        let stop = Shutdown::new();
+        let mut tasks = Vec::new();
+
+        let auth = auth_service::Application::build(Arc::new(config.auth.clone())).await?;
+        let (auth_http, auth_grpc) = (auth.http_port(), auth.grpc_port());
+        if let auth_service::AdminBootstrap::Created {
+            username,
+            generated_password,
+        } = auth.ensure_admin(config.admin_password()).await?
+        {
+            print_admin_banner(&username, generated_password.as_deref(), auth_http);
+        }
+        tasks.push(tokio::spawn(auth.run_until_stopped(stop.wait())));
+
+        config.device.auth_grpc_url = format!("http://127.0.0.1:{auth_grpc}");
+        config.device.auth_jwks_url = format!("http://127.0.0.1:{auth_http}/.well-known/jwks.json");
+        config.device.mqtt_gateway_url =
+            format!("http://127.0.0.1:{}", config.mqtt_gateway.grpc_port);
+        let device =
+            device_service::Application::build(Arc::new(config.device.clone()), bus.clone())
+                .await?;
+        let (device_http, device_grpc) = (device.http_port(), device.grpc_port());
+        tasks.push(tokio::spawn(device.run_until_stopped(stop.wait())));
+
+        config.mqtt_gateway.device_service_url = format!("http://127.0.0.1:{device_grpc}");
+        let mqtt =
+            mqtt_gateway::Application::build(Arc::new(config.mqtt_gateway.clone()), bus.clone())
+                .await?;
+        let ports = Ports {
+            auth_http,
+            auth_grpc,
+            device_http,
+            device_grpc,
+            mqtt: mqtt.mqtt_port(),
+            mqtt_ws: mqtt.ws_port(),
+            mqtt_http: mqtt.http_port(),
+            mqtt_grpc: mqtt.grpc_port(),
+        };
+        tasks.push(tokio::spawn(mqtt.run_until_stopped(stop.wait())));
+        tracing::info!(?ports, "wf-iot is running");
+        Ok(Self {
+            ports,
+            bus,
+            config,
+            stop,
+            tasks,
+        })
+    }
+
+    /// Stops every service and waits for them to drain.
+    pub async fn stop(self) -> anyhow::Result<()> {
+        self.stop.trigger();
+        for task in self.tasks {
+            task.await??;
+        }
+        Ok(())
+    }
+
+    /// Runs until SIGINT/SIGTERM, or until a service fails.
+    pub async fn run_until_signal(mut self) -> anyhow::Result<()> {
+        let failed = {
+            let tasks = &mut self.tasks;
+            tokio::select! {
+                () = wf_common::shutdown::signal() => None,
+                (result, index, _) = futures_util::future::select_all(tasks.iter_mut()) => Some((result, index)),
+            }
+        };
+        if let Some((result, index)) = failed {
+            self.tasks.remove(index);
+            self.stop.trigger();
+            for task in self.tasks {
+                let _ = task.await;
+            }
+            return match result {
+                Ok(Ok(())) => Err(anyhow::anyhow!("a service stopped unexpectedly")),
+                Ok(Err(e)) => Err(e),
+                Err(e) => Err(e.into()),
+            };
+        }
+        self.stop().await
+    }
+}
+
+fn print_admin_banner(username: &str, generated: Option<&str>, http_port: u16) {
+    println!();
+    println!("  wf-iot created the first administrator account.");
+    println!("    username: {username}");
+    match generated {
+        Some(password) => {
+            println!("    password: {password}");
+            println!("  This password is shown only once: keep it, then change it.");
+        }
+        None => println!("    password: the value of WF_IOT_ADMIN_PASSWORD"),
+    }
+    println!(
+        "  Log in: curl -s -X POST http://localhost:{http_port}/api/v1/auth/login \
+         -H 'content-type: application/json' -d '{{\"username\":\"{username}\",\"password\":\"...\"}}'"
+    );
+    println!();
+}
