@@ -7,15 +7,18 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use wf_common::events::{
-    CommandResponded, Delivery, StatusChanged, TelemetryMessage, run_consumer, topics,
+    CommandResponded, Delivery, MetricValue, StatusChanged, TelemetryMessage, run_consumer, topics,
 };
 use wf_common::shutdown::Shutdown;
 
-use crate::domain::CommandStatus;
+use crate::domain::{CommandStatus, MetricName};
 use crate::state::AppState;
 
 /// The consumer group of every device-service replica.
 const GROUP: &str = "device-service";
+
+/// The longest text value stored (bytes).
+const MAX_TEXT_VALUE: usize = 4096;
 
 /// Runs every background worker until `stop` is triggered.
 pub async fn run(state: AppState, stop: Shutdown) {
@@ -98,11 +101,24 @@ async fn store_telemetry(
     last_seen: &Mutex<HashMap<String, i64>>,
     batch: Vec<Delivery>,
 ) -> anyhow::Result<()> {
-    let messages: Vec<TelemetryMessage> =
+    let mut messages: Vec<TelemetryMessage> =
         decode_all::<Vec<TelemetryMessage>>(topics::DEVICE_DATA_RECEIVED, &batch)
             .into_iter()
             .flatten()
             .collect();
+    // The gateway validates payloads; values that cannot be stored are still
+    // dropped here, so one bad value can never hold up the batch forever.
+    for m in &mut messages {
+        m.values.retain(|(metric, value)| {
+            let ok = MetricName::parse(metric).is_ok()
+                && !matches!(value, MetricValue::Text(t) if t.len() > MAX_TEXT_VALUE);
+            if !ok {
+                metrics::counter!("wf_telemetry_values_rejected_total").increment(1);
+            }
+            ok
+        });
+    }
+    messages.retain(|m| !m.values.is_empty());
     if messages.is_empty() {
         return Ok(());
     }

@@ -54,6 +54,10 @@ pub struct Config {
     /// so a replica resumes the events it had not finished.
     pub consumer_name: String,
     pub max_body_bytes: usize,
+    /// Mark every device offline on start. Right when the broker runs in
+    /// the same process (all-in-one), where no device can be connected yet;
+    /// wrong for a replica joining a running deployment.
+    pub reset_status_on_start: bool,
 }
 
 impl Default for Config {
@@ -75,6 +79,7 @@ impl Default for Config {
             command_max_timeout_secs: 3600,
             consumer_name: "device-service-1".into(),
             max_body_bytes: 64 * 1024,
+            reset_status_on_start: false,
         }
     }
 }

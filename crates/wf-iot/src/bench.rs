@@ -8,7 +8,6 @@ use anyhow::Context;
 use rumqttc::QoS;
 use serde_json::json;
 
-use crate::config::PlatformConfig;
 use crate::platform::Platform;
 use crate::simulate::{Api, Stats, connect};
 
@@ -40,42 +39,14 @@ pub async fn run(bench: Bench) -> anyhow::Result<()> {
     }
 }
 
-/// Starts the all-in-one platform in a temporary directory on free ports.
-async fn start_platform() -> anyhow::Result<(Platform, String, tempfile::TempDir)> {
-    let dir = tempfile::tempdir()?;
-    let password = wf_common::random::password();
-    let mut config = PlatformConfig::load(None)?;
-    config.data_dir = dir.path().to_path_buf();
-    config.auth = auth_service::Config {
-        http_port: 0,
-        grpc_port: 0,
-        database_url: String::new(),
-        signing_key_file: Default::default(),
-        ..config.auth
-    }
-    .with_data_dir(dir.path());
-    config.device = device_service::Config {
-        http_port: 0,
-        grpc_port: 0,
-        database_url: String::new(),
-        ..config.device
-    }
-    .with_data_dir(dir.path());
-    config.mqtt_gateway.mqtt_port = 0;
-    config.mqtt_gateway.ws_enabled = false;
-    config.mqtt_gateway.http_port = 0;
-    config.mqtt_gateway.grpc_port = 0;
-    config.admin_password = Some(password.clone().into());
-    let platform = Platform::start(config).await?;
-    Ok((platform, password, dir))
-}
-
 async fn ingest(args: IngestArgs) -> anyhow::Result<()> {
     anyhow::ensure!(
         args.devices > 0 && args.messages > 0,
         "--devices and --messages must be positive"
     );
-    let (platform, password, _dir) = start_platform().await?;
+    let dir = tempfile::tempdir()?;
+    let password = wf_common::random::password();
+    let platform = Platform::start_local(dir.path(), &password).await?;
     let ports = platform.ports;
     let api = Api::login(
         &format!("http://127.0.0.1:{}", ports.auth_http),

@@ -30,6 +30,7 @@ pub struct PlatformConfig {
 pub struct EventsConfig {
     /// `redis://host:6379` for Redis Streams (required when services run
     /// apart); empty for the in-process bus of the all-in-one mode.
+    #[serde(serialize_with = "wf_common::config::redact_db_url")]
     pub redis_url: String,
     pub redis: wf_common::events::RedisBusConfig,
 }

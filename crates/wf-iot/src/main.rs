@@ -1,18 +1,10 @@
 //! `wf-iot`: the platform's command line.
 
-mod bench;
-mod config;
-mod migrate;
-mod platform;
-mod serve;
-mod simulate;
-mod user;
-
 use std::path::PathBuf;
 
 use clap::{Parser, Subcommand};
-
-use crate::config::PlatformConfig;
+use wf_iot::config::PlatformConfig;
+use wf_iot::{bench, migrate, serve, simulate, user};
 
 #[derive(Parser)]
 #[command(name = "wf-iot", version, about = "An IoT device-management platform")]

@@ -39,12 +39,20 @@ fn databases(
     config: &PlatformConfig,
     wanted: Service,
 ) -> Vec<(&'static str, String, &'static Migrations)> {
-    let all = [(
-        Service::Auth,
-        "auth",
-        config.auth.database_url.clone(),
-        &auth_service::store::MIGRATIONS,
-    )];
+    let all = [
+        (
+            Service::Auth,
+            "auth",
+            config.auth.database_url.clone(),
+            &auth_service::store::MIGRATIONS,
+        ),
+        (
+            Service::Device,
+            "device",
+            config.device.database_url.clone(),
+            &device_service::store::MIGRATIONS,
+        ),
+    ];
     all.into_iter()
         .filter(|(s, ..)| wanted == Service::All || *s == wanted)
         .map(|(_, name, url, m)| (name, url, m))

@@ -56,6 +56,9 @@ pub struct Platform {
     pub bus: Arc<dyn EventBus>,
     pub config: PlatformConfig,
     stop: Shutdown,
+    /// The gateway stops first, so the offline events of its devices reach
+    /// the services still running.
+    edge_stop: Shutdown,
     tasks: Vec<tokio::task::JoinHandle<anyhow::Result<()>>>,
 }
 
@@ -70,6 +73,7 @@ impl Platform {
         config.mqtt_gateway.grpc_port = concrete(config.mqtt_gateway.grpc_port)?;
         let bus = event_bus(&config).await?;
         let stop = Shutdown::new();
+        let edge_stop = Shutdown::new();
         let mut tasks = Vec::new();
 
         let auth = auth_service::Application::build(Arc::new(config.auth.clone())).await?;
@@ -84,6 +88,8 @@ impl Platform {
         tasks.push(tokio::spawn(auth.run_until_stopped(stop.wait())));
 
         config.device.auth_grpc_url = format!("http://127.0.0.1:{auth_grpc}");
+        config.device.issuer = config.auth.issuer.clone();
+        config.device.reset_status_on_start = true;
         config.device.auth_jwks_url = format!("http://127.0.0.1:{auth_http}/.well-known/jwks.json");
         config.device.mqtt_gateway_url =
             format!("http://127.0.0.1:{}", config.mqtt_gateway.grpc_port);
@@ -107,19 +113,60 @@ impl Platform {
             mqtt_http: mqtt.http_port(),
             mqtt_grpc: mqtt.grpc_port(),
         };
-        tasks.push(tokio::spawn(mqtt.run_until_stopped(stop.wait())));
+        tasks.push(tokio::spawn(mqtt.run_until_stopped(edge_stop.wait())));
         tracing::info!(?ports, "wf-iot is running");
         Ok(Self {
             ports,
             bus,
             config,
             stop,
+            edge_stop,
             tasks,
         })
     }
 
+    /// Starts every service with embedded defaults in `dir`, on free
+    /// loopback ports, without MQTT over WebSocket: for benchmarks and tests.
+    pub async fn start_local(dir: &std::path::Path, admin_password: &str) -> anyhow::Result<Self> {
+        let mut config = PlatformConfig::load(None)?;
+        config.data_dir = dir.to_path_buf();
+        let localhost = std::net::IpAddr::V4(std::net::Ipv4Addr::LOCALHOST);
+        config.auth = auth_service::Config {
+            host: localhost,
+            http_port: 0,
+            grpc_port: 0,
+            database_url: String::new(),
+            signing_key_file: Default::default(),
+            ..config.auth
+        }
+        .with_data_dir(dir);
+        config.device = device_service::Config {
+            host: localhost,
+            http_port: 0,
+            grpc_port: 0,
+            database_url: String::new(),
+            ..config.device
+        }
+        .with_data_dir(dir);
+        config.mqtt_gateway = mqtt_gateway::Config {
+            host: localhost,
+            mqtt_port: 0,
+            ws_enabled: false,
+            http_port: 0,
+            grpc_port: 0,
+            ..config.mqtt_gateway
+        };
+        config.events.redis_url = String::new();
+        config.admin_password = Some(admin_password.to_string().into());
+        Self::start(config).await
+    }
+
     /// Stops every service and waits for them to drain.
-    pub async fn stop(self) -> anyhow::Result<()> {
+    pub async fn stop(mut self) -> anyhow::Result<()> {
+        self.edge_stop.trigger();
+        if let Some(gateway) = self.tasks.pop() {
+            gateway.await??;
+        }
         self.stop.trigger();
         for task in self.tasks {
             task.await??;
@@ -138,6 +185,7 @@ impl Platform {
         };
         if let Some((result, index)) = failed {
             self.tasks.remove(index);
+            self.edge_stop.trigger();
             self.stop.trigger();
             for task in self.tasks {
                 let _ = task.await;

@@ -225,6 +225,12 @@ pub async fn connect(
                 Ok(Event::Incoming(Packet::Publish(p))) if p.topic.ends_with("/commands") => {
                     answer_command(&responder, &id, &p.payload, fail_commands, &stats).await;
                 }
+                // After DISCONNECT the event loop would reconnect: drop it
+                // instead, which closes the socket.
+                Ok(Event::Outgoing(rumqttc::Outgoing::Disconnect)) => {
+                    stats.connected.fetch_sub(1, Ordering::Relaxed);
+                    return;
+                }
                 Ok(_) => {}
                 Err(e) => {
                     stats.errors.fetch_add(1, Ordering::Relaxed);

@@ -11,6 +11,9 @@ pub struct DeviceId(String);
 
 impl DeviceId {
     pub fn parse(s: &str) -> Result<Self, String> {
+        if s == "summary" {
+            return Err("\"summary\" is reserved (GET /api/v1/devices/summary)".into());
+        }
         let ok = (1..=128).contains(&s.len())
             && s.bytes()
                 .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-' | b':'));

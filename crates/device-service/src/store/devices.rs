@@ -404,6 +404,21 @@ impl Store {
         Ok((counts[0], counts[1]))
     }
 
+    /// Marks every online device offline (with a history entry); returns how
+    /// many there were.
+    pub async fn mark_all_offline(&self, now: i64) -> Result<u64> {
+        let ids: Vec<String> = sqlx::query("SELECT id FROM devices WHERE online = 1")
+            .fetch_all(&self.db.pool)
+            .await?
+            .iter()
+            .map(|r| r.try_get("id"))
+            .collect::<sqlx::Result<_>>()?;
+        for id in &ids {
+            self.apply_status(id, false, now, "restart").await?;
+        }
+        Ok(ids.len() as u64)
+    }
+
     /// Moves devices' last-seen times forward (never back).
     pub async fn touch_last_seen(&self, seen: &[(String, i64)]) -> Result<()> {
         let mut tx = self.db.pool.begin().await?;

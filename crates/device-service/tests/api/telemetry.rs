@@ -268,3 +268,54 @@ async fn undecodable_events_are_skipped_without_blocking_good_ones() {
     })
     .await;
 }
+
+#[tokio::test]
+async fn values_that_cannot_be_stored_are_dropped_and_the_rest_kept() {
+    let app = TestApp::spawn().await;
+    let admin = app.admin_token.clone();
+    app.device(&admin, json!({ "id": "v-1", "name": "V" }))
+        .await;
+    let long_name = "m".repeat(100);
+    app.publish(
+        topics::DEVICE_DATA_RECEIVED,
+        &[vec![
+            message(
+                "v-1",
+                T0,
+                &[
+                    (long_name.as_str(), MetricValue::Number(1.0)),
+                    ("ok", MetricValue::Number(2.0)),
+                ],
+            ),
+            message(
+                "v-1",
+                T0 + 1,
+                &[("note", MetricValue::Text("x".repeat(10_000)))],
+            ),
+        ]],
+    )
+    .await;
+    app.publish(
+        topics::DEVICE_DATA_RECEIVED,
+        &[vec![message(
+            "v-1",
+            T0 + 2,
+            &[("after", MetricValue::Bool(true))],
+        )]],
+    )
+    .await;
+    let latest = eventually("the storable values", || async {
+        let l = app
+            .get_json("/api/v1/devices/v-1/telemetry/latest", &admin)
+            .await;
+        (l["values"].as_array().unwrap().len() == 2).then_some(l)
+    })
+    .await;
+    let metrics: Vec<&str> = latest["values"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|v| v["metric"].as_str().unwrap())
+        .collect();
+    assert_eq!(metrics, ["after", "ok"]);
+}

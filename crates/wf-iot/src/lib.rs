@@ -1,0 +1,11 @@
+//! The wf-iot command line's building blocks: configuration, starting the
+//! platform (all-in-one or one service), migrations, account management,
+//! the device simulator and the benchmarks.
+
+pub mod bench;
+pub mod config;
+pub mod migrate;
+pub mod platform;
+pub mod serve;
+pub mod simulate;
+pub mod user;

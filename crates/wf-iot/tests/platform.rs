@@ -1,0 +1,217 @@
+//! The whole platform in one process, used the way a person and their
+//! devices use it: REST for people, MQTT for devices.
+
+use std::time::Duration;
+
+use reqwest::StatusCode;
+use rumqttc::{AsyncClient, Event, MqttOptions, Packet, QoS};
+use serde_json::{Value, json};
+use wf_iot::platform::Platform;
+use wf_iot::simulate::{Api, Credentials, Stats, connect};
+
+const PASSWORD: &str = "platform-test-password";
+
+struct Fixture {
+    platform: Platform,
+    http: reqwest::Client,
+    token: String,
+    api: Api,
+    _dir: tempfile::TempDir,
+}
+
+impl Fixture {
+    async fn start() -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        let platform = Platform::start_local(dir.path(), PASSWORD).await.unwrap();
+        let auth = format!("http://127.0.0.1:{}", platform.ports.auth_http);
+        let http = reqwest::Client::new();
+        let token: Value = http
+            .post(format!("{auth}/api/v1/auth/login"))
+            .json(&json!({ "username": "admin", "password": PASSWORD }))
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        let api = Api::login(&auth, &self_device_url(&platform), "admin", PASSWORD)
+            .await
+            .unwrap();
+        Self {
+            token: token["access_token"].as_str().unwrap().to_string(),
+            platform,
+            http,
+            api,
+            _dir: dir,
+        }
+    }
+
+    async fn get(&self, path: &str) -> Value {
+        let resp = self
+            .http
+            .get(format!("{}{path}", self_device_url(&self.platform)))
+            .bearer_auth(&self.token)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(resp.status(), StatusCode::OK, "GET {path}");
+        resp.json().await.unwrap()
+    }
+
+    async fn command(&self, device: &str, timeout_s: u32) -> Value {
+        self.http
+            .post(format!(
+                "{}/api/v1/devices/{device}/commands?wait=true",
+                self_device_url(&self.platform)
+            ))
+            .bearer_auth(&self.token)
+            .json(&json!({ "name": "blink", "params": { "times": 3 }, "timeout_s": timeout_s }))
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap()
+    }
+}
+
+fn self_device_url(platform: &Platform) -> String {
+    format!("http://127.0.0.1:{}", platform.ports.device_http)
+}
+
+/// Connects a raw MQTT client; returns whether the broker accepted it.
+async fn try_connect(port: u16, client_id: &str, username: &str, password: &str) -> bool {
+    let mut options = MqttOptions::new(client_id, "127.0.0.1", port);
+    options.set_credentials(username, password);
+    let (_client, mut event_loop) = AsyncClient::new(options, 10);
+    match tokio::time::timeout(Duration::from_secs(5), event_loop.poll()).await {
+        Ok(Ok(Event::Incoming(Packet::ConnAck(ack)))) => {
+            ack.code == rumqttc::ConnectReturnCode::Success
+        }
+        _ => false,
+    }
+}
+
+async fn eventually<T, Fut: Future<Output = Option<T>>>(
+    what: &str,
+    mut check: impl FnMut() -> Fut,
+) -> T {
+    for _ in 0..150 {
+        if let Some(v) = check().await {
+            return v;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    panic!("timed out waiting for {what}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn devices_connect_publish_and_answer_commands_end_to_end() {
+    let fx = Fixture::start().await;
+    let mqtt_port = fx.platform.ports.mqtt;
+    let creds: Vec<Credentials> = fx.api.provision("e2e", 2, "thermostat").await.unwrap();
+    let (a, b) = (&creds[0], &creds[1]);
+
+    // Credentials are checked against the registry.
+    assert!(!try_connect(mqtt_port, &a.id, &a.id, "wrong-secret").await);
+    assert!(!try_connect(mqtt_port, "ghost", "ghost", &a.secret).await);
+    assert!(
+        !try_connect(mqtt_port, &b.id, &a.id, &a.secret).await,
+        "client id must be the username"
+    );
+    assert!(try_connect(mqtt_port, &a.id, &a.id, &a.secret).await);
+
+    let stats = std::sync::Arc::new(Stats::default());
+    let device_a = connect(a, "127.0.0.1", mqtt_port, stats.clone(), 0.0, 10)
+        .await
+        .unwrap();
+    let _device_b = connect(b, "127.0.0.1", mqtt_port, stats.clone(), 100.0, 10)
+        .await
+        .unwrap();
+    eventually("both online", || async {
+        (fx.get("/api/v1/devices/summary").await["online"] == 2).then_some(())
+    })
+    .await;
+
+    // Three minutes of readings, one every ten seconds, published over MQTT.
+    let t0: i64 = 1_789_999_980_000;
+    for i in 0..18i64 {
+        let payload = json!({ "temperature": 20 + i, "ts": t0 + i * 10_000 }).to_string();
+        device_a
+            .client
+            .publish(
+                format!("devices/{}/telemetry", a.id),
+                QoS::AtLeastOnce,
+                false,
+                payload,
+            )
+            .await
+            .unwrap();
+    }
+    // A device cannot speak for another one.
+    device_a
+        .client
+        .publish(
+            format!("devices/{}/telemetry", b.id),
+            QoS::AtLeastOnce,
+            false,
+            json!({ "temperature": 99 }).to_string(),
+        )
+        .await
+        .unwrap();
+
+    let path = format!(
+        "/api/v1/devices/{}/telemetry?metric=temperature&from={t0}&to={}&interval=1m&agg=avg",
+        a.id,
+        t0 + 180_000
+    );
+    let series = eventually("18 stored readings", || async {
+        let s = fx.get(&path).await;
+        let count: i64 = s["points"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|p| p["count"].as_i64().unwrap())
+            .sum();
+        (count == 18).then_some(s)
+    })
+    .await;
+    let averages: Vec<f64> = series["points"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| p["value"].as_f64().unwrap())
+        .collect();
+    assert_eq!(averages, vec![22.5, 28.5, 34.5]);
+    let b_latest = fx
+        .get(&format!("/api/v1/devices/{}/telemetry/latest", b.id))
+        .await;
+    assert_eq!(
+        b_latest["values"],
+        json!([]),
+        "a forged message was stored for another device"
+    );
+
+    // Commands round-trip: A answers success, B (set to fail every command) failure.
+    let ok = fx.command(&a.id, 5).await;
+    assert_eq!(ok["status"], "succeeded", "{ok}");
+    assert_eq!(ok["result"]["echo"]["times"], 3);
+    let failed = fx.command(&b.id, 5).await;
+    assert_eq!(failed["status"], "failed", "{failed}");
+
+    // A device that goes away is marked offline, and its commands time out.
+    device_a.client.disconnect().await.unwrap();
+    eventually("A offline", || async {
+        (fx.get(&format!("/api/v1/devices/{}", a.id)).await["online"] == false).then_some(())
+    })
+    .await;
+    let timed_out = fx.command(&a.id, 1).await;
+    assert_eq!(timed_out["status"], "timed_out", "{timed_out}");
+
+    // Rotating the secret locks the old one out.
+    let rotated = fx.api.provision("e2e", 1, "thermostat").await.unwrap();
+    assert!(!try_connect(mqtt_port, &a.id, &a.id, &a.secret).await);
+    assert!(try_connect(mqtt_port, &a.id, &a.id, &rotated[0].secret).await);
+
+    fx.platform.stop().await.unwrap();
+}
