@@ -1,5 +1,6 @@
 //! The mqtt-gateway error, mapped once to HTTP and once to gRPC.
 
+use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use wf_common::ApiError;
 
@@ -12,6 +13,14 @@ pub enum Error {
     /// A dependency (device-service, the broker) cannot be reached now.
     #[error("{0}")]
     Unavailable(String),
+    /// The request collides with something the gateway may not change (a
+    /// broker account wf-iot does not manage holds the device's name).
+    #[error("{0}")]
+    Conflict(String),
+    /// The external broker refused an administrative command. The message
+    /// is the broker's answer (no secrets), which the caller needs to act.
+    #[error("{0}")]
+    Broker(String),
     #[error(transparent)]
     Internal(#[from] anyhow::Error),
 }
@@ -25,6 +34,11 @@ impl From<Error> for ApiError {
             Error::Unavailable(m) => {
                 tracing::warn!(error = %m, "dependency unavailable");
                 ApiError::unavailable(m)
+            }
+            Error::Conflict(m) => ApiError::conflict(m),
+            Error::Broker(m) => {
+                tracing::error!(error = %m, "the broker refused a command");
+                ApiError::new(StatusCode::BAD_GATEWAY, "broker_refused", m)
             }
             Error::Internal(cause) => {
                 tracing::error!(error = ?cause, "internal error");
@@ -48,6 +62,11 @@ impl From<Error> for tonic::Status {
                 tracing::warn!(error = %m, "dependency unavailable");
                 tonic::Status::unavailable(m)
             }
+            Error::Conflict(m) => tonic::Status::failed_precondition(m),
+            Error::Broker(m) => {
+                tracing::error!(error = %m, "the broker refused a command");
+                tonic::Status::internal(m)
+            }
             Error::Internal(cause) => {
                 tracing::error!(error = ?cause, "internal error");
                 tonic::Status::internal("internal error")
@@ -59,7 +78,6 @@ impl From<Error> for tonic::Status {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use axum::http::StatusCode;
     use tonic::Code;
 
     fn cases() -> Vec<(Error, StatusCode, Code)> {
@@ -73,6 +91,16 @@ mod tests {
                 Error::Unavailable("device-service is down".into()),
                 StatusCode::SERVICE_UNAVAILABLE,
                 Code::Unavailable,
+            ),
+            (
+                Error::Conflict("taken".into()),
+                StatusCode::CONFLICT,
+                Code::FailedPrecondition,
+            ),
+            (
+                Error::Broker("Mosquitto refused createClient".into()),
+                StatusCode::BAD_GATEWAY,
+                Code::Internal,
             ),
             (
                 Error::Internal(anyhow::anyhow!("secret detail")),

@@ -2,6 +2,11 @@
 //! offline), the live feed behind `SubscribeTopic`, and the batcher that
 //! publishes to the event bus.
 //!
+//! Both broker modes feed the same [`Ingest`]: the embedded broker from its
+//! hooks ([`Ingest::accept`], with connections and last wills), the
+//! Mosquitto bridge from its shared subscriptions
+//! ([`Ingest::accept_brokered`]).
+//!
 //! The broker calls [`Ingest`] from its connection tasks, so nothing here
 //! waits on the bus: events go through a bounded queue to the [`Batcher`],
 //! and when that queue is full they are dropped and counted
@@ -21,7 +26,7 @@ use wf_common::shutdown::Shutdown;
 
 use crate::Config;
 use crate::domain::topic::DEVICES_ROOT;
-use crate::domain::{Decoded, Incoming, Malformed, Route, decode};
+use crate::domain::{Decoded, Incoming, Malformed, Route, TopicName, decode};
 
 /// Messages a `SubscribeTopic` stream may fall behind by before it is told.
 const FEED_CAPACITY: usize = 4096;
@@ -149,6 +154,22 @@ impl Ingest {
             Ok(Decoded::Relayed) => {}
             Err(reason) => self.malformed(device, topic, reason),
         }
+    }
+
+    /// A message an external broker delivered on a device topic. The
+    /// broker's ACL lets only device `{id}` publish on `devices/{id}/...`,
+    /// so the topic names the sender. Last wills are not told apart from
+    /// other messages there: a will of "offline" on the status topic is
+    /// reported like a status message.
+    pub fn accept_brokered(&self, topic: &str, payload: &Bytes, qos: u8) {
+        let Some(device) = TopicName::parse(topic)
+            .ok()
+            .and_then(|t| t.device_topic().map(|(device, _)| device))
+        else {
+            tracing::debug!(topic, "message outside the device topics ignored");
+            return;
+        };
+        self.accept(device.as_str(), topic, payload, qos, false);
     }
 
     /// A connection of `device` was accepted.

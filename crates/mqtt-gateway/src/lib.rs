@@ -1,8 +1,19 @@
-//! mqtt-gateway: the embedded MQTT broker (TCP and WebSocket) with device
-//! authentication through device-service and per-device topic ACLs; device
-//! messages turned into events (telemetry in batches) on the event bus;
-//! the platform's trusted publish and live subscriptions over gRPC; and
-//! the HTTP auth/ACL hooks for sites running EMQX instead.
+//! mqtt-gateway: the platform's bridge to MQTT. Devices talk to one of two
+//! brokers (`broker` in the configuration):
+//!
+//! - `embedded` (the default): rmqtt inside the gateway (TCP and
+//!   WebSocket), with device authentication through device-service and
+//!   per-device topic ACLs;
+//! - `mosquitto`: an external Mosquitto 2 that authenticates devices and
+//!   enforces their ACLs with its dynamic-security plugin, kept in step by
+//!   `SyncDeviceCredentials`; the gateway joins it as a client, takes
+//!   device messages through shared subscriptions (so replicas split the
+//!   load) and binds no MQTT listener.
+//!
+//! Either way device messages become events (telemetry in batches) on the
+//! event bus through one ingest pipeline; the platform publishes to devices
+//! and follows their messages over gRPC; and the HTTP auth/ACL hooks serve
+//! sites running EMQX.
 
 // A failed unwrap is how a test says what went wrong.
 #![cfg_attr(test, allow(clippy::unwrap_used))]
@@ -22,13 +33,17 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context;
+use secrecy::{ExposeSecret, SecretString};
 use serde::{Deserialize, Serialize};
 use tokio::net::TcpListener;
 use wf_common::events::EventBus;
 use wf_common::shutdown::Shutdown;
 
-use crate::broker::{Broker, BrokerSettings};
+use crate::broker::Backend;
+use crate::broker::embedded::{BrokerSettings, EmbeddedBroker};
+use crate::broker::mosquitto::Bridge;
 use crate::clients::DeviceServiceAuthenticator;
+use crate::domain::DeviceId;
 use crate::ingest::{Batcher, Ingest};
 use crate::state::AppState;
 
@@ -38,9 +53,13 @@ use crate::state::AppState;
 pub struct Config {
     /// Address to listen on.
     pub host: IpAddr,
-    /// MQTT over TCP.
+    /// Which broker devices connect to: `embedded` or `mosquitto`.
+    pub broker: BrokerMode,
+    /// The external broker, used when `broker = "mosquitto"`.
+    pub mosquitto: MosquittoConfig,
+    /// MQTT over TCP (embedded broker only).
     pub mqtt_port: u16,
-    /// Serve MQTT over WebSocket on `ws_port`.
+    /// Serve MQTT over WebSocket on `ws_port` (embedded broker only).
     pub ws_enabled: bool,
     pub ws_port: u16,
     /// Health, readiness, metrics and the EMQX hooks.
@@ -68,6 +87,8 @@ impl Default for Config {
     fn default() -> Self {
         Self {
             host: IpAddr::V4(Ipv4Addr::UNSPECIFIED),
+            broker: BrokerMode::default(),
+            mosquitto: MosquittoConfig::default(),
             mqtt_port: 1883,
             ws_enabled: true,
             ws_port: 8083,
@@ -84,19 +105,111 @@ impl Default for Config {
     }
 }
 
+/// Which broker devices connect to.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum BrokerMode {
+    /// rmqtt inside the gateway, on `mqtt_port` and `ws_port`.
+    #[default]
+    Embedded,
+    /// An external Mosquitto 2 (`[mqtt_gateway.mosquitto]`).
+    Mosquitto,
+}
+
+/// An external Mosquitto 2 (`[mqtt_gateway.mosquitto]`), used when
+/// `broker = "mosquitto"`. The gateway connects as the dynamic-security
+/// admin (plain TCP).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default)]
+pub struct MosquittoConfig {
+    pub host: String,
+    pub port: u16,
+    /// The dynamic-security admin (`mosquitto_ctrl dynsec init <file>
+    /// <admin_username>`), or with `dynsec = false` any account that may
+    /// subscribe to and publish on `devices/#`.
+    pub admin_username: String,
+    #[serde(serialize_with = "wf_common::config::redact")]
+    pub admin_password: SecretString,
+    /// The gateway's own MQTT client id; every replica needs its own, and
+    /// it must not be a possible device id (it needs a `/`, `+`, `#` or
+    /// `$`), or a device registered under that name could take over the
+    /// gateway's connection.
+    pub client_id: String,
+    /// The shared-subscription group: replicas in one group split the
+    /// devices' messages between them.
+    pub shared_group: String,
+    /// Keep device credentials and ACLs in Mosquitto's dynamic-security
+    /// plugin (`SyncDeviceCredentials`). Off: Mosquitto authenticates
+    /// devices by other means and credential syncs are accepted and ignored.
+    pub dynsec: bool,
+    /// MQTT keep-alive of the gateway's connection.
+    pub keep_alive_secs: u64,
+}
+
+impl Default for MosquittoConfig {
+    fn default() -> Self {
+        Self {
+            host: "127.0.0.1".into(),
+            port: 1883,
+            admin_username: String::new(),
+            admin_password: SecretString::from(""),
+            client_id: "wf-iot-gateway/1".into(),
+            shared_group: "wf-iot-gateway".into(),
+            dynsec: true,
+            keep_alive_secs: 30,
+        }
+    }
+}
+
+impl MosquittoConfig {
+    /// Refuses settings the gateway cannot work with, saying which.
+    pub fn validate(&self) -> anyhow::Result<()> {
+        anyhow::ensure!(
+            !self.host.trim().is_empty() && self.port != 0,
+            "mosquitto.host and mosquitto.port must name the broker"
+        );
+        anyhow::ensure!(
+            !self.admin_username.is_empty(),
+            "mosquitto.admin_username is required (the dynamic-security admin)"
+        );
+        anyhow::ensure!(
+            !self.dynsec || !self.admin_password.expose_secret().is_empty(),
+            "mosquitto.admin_password is required with dynsec"
+        );
+        anyhow::ensure!(
+            !self.client_id.is_empty() && !self.client_id.starts_with(' '),
+            "mosquitto.client_id must not be empty"
+        );
+        anyhow::ensure!(
+            DeviceId::parse(&self.client_id).is_err(),
+            "mosquitto.client_id {:?} could also be a device id, and a device registered \
+             under it could take over the gateway's connection: include a '/' (such as \
+             \"wf-iot-gateway/1\")",
+            self.client_id
+        );
+        anyhow::ensure!(
+            !self.shared_group.is_empty() && !self.shared_group.contains(['/', '+', '#', '\0']),
+            "mosquitto.shared_group must be a non-empty name without '/', '+' or '#'"
+        );
+        Ok(())
+    }
+}
+
 /// mqtt-gateway with its listeners bound.
 pub struct Application {
     state: AppState,
-    broker: Broker,
+    backend: Backend,
     batcher: Batcher,
     http: TcpListener,
     grpc: TcpListener,
 }
 
 impl Application {
-    /// Binds the MQTT, WebSocket, HTTP and gRPC listeners (port 0 picks a
-    /// free port) and starts the broker's hooks. device-service is
-    /// connected to lazily, so it need not be up yet.
+    /// Binds the HTTP and gRPC listeners and, with the embedded broker, the
+    /// MQTT and WebSocket ones (port 0 picks a free port), and starts the
+    /// broker's hooks. With `broker = "mosquitto"` no MQTT port is bound;
+    /// the connection to Mosquitto is made (and remade) by `run_until_stopped`.
+    /// device-service is connected to lazily, so it need not be up yet.
     pub async fn build(config: Arc<Config>, bus: Arc<dyn EventBus>) -> anyhow::Result<Self> {
         // The broker counts from its first connection on.
         wf_common::telemetry::metrics_handle();
@@ -108,14 +221,24 @@ impl Application {
             .with_context(|| format!("device_service_url {:?}", config.device_service_url))?,
         );
         let (ingest, batcher) = Ingest::new(&config, bus.clone());
-        let settings = BrokerSettings {
-            mqtt_addr: SocketAddr::new(config.host, config.mqtt_port),
-            ws_addr: config
-                .ws_enabled
-                .then(|| SocketAddr::new(config.host, config.ws_port)),
-            max_payload_bytes: config.max_payload_bytes,
+        let backend = match config.broker {
+            BrokerMode::Embedded => {
+                let settings = BrokerSettings {
+                    mqtt_addr: SocketAddr::new(config.host, config.mqtt_port),
+                    ws_addr: config
+                        .ws_enabled
+                        .then(|| SocketAddr::new(config.host, config.ws_port)),
+                    max_payload_bytes: config.max_payload_bytes,
+                };
+                Backend::Embedded(
+                    EmbeddedBroker::bind(&settings, authenticator.clone(), ingest.clone()).await?,
+                )
+            }
+            BrokerMode::Mosquitto => Backend::Mosquitto(Box::new(
+                Bridge::new(&config.mosquitto, config.max_payload_bytes)
+                    .context("[mqtt_gateway.mosquitto]")?,
+            )),
         };
-        let broker = Broker::bind(&settings, authenticator.clone(), ingest.clone()).await?;
         let http = TcpListener::bind(SocketAddr::new(config.host, config.http_port))
             .await
             .with_context(|| format!("binding mqtt-gateway HTTP port {}", config.http_port))?;
@@ -126,25 +249,28 @@ impl Application {
             config,
             authenticator,
             ingest,
-            platform: broker.platform(),
+            broker: backend.link(),
             bus,
         };
         Ok(Self {
             state,
-            broker,
+            backend,
             batcher,
             http,
             grpc,
         })
     }
 
+    /// The embedded broker's MQTT port; 0 with an external broker, whose
+    /// address devices are given instead.
     pub fn mqtt_port(&self) -> u16 {
-        self.broker.mqtt_port()
+        self.backend.mqtt_port()
     }
 
-    /// The MQTT over WebSocket port; 0 when `ws_enabled` is false.
+    /// The MQTT over WebSocket port; 0 when `ws_enabled` is false or with
+    /// an external broker.
     pub fn ws_port(&self) -> u16 {
-        self.broker.ws_port()
+        self.backend.ws_port()
     }
 
     pub fn http_port(&self) -> u16 {
@@ -155,10 +281,10 @@ impl Application {
         self.grpc.local_addr().map(|a| a.port()).unwrap_or_default()
     }
 
-    /// Serves until `shutdown` resolves. Then the broker stops accepting
-    /// and closes every device session (their offline events and last
-    /// wills go out), the queued events are published, and HTTP and gRPC
-    /// drain their requests.
+    /// Serves until `shutdown` resolves. Then the embedded broker stops
+    /// accepting and closes every device session (their offline events and
+    /// last wills go out), or the gateway disconnects from Mosquitto; the
+    /// queued events are published, and HTTP and gRPC drain their requests.
     pub async fn run_until_stopped(
         self,
         shutdown: impl Future<Output = ()> + Send + 'static,
@@ -170,7 +296,7 @@ impl Application {
             let ingest = self.state.ingest.clone();
             let stopped = stop.wait();
             async move {
-                self.broker.run(ingest, stopped).await;
+                self.backend.run(ingest, stopped).await;
                 // Sessions are closed: what they queued can go out now.
                 events_stop.trigger();
                 let _ = batcher.await;
@@ -206,5 +332,72 @@ impl Application {
         http.context("mqtt-gateway HTTP server")?;
         grpc.context("mqtt-gateway gRPC server")?;
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn mosquitto(client_id: &str) -> MosquittoConfig {
+        MosquittoConfig {
+            admin_username: "admin".into(),
+            admin_password: SecretString::from("pw"),
+            client_id: client_id.into(),
+            ..MosquittoConfig::default()
+        }
+    }
+
+    #[test]
+    fn configs_without_broker_settings_keep_the_embedded_broker() {
+        let config: Config = serde_json::from_value(json!({"mqtt_port": 1884})).unwrap();
+        assert_eq!(config.broker, BrokerMode::Embedded);
+        assert_eq!(config.mqtt_port, 1884);
+        assert_eq!(config.mosquitto.client_id, "wf-iot-gateway/1");
+        assert_eq!(config.mosquitto.shared_group, "wf-iot-gateway");
+        assert!(config.mosquitto.dynsec);
+    }
+
+    #[test]
+    fn the_mosquitto_mode_reads_its_settings_and_hides_the_password() {
+        let config: Config = serde_json::from_value(json!({
+            "broker": "mosquitto",
+            "mosquitto": {"host": "mqtt.internal", "admin_username": "admin", "admin_password": "hunter2"}
+        }))
+        .unwrap();
+        assert_eq!(config.broker, BrokerMode::Mosquitto);
+        assert_eq!(config.mosquitto.host, "mqtt.internal");
+        assert_eq!(config.mosquitto.port, 1883);
+        assert_eq!(config.mosquitto.admin_password.expose_secret(), "hunter2");
+        let printed = serde_json::to_value(&config).unwrap();
+        assert_eq!(printed["broker"], "mosquitto");
+        assert_eq!(printed["mosquitto"]["admin_password"], "********");
+        assert!(!printed.to_string().contains("hunter2"));
+    }
+
+    #[test]
+    fn mosquitto_settings_the_gateway_cannot_work_with_are_refused() {
+        assert!(mosquitto("wf-iot-gateway/1").validate().is_ok());
+        assert!(mosquitto("gw$2").validate().is_ok());
+        // A name a device could register would let it take over the
+        // gateway's connection.
+        let err = mosquitto("wf-iot-gateway-1").validate().unwrap_err();
+        assert!(
+            err.to_string().contains("could also be a device id"),
+            "{err}"
+        );
+        assert!(mosquitto("").validate().is_err());
+        let mut no_admin = mosquitto("gw/1");
+        no_admin.admin_username.clear();
+        assert!(no_admin.validate().is_err());
+        let mut no_password = mosquitto("gw/1");
+        no_password.admin_password = SecretString::from("");
+        assert!(no_password.validate().is_err());
+        no_password.dynsec = false;
+        assert!(no_password.validate().is_ok());
+        let mut bad_group = mosquitto("gw/1");
+        bad_group.shared_group = "a/b".into();
+        assert!(bad_group.validate().is_err());
     }
 }

@@ -21,6 +21,21 @@ pub enum Route {
 }
 
 impl Route {
+    /// The topic suffixes devices publish on (after `devices/{id}/`): the
+    /// gateway takes these in, and the platform never publishes on them.
+    pub const UPSTREAM_SUFFIXES: [&'static str; 5] = [
+        "telemetry",
+        "status",
+        "commands/response",
+        "ota/progress",
+        "shadow/reported",
+    ];
+
+    /// Whether this is a route devices publish on.
+    pub fn is_upstream(self) -> bool {
+        !matches!(self, Self::Unknown)
+    }
+
     /// The route of a device topic, from the part after `devices/{id}/`.
     pub fn of(suffix: &str) -> Self {
         match suffix {
@@ -269,6 +284,16 @@ mod tests {
         assert_eq!(Route::of("shadow/reported"), Route::ShadowReported);
         assert_eq!(Route::of("commands"), Route::Unknown);
         assert_eq!(Route::of("telemetry/extra"), Route::Unknown);
+    }
+
+    #[test]
+    fn the_upstream_suffixes_are_exactly_the_known_routes() {
+        for suffix in Route::UPSTREAM_SUFFIXES {
+            assert!(Route::of(suffix).is_upstream(), "{suffix}");
+        }
+        for downstream in ["commands", "ota", "shadow/desired", "x"] {
+            assert!(!Route::of(downstream).is_upstream(), "{downstream}");
+        }
     }
 
     #[test]

@@ -77,12 +77,16 @@ impl MqttGateway for MqttGrpc {
         &self,
         request: Request<SyncDeviceCredentialsRequest>,
     ) -> Result<Response<SyncDeviceCredentialsResponse>, Status> {
-        // The embedded broker asks device-service at CONNECT, so there is
-        // no credential store to keep in step; only the remembered answers
-        // for this device are dropped, so the new secret counts at once.
-        let device =
-            DeviceId::parse(&request.into_inner().device_id).map_err(Error::InvalidArgument)?;
+        // Remembered authentications (embedded broker, EMQX hooks) are
+        // dropped so the new secret counts at once; an external broker's
+        // own credential store is updated (Mosquitto dynamic security).
+        let req = request.into_inner();
+        let device = DeviceId::parse(&req.device_id).map_err(Error::InvalidArgument)?;
         self.state.authenticator.forget(device.as_str());
+        self.state
+            .broker
+            .sync_credentials(&device, &req.secret)
+            .await?;
         Ok(Response::new(SyncDeviceCredentialsResponse {}))
     }
 }

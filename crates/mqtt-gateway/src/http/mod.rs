@@ -20,12 +20,20 @@ pub fn router(state: AppState) -> Router {
         let bus = bus.clone();
         Box::pin(async move { bus.ping().await.map_err(|e| e.to_string()) })
     });
+    let broker = state.broker.clone();
+    let broker_check: ReadinessCheck = Arc::new(move || {
+        let ready = broker.check_ready();
+        Box::pin(async move { ready })
+    });
     let hooks = Router::new()
         .route("/mqtt/auth", post(emqx::auth))
         .route("/mqtt/acl", post(emqx::acl))
         .with_state(state);
     finish(
-        hooks.merge(ops_routes(vec![("event_bus", bus_check)])),
+        hooks.merge(ops_routes(vec![
+            ("event_bus", bus_check),
+            ("mqtt_broker", broker_check),
+        ])),
         "mqtt-gateway",
         MAX_BODY_BYTES,
     )

@@ -55,6 +55,10 @@ async fn publish_message_refuses_anything_but_device_topics() {
         "devices/+/commands",
         "devices/d/1/#",
         "",
+        // The device's own upstream topics.
+        "devices/d1/telemetry",
+        "devices/d1/status",
+        "devices/d1/commands/response",
     ] {
         let err = grpc
             .publish_message(publish(topic, "x", 0))

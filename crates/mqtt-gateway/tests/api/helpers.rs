@@ -1,13 +1,15 @@
 //! `TestApp`: mqtt-gateway on free ports with an in-process event bus and a
 //! stand-in device-service (a real gRPC server that knows a fixed set of
-//! device secrets), plus MQTT device clients and event readers.
+//! device secrets), plus MQTT device clients and event readers. With
+//! `.mosquitto(&server)` the gateway runs against a real Mosquitto instead
+//! of its embedded broker, and devices connect to that.
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
-use mqtt_gateway::{Application, Config};
+use mqtt_gateway::{Application, BrokerMode, Config, MosquittoConfig};
 use rumqttc::{
     AsyncClient, ConnectReturnCode, ConnectionError, Event, EventLoop, LastWill, MqttOptions,
     Outgoing, Packet, QoS, SubscribeReasonCode, Transport,
@@ -24,6 +26,10 @@ use wf_proto::device::{
     AuthenticateDeviceRequest, AuthenticateDeviceResponse, Device, GetDeviceRequest,
     ListDevicesRequest, ListDevicesResponse,
 };
+use wf_proto::mqtt::SyncDeviceCredentialsRequest;
+use wf_proto::mqtt::mqtt_gateway_client::MqttGatewayClient;
+
+use crate::mosquitto_server::{ADMIN, ADMIN_PASSWORD, MosquittoServer};
 
 /// How long a test waits for something that should happen.
 pub const WAIT: Duration = Duration::from_secs(5);
@@ -74,9 +80,52 @@ pub struct TestApp {
 pub struct TestAppBuilder {
     config: Config,
     secrets: HashMap<String, String>,
+    /// Wait for `/readyz` before handing the gateway to the test.
+    wait_ready: bool,
 }
 
 impl TestAppBuilder {
+    /// Uses `server` instead of the embedded broker, as its
+    /// dynamic-security admin, and waits until the gateway is ready there
+    /// (connected, subscribed, provisioned).
+    pub fn mosquitto(self, server: &MosquittoServer) -> Self {
+        let mut builder = self.mosquitto_port(server.port);
+        builder.wait_ready = true;
+        builder
+    }
+
+    /// Uses a Mosquitto expected on `port`, without waiting for it.
+    pub fn mosquitto_port(mut self, port: u16) -> Self {
+        self.config.broker = BrokerMode::Mosquitto;
+        self.config.mosquitto = MosquittoConfig {
+            host: "127.0.0.1".into(),
+            port,
+            admin_username: ADMIN.into(),
+            admin_password: ADMIN_PASSWORD.into(),
+            client_id: "wf-iot-gateway/test".into(),
+            keep_alive_secs: 5,
+            ..MosquittoConfig::default()
+        };
+        self
+    }
+
+    /// The gateway's own MQTT client id at the broker.
+    pub fn client_id(mut self, id: &str) -> Self {
+        self.config.mosquitto.client_id = id.into();
+        self
+    }
+
+    /// Whether the gateway keeps Mosquitto's dynamic-security plugin in step.
+    pub fn dynsec(mut self, on: bool) -> Self {
+        self.config.mosquitto.dynsec = on;
+        self
+    }
+
+    pub fn admin_password(mut self, password: &str) -> Self {
+        self.config.mosquitto.admin_password = password.into();
+        self
+    }
+
     pub fn with_device(mut self, id: &str, secret: &str) -> Self {
         self.secrets.insert(id.into(), secret.into());
         self
@@ -101,14 +150,20 @@ impl TestAppBuilder {
                 .serve_with_incoming(TcpListenerStream::new(listener)),
         );
         self.config.device_service_url = format!("http://127.0.0.1:{port}");
+        let config_broker = self.config.broker;
+        let broker_port = self.config.mosquitto.port;
 
         let bus = Arc::new(InProcessBus::new());
         let app = Application::build(Arc::new(self.config), bus.clone() as Arc<dyn EventBus>)
             .await
             .expect("mqtt-gateway starts");
         let shutdown = Shutdown::new();
-        TestApp {
-            mqtt_port: app.mqtt_port(),
+        let mqtt_port = match config_broker {
+            BrokerMode::Embedded => app.mqtt_port(),
+            BrokerMode::Mosquitto => broker_port,
+        };
+        let test_app = TestApp {
+            mqtt_port,
             ws_port: app.ws_port(),
             http_port: app.http_port(),
             grpc_port: app.grpc_port(),
@@ -116,7 +171,11 @@ impl TestAppBuilder {
             auth_calls,
             shutdown: shutdown.clone(),
             app: Some(tokio::spawn(app.run_until_stopped(shutdown.wait()))),
+        };
+        if self.wait_ready {
+            test_app.wait_until_ready().await;
         }
+        test_app
     }
 }
 
@@ -133,6 +192,7 @@ impl TestApp {
                 ..Config::default()
             },
             secrets: HashMap::new(),
+            wait_ready: false,
         }
     }
 
@@ -170,6 +230,58 @@ impl TestApp {
         opts.set_transport(Transport::Ws);
         opts.set_credentials(id, secret);
         opts
+    }
+
+    /// Whether `/readyz` answers 200, and its body.
+    pub async fn readiness(&self) -> (bool, serde_json::Value) {
+        let resp = reqwest::get(self.http("/readyz")).await.unwrap();
+        let ok = resp.status().is_success();
+        (ok, resp.json().await.unwrap_or_default())
+    }
+
+    /// Waits until `/readyz` answers 200.
+    pub async fn wait_until_ready(&self) {
+        self.wait_for_readiness(true).await;
+    }
+
+    /// Waits until `/readyz` fails; returns what it says is failing.
+    pub async fn wait_until_not_ready(&self) -> serde_json::Value {
+        self.wait_for_readiness(false).await
+    }
+
+    async fn wait_for_readiness(&self, ready: bool) -> serde_json::Value {
+        let deadline = tokio::time::Instant::now() + 2 * WAIT;
+        loop {
+            let (ok, body) = self.readiness().await;
+            if ok == ready {
+                return body;
+            }
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "the gateway did not become {} in time: {body}",
+                if ready { "ready" } else { "not ready" }
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    /// The gateway's gRPC client.
+    pub async fn grpc(&self) -> MqttGatewayClient<tonic::transport::Channel> {
+        MqttGatewayClient::connect(self.grpc_url())
+            .await
+            .expect("gRPC connects")
+    }
+
+    /// `SyncDeviceCredentials`, as device-service calls it.
+    pub async fn sync(&self, id: &str, secret: &str) -> Result<(), Status> {
+        self.grpc()
+            .await
+            .sync_device_credentials(SyncDeviceCredentialsRequest {
+                device_id: id.into(),
+                secret: secret.into(),
+            })
+            .await
+            .map(|_| ())
     }
 
     /// Connects device `id` with its secret; panics unless accepted.
@@ -305,6 +417,16 @@ impl TestDevice {
             .await
             .expect("a packet in time")
             .expect("the connection is open")
+    }
+
+    /// Whether the broker closes this connection within the wait (every
+    /// packet still on its way is skipped).
+    pub async fn closed(&mut self) -> bool {
+        tokio::time::timeout(WAIT, async {
+            while self.incoming.recv().await.is_some() {}
+        })
+        .await
+        .is_ok()
     }
 
     /// Sends DISCONNECT and closes the connection.

@@ -38,6 +38,7 @@ use rmqtt::types::{
 };
 use tracing::Instrument;
 
+use super::BrokerLink;
 use crate::access::{self, ConnectRequest, Refusal};
 use crate::clients::DeviceAuthenticator;
 use crate::domain::{DeviceId, TopicName, may_publish, may_subscribe};
@@ -62,13 +63,13 @@ pub struct BrokerSettings {
 }
 
 /// The broker with its listeners bound and its hooks started.
-pub struct Broker {
+pub struct EmbeddedBroker {
     scx: ServerContext,
     tcp: Listener,
     ws: Option<Listener>,
 }
 
-impl Broker {
+impl EmbeddedBroker {
     pub async fn bind(
         settings: &BrokerSettings,
         authenticator: Arc<dyn DeviceAuthenticator>,
@@ -147,8 +148,8 @@ impl Broker {
     }
 
     /// The platform's trusted path into the broker.
-    pub fn platform(&self) -> Platform {
-        Platform {
+    pub fn link(&self) -> EmbeddedLink {
+        EmbeddedLink {
             scx: self.scx.clone(),
         }
     }
@@ -181,12 +182,13 @@ impl Broker {
 /// Publishes as the platform: trusted, no ACL, through the broker's
 /// system forward (as rmqtt's own system-topic messages are).
 #[derive(Clone)]
-pub struct Platform {
+pub struct EmbeddedLink {
     scx: ServerContext,
 }
 
-impl Platform {
-    pub async fn publish(
+#[async_trait]
+impl BrokerLink for EmbeddedLink {
+    async fn publish(
         &self,
         topic: &TopicName,
         payload: Bytes,
@@ -224,6 +226,17 @@ impl Platform {
         SessionState::forwards(&self.scx, from, publish, false, None)
             .await
             .map_err(|e| Error::Unavailable(format!("the broker did not take the message: {e}")))
+    }
+
+    /// The embedded broker asks device-service at CONNECT: there is no
+    /// credential store of its own to keep in step.
+    async fn sync_credentials(&self, _device: &DeviceId, _secret: &str) -> Result<()> {
+        Ok(())
+    }
+
+    /// In the same process: ready whenever the gateway is.
+    fn check_ready(&self) -> Result<(), String> {
+        Ok(())
     }
 }
 
