@@ -100,7 +100,7 @@ impl Identity {
 }
 
 /// An access and refresh token pair, as login and refresh answer.
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, utoipa::ToSchema)]
 pub struct TokenPair {
     pub access_token: String,
     pub refresh_token: String,

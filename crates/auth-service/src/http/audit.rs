@@ -3,6 +3,7 @@
 use axum::Json;
 use axum::extract::State;
 use serde::{Deserialize, Serialize};
+use wf_common::error::ErrorEnvelope;
 use wf_common::extract::Query;
 use wf_common::format_millis;
 
@@ -12,7 +13,8 @@ use crate::error::{Error, Result};
 use crate::state::AppState;
 use crate::store::{AuditFilter, AuditRecord};
 
-#[derive(Deserialize)]
+#[derive(Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
 pub struct ListQuery {
     action: Option<String>,
     /// A username or user id.
@@ -25,7 +27,7 @@ pub struct ListQuery {
     offset: Option<i64>,
 }
 
-#[derive(Serialize)]
+#[derive(Serialize, utoipa::ToSchema)]
 pub struct AuditDto {
     #[serde(flatten)]
     record: AuditRecord,
@@ -46,6 +48,8 @@ fn parse_time(name: &str, value: Option<String>) -> Result<Option<i64>> {
         .transpose()
 }
 
+#[utoipa::path(get, path = "/api/v1/audit-logs", tag = "audit", security(("bearer" = [])), params(ListQuery),
+    responses((status = 200, body = Paged<AuditDto>), (status = 403, body = ErrorEnvelope), (status = 422, body = ErrorEnvelope)))]
 pub async fn list(
     State(state): State<AppState>,
     Caller(caller): Caller,

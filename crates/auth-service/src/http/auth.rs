@@ -6,6 +6,7 @@ use axum::http::StatusCode;
 use axum::http::header::CACHE_CONTROL;
 use axum::response::IntoResponse;
 use serde::{Deserialize, Serialize};
+use wf_common::error::ErrorEnvelope;
 use wf_common::extract;
 use wf_common::jwt::JwkSet;
 
@@ -15,7 +16,7 @@ use crate::domain::NewPassword;
 use crate::error::{Error, Result};
 use crate::state::{AppState, TokenPair};
 
-#[derive(Deserialize)]
+#[derive(Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct LoginRequest {
     /// A username or an e-mail address.
@@ -24,6 +25,8 @@ pub struct LoginRequest {
     password: String,
 }
 
+#[utoipa::path(post, path = "/api/v1/auth/login", tag = "auth", request_body = LoginRequest,
+    responses((status = 200, body = TokenPair), (status = 401, body = ErrorEnvelope), (status = 422, body = ErrorEnvelope), (status = 429, body = ErrorEnvelope)))]
 pub async fn login(
     State(state): State<AppState>,
     Client(client): Client,
@@ -40,11 +43,13 @@ pub async fn login(
         .map(Json)
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, utoipa::ToSchema)]
 pub struct RefreshRequest {
     refresh_token: String,
 }
 
+#[utoipa::path(post, path = "/api/v1/auth/refresh", tag = "auth", request_body = RefreshRequest,
+    responses((status = 200, body = TokenPair), (status = 401, body = ErrorEnvelope)))]
 pub async fn refresh(
     State(state): State<AppState>,
     Client(client): Client,
@@ -55,6 +60,8 @@ pub async fn refresh(
 
 /// Ends a session: the refresh token (and every token rotated from the same
 /// login) stops working. The access token expires on its own.
+#[utoipa::path(post, path = "/api/v1/auth/logout", tag = "auth", request_body = RefreshRequest,
+    responses((status = 204, description = "The session ended")))]
 pub async fn logout(
     State(state): State<AppState>,
     Client(client): Client,
@@ -64,13 +71,15 @@ pub async fn logout(
     Ok(StatusCode::NO_CONTENT)
 }
 
-#[derive(Serialize)]
+#[derive(Serialize, utoipa::ToSchema)]
 pub struct MeResponse {
     #[serde(flatten)]
     user: UserDto,
     permissions: Vec<String>,
 }
 
+#[utoipa::path(get, path = "/api/v1/auth/me", tag = "auth", security(("bearer" = [])),
+    responses((status = 200, body = MeResponse), (status = 401, body = ErrorEnvelope)))]
 pub async fn me(Caller(caller): Caller) -> Json<MeResponse> {
     let permissions = caller.effective_permissions();
     Json(MeResponse {
@@ -79,7 +88,7 @@ pub async fn me(Caller(caller): Caller) -> Json<MeResponse> {
     })
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, utoipa::ToSchema)]
 pub struct ChangePasswordRequest {
     current_password: String,
     new_password: String,
@@ -87,6 +96,8 @@ pub struct ChangePasswordRequest {
 
 /// Changes the caller's password. Every token issued before stops working,
 /// so other sessions are logged out.
+#[utoipa::path(put, path = "/api/v1/auth/me/password", tag = "auth", security(("bearer" = [])), request_body = ChangePasswordRequest,
+    responses((status = 204, description = "Changed; other sessions end"), (status = 403, body = ErrorEnvelope), (status = 422, body = ErrorEnvelope)))]
 pub async fn change_password(
     State(state): State<AppState>,
     Caller(caller): Caller,
@@ -124,6 +135,7 @@ pub async fn change_password(
 }
 
 /// The public keys that verify access tokens.
+#[utoipa::path(get, path = "/.well-known/jwks.json", tag = "auth", responses((status = 200, body = JwkSet)))]
 pub async fn jwks(State(state): State<AppState>) -> impl IntoResponse {
     (
         [(CACHE_CONTROL, "public, max-age=300")],

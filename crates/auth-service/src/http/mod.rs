@@ -13,7 +13,9 @@ use axum::extract::{ConnectInfo, FromRequestParts};
 use axum::http::header::{AUTHORIZATION, USER_AGENT};
 use axum::http::request::Parts;
 use axum::routing::{get, post, put};
+use utoipa::OpenApi;
 use wf_common::http::{ReadinessCheck, finish, ops_routes};
+use wf_common::openapi::BearerAuth;
 
 use crate::error::{Error, Result};
 use crate::state::{AppState, ClientInfo, Identity};
@@ -51,6 +53,10 @@ pub fn router(state: AppState) -> Router {
         )
         .route("/api/v1/permissions", get(roles::permissions))
         .route("/api/v1/audit-logs", get(audit::list))
+        .route(
+            "/api/openapi.json",
+            get(|| async { axum::Json(ApiDoc::openapi()) }),
+        )
         .with_state(state.clone());
     let max_body = state.config.max_body_bytes;
     finish(
@@ -59,6 +65,22 @@ pub fn router(state: AppState) -> Router {
         max_body,
     )
 }
+
+/// auth-service's OpenAPI document, served at `/api/openapi.json`.
+#[derive(utoipa::OpenApi)]
+#[openapi(
+    info(title = "wf-iot auth-service"),
+    paths(
+        auth::login, auth::refresh, auth::logout, auth::me, auth::change_password, auth::jwks,
+        users::list, users::create, users::get, users::update, users::delete, users::enable,
+        users::disable, users::reset_password, users::set_roles,
+        roles::list, roles::get, roles::create, roles::update, roles::delete, roles::set_permissions,
+        roles::permissions, audit::list,
+    ),
+    modifiers(&BearerAuth),
+    tags((name = "auth"), (name = "users"), (name = "roles"), (name = "audit")),
+)]
+pub struct ApiDoc;
 
 /// The authenticated caller, from `Authorization: Bearer <access token>`.
 pub struct Caller(pub Identity);
@@ -150,7 +172,7 @@ impl Page {
 }
 
 /// A page of results.
-#[derive(Debug, serde::Serialize)]
+#[derive(Debug, serde::Serialize, utoipa::ToSchema)]
 pub struct Paged<T> {
     pub items: Vec<T>,
     pub total: i64,

@@ -6,6 +6,7 @@ use axum::extract::State;
 use axum::http::StatusCode;
 use serde::{Deserialize, Serialize};
 use serde_json::json;
+use wf_common::error::ErrorEnvelope;
 use wf_common::extract::{self, Path};
 use wf_common::format_millis;
 
@@ -17,7 +18,7 @@ use crate::store::RoleRecord;
 
 const READ: [Permission; 2] = [Permission::RoleManage, Permission::UserManage];
 
-#[derive(Serialize)]
+#[derive(Serialize, utoipa::ToSchema)]
 pub struct RoleDto {
     id: String,
     name: String,
@@ -50,11 +51,13 @@ async fn load(state: &AppState, id: &str) -> Result<RoleRecord> {
         .ok_or_else(|| Error::NotFound(format!("no role with id {id:?}")))
 }
 
-#[derive(Serialize)]
+#[derive(Serialize, utoipa::ToSchema)]
 pub struct RoleList {
     items: Vec<RoleDto>,
 }
 
+#[utoipa::path(get, path = "/api/v1/roles", tag = "roles", security(("bearer" = [])),
+    responses((status = 200, body = RoleList), (status = 403, body = ErrorEnvelope)))]
 pub async fn list(State(state): State<AppState>, Caller(caller): Caller) -> Result<Json<RoleList>> {
     caller.require_any(&READ)?;
     let items = state
@@ -67,6 +70,8 @@ pub async fn list(State(state): State<AppState>, Caller(caller): Caller) -> Resu
     Ok(Json(RoleList { items }))
 }
 
+#[utoipa::path(get, path = "/api/v1/roles/{id}", tag = "roles", security(("bearer" = [])), params(("id" = String, Path)),
+    responses((status = 200, body = RoleDto), (status = 404, body = ErrorEnvelope)))]
 pub async fn get(
     State(state): State<AppState>,
     Caller(caller): Caller,
@@ -76,13 +81,15 @@ pub async fn get(
     Ok(Json(load(&state, &id).await?.into()))
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, utoipa::ToSchema)]
+#[schema(as = CreateRoleRequest)]
 #[serde(deny_unknown_fields)]
 pub struct CreateRequest {
     name: String,
     #[serde(default)]
     description: String,
     #[serde(default)]
+    #[schema(value_type = Vec<String>, example = json!(["device:read"]))]
     permissions: Vec<PermissionCode>,
 }
 
@@ -113,6 +120,8 @@ async fn known_permissions(state: &AppState, codes: Vec<PermissionCode>) -> Resu
     Ok(out)
 }
 
+#[utoipa::path(post, path = "/api/v1/roles", tag = "roles", security(("bearer" = [])), request_body = CreateRequest,
+    responses((status = 201, body = RoleDto), (status = 409, body = ErrorEnvelope), (status = 422, body = ErrorEnvelope)))]
 pub async fn create(
     State(state): State<AppState>,
     Caller(caller): Caller,
@@ -146,13 +155,16 @@ pub async fn create(
     Ok((StatusCode::CREATED, Json(load(&state, &id).await?.into())))
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, utoipa::ToSchema)]
+#[schema(as = UpdateRoleRequest)]
 #[serde(deny_unknown_fields)]
 pub struct UpdateRequest {
     name: Option<String>,
     description: Option<String>,
 }
 
+#[utoipa::path(patch, path = "/api/v1/roles/{id}", tag = "roles", security(("bearer" = [])), params(("id" = String, Path)), request_body = UpdateRequest,
+    responses((status = 200, body = RoleDto), (status = 404, body = ErrorEnvelope), (status = 409, body = ErrorEnvelope)))]
 pub async fn update(
     State(state): State<AppState>,
     Caller(caller): Caller,
@@ -192,6 +204,8 @@ pub async fn update(
     Ok(Json(load(&state, &id).await?.into()))
 }
 
+#[utoipa::path(delete, path = "/api/v1/roles/{id}", tag = "roles", security(("bearer" = [])), params(("id" = String, Path)),
+    responses((status = 204, description = "Deleted"), (status = 404, body = ErrorEnvelope), (status = 409, body = ErrorEnvelope)))]
 pub async fn delete(
     State(state): State<AppState>,
     Caller(caller): Caller,
@@ -219,13 +233,16 @@ pub async fn delete(
     Ok(StatusCode::NO_CONTENT)
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct SetPermissionsRequest {
+    #[schema(value_type = Vec<String>, example = json!(["device:read", "device:command"]))]
     permissions: Vec<PermissionCode>,
 }
 
 /// Replaces a role's permissions. The admin role always keeps all of them.
+#[utoipa::path(put, path = "/api/v1/roles/{id}/permissions", tag = "roles", security(("bearer" = [])), params(("id" = String, Path)), request_body = SetPermissionsRequest,
+    responses((status = 200, body = RoleDto), (status = 404, body = ErrorEnvelope), (status = 409, body = ErrorEnvelope), (status = 422, body = ErrorEnvelope)))]
 pub async fn set_permissions(
     State(state): State<AppState>,
     Caller(caller): Caller,
@@ -254,17 +271,19 @@ pub async fn set_permissions(
     Ok(Json(load(&state, &id).await?.into()))
 }
 
-#[derive(Serialize)]
+#[derive(Serialize, utoipa::ToSchema)]
 pub struct PermissionDto {
     code: String,
     description: String,
 }
 
-#[derive(Serialize)]
+#[derive(Serialize, utoipa::ToSchema)]
 pub struct PermissionList {
     items: Vec<PermissionDto>,
 }
 
+#[utoipa::path(get, path = "/api/v1/permissions", tag = "roles", security(("bearer" = [])),
+    responses((status = 200, body = PermissionList), (status = 403, body = ErrorEnvelope)))]
 pub async fn permissions(
     State(state): State<AppState>,
     Caller(caller): Caller,

@@ -6,6 +6,7 @@ use axum::extract::State;
 use axum::http::StatusCode;
 use serde::{Deserialize, Serialize};
 use serde_json::json;
+use wf_common::error::ErrorEnvelope;
 use wf_common::extract::{self, Path, Query};
 use wf_common::format_millis;
 
@@ -15,7 +16,7 @@ use crate::error::{Error, Result};
 use crate::state::{AppState, CreateUser};
 use crate::store::{RoleRef, UserFilter, UserRecord, UserUpdate};
 
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, utoipa::ToSchema)]
 pub struct UserDto {
     id: String,
     username: String,
@@ -61,7 +62,8 @@ async fn load(state: &AppState, id: &str) -> Result<UserDto> {
     Ok(UserDto::new(user, roles))
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
 pub struct ListQuery {
     q: Option<String>,
     is_active: Option<bool>,
@@ -69,6 +71,8 @@ pub struct ListQuery {
     offset: Option<i64>,
 }
 
+#[utoipa::path(get, path = "/api/v1/users", tag = "users", security(("bearer" = [])), params(ListQuery),
+    responses((status = 200, body = Paged<UserDto>), (status = 403, body = ErrorEnvelope)))]
 pub async fn list(
     State(state): State<AppState>,
     Caller(caller): Caller,
@@ -102,7 +106,8 @@ pub async fn list(
     }))
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, utoipa::ToSchema)]
+#[schema(as = CreateUserRequest)]
 #[serde(deny_unknown_fields)]
 pub struct CreateRequest {
     username: String,
@@ -116,6 +121,8 @@ pub struct CreateRequest {
     roles: Option<Vec<String>>,
 }
 
+#[utoipa::path(post, path = "/api/v1/users", tag = "users", security(("bearer" = [])), request_body = CreateRequest,
+    responses((status = 201, body = UserDto), (status = 409, body = ErrorEnvelope), (status = 422, body = ErrorEnvelope)))]
 pub async fn create(
     State(state): State<AppState>,
     Caller(caller): Caller,
@@ -151,6 +158,8 @@ pub async fn create(
     Ok((StatusCode::CREATED, Json(load(&state, &id).await?)))
 }
 
+#[utoipa::path(get, path = "/api/v1/users/{id}", tag = "users", security(("bearer" = [])), params(("id" = String, Path)),
+    responses((status = 200, body = UserDto), (status = 404, body = ErrorEnvelope)))]
 pub async fn get(
     State(state): State<AppState>,
     Caller(caller): Caller,
@@ -160,7 +169,8 @@ pub async fn get(
     load(&state, &id).await.map(Json)
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, utoipa::ToSchema)]
+#[schema(as = UpdateUserRequest)]
 #[serde(deny_unknown_fields)]
 pub struct UpdateRequest {
     email: Option<String>,
@@ -168,6 +178,8 @@ pub struct UpdateRequest {
     is_superuser: Option<bool>,
 }
 
+#[utoipa::path(patch, path = "/api/v1/users/{id}", tag = "users", security(("bearer" = [])), params(("id" = String, Path)), request_body = UpdateRequest,
+    responses((status = 200, body = UserDto), (status = 404, body = ErrorEnvelope), (status = 409, body = ErrorEnvelope)))]
 pub async fn update(
     State(state): State<AppState>,
     Caller(caller): Caller,
@@ -232,6 +244,8 @@ async fn guard_last_superuser(state: &AppState, id: &str) -> Result<()> {
     Ok(())
 }
 
+#[utoipa::path(delete, path = "/api/v1/users/{id}", tag = "users", security(("bearer" = [])), params(("id" = String, Path)),
+    responses((status = 204, description = "Deleted"), (status = 404, body = ErrorEnvelope), (status = 409, body = ErrorEnvelope)))]
 pub async fn delete(
     State(state): State<AppState>,
     Caller(caller): Caller,
@@ -252,6 +266,8 @@ pub async fn delete(
     Ok(StatusCode::NO_CONTENT)
 }
 
+#[utoipa::path(post, path = "/api/v1/users/{id}/enable", tag = "users", security(("bearer" = [])), params(("id" = String, Path)),
+    responses((status = 200, body = UserDto), (status = 404, body = ErrorEnvelope)))]
 pub async fn enable(
     State(state): State<AppState>,
     Caller(caller): Caller,
@@ -273,6 +289,8 @@ pub async fn enable(
 }
 
 /// Disables an account: it can no longer log in, and its tokens stop working.
+#[utoipa::path(post, path = "/api/v1/users/{id}/disable", tag = "users", security(("bearer" = [])), params(("id" = String, Path)),
+    responses((status = 200, body = UserDto), (status = 404, body = ErrorEnvelope), (status = 409, body = ErrorEnvelope)))]
 pub async fn disable(
     State(state): State<AppState>,
     Caller(caller): Caller,
@@ -297,12 +315,14 @@ pub async fn disable(
     load(&state, &id).await.map(Json)
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, utoipa::ToSchema)]
 pub struct ResetPasswordRequest {
     new_password: String,
 }
 
 /// Sets a user's password; their sessions end.
+#[utoipa::path(put, path = "/api/v1/users/{id}/password", tag = "users", security(("bearer" = [])), params(("id" = String, Path)), request_body = ResetPasswordRequest,
+    responses((status = 204, description = "Reset; the user's sessions end"), (status = 404, body = ErrorEnvelope), (status = 422, body = ErrorEnvelope)))]
 pub async fn reset_password(
     State(state): State<AppState>,
     Caller(caller): Caller,
@@ -332,7 +352,7 @@ pub async fn reset_password(
     Ok(StatusCode::NO_CONTENT)
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct SetRolesRequest {
     /// Role names.
@@ -340,6 +360,8 @@ pub struct SetRolesRequest {
 }
 
 /// Replaces a user's roles.
+#[utoipa::path(put, path = "/api/v1/users/{id}/roles", tag = "users", security(("bearer" = [])), params(("id" = String, Path)), request_body = SetRolesRequest,
+    responses((status = 200, body = UserDto), (status = 404, body = ErrorEnvelope), (status = 422, body = ErrorEnvelope)))]
 pub async fn set_roles(
     State(state): State<AppState>,
     Caller(caller): Caller,

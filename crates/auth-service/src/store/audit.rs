@@ -21,7 +21,7 @@ pub struct AuditEntry {
     pub details: Option<serde_json::Value>,
 }
 
-#[derive(Debug, Clone, serde::Serialize)]
+#[derive(Debug, Clone, serde::Serialize, utoipa::ToSchema)]
 pub struct AuditRecord {
     pub id: i64,
     pub at: i64,
@@ -33,6 +33,7 @@ pub struct AuditRecord {
     pub client_ip: Option<String>,
     pub user_agent: Option<String>,
     pub request_id: Option<String>,
+    #[schema(value_type = Option<Object>)]
     pub details: Option<serde_json::Value>,
 }
 

@@ -7,7 +7,7 @@ use sqlx::{AssertSqlSafe, Row};
 use super::{Store, conflict_on_unique, flag, placeholders};
 use crate::error::Result;
 
-#[derive(Debug, Clone, serde::Serialize)]
+#[derive(Debug, Clone, serde::Serialize, utoipa::ToSchema)]
 pub struct RoleRef {
     pub id: String,
     pub name: String,

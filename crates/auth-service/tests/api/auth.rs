@@ -374,3 +374,46 @@ async fn tokens_survive_a_restart() {
     );
     stop.trigger();
 }
+
+#[tokio::test]
+async fn the_openapi_document_lists_every_endpoint() {
+    let app = TestApp::spawn().await;
+    let doc: Value = app
+        .client
+        .get(app.url("/api/openapi.json"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let paths = doc["paths"].as_object().unwrap();
+    for (path, methods) in [
+        ("/api/v1/auth/login", vec!["post"]),
+        ("/api/v1/auth/refresh", vec!["post"]),
+        ("/api/v1/auth/logout", vec!["post"]),
+        ("/api/v1/auth/me", vec!["get"]),
+        ("/api/v1/auth/me/password", vec!["put"]),
+        ("/.well-known/jwks.json", vec!["get"]),
+        ("/api/v1/users", vec!["get", "post"]),
+        ("/api/v1/users/{id}", vec!["get", "patch", "delete"]),
+        ("/api/v1/users/{id}/enable", vec!["post"]),
+        ("/api/v1/users/{id}/disable", vec!["post"]),
+        ("/api/v1/users/{id}/password", vec!["put"]),
+        ("/api/v1/users/{id}/roles", vec!["put"]),
+        ("/api/v1/roles", vec!["get", "post"]),
+        ("/api/v1/roles/{id}", vec!["get", "patch", "delete"]),
+        ("/api/v1/roles/{id}/permissions", vec!["put"]),
+        ("/api/v1/permissions", vec!["get"]),
+        ("/api/v1/audit-logs", vec!["get"]),
+    ] {
+        for method in methods {
+            assert!(
+                paths.get(path).and_then(|p| p.get(method)).is_some(),
+                "{method} {path} is not documented"
+            );
+        }
+    }
+    assert!(doc["components"]["schemas"]["ErrorEnvelope"].is_object());
+    assert!(doc["components"]["securitySchemes"]["bearer"].is_object());
+}

@@ -8,6 +8,7 @@ use axum::extract::State;
 use axum::http::{HeaderMap, StatusCode};
 use serde::{Deserialize, Serialize};
 use serde_json::json;
+use wf_common::error::ErrorEnvelope;
 use wf_common::extract::{self, Path, Query};
 use wf_common::format_millis;
 
@@ -17,13 +18,15 @@ use crate::error::{Error, Result};
 use crate::state::{AppState, Caller, Permission};
 use crate::store::{CommandRecord, NewCommand};
 
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, utoipa::ToSchema)]
 pub struct CommandDto {
     id: String,
     device_id: String,
     name: String,
+    #[schema(value_type = Object)]
     params: serde_json::Value,
     status: &'static str,
+    #[schema(value_type = Option<Object>)]
     result: Option<serde_json::Value>,
     error: Option<String>,
     created_by: String,
@@ -54,11 +57,13 @@ impl From<CommandRecord> for CommandDto {
     }
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, utoipa::ToSchema)]
+#[schema(as = CreateCommandRequest)]
 #[serde(deny_unknown_fields)]
 pub struct CreateRequest {
     name: String,
     #[serde(default = "empty_object")]
+    #[schema(value_type = Object)]
     params: serde_json::Value,
     timeout_s: Option<i64>,
 }
@@ -67,7 +72,8 @@ fn empty_object() -> serde_json::Value {
     json!({})
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
 pub struct CreateQuery {
     /// Hold the request until the device answers or the command times out.
     #[serde(default)]
@@ -76,6 +82,9 @@ pub struct CreateQuery {
 
 /// Sends a command. With `Idempotency-Key`, a retried request returns the
 /// command the first one created instead of sending another.
+#[utoipa::path(post, path = "/api/v1/devices/{id}/commands", tag = "commands", security(("bearer" = [])), request_body = CreateRequest,
+    params(("id" = String, Path), CreateQuery, ("Idempotency-Key" = Option<String>, Header, description = "Makes a retried request return the first one's command")),
+    responses((status = 201, body = CommandDto), (status = 200, description = "A retry with a used Idempotency-Key", body = CommandDto), (status = 404, body = ErrorEnvelope), (status = 422, body = ErrorEnvelope)))]
 pub async fn create(
     State(state): State<AppState>,
     caller: Caller,
@@ -260,13 +269,16 @@ async fn wait_for(state: &AppState, id: &str, timeout: Duration) -> Result<Comma
     }
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
 pub struct ListQuery {
     status: Option<String>,
     limit: Option<i64>,
     offset: Option<i64>,
 }
 
+#[utoipa::path(get, path = "/api/v1/devices/{id}/commands", tag = "commands", security(("bearer" = [])), params(("id" = String, Path), ListQuery),
+    responses((status = 200, body = Paged<CommandDto>), (status = 404, body = ErrorEnvelope)))]
 pub async fn list(
     State(state): State<AppState>,
     caller: Caller,
@@ -296,6 +308,8 @@ pub async fn list(
     }))
 }
 
+#[utoipa::path(get, path = "/api/v1/devices/{id}/commands/{command_id}", tag = "commands", security(("bearer" = [])), params(("id" = String, Path), ("command_id" = String, Path)),
+    responses((status = 200, body = CommandDto), (status = 404, body = ErrorEnvelope)))]
 pub async fn get(
     State(state): State<AppState>,
     caller: Caller,

@@ -5,6 +5,7 @@ use axum::Json;
 use axum::extract::State;
 use axum::http::StatusCode;
 use serde::{Deserialize, Serialize};
+use wf_common::error::ErrorEnvelope;
 use wf_common::events::{DeviceDeleted, publish_json, topics};
 use wf_common::extract::{self, Path, Query};
 use wf_common::format_millis;
@@ -15,12 +16,13 @@ use crate::error::{Error, Result};
 use crate::state::{AppState, Caller, Permission};
 use crate::store::{DeviceFilter, DeviceRecord, DeviceSort, DeviceUpdate, NewDevice, StatusRecord};
 
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, utoipa::ToSchema)]
 pub struct DeviceDto {
     id: String,
     name: String,
     device_type: String,
     tags: Vec<String>,
+    #[schema(value_type = Object)]
     metadata: serde_json::Value,
     owner_id: String,
     online: bool,
@@ -49,14 +51,14 @@ impl From<DeviceRecord> for DeviceDto {
 }
 
 /// A device with its new secret, answered once on create and rotate.
-#[derive(Serialize)]
+#[derive(Serialize, utoipa::ToSchema)]
 pub struct DeviceWithSecret {
     #[serde(flatten)]
     device: DeviceDto,
     credentials: Credentials,
 }
 
-#[derive(Serialize)]
+#[derive(Serialize, utoipa::ToSchema)]
 struct Credentials {
     client_id: String,
     username: String,
@@ -107,7 +109,8 @@ fn check_metadata(metadata: serde_json::Value) -> Result<serde_json::Value> {
     Ok(metadata)
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, utoipa::ToSchema)]
+#[schema(as = CreateDeviceRequest)]
 #[serde(deny_unknown_fields)]
 pub struct CreateRequest {
     /// Chosen by the caller, or generated.
@@ -118,6 +121,7 @@ pub struct CreateRequest {
     #[serde(default)]
     tags: Vec<String>,
     #[serde(default = "empty_object")]
+    #[schema(value_type = Object)]
     metadata: serde_json::Value,
 }
 
@@ -125,6 +129,8 @@ fn empty_object() -> serde_json::Value {
     serde_json::json!({})
 }
 
+#[utoipa::path(post, path = "/api/v1/devices", tag = "devices", security(("bearer" = [])), request_body = CreateRequest,
+    responses((status = 201, body = DeviceWithSecret), (status = 409, body = ErrorEnvelope), (status = 422, body = ErrorEnvelope)))]
 pub async fn create(
     State(state): State<AppState>,
     caller: Caller,
@@ -161,7 +167,8 @@ async fn sync_credentials(state: &AppState, device_id: &str, secret: &str) {
     }
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
 pub struct ListQuery {
     /// Substring of the name.
     name: Option<String>,
@@ -177,6 +184,8 @@ pub struct ListQuery {
     offset: Option<i64>,
 }
 
+#[utoipa::path(get, path = "/api/v1/devices", tag = "devices", security(("bearer" = [])), params(ListQuery),
+    responses((status = 200, body = Paged<DeviceDto>), (status = 403, body = ErrorEnvelope), (status = 422, body = ErrorEnvelope)))]
 pub async fn list(
     State(state): State<AppState>,
     caller: Caller,
@@ -239,6 +248,8 @@ pub async fn list(
     }))
 }
 
+#[utoipa::path(get, path = "/api/v1/devices/{id}", tag = "devices", security(("bearer" = [])), params(("id" = String, Path)),
+    responses((status = 200, body = DeviceDto), (status = 404, body = ErrorEnvelope)))]
 pub async fn get(
     State(state): State<AppState>,
     caller: Caller,
@@ -248,15 +259,19 @@ pub async fn get(
     Ok(Json(state.device_for(&caller, &id).await?.into()))
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, utoipa::ToSchema)]
+#[schema(as = UpdateDeviceRequest)]
 #[serde(deny_unknown_fields)]
 pub struct UpdateRequest {
     name: Option<String>,
     device_type: Option<String>,
     tags: Option<Vec<String>>,
+    #[schema(value_type = Option<Object>)]
     metadata: Option<serde_json::Value>,
 }
 
+#[utoipa::path(patch, path = "/api/v1/devices/{id}", tag = "devices", security(("bearer" = [])), params(("id" = String, Path)), request_body = UpdateRequest,
+    responses((status = 200, body = DeviceDto), (status = 404, body = ErrorEnvelope), (status = 422, body = ErrorEnvelope)))]
 pub async fn update(
     State(state): State<AppState>,
     caller: Caller,
@@ -288,6 +303,8 @@ pub async fn update(
 
 /// Deletes a device and everything stored about it, and announces
 /// `device.deleted` so other services (rollouts) let go of it.
+#[utoipa::path(delete, path = "/api/v1/devices/{id}", tag = "devices", security(("bearer" = [])), params(("id" = String, Path)),
+    responses((status = 204, description = "Deleted, with its telemetry and commands"), (status = 404, body = ErrorEnvelope)))]
 pub async fn delete(
     State(state): State<AppState>,
     caller: Caller,
@@ -311,6 +328,8 @@ pub async fn delete(
 }
 
 /// Issues a new secret; the old one stops working.
+#[utoipa::path(post, path = "/api/v1/devices/{id}/secret", tag = "devices", security(("bearer" = [])), params(("id" = String, Path)),
+    responses((status = 200, body = DeviceWithSecret), (status = 404, body = ErrorEnvelope)))]
 pub async fn rotate_secret(
     State(state): State<AppState>,
     caller: Caller,
@@ -330,18 +349,21 @@ pub async fn rotate_secret(
     )))
 }
 
-#[derive(Serialize)]
+#[derive(Serialize, utoipa::ToSchema)]
 pub struct StatusDto {
     time: String,
     online: bool,
     reason: String,
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
 pub struct HistoryQuery {
     limit: Option<i64>,
 }
 
+#[utoipa::path(get, path = "/api/v1/devices/{id}/status-history", tag = "devices", security(("bearer" = [])), params(("id" = String, Path), HistoryQuery),
+    responses((status = 200, body = Vec<StatusDto>), (status = 404, body = ErrorEnvelope)))]
 pub async fn status_history(
     State(state): State<AppState>,
     caller: Caller,
@@ -364,7 +386,7 @@ pub async fn status_history(
     ))
 }
 
-#[derive(Serialize)]
+#[derive(Serialize, utoipa::ToSchema)]
 pub struct Summary {
     total: i64,
     online: i64,
@@ -372,6 +394,8 @@ pub struct Summary {
 }
 
 /// Device counts for the caller's fleet.
+#[utoipa::path(get, path = "/api/v1/devices/summary", tag = "devices", security(("bearer" = [])),
+    responses((status = 200, body = Summary), (status = 403, body = ErrorEnvelope)))]
 pub async fn summary(State(state): State<AppState>, caller: Caller) -> Result<Json<Summary>> {
     caller.require(&state, Permission::DeviceRead).await?;
     let owner = caller.owner_filter();

@@ -11,7 +11,9 @@ use axum::extract::FromRequestParts;
 use axum::http::header::AUTHORIZATION;
 use axum::http::request::Parts;
 use axum::routing::{get, post};
+use utoipa::OpenApi;
 use wf_common::http::{ReadinessCheck, finish, ops_routes};
+use wf_common::openapi::BearerAuth;
 
 use crate::error::{Error, Result};
 use crate::state::{AppState, Caller};
@@ -54,6 +56,10 @@ pub fn router(state: AppState) -> Router {
             "/api/v1/devices/{id}/commands/{command_id}",
             get(commands::get),
         )
+        .route(
+            "/api/openapi.json",
+            get(|| async { axum::Json(ApiDoc::openapi()) }),
+        )
         .with_state(state.clone());
     finish(
         api.merge(ops_routes(vec![
@@ -64,6 +70,21 @@ pub fn router(state: AppState) -> Router {
         state.config.max_body_bytes,
     )
 }
+
+/// device-service's OpenAPI document, served at `/api/openapi.json`.
+#[derive(utoipa::OpenApi)]
+#[openapi(
+    info(title = "wf-iot device-service"),
+    paths(
+        devices::list, devices::create, devices::summary, devices::get, devices::update,
+        devices::delete, devices::rotate_secret, devices::status_history,
+        telemetry::latest, telemetry::series,
+        commands::list, commands::create, commands::get,
+    ),
+    modifiers(&BearerAuth),
+    tags((name = "devices"), (name = "telemetry"), (name = "commands")),
+)]
+pub struct ApiDoc;
 
 /// The caller, from `Authorization: Bearer <access token>` verified against
 /// auth-service's published keys.
@@ -105,7 +126,7 @@ pub fn page(limit: Option<i64>, offset: Option<i64>) -> Result<(i64, i64)> {
     Ok((limit, offset))
 }
 
-#[derive(Debug, serde::Serialize)]
+#[derive(Debug, serde::Serialize, utoipa::ToSchema)]
 pub struct Paged<T> {
     pub items: Vec<T>,
     pub total: i64,

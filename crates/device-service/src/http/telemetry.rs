@@ -4,6 +4,7 @@
 use axum::Json;
 use axum::extract::State;
 use serde::{Deserialize, Serialize};
+use wf_common::error::ErrorEnvelope;
 use wf_common::extract::{Path, Query};
 
 use crate::domain::{Aggregation, Interval, MetricName};
@@ -11,12 +12,14 @@ use crate::error::{Error, Result};
 use crate::state::{AppState, Caller, Permission};
 use crate::store::{Bucket, LatestValue, RawPoint};
 
-#[derive(Serialize)]
+#[derive(Serialize, utoipa::ToSchema)]
 pub struct Latest {
     device_id: String,
     values: Vec<LatestValue>,
 }
 
+#[utoipa::path(get, path = "/api/v1/devices/{id}/telemetry/latest", tag = "telemetry", security(("bearer" = [])), params(("id" = String, Path)),
+    responses((status = 200, body = Latest), (status = 404, body = ErrorEnvelope)))]
 pub async fn latest(
     State(state): State<AppState>,
     caller: Caller,
@@ -31,7 +34,8 @@ pub async fn latest(
     }))
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
 pub struct SeriesQuery {
     metric: Option<String>,
     /// RFC 3339 or milliseconds since the epoch; default one hour before `to`.
@@ -46,14 +50,14 @@ pub struct SeriesQuery {
     limit: Option<i64>,
 }
 
-#[derive(Serialize)]
+#[derive(Serialize, utoipa::ToSchema)]
 #[serde(untagged)]
 enum Points {
     Raw(Vec<RawPoint>),
     Buckets(Vec<Bucket>),
 }
 
-#[derive(Serialize)]
+#[derive(Serialize, utoipa::ToSchema)]
 pub struct Series {
     device_id: String,
     metric: String,
@@ -82,6 +86,8 @@ fn parse_time(name: &str, value: Option<&str>) -> Result<Option<i64>> {
         })
 }
 
+#[utoipa::path(get, path = "/api/v1/devices/{id}/telemetry", tag = "telemetry", security(("bearer" = [])), params(("id" = String, Path), SeriesQuery),
+    responses((status = 200, body = Series), (status = 404, body = ErrorEnvelope), (status = 422, body = ErrorEnvelope)))]
 pub async fn series(
     State(state): State<AppState>,
     caller: Caller,

@@ -41,20 +41,22 @@ fn decode(row: &AnyRow) -> sqlx::Result<MetricValue> {
     })
 }
 
-#[derive(Debug, Clone, serde::Serialize)]
+#[derive(Debug, Clone, serde::Serialize, utoipa::ToSchema)]
 pub struct LatestValue {
     pub metric: String,
     pub ts: i64,
+    #[schema(value_type = Object)]
     pub value: MetricValue,
 }
 
-#[derive(Debug, Clone, serde::Serialize)]
+#[derive(Debug, Clone, serde::Serialize, utoipa::ToSchema)]
 pub struct RawPoint {
     pub ts: i64,
+    #[schema(value_type = Object)]
     pub value: MetricValue,
 }
 
-#[derive(Debug, Clone, serde::Serialize)]
+#[derive(Debug, Clone, serde::Serialize, utoipa::ToSchema)]
 pub struct Bucket {
     /// Start of the bucket (ms).
     pub ts: i64,

@@ -582,3 +582,37 @@ async fn status_follows_events_in_time_order() {
         .collect();
     assert_eq!(reasons, ["disconnected", "connected"]);
 }
+
+#[tokio::test]
+async fn the_openapi_document_lists_every_endpoint() {
+    let app = TestApp::spawn().await;
+    let doc: Value = app
+        .client
+        .get(format!("{}/api/openapi.json", app.base))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let paths = doc["paths"].as_object().unwrap();
+    for (path, methods) in [
+        ("/api/v1/devices", vec!["get", "post"]),
+        ("/api/v1/devices/summary", vec!["get"]),
+        ("/api/v1/devices/{id}", vec!["get", "patch", "delete"]),
+        ("/api/v1/devices/{id}/secret", vec!["post"]),
+        ("/api/v1/devices/{id}/status-history", vec!["get"]),
+        ("/api/v1/devices/{id}/telemetry", vec!["get"]),
+        ("/api/v1/devices/{id}/telemetry/latest", vec!["get"]),
+        ("/api/v1/devices/{id}/commands", vec!["get", "post"]),
+        ("/api/v1/devices/{id}/commands/{command_id}", vec!["get"]),
+    ] {
+        for method in methods {
+            assert!(
+                paths.get(path).and_then(|p| p.get(method)).is_some(),
+                "{method} {path} is not documented"
+            );
+        }
+    }
+    assert!(doc["components"]["schemas"]["DeviceDto"].is_object());
+}
