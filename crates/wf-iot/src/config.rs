@@ -22,6 +22,8 @@ pub struct PlatformConfig {
     pub auth: auth_service::Config,
     pub device: device_service::Config,
     pub mqtt_gateway: mqtt_gateway::Config,
+    pub firmware: firmware_service::Config,
+    pub gateway: api_gateway::Config,
 }
 
 /// Where services exchange events.
@@ -45,6 +47,8 @@ impl Default for PlatformConfig {
             auth: auth_service::Config::default(),
             device: device_service::Config::default(),
             mqtt_gateway: mqtt_gateway::Config::default(),
+            firmware: firmware_service::Config::default(),
+            gateway: api_gateway::Config::default(),
         }
     }
 }
@@ -56,6 +60,7 @@ impl PlatformConfig {
         let mut config: Self = wf_common::config::load(file)?;
         config.auth = config.auth.with_data_dir(&config.data_dir);
         config.device = config.device.with_data_dir(&config.data_dir);
+        config.firmware = config.firmware.with_data_dir(&config.data_dir);
         Ok(config)
     }
 

@@ -32,6 +32,7 @@ pub enum Service {
     All,
     Auth,
     Device,
+    Firmware,
 }
 
 /// The services that own a database: name, URL, migrations.
@@ -51,6 +52,12 @@ fn databases(
             "device",
             config.device.database_url.clone(),
             &device_service::store::MIGRATIONS,
+        ),
+        (
+            Service::Firmware,
+            "firmware",
+            config.firmware.database_url.clone(),
+            &firmware_service::store::MIGRATIONS,
         ),
     ];
     all.into_iter()

@@ -48,6 +48,9 @@ pub struct Ports {
     pub mqtt_ws: u16,
     pub mqtt_http: u16,
     pub mqtt_grpc: u16,
+    pub firmware_http: u16,
+    pub firmware_grpc: u16,
+    pub gateway_http: u16,
 }
 
 /// The all-in-one platform, started.
@@ -59,6 +62,8 @@ pub struct Platform {
     /// The gateway stops first, so the offline events of its devices reach
     /// the services still running.
     edge_stop: Shutdown,
+    /// How many of `tasks`, at the end, are the edge (the gateways).
+    edge_count: usize,
     tasks: Vec<tokio::task::JoinHandle<anyhow::Result<()>>>,
 }
 
@@ -71,6 +76,7 @@ impl Platform {
         })?;
         config.device.grpc_port = concrete(config.device.grpc_port)?;
         config.mqtt_gateway.grpc_port = concrete(config.mqtt_gateway.grpc_port)?;
+        config.firmware.http_port = concrete(config.firmware.http_port)?;
         let bus = event_bus(&config).await?;
         let stop = Shutdown::new();
         let edge_stop = Shutdown::new();
@@ -103,17 +109,56 @@ impl Platform {
         let mqtt =
             mqtt_gateway::Application::build(Arc::new(config.mqtt_gateway.clone()), bus.clone())
                 .await?;
+        let (mqtt_port, mqtt_ws, mqtt_http, mqtt_grpc) = (
+            mqtt.mqtt_port(),
+            mqtt.ws_port(),
+            mqtt.http_port(),
+            mqtt.grpc_port(),
+        );
+        let mut edge_tasks = vec![tokio::spawn(mqtt.run_until_stopped(edge_stop.wait()))];
+
+        config.firmware.auth_grpc_url = config.device.auth_grpc_url.clone();
+        config.firmware.auth_jwks_url = config.device.auth_jwks_url.clone();
+        config.firmware.issuer = config.auth.issuer.clone();
+        config.firmware.device_service_url = format!("http://127.0.0.1:{device_grpc}");
+        config.firmware.mqtt_gateway_url = format!("http://127.0.0.1:{mqtt_grpc}");
+        if config.firmware.public_url == firmware_service::Config::default().public_url {
+            config.firmware.public_url = format!("http://127.0.0.1:{}", config.firmware.http_port);
+        }
+        let firmware =
+            firmware_service::Application::build(Arc::new(config.firmware.clone()), bus.clone())
+                .await?;
+        let (firmware_http, firmware_grpc) = (firmware.http_port(), firmware.grpc_port());
+        tasks.push(tokio::spawn(firmware.run_until_stopped(stop.wait())));
+        let worker =
+            firmware_service::worker::Worker::build(Arc::new(config.firmware.clone()), bus.clone())
+                .await?;
+        tasks.push(tokio::spawn(worker.run_until_stopped(stop.wait())));
+
+        config.gateway.auth_url = format!("http://127.0.0.1:{auth_http}");
+        config.gateway.device_url = format!("http://127.0.0.1:{device_http}");
+        config.gateway.firmware_url = format!("http://127.0.0.1:{firmware_http}");
+        config.gateway.jwks_url = String::new();
+        config.gateway.issuer = config.auth.issuer.clone();
+        let gateway =
+            api_gateway::Application::build(Arc::new(config.gateway.clone()), bus.clone()).await?;
+        let gateway_http = gateway.http_port();
+        edge_tasks.push(tokio::spawn(gateway.run_until_stopped(edge_stop.wait())));
+        let edge_count = edge_tasks.len();
+        tasks.extend(edge_tasks);
         let ports = Ports {
             auth_http,
             auth_grpc,
             device_http,
             device_grpc,
-            mqtt: mqtt.mqtt_port(),
-            mqtt_ws: mqtt.ws_port(),
-            mqtt_http: mqtt.http_port(),
-            mqtt_grpc: mqtt.grpc_port(),
+            mqtt: mqtt_port,
+            mqtt_ws,
+            mqtt_http,
+            mqtt_grpc,
+            firmware_http,
+            firmware_grpc,
+            gateway_http,
         };
-        tasks.push(tokio::spawn(mqtt.run_until_stopped(edge_stop.wait())));
         tracing::info!(?ports, "wf-iot is running");
         Ok(Self {
             ports,
@@ -121,6 +166,7 @@ impl Platform {
             config,
             stop,
             edge_stop,
+            edge_count,
             tasks,
         })
     }
@@ -156,6 +202,19 @@ impl Platform {
             grpc_port: 0,
             ..config.mqtt_gateway
         };
+        config.firmware = firmware_service::Config {
+            host: localhost,
+            http_port: 0,
+            grpc_port: 0,
+            database_url: String::new(),
+            ..config.firmware
+        }
+        .with_data_dir(dir);
+        config.gateway = api_gateway::Config {
+            host: localhost,
+            http_port: 0,
+            ..config.gateway
+        };
         config.events.redis_url = String::new();
         config.admin_password = Some(admin_password.to_string().into());
         Self::start(config).await
@@ -164,8 +223,9 @@ impl Platform {
     /// Stops every service and waits for them to drain.
     pub async fn stop(mut self) -> anyhow::Result<()> {
         self.edge_stop.trigger();
-        if let Some(gateway) = self.tasks.pop() {
-            gateway.await??;
+        let edge = self.tasks.split_off(self.tasks.len() - self.edge_count);
+        for task in edge {
+            task.await??;
         }
         self.stop.trigger();
         for task in self.tasks {

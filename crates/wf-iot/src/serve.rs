@@ -18,6 +18,12 @@ pub enum Target {
     Device,
     /// mqtt-gateway alone.
     MqttGateway,
+    /// firmware-service alone (its HTTP and gRPC APIs).
+    Firmware,
+    /// The rollout worker alone.
+    Worker,
+    /// The api-gateway alone: the front door on port 8000.
+    Gateway,
 }
 
 pub async fn run(config: PlatformConfig, target: Target) -> anyhow::Result<()> {
@@ -54,6 +60,29 @@ pub async fn run(config: PlatformConfig, target: Target) -> anyhow::Result<()> {
                 grpc_port = app.grpc_port(),
                 "mqtt-gateway listening"
             );
+            app.run_until_stopped(shutdown).await
+        }
+        Target::Firmware => {
+            let bus = distributed_bus(&config).await?;
+            let app = firmware_service::Application::build(Arc::new(config.firmware), bus).await?;
+            tracing::info!(
+                http_port = app.http_port(),
+                grpc_port = app.grpc_port(),
+                "firmware-service listening"
+            );
+            app.run_until_stopped(shutdown).await
+        }
+        Target::Worker => {
+            let bus = distributed_bus(&config).await?;
+            let worker =
+                firmware_service::worker::Worker::build(Arc::new(config.firmware), bus).await?;
+            tracing::info!(name = worker.name(), "rollout worker running");
+            worker.run_until_stopped(shutdown).await
+        }
+        Target::Gateway => {
+            let bus = distributed_bus(&config).await?;
+            let app = api_gateway::Application::build(Arc::new(config.gateway), bus).await?;
+            tracing::info!(http_port = app.http_port(), "api-gateway listening");
             app.run_until_stopped(shutdown).await
         }
     }

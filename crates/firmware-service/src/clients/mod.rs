@@ -1,0 +1,34 @@
+//! firmware-service's gRPC clients of other services. The shape follows
+//! device-service's clients (lazy channels, request ids forwarded).
+
+mod auth;
+mod device;
+mod gateway;
+
+pub use auth::AuthClient;
+pub use device::{DeviceClient, DeviceInfo, DeviceQuery, MAX_TARGETS};
+pub use gateway::GatewayClient;
+
+use std::time::Duration;
+
+use tonic::transport::{Channel, Endpoint};
+
+use crate::error::{Error, Result};
+
+/// A lazily connecting channel, so services can start in any order.
+fn lazy_channel(url: &str) -> Result<Channel> {
+    Ok(Endpoint::from_shared(url.to_string())
+        .map_err(|e| Error::Internal(anyhow::anyhow!("invalid service URL {url:?}: {e}")))?
+        .connect_timeout(Duration::from_secs(2))
+        .timeout(Duration::from_secs(10))
+        .connect_lazy())
+}
+
+/// Maps a failed call to another service: unreachable → `Unavailable`.
+fn call_error(service: &str, status: tonic::Status) -> Error {
+    match status.code() {
+        tonic::Code::NotFound => Error::NotFound(status.message().to_string()),
+        tonic::Code::InvalidArgument => Error::Validation(status.message().to_string()),
+        _ => Error::Unavailable(format!("{service}: {}", status.message())),
+    }
+}

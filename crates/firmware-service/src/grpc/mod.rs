@@ -1,0 +1,171 @@
+//! firmware-service's gRPC API (`wfiot.firmware.v1.FirmwareService`), with
+//! grpc.health.v1 and reflection.
+
+use tokio::net::TcpListener;
+use tokio_stream::wrappers::TcpListenerStream;
+use tonic::{Request, Response, Status};
+use wf_proto::firmware::firmware_service_server::{FirmwareService, FirmwareServiceServer};
+use wf_proto::firmware::{
+    Execution, Firmware, GetFirmwareRequest, GetRolloutRequest, ListDeviceExecutionsRequest,
+    ListDeviceExecutionsResponse, ListFirmwareRequest, ListFirmwareResponse, Rollout, StateCount,
+};
+
+use crate::state::AppState;
+use crate::store::FirmwareRecord;
+
+pub async fn serve(
+    state: AppState,
+    listener: TcpListener,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> anyhow::Result<()> {
+    let (health, health_service) = tonic_health::server::health_reporter();
+    health
+        .set_serving::<FirmwareServiceServer<FirmwareGrpc>>()
+        .await;
+    let reflection = tonic_reflection::server::Builder::configure()
+        .register_encoded_file_descriptor_set(wf_proto::FILE_DESCRIPTOR_SET)
+        .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+        .build_v1()?;
+    tonic::transport::Server::builder()
+        .layer(wf_common::grpc::RequestContextLayer::new(
+            "firmware-service",
+        ))
+        .add_service(health_service)
+        .add_service(reflection)
+        .add_service(FirmwareServiceServer::new(FirmwareGrpc { state }))
+        .serve_with_incoming_shutdown(TcpListenerStream::new(listener), shutdown)
+        .await?;
+    Ok(())
+}
+
+pub struct FirmwareGrpc {
+    state: AppState,
+}
+
+fn to_proto(f: FirmwareRecord) -> Firmware {
+    Firmware {
+        signed: f.signature.is_some(),
+        id: f.id,
+        name: f.name,
+        device_type: f.device_type,
+        version: f.version,
+        size: u64::try_from(f.size).unwrap_or_default(),
+        sha256: f.sha256,
+        release_notes: f.release_notes,
+        created_at: f.created_at,
+    }
+}
+
+#[tonic::async_trait]
+impl FirmwareService for FirmwareGrpc {
+    async fn get_firmware(
+        &self,
+        request: Request<GetFirmwareRequest>,
+    ) -> Result<Response<Firmware>, Status> {
+        let id = request.into_inner().firmware_id;
+        match self.state.store.get_firmware(&id).await? {
+            Some(f) => Ok(Response::new(to_proto(f))),
+            None => Err(Status::not_found(format!("no firmware with id {id:?}"))),
+        }
+    }
+
+    async fn list_firmware(
+        &self,
+        request: Request<ListFirmwareRequest>,
+    ) -> Result<Response<ListFirmwareResponse>, Status> {
+        let req = request.into_inner();
+        let limit = match req.page_size {
+            0 => 100,
+            n => i64::from(n.min(1000)),
+        };
+        let offset: i64 = if req.page_token.is_empty() {
+            0
+        } else {
+            req.page_token
+                .parse()
+                .ok()
+                .filter(|o: &i64| *o >= 0)
+                .ok_or_else(|| {
+                    Status::invalid_argument("page_token is not one this service issued")
+                })?
+        };
+        let device_type = (!req.device_type.is_empty()).then_some(req.device_type);
+        let (items, total) = self
+            .state
+            .store
+            .list_firmware(device_type.as_deref(), limit, offset)
+            .await?;
+        let next = offset + items.len() as i64;
+        Ok(Response::new(ListFirmwareResponse {
+            firmware: items.into_iter().map(to_proto).collect(),
+            next_page_token: if next < total {
+                next.to_string()
+            } else {
+                String::new()
+            },
+        }))
+    }
+
+    async fn get_rollout(
+        &self,
+        request: Request<GetRolloutRequest>,
+    ) -> Result<Response<Rollout>, Status> {
+        let id = request.into_inner().rollout_id;
+        let Some(r) = self.state.store.get_rollout(&id).await? else {
+            return Err(Status::not_found(format!("no rollout with id {id:?}")));
+        };
+        let counts = self.state.store.counts(&id).await?;
+        Ok(Response::new(Rollout {
+            id: r.id,
+            kind: r.kind,
+            name: r.name,
+            firmware_id: r.firmware_id,
+            firmware_version: r.firmware_version,
+            state: r.state.as_str().to_string(),
+            reason: r.reason.unwrap_or_default(),
+            counts: counts
+                .iter()
+                .map(|(s, n)| StateCount {
+                    state: s.as_str().to_string(),
+                    count: n,
+                })
+                .collect(),
+            total: counts.total(),
+            created_at: r.created_at,
+            started_at: r.started_at.unwrap_or_default(),
+            finished_at: r.finished_at.unwrap_or_default(),
+        }))
+    }
+
+    async fn list_device_executions(
+        &self,
+        request: Request<ListDeviceExecutionsRequest>,
+    ) -> Result<Response<ListDeviceExecutionsResponse>, Status> {
+        let req = request.into_inner();
+        let limit = match req.limit {
+            0 => 20,
+            n => i64::from(n.min(100)),
+        };
+        let tasks = self.state.store.device_tasks(&req.device_id, limit).await?;
+        let mut executions = Vec::with_capacity(tasks.len());
+        for t in tasks {
+            let rollout = self.state.store.get_rollout(&t.rollout_id).await?;
+            let (firmware_id, firmware_version) = rollout
+                .map(|r| (r.firmware_id, r.firmware_version))
+                .unwrap_or_default();
+            executions.push(Execution {
+                id: t.id,
+                rollout_id: t.rollout_id,
+                device_id: t.device_id,
+                firmware_id,
+                firmware_version,
+                state: t.state.as_str().to_string(),
+                attempts: u32::try_from(t.attempts).unwrap_or_default(),
+                progress: t.progress.unwrap_or_default(),
+                error: t.error.unwrap_or_default(),
+                updated_at: t.updated_at,
+            });
+        }
+        Ok(Response::new(ListDeviceExecutionsResponse { executions }))
+    }
+}

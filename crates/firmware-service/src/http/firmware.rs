@@ -1,0 +1,401 @@
+//! Firmware images: streamed multipart upload with digest and signature
+//! checks, list, read and delete.
+
+use std::io::Write;
+
+use axum::Json;
+use axum::extract::multipart::{Field, MultipartError, MultipartRejection};
+use axum::extract::{Multipart, State};
+use axum::http::{HeaderMap, StatusCode, header};
+use bytes::Bytes;
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+use wf_common::extract::{Path, Query};
+use wf_common::format_millis;
+
+use super::{FORM_OVERHEAD, Paged, page};
+use crate::domain::{FirmwareVersion, Sha256Digest, check_device_type, new_id};
+use crate::error::{Error, Result};
+use crate::state::{AppState, Caller, Permission};
+use crate::store::FirmwareRecord;
+
+#[derive(Debug, Serialize)]
+pub struct FirmwareDto {
+    id: String,
+    name: String,
+    device_type: String,
+    version: String,
+    release_notes: String,
+    size: i64,
+    sha256: String,
+    signed: bool,
+    signature: Option<String>,
+    created_by: String,
+    created_at: String,
+    /// Where users (bearer token), devices (their credentials) and download
+    /// links fetch the image.
+    download_path: String,
+}
+
+impl From<FirmwareRecord> for FirmwareDto {
+    fn from(f: FirmwareRecord) -> Self {
+        Self {
+            download_path: format!("/api/v1/firmware/{}/download", f.id),
+            id: f.id,
+            name: f.name,
+            device_type: f.device_type,
+            version: f.version,
+            release_notes: f.release_notes,
+            size: f.size,
+            sha256: f.sha256,
+            signed: f.signature.is_some(),
+            signature: f.signature,
+            created_by: f.created_by,
+            created_at: format_millis(f.created_at),
+        }
+    }
+}
+
+/// The longest text field of the upload form.
+const MAX_TEXT_FIELD: usize = 16 * 1024;
+/// Chunks buffered between the request and the file writer.
+const WRITE_QUEUE: usize = 8;
+
+fn too_large(max: u64) -> Error {
+    Error::PayloadTooLarge(format!("firmware images are limited to {max} bytes"))
+}
+
+fn multipart_error(e: MultipartError, max: u64) -> Error {
+    if e.status() == StatusCode::PAYLOAD_TOO_LARGE {
+        too_large(max)
+    } else {
+        Error::BadRequest(format!("malformed multipart body: {}", e.body_text()))
+    }
+}
+
+async fn text_field(field: &mut Field<'_>, name: &str, max: u64) -> Result<String> {
+    let mut buf = Vec::new();
+    while let Some(chunk) = field.chunk().await.map_err(|e| multipart_error(e, max))? {
+        if buf.len() + chunk.len() > MAX_TEXT_FIELD {
+            return Err(Error::Validation(format!(
+                "{name} must be at most {MAX_TEXT_FIELD} bytes"
+            )));
+        }
+        buf.extend_from_slice(&chunk);
+    }
+    String::from_utf8(buf).map_err(|_| Error::Validation(format!("{name} must be UTF-8 text")))
+}
+
+/// The form's fields, which must all come before the file.
+#[derive(Default)]
+struct Form {
+    name: Option<String>,
+    device_type: Option<String>,
+    version: Option<String>,
+    release_notes: Option<String>,
+    sha256: Option<String>,
+    signature: Option<String>,
+}
+
+/// The fields, checked.
+struct Checked {
+    name: String,
+    device_type: String,
+    version: FirmwareVersion,
+    release_notes: String,
+    sha256: Option<Sha256Digest>,
+    signature: Option<String>,
+}
+
+fn check_form(form: Form) -> Result<Checked> {
+    let missing = |f: &str| {
+        Error::Validation(format!(
+            "the {f} field is required and must come before the file"
+        ))
+    };
+    let name = form.name.ok_or_else(|| missing("name"))?.trim().to_string();
+    if name.is_empty() || name.chars().count() > 200 {
+        return Err(Error::Validation("name must be 1 to 200 characters".into()));
+    }
+    let device_type = check_device_type(&form.device_type.ok_or_else(|| missing("device_type"))?)
+        .map_err(Error::Validation)?;
+    let version = FirmwareVersion::parse(&form.version.ok_or_else(|| missing("version"))?)
+        .map_err(Error::Validation)?;
+    let sha256 = form
+        .sha256
+        .filter(|s| !s.trim().is_empty())
+        .map(|s| Sha256Digest::parse_hex(&s))
+        .transpose()
+        .map_err(Error::Validation)?;
+    let signature = form
+        .signature
+        .map(|s| s.trim().to_string())
+        .filter(|s| !s.is_empty());
+    if signature.as_ref().is_some_and(|s| s.len() > 200) {
+        return Err(Error::BadSignature(
+            "the signature must be a base64 Ed25519 signature".into(),
+        ));
+    }
+    Ok(Checked {
+        name,
+        device_type,
+        version,
+        release_notes: form.release_notes.unwrap_or_default(),
+        sha256,
+        signature,
+    })
+}
+
+/// A file part written to a temporary file while it is hashed, chunk by
+/// chunk; the file is removed when this value is dropped unless stored.
+struct Received {
+    path: tempfile::TempPath,
+    size: u64,
+    digest: Sha256Digest,
+}
+
+/// Streams the file part to a temporary file in `dir`, hashing it on a
+/// blocking thread (never on the executor, never whole in memory), and
+/// refusing it once it passes `max` bytes.
+async fn receive_file(field: &mut Field<'_>, dir: &std::path::Path, max: u64) -> Result<Received> {
+    let (file, path) = tempfile::Builder::new()
+        .prefix(".upload-")
+        .tempfile_in(dir)?
+        .into_parts();
+    let (tx, mut rx) = tokio::sync::mpsc::channel::<Bytes>(WRITE_QUEUE);
+    let writer = tokio::task::spawn_blocking(move || -> std::io::Result<(u64, [u8; 32])> {
+        let mut out = std::io::BufWriter::with_capacity(256 * 1024, file);
+        let mut hasher = Sha256::new();
+        let mut size = 0u64;
+        while let Some(chunk) = rx.blocking_recv() {
+            hasher.update(&chunk);
+            out.write_all(&chunk)?;
+            size += chunk.len() as u64;
+        }
+        out.flush()?;
+        out.get_ref().sync_all()?;
+        Ok((size, hasher.finalize().into()))
+    });
+    let mut received = 0u64;
+    let read: Result<()> = async {
+        while let Some(chunk) = field.chunk().await.map_err(|e| multipart_error(e, max))? {
+            received += chunk.len() as u64;
+            if received > max {
+                return Err(too_large(max));
+            }
+            if tx.send(chunk).await.is_err() {
+                // The writer stopped; its error is reported below.
+                break;
+            }
+        }
+        Ok(())
+    }
+    .await;
+    drop(tx);
+    let written = writer
+        .await
+        .map_err(|e| Error::Internal(anyhow::anyhow!("upload writer: {e}")))?;
+    read?;
+    let (size, digest) = written?;
+    Ok(Received {
+        path,
+        size,
+        digest: Sha256Digest(digest),
+    })
+}
+
+/// `POST /api/v1/firmware`, `multipart/form-data` with the fields `name`,
+/// `device_type`, `version`, optional `release_notes`, `sha256` (hex) and
+/// `signature` (base64 Ed25519 over the SHA-256 digest), then the `file`
+/// part last. The client's file name is ignored: images are stored under
+/// a generated id.
+pub async fn upload(
+    State(state): State<AppState>,
+    caller: Caller,
+    headers: HeaderMap,
+    multipart: std::result::Result<Multipart, MultipartRejection>,
+) -> Result<(StatusCode, Json<FirmwareDto>)> {
+    caller.require(&state, Permission::Write).await?;
+    let mut multipart = multipart.map_err(|e| {
+        Error::BadRequest(format!(
+            "expected a multipart/form-data body: {}",
+            e.body_text()
+        ))
+    })?;
+    let max = state.config.max_firmware_bytes;
+    let declared = headers
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok());
+    if declared.is_some_and(|len| len > max.saturating_add(FORM_OVERHEAD)) {
+        return Err(too_large(max));
+    }
+    let mut form = Form::default();
+    let mut upload: Option<(Checked, Received)> = None;
+    while let Some(mut field) = multipart
+        .next_field()
+        .await
+        .map_err(|e| multipart_error(e, max))?
+    {
+        let name = field.name().unwrap_or_default().to_string();
+        if upload.is_some() {
+            return Err(Error::Validation(format!(
+                "the file must be the last part (found {name:?} after it)"
+            )));
+        }
+        let slot = match name.as_str() {
+            "name" => &mut form.name,
+            "device_type" => &mut form.device_type,
+            "version" => &mut form.version,
+            "release_notes" => &mut form.release_notes,
+            "sha256" => &mut form.sha256,
+            "signature" => &mut form.signature,
+            "file" => {
+                let checked = check_form(std::mem::take(&mut form))?;
+                if let Some(existing) = state
+                    .store
+                    .find_firmware(&checked.device_type, &checked.version.to_string())
+                    .await?
+                {
+                    return Err(Error::Conflict(format!(
+                        "firmware {} for device type {:?} exists already ({})",
+                        checked.version, checked.device_type, existing.id
+                    )));
+                }
+                let received = receive_file(&mut field, &state.config.upload_dir, max).await?;
+                upload = Some((checked, received));
+                continue;
+            }
+            other => {
+                return Err(Error::Validation(format!(
+                    "unexpected field {other:?} (expected name, device_type, version, \
+                     release_notes, sha256, signature and file)"
+                )));
+            }
+        };
+        *slot = Some(text_field(&mut field, &name, max).await?);
+    }
+    let Some((checked, received)) = upload else {
+        return Err(Error::Validation("the file part is missing".into()));
+    };
+    if received.size == 0 {
+        return Err(Error::Validation("the file is empty".into()));
+    }
+    if let Some(expected) = checked.sha256
+        && expected != received.digest
+    {
+        metrics::counter!("wf_firmware_uploads_refused_total", "reason" => "digest").increment(1);
+        return Err(Error::DigestMismatch(format!(
+            "the file's SHA-256 is {}, not the {} that was sent; nothing was kept",
+            received.digest.to_hex(),
+            expected.to_hex()
+        )));
+    }
+    match &checked.signature {
+        Some(signature) => {
+            if let Err(e) = state.signing_keys.verify(&received.digest, signature) {
+                metrics::counter!("wf_firmware_uploads_refused_total", "reason" => "signature")
+                    .increment(1);
+                return Err(Error::BadSignature(e));
+            }
+        }
+        None if state.config.require_signature => {
+            return Err(Error::BadSignature(
+                "this service accepts signed firmware only".into(),
+            ));
+        }
+        None => {}
+    }
+    let id = new_id("fw");
+    state.blobs.put_file(&id, &received.path).await?;
+    let record = FirmwareRecord {
+        id: id.clone(),
+        name: checked.name,
+        device_type: checked.device_type,
+        version: checked.version.to_string(),
+        release_notes: checked.release_notes,
+        size: i64::try_from(received.size).unwrap_or(i64::MAX),
+        sha256: received.digest.to_hex(),
+        signature: checked.signature,
+        storage_key: id.clone(),
+        created_by: caller.user_id.clone(),
+        created_at: wf_common::now_millis(),
+    };
+    if let Err(e) = state.store.insert_firmware(&record).await {
+        if let Err(cleanup) = state.blobs.delete(&id).await {
+            tracing::warn!(firmware_id = %id, error = %cleanup, "removing an orphaned image failed");
+        }
+        return Err(e);
+    }
+    metrics::counter!("wf_firmware_uploads_total").increment(1);
+    tracing::info!(
+        firmware_id = %id,
+        device_type = %record.device_type,
+        version = %record.version,
+        size = record.size,
+        by = %caller.username,
+        "firmware uploaded"
+    );
+    Ok((StatusCode::CREATED, Json(record.into())))
+}
+
+#[derive(Deserialize)]
+pub struct ListQuery {
+    device_type: Option<String>,
+    limit: Option<i64>,
+    offset: Option<i64>,
+}
+
+pub async fn list(
+    State(state): State<AppState>,
+    caller: Caller,
+    Query(q): Query<ListQuery>,
+) -> Result<Json<Paged<FirmwareDto>>> {
+    caller.require(&state, Permission::Read).await?;
+    let (limit, offset) = page(q.limit, q.offset)?;
+    let device_type = q.device_type.filter(|t| !t.trim().is_empty());
+    let (items, total) = state
+        .store
+        .list_firmware(device_type.as_deref(), limit, offset)
+        .await?;
+    Ok(Json(Paged {
+        items: items.into_iter().map(FirmwareDto::from).collect(),
+        total,
+        limit,
+        offset,
+    }))
+}
+
+pub async fn get(
+    State(state): State<AppState>,
+    caller: Caller,
+    Path(id): Path<String>,
+) -> Result<Json<FirmwareDto>> {
+    caller.require(&state, Permission::Read).await?;
+    match state.store.get_firmware(&id).await? {
+        Some(f) => Ok(Json(f.into())),
+        None => Err(Error::NotFound(format!("no firmware with id {id:?}"))),
+    }
+}
+
+/// Deletes an image and its file; refused with 409 while a rollout or
+/// upgrade task still uses it.
+pub async fn delete(
+    State(state): State<AppState>,
+    caller: Caller,
+    Path(id): Path<String>,
+) -> Result<StatusCode> {
+    caller.require(&state, Permission::Write).await?;
+    let Some(firmware) = state.store.get_firmware(&id).await? else {
+        return Err(Error::NotFound(format!("no firmware with id {id:?}")));
+    };
+    if !state.store.delete_firmware(&id).await? {
+        return Err(Error::NotFound(format!("no firmware with id {id:?}")));
+    }
+    if let Err(e) = state.blobs.delete(&firmware.storage_key).await {
+        // The row is gone, so nothing can reach the file any more.
+        tracing::warn!(firmware_id = %id, error = %e, "removing a deleted image's file failed");
+    }
+    tracing::info!(firmware_id = %id, by = %caller.username, "firmware deleted");
+    Ok(StatusCode::NO_CONTENT)
+}

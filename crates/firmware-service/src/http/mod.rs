@@ -1,0 +1,148 @@
+//! firmware-service's REST API: /api/v1/firmware, /api/v1/rollouts and
+//! /api/v1/upgrade-tasks.
+
+mod download;
+mod firmware;
+mod rollouts;
+mod tasks;
+
+use std::sync::Arc;
+
+use axum::Router;
+use axum::extract::{DefaultBodyLimit, FromRequestParts};
+use axum::http::header::AUTHORIZATION;
+use axum::http::request::Parts;
+use axum::routing::{get, post};
+use wf_common::http::{ReadinessCheck, finish, ops_routes};
+
+use crate::error::{Error, Result};
+use crate::state::{AppState, Caller};
+
+/// Room for the text fields and multipart framing around an image.
+const FORM_OVERHEAD: u64 = 256 * 1024;
+
+pub fn router(state: AppState) -> Router {
+    let db = state.store.db().clone();
+    let db_check: ReadinessCheck = Arc::new(move || {
+        let db = db.clone();
+        Box::pin(async move { db.ping().await.map_err(|e| e.to_string()) })
+    });
+    let blobs = state.blobs.clone();
+    let storage_check: ReadinessCheck = Arc::new(move || {
+        let blobs = blobs.clone();
+        Box::pin(async move { blobs.ping().await.map_err(|e| e.to_string()) })
+    });
+    let bus = state.bus.clone();
+    let bus_check: ReadinessCheck = Arc::new(move || {
+        let bus = bus.clone();
+        Box::pin(async move { bus.ping().await.map_err(|e| e.to_string()) })
+    });
+    let upload_limit = usize::try_from(
+        state
+            .config
+            .max_firmware_bytes
+            .saturating_add(FORM_OVERHEAD),
+    )
+    .unwrap_or(usize::MAX);
+    let api = Router::new()
+        .route(
+            "/api/v1/firmware",
+            get(firmware::list)
+                .post(firmware::upload)
+                .layer(DefaultBodyLimit::max(upload_limit)),
+        )
+        .route(
+            "/api/v1/firmware/{id}",
+            get(firmware::get).delete(firmware::delete),
+        )
+        .route("/api/v1/firmware/{id}/download", get(download::download))
+        .route(
+            "/api/v1/rollouts",
+            get(rollouts::list).post(rollouts::create),
+        )
+        .route("/api/v1/rollouts/{id}", get(rollouts::get))
+        .route("/api/v1/rollouts/{id}/pause", post(rollouts::pause))
+        .route("/api/v1/rollouts/{id}/resume", post(rollouts::resume))
+        .route("/api/v1/rollouts/{id}/cancel", post(rollouts::cancel))
+        .route(
+            "/api/v1/rollouts/{id}/executions",
+            get(rollouts::executions),
+        )
+        .route(
+            "/api/v1/rollouts/{id}/executions/{execution_id}",
+            get(rollouts::execution),
+        )
+        .route(
+            "/api/v1/upgrade-tasks",
+            get(tasks::list).post(tasks::create),
+        )
+        .route("/api/v1/upgrade-tasks/{id}", get(tasks::get))
+        .route("/api/v1/upgrade-tasks/{id}/cancel", post(tasks::cancel))
+        .with_state(state.clone());
+    finish(
+        api.merge(ops_routes(vec![
+            ("database", db_check),
+            ("storage", storage_check),
+            ("event_bus", bus_check),
+        ])),
+        "firmware-service",
+        state.config.max_body_bytes,
+    )
+}
+
+/// The bearer token of a request, if it carries one.
+fn bearer(parts: &Parts) -> Option<&str> {
+    parts
+        .headers
+        .get(AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| {
+            v.strip_prefix("Bearer ")
+                .or_else(|| v.strip_prefix("bearer "))
+        })
+        .map(str::trim)
+        .filter(|t| !t.is_empty())
+}
+
+/// The caller, from `Authorization: Bearer <access token>` verified against
+/// auth-service's published keys.
+impl FromRequestParts<AppState> for Caller {
+    type Rejection = Error;
+
+    async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self> {
+        let token = bearer(parts).ok_or_else(|| {
+            Error::Unauthenticated("expected Authorization: Bearer <token>".into())
+        })?;
+        let claims = state.verifier.verify(token).await?;
+        Ok(Caller::from_claims(claims))
+    }
+}
+
+/// `?limit=&offset=` bounds shared by list endpoints.
+pub fn page(limit: Option<i64>, offset: Option<i64>) -> Result<(i64, i64)> {
+    const MAX: i64 = 500;
+    let limit = limit.unwrap_or(50);
+    let offset = offset.unwrap_or(0);
+    if !(1..=MAX).contains(&limit) {
+        return Err(Error::Validation(format!(
+            "limit must be between 1 and {MAX}"
+        )));
+    }
+    if offset < 0 {
+        return Err(Error::Validation("offset must not be negative".into()));
+    }
+    Ok((limit, offset))
+}
+
+#[derive(Debug, serde::Serialize)]
+pub struct Paged<T> {
+    pub items: Vec<T>,
+    pub total: i64,
+    pub limit: i64,
+    pub offset: i64,
+}
+
+/// RFC 3339 for optional timestamps.
+fn time(ms: Option<i64>) -> Option<String> {
+    ms.map(wf_common::format_millis)
+}

@@ -1,0 +1,683 @@
+//! Rollouts: create (targets resolved through device-service), list, read
+//! with counts per state, pause / resume / cancel, and their executions
+//! with each one's history.
+
+use std::collections::{BTreeMap, HashSet};
+
+use axum::Json;
+use axum::extract::State;
+use axum::http::StatusCode;
+use serde::{Deserialize, Serialize};
+use wf_common::extract::{self, Path, Query};
+use wf_common::format_millis;
+
+use super::{Paged, page, time};
+use crate::clients::{DeviceQuery, MAX_TARGETS};
+use crate::domain::{ExecutionState, RolloutState, StateCounts, Target, check_device_type, new_id};
+use crate::error::{Error, Result};
+use crate::state::{AppState, Caller, Permission};
+use crate::store::{HistoryRecord, NewRollout, RolloutRecord, TaskRecord};
+
+pub const KIND_ROLLOUT: &str = "rollout";
+pub const KIND_TASK: &str = "task";
+
+#[derive(Debug, Serialize)]
+pub struct RolloutDto {
+    id: String,
+    name: String,
+    firmware_id: String,
+    firmware_version: String,
+    device_type: String,
+    state: &'static str,
+    /// Why it was aborted or canceled.
+    reason: Option<String>,
+    target: Target,
+    rate_per_minute: i64,
+    failure_threshold_percent: f64,
+    min_finished: i64,
+    timeout_secs: i64,
+    max_retries: i64,
+    retry_backoff_secs: i64,
+    start_at: String,
+    created_by: String,
+    created_at: String,
+    updated_at: String,
+    started_at: Option<String>,
+    finished_at: Option<String>,
+    /// Executions per state (every state present, zeros included).
+    counts: BTreeMap<&'static str, u64>,
+    total: u64,
+    /// Devices the target matched that were left out because another
+    /// rollout is upgrading them (on create only).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    skipped_devices: Option<Vec<String>>,
+}
+
+pub fn counts_map(counts: &StateCounts) -> BTreeMap<&'static str, u64> {
+    counts.iter().map(|(s, n)| (s.as_str(), n)).collect()
+}
+
+impl RolloutDto {
+    pub fn new(r: RolloutRecord, counts: &StateCounts) -> Self {
+        Self {
+            id: r.id,
+            name: r.name,
+            firmware_id: r.firmware_id,
+            firmware_version: r.firmware_version,
+            device_type: r.device_type,
+            state: r.state.as_str(),
+            reason: r.reason,
+            target: r.target,
+            rate_per_minute: r.rate_per_minute,
+            failure_threshold_percent: r.failure_threshold_percent,
+            min_finished: r.min_finished,
+            timeout_secs: r.timeout_secs,
+            max_retries: r.max_retries,
+            retry_backoff_secs: r.retry_backoff_secs,
+            start_at: format_millis(r.start_at),
+            created_by: r.created_by,
+            created_at: format_millis(r.created_at),
+            updated_at: format_millis(r.updated_at),
+            started_at: time(r.started_at),
+            finished_at: time(r.finished_at),
+            counts: counts_map(counts),
+            total: counts.total(),
+            skipped_devices: None,
+        }
+    }
+}
+
+#[derive(Debug, Serialize)]
+pub struct ExecutionDto {
+    /// The `task_id` the device sees.
+    id: String,
+    rollout_id: String,
+    device_id: String,
+    state: &'static str,
+    attempts: i64,
+    progress: Option<f64>,
+    error: Option<String>,
+    reported_version: Option<String>,
+    /// When a queued execution is next tried.
+    next_attempt_at: Option<String>,
+    /// When a waiting execution times out.
+    deadline_at: Option<String>,
+    created_at: String,
+    updated_at: String,
+    finished_at: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    history: Option<Vec<HistoryDto>>,
+}
+
+impl From<TaskRecord> for ExecutionDto {
+    fn from(t: TaskRecord) -> Self {
+        Self {
+            next_attempt_at: (t.state == ExecutionState::Queued)
+                .then(|| format_millis(t.next_attempt_at)),
+            id: t.id,
+            rollout_id: t.rollout_id,
+            device_id: t.device_id,
+            state: t.state.as_str(),
+            attempts: t.attempts,
+            progress: t.progress,
+            error: t.error,
+            reported_version: t.reported_version,
+            deadline_at: time(t.deadline_at),
+            created_at: format_millis(t.created_at),
+            updated_at: format_millis(t.updated_at),
+            finished_at: time(t.finished_at),
+            history: None,
+        }
+    }
+}
+
+impl ExecutionDto {
+    pub fn with_history(mut self, history: Vec<HistoryRecord>) -> Self {
+        self.history = Some(history.into_iter().map(HistoryDto::from).collect());
+        self
+    }
+}
+
+#[derive(Debug, Serialize)]
+pub struct HistoryDto {
+    time: String,
+    /// Empty for the line recording the execution's creation.
+    from: String,
+    to: String,
+    attempt: i64,
+    actor: String,
+    detail: Option<String>,
+}
+
+impl From<HistoryRecord> for HistoryDto {
+    fn from(h: HistoryRecord) -> Self {
+        Self {
+            time: format_millis(h.at),
+            from: h.from_state,
+            to: h.to_state,
+            attempt: h.attempt,
+            actor: h.actor,
+            detail: h.detail,
+        }
+    }
+}
+
+/// `target` of a create request: exactly one of the three.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TargetRequest {
+    device_ids: Option<Vec<String>>,
+    tag: Option<String>,
+    device_type: Option<String>,
+}
+
+fn default_threshold() -> f64 {
+    100.0
+}
+fn default_min_finished() -> u32 {
+    1
+}
+fn default_timeout() -> u32 {
+    600
+}
+fn default_backoff() -> u32 {
+    30
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CreateRequest {
+    name: String,
+    firmware_id: String,
+    target: TargetRequest,
+    /// Devices notified per minute; 0 (the default) is unlimited.
+    #[serde(default)]
+    rate_per_minute: u32,
+    /// Abort once failures pass this share of finished executions.
+    #[serde(default = "default_threshold")]
+    failure_threshold_percent: f64,
+    /// …counted only after this many have finished.
+    #[serde(default = "default_min_finished")]
+    min_finished: u32,
+    /// How long a device has from notification to a final report.
+    #[serde(default = "default_timeout")]
+    timeout_secs: u32,
+    /// Further attempts after a failure or timeout.
+    #[serde(default)]
+    max_retries: u32,
+    /// The wait before the first retry; doubled for each further one.
+    #[serde(default = "default_backoff")]
+    retry_backoff_secs: u32,
+    /// RFC 3339; absent or past means now.
+    start_at: Option<String>,
+}
+
+/// A rollout to create, as both endpoints describe it.
+pub struct Spec {
+    pub kind: &'static str,
+    pub name: Option<String>,
+    pub firmware_id: String,
+    pub target: Target,
+    pub rate_per_minute: u32,
+    pub failure_threshold_percent: f64,
+    pub min_finished: u32,
+    pub timeout_secs: u32,
+    pub max_retries: u32,
+    pub retry_backoff_secs: u32,
+    pub start_at: Option<String>,
+}
+
+fn validate_knobs(spec: &Spec) -> Result<()> {
+    let bad = |m: &str| Err(Error::Validation(m.into()));
+    if !(0.0..=100.0).contains(&spec.failure_threshold_percent) {
+        return bad("failure_threshold_percent must be between 0 and 100");
+    }
+    if !(1..=7 * 86_400).contains(&spec.timeout_secs) {
+        return bad("timeout_secs must be between 1 and 604800 (a week)");
+    }
+    if spec.max_retries > 10 {
+        return bad("max_retries must be at most 10");
+    }
+    if spec.retry_backoff_secs > 86_400 {
+        return bad("retry_backoff_secs must be at most 86400");
+    }
+    if spec.rate_per_minute > 1_000_000 {
+        return bad("rate_per_minute must be at most 1000000 (0 is unlimited)");
+    }
+    Ok(())
+}
+
+/// Resolves the target to device ids through device-service. Explicit ids
+/// must all exist and be of the firmware's type; tags and types select
+/// devices of the firmware's type.
+async fn resolve(state: &AppState, target: &Target, device_type: &str) -> Result<Vec<String>> {
+    match target {
+        Target::DeviceIds(ids) => {
+            let found = state
+                .devices
+                .list_all(&DeviceQuery {
+                    ids: ids.clone(),
+                    ..DeviceQuery::default()
+                })
+                .await?;
+            let known: HashSet<&str> = found.iter().map(|d| d.id.as_str()).collect();
+            let unknown: Vec<&str> = ids
+                .iter()
+                .map(String::as_str)
+                .filter(|id| !known.contains(id))
+                .collect();
+            if !unknown.is_empty() {
+                return Err(Error::Validation(format!(
+                    "no such devices: {}",
+                    unknown
+                        .iter()
+                        .take(20)
+                        .copied()
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                )));
+            }
+            let other: Vec<&str> = found
+                .iter()
+                .filter(|d| d.device_type != device_type)
+                .map(|d| d.id.as_str())
+                .collect();
+            if !other.is_empty() {
+                return Err(Error::Validation(format!(
+                    "this firmware is for {device_type:?} devices; these are not: {}",
+                    other
+                        .iter()
+                        .take(20)
+                        .copied()
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                )));
+            }
+            Ok(ids.clone())
+        }
+        Target::Tag(tag) => Ok(state
+            .devices
+            .list_all(&DeviceQuery {
+                tag: tag.clone(),
+                device_type: device_type.to_string(),
+                ..DeviceQuery::default()
+            })
+            .await?
+            .into_iter()
+            .map(|d| d.id)
+            .collect()),
+        Target::DeviceType(t) => {
+            if t != device_type {
+                return Err(Error::Validation(format!(
+                    "this firmware is for {device_type:?} devices, not {t:?}"
+                )));
+            }
+            Ok(state
+                .devices
+                .list_all(&DeviceQuery {
+                    device_type: t.clone(),
+                    ..DeviceQuery::default()
+                })
+                .await?
+                .into_iter()
+                .map(|d| d.id)
+                .collect())
+        }
+    }
+}
+
+/// Creates a rollout (or upgrade task): checks the knobs and the firmware,
+/// resolves the devices, and queues one execution per device.
+pub async fn create_rollout(
+    state: &AppState,
+    caller: &Caller,
+    spec: Spec,
+) -> Result<(RolloutRecord, Vec<String>)> {
+    validate_knobs(&spec)?;
+    let firmware = state
+        .store
+        .get_firmware(&spec.firmware_id)
+        .await?
+        .ok_or_else(|| Error::Validation(format!("no firmware with id {:?}", spec.firmware_id)))?;
+    let now = wf_common::now_millis();
+    let start_at = match spec.start_at.as_deref().filter(|s| !s.trim().is_empty()) {
+        Some(s) => chrono::DateTime::parse_from_rfc3339(s.trim())
+            .map_err(|e| Error::Validation(format!("start_at is not an RFC 3339 time: {e}")))?
+            .timestamp_millis()
+            .max(now),
+        None => now,
+    };
+    let devices = resolve(state, &spec.target, &firmware.device_type).await?;
+    if devices.is_empty() {
+        return Err(Error::Validation(format!(
+            "the target matches no {:?} device",
+            firmware.device_type
+        )));
+    }
+    if devices.len() > MAX_TARGETS {
+        return Err(Error::Validation(format!(
+            "a rollout targets at most {MAX_TARGETS} devices"
+        )));
+    }
+    let busy = state.store.open_executions_of(&devices).await?;
+    if !busy.is_empty() && matches!(spec.target, Target::DeviceIds(_)) {
+        return Err(Error::Conflict(format!(
+            "another rollout or upgrade task is upgrading: {}",
+            busy.iter().take(20).cloned().collect::<Vec<_>>().join(", ")
+        )));
+    }
+    let busy_set: HashSet<&String> = busy.iter().collect();
+    let devices: Vec<String> = devices
+        .iter()
+        .filter(|d| !busy_set.contains(d))
+        .cloned()
+        .collect();
+    if devices.is_empty() {
+        return Err(Error::Conflict(
+            "every matching device is being upgraded by another rollout".into(),
+        ));
+    }
+    let scheduled = start_at > now;
+    let rollout = RolloutRecord {
+        id: new_id("ro"),
+        kind: spec.kind.to_string(),
+        name: spec
+            .name
+            .unwrap_or_else(|| format!("{} {}", firmware.name, firmware.version)),
+        firmware_id: firmware.id,
+        firmware_version: firmware.version,
+        device_type: firmware.device_type,
+        state: if scheduled {
+            RolloutState::Scheduled
+        } else {
+            RolloutState::Running
+        },
+        target: spec.target,
+        rate_per_minute: i64::from(spec.rate_per_minute),
+        failure_threshold_percent: spec.failure_threshold_percent,
+        min_finished: i64::from(spec.min_finished.max(1)),
+        timeout_secs: i64::from(spec.timeout_secs),
+        max_retries: i64::from(spec.max_retries),
+        retry_backoff_secs: i64::from(spec.retry_backoff_secs),
+        start_at,
+        reason: None,
+        created_by: caller.user_id.clone(),
+        created_at: now,
+        updated_at: now,
+        started_at: (!scheduled).then_some(now),
+        finished_at: None,
+    };
+    state
+        .store
+        .insert_rollout(
+            &NewRollout {
+                rollout: rollout.clone(),
+                device_ids: devices.clone(),
+            },
+            &caller.actor(),
+        )
+        .await?;
+    metrics::counter!("wf_rollouts_created_total", "kind" => spec.kind).increment(1);
+    tracing::info!(
+        rollout_id = %rollout.id,
+        kind = spec.kind,
+        devices = devices.len(),
+        skipped = busy.len(),
+        by = %caller.username,
+        "rollout created"
+    );
+    Ok((rollout, busy))
+}
+
+pub async fn create(
+    State(state): State<AppState>,
+    caller: Caller,
+    extract::Json(req): extract::Json<CreateRequest>,
+) -> Result<(StatusCode, Json<RolloutDto>)> {
+    caller.require(&state, Permission::Deploy).await?;
+    let name = req.name.trim().to_string();
+    if name.is_empty() || name.chars().count() > 200 {
+        return Err(Error::Validation("name must be 1 to 200 characters".into()));
+    }
+    let target = match (
+        req.target.device_ids,
+        req.target.tag,
+        req.target.device_type,
+    ) {
+        (Some(ids), None, None) => {
+            let mut seen = HashSet::new();
+            let ids: Vec<String> = ids
+                .into_iter()
+                .map(|i| i.trim().to_string())
+                .filter(|i| !i.is_empty() && seen.insert(i.clone()))
+                .collect();
+            if ids.is_empty() || ids.len() > MAX_TARGETS {
+                return Err(Error::Validation(format!(
+                    "target.device_ids must list 1 to {MAX_TARGETS} devices"
+                )));
+            }
+            Target::DeviceIds(ids)
+        }
+        (None, Some(tag), None) if !tag.trim().is_empty() => {
+            Target::Tag(tag.trim().to_ascii_lowercase())
+        }
+        (None, None, Some(t)) => {
+            Target::DeviceType(check_device_type(&t).map_err(Error::Validation)?)
+        }
+        _ => {
+            return Err(Error::Validation(
+                "target must have exactly one of device_ids, tag or device_type".into(),
+            ));
+        }
+    };
+    let (rollout, skipped) = create_rollout(
+        &state,
+        &caller,
+        Spec {
+            kind: KIND_ROLLOUT,
+            name: Some(name),
+            firmware_id: req.firmware_id,
+            target,
+            rate_per_minute: req.rate_per_minute,
+            failure_threshold_percent: req.failure_threshold_percent,
+            min_finished: req.min_finished,
+            timeout_secs: req.timeout_secs,
+            max_retries: req.max_retries,
+            retry_backoff_secs: req.retry_backoff_secs,
+            start_at: req.start_at,
+        },
+    )
+    .await?;
+    let counts = state.store.counts(&rollout.id).await?;
+    let mut dto = RolloutDto::new(rollout, &counts);
+    dto.skipped_devices = Some(skipped);
+    Ok((StatusCode::CREATED, Json(dto)))
+}
+
+#[derive(Deserialize)]
+pub struct ListQuery {
+    state: Option<String>,
+    limit: Option<i64>,
+    offset: Option<i64>,
+}
+
+pub async fn list(
+    State(state): State<AppState>,
+    caller: Caller,
+    Query(q): Query<ListQuery>,
+) -> Result<Json<Paged<RolloutDto>>> {
+    caller.require(&state, Permission::Read).await?;
+    let (limit, offset) = page(q.limit, q.offset)?;
+    let filter = match q.state.as_deref().filter(|s| !s.is_empty()) {
+        None => None,
+        Some(s) => Some(RolloutState::parse(s).ok_or_else(|| {
+            Error::Validation(format!(
+                "state {s:?} is not scheduled, running, paused, completed, aborted or canceled"
+            ))
+        })?),
+    };
+    let (rollouts, total) = state
+        .store
+        .list_rollouts(KIND_ROLLOUT, filter, limit, offset)
+        .await?;
+    let ids: Vec<String> = rollouts.iter().map(|r| r.id.clone()).collect();
+    let mut counts = state.store.counts_of(&ids).await?;
+    Ok(Json(Paged {
+        items: rollouts
+            .into_iter()
+            .map(|r| {
+                let c = counts.remove(&r.id).unwrap_or_default();
+                RolloutDto::new(r, &c)
+            })
+            .collect(),
+        total,
+        limit,
+        offset,
+    }))
+}
+
+async fn load(state: &AppState, id: &str) -> Result<RolloutRecord> {
+    match state.store.get_rollout(id).await? {
+        Some(r) if r.kind == KIND_ROLLOUT => Ok(r),
+        _ => Err(Error::NotFound(format!("no rollout with id {id:?}"))),
+    }
+}
+
+async fn dto(state: &AppState, rollout: RolloutRecord) -> Result<Json<RolloutDto>> {
+    let counts = state.store.counts(&rollout.id).await?;
+    Ok(Json(RolloutDto::new(rollout, &counts)))
+}
+
+pub async fn get(
+    State(state): State<AppState>,
+    caller: Caller,
+    Path(id): Path<String>,
+) -> Result<Json<RolloutDto>> {
+    caller.require(&state, Permission::Read).await?;
+    let rollout = load(&state, &id).await?;
+    dto(&state, rollout).await
+}
+
+/// Moves a rollout by `step`, re-reading it once if it changed meanwhile.
+async fn control(
+    state: &AppState,
+    id: &str,
+    step: impl Fn(&RolloutRecord) -> Result<RolloutState, String>,
+) -> Result<(RolloutRecord, RolloutRecord)> {
+    for _ in 0..3 {
+        let current = load(state, id).await?;
+        let next = step(&current).map_err(Error::Conflict)?;
+        if state
+            .store
+            .set_rollout_state(id, current.state, next, None, wf_common::now_millis())
+            .await?
+        {
+            let updated = load(state, id).await?;
+            return Ok((current, updated));
+        }
+    }
+    Err(Error::Conflict(
+        "the rollout changed meanwhile; try again".into(),
+    ))
+}
+
+/// Stops notifying further devices; devices already notified carry on and
+/// their reports are still recorded.
+pub async fn pause(
+    State(state): State<AppState>,
+    caller: Caller,
+    Path(id): Path<String>,
+) -> Result<Json<RolloutDto>> {
+    caller.require(&state, Permission::Deploy).await?;
+    let (_, rollout) = control(&state, &id, |r| r.state.pause()).await?;
+    tracing::info!(rollout_id = %id, by = %caller.username, "rollout paused");
+    dto(&state, rollout).await
+}
+
+pub async fn resume(
+    State(state): State<AppState>,
+    caller: Caller,
+    Path(id): Path<String>,
+) -> Result<Json<RolloutDto>> {
+    caller.require(&state, Permission::Deploy).await?;
+    let (_, rollout) = control(&state, &id, |r| {
+        r.state.resume(r.start_at <= wf_common::now_millis())
+    })
+    .await?;
+    tracing::info!(rollout_id = %id, by = %caller.username, "rollout resumed");
+    dto(&state, rollout).await
+}
+
+/// Cancels the rollout and its queued executions. Devices already working
+/// on the update are not interrupted; their outcome is still recorded.
+pub async fn cancel(
+    State(state): State<AppState>,
+    caller: Caller,
+    Path(id): Path<String>,
+) -> Result<Json<RolloutDto>> {
+    caller.require(&state, Permission::Deploy).await?;
+    control(&state, &id, |r| r.state.cancel()).await?;
+    let canceled = state
+        .store
+        .cancel_queued(
+            &id,
+            "the rollout was canceled",
+            &caller.actor(),
+            wf_common::now_millis(),
+        )
+        .await?;
+    tracing::info!(rollout_id = %id, by = %caller.username, canceled, "rollout canceled");
+    let rollout = load(&state, &id).await?;
+    dto(&state, rollout).await
+}
+
+#[derive(Deserialize)]
+pub struct ExecutionsQuery {
+    state: Option<String>,
+    limit: Option<i64>,
+    offset: Option<i64>,
+}
+
+pub async fn executions(
+    State(state): State<AppState>,
+    caller: Caller,
+    Path(id): Path<String>,
+    Query(q): Query<ExecutionsQuery>,
+) -> Result<Json<Paged<ExecutionDto>>> {
+    caller.require(&state, Permission::Read).await?;
+    load(&state, &id).await?;
+    let (limit, offset) = page(q.limit, q.offset)?;
+    let filter =
+        match q.state.as_deref().filter(|s| !s.is_empty()) {
+            None => None,
+            Some(s) => Some(ExecutionState::parse(s).ok_or_else(|| {
+                Error::Validation(format!("state {s:?} is not an execution state"))
+            })?),
+        };
+    let (tasks, total) = state.store.list_tasks(&id, filter, limit, offset).await?;
+    Ok(Json(Paged {
+        items: tasks.into_iter().map(ExecutionDto::from).collect(),
+        total,
+        limit,
+        offset,
+    }))
+}
+
+/// One execution with its history.
+pub async fn execution(
+    State(state): State<AppState>,
+    caller: Caller,
+    Path((id, execution_id)): Path<(String, String)>,
+) -> Result<Json<ExecutionDto>> {
+    caller.require(&state, Permission::Read).await?;
+    let task = match state.store.get_task(&execution_id).await? {
+        Some(t) if t.rollout_id == id => t,
+        _ => {
+            return Err(Error::NotFound(format!(
+                "rollout {id:?} has no execution {execution_id:?}"
+            )));
+        }
+    };
+    let history = state.store.history(&task.id).await?;
+    Ok(Json(ExecutionDto::from(task).with_history(history)))
+}

@@ -1,0 +1,222 @@
+//! Single-device upgrade tasks: a one-device rollout, addressed by its
+//! execution's id (the `task_id` the device sees).
+
+use axum::Json;
+use axum::extract::State;
+use axum::http::StatusCode;
+use serde::{Deserialize, Serialize};
+use wf_common::extract::{self, Path, Query};
+use wf_common::format_millis;
+
+use super::rollouts::{KIND_TASK, Spec, create_rollout};
+use super::{Paged, page, time};
+use crate::domain::{ExecutionEvent, ExecutionState, RolloutState, Target};
+use crate::engine::apply_event;
+use crate::error::{Error, Result};
+use crate::state::{AppState, Caller, Permission};
+use crate::store::{HistoryRecord, RolloutRecord, TaskRecord};
+
+#[derive(Debug, Serialize)]
+pub struct TaskDto {
+    /// The `task_id` in the device's OTA notification.
+    id: String,
+    rollout_id: String,
+    device_id: String,
+    firmware_id: String,
+    firmware_version: String,
+    state: &'static str,
+    /// The one-device rollout's state (running, completed, canceled, …).
+    rollout_state: &'static str,
+    attempts: i64,
+    progress: Option<f64>,
+    error: Option<String>,
+    reported_version: Option<String>,
+    timeout_secs: i64,
+    max_retries: i64,
+    retry_backoff_secs: i64,
+    deadline_at: Option<String>,
+    created_at: String,
+    updated_at: String,
+    finished_at: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    history: Option<Vec<super::rollouts::HistoryDto>>,
+}
+
+fn to_dto(t: TaskRecord, r: &RolloutRecord, history: Option<Vec<HistoryRecord>>) -> TaskDto {
+    TaskDto {
+        id: t.id,
+        rollout_id: t.rollout_id,
+        device_id: t.device_id,
+        firmware_id: r.firmware_id.clone(),
+        firmware_version: r.firmware_version.clone(),
+        state: t.state.as_str(),
+        rollout_state: r.state.as_str(),
+        attempts: t.attempts,
+        progress: t.progress,
+        error: t.error,
+        reported_version: t.reported_version,
+        timeout_secs: r.timeout_secs,
+        max_retries: r.max_retries,
+        retry_backoff_secs: r.retry_backoff_secs,
+        deadline_at: time(t.deadline_at),
+        created_at: format_millis(t.created_at),
+        updated_at: format_millis(t.updated_at),
+        finished_at: time(t.finished_at),
+        history: history.map(|h| h.into_iter().map(Into::into).collect()),
+    }
+}
+
+fn default_timeout() -> u32 {
+    600
+}
+fn default_backoff() -> u32 {
+    30
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CreateRequest {
+    firmware_id: String,
+    device_id: String,
+    #[serde(default = "default_timeout")]
+    timeout_secs: u32,
+    #[serde(default)]
+    max_retries: u32,
+    #[serde(default = "default_backoff")]
+    retry_backoff_secs: u32,
+    start_at: Option<String>,
+}
+
+async fn load(state: &AppState, id: &str) -> Result<(TaskRecord, RolloutRecord)> {
+    let not_found = || Error::NotFound(format!("no upgrade task with id {id:?}"));
+    let task = state.store.get_task(id).await?.ok_or_else(not_found)?;
+    let rollout = state
+        .store
+        .get_rollout(&task.rollout_id)
+        .await?
+        .filter(|r| r.kind == KIND_TASK)
+        .ok_or_else(not_found)?;
+    Ok((task, rollout))
+}
+
+pub async fn create(
+    State(state): State<AppState>,
+    caller: Caller,
+    extract::Json(req): extract::Json<CreateRequest>,
+) -> Result<(StatusCode, Json<TaskDto>)> {
+    caller.require(&state, Permission::Deploy).await?;
+    let device_id = req.device_id.trim().to_string();
+    if device_id.is_empty() {
+        return Err(Error::Validation("device_id is required".into()));
+    }
+    let (rollout, _) = create_rollout(
+        &state,
+        &caller,
+        Spec {
+            kind: KIND_TASK,
+            name: Some(format!("upgrade {device_id}")),
+            firmware_id: req.firmware_id,
+            target: Target::DeviceIds(vec![device_id]),
+            rate_per_minute: 0,
+            failure_threshold_percent: 100.0,
+            min_finished: 1,
+            timeout_secs: req.timeout_secs,
+            max_retries: req.max_retries,
+            retry_backoff_secs: req.retry_backoff_secs,
+            start_at: req.start_at,
+        },
+    )
+    .await?;
+    let (tasks, _) = state.store.list_tasks(&rollout.id, None, 1, 0).await?;
+    let task = tasks.into_iter().next().ok_or_else(|| {
+        Error::Internal(anyhow::anyhow!(
+            "upgrade task {} has no execution",
+            rollout.id
+        ))
+    })?;
+    Ok((StatusCode::CREATED, Json(to_dto(task, &rollout, None))))
+}
+
+#[derive(Deserialize)]
+pub struct ListQuery {
+    device_id: Option<String>,
+    limit: Option<i64>,
+    offset: Option<i64>,
+}
+
+pub async fn list(
+    State(state): State<AppState>,
+    caller: Caller,
+    Query(q): Query<ListQuery>,
+) -> Result<Json<Paged<TaskDto>>> {
+    caller.require(&state, Permission::Read).await?;
+    let (limit, offset) = page(q.limit, q.offset)?;
+    let device = q.device_id.filter(|d| !d.trim().is_empty());
+    let (rows, total) = state
+        .store
+        .list_upgrade_tasks(device.as_deref(), limit, offset)
+        .await?;
+    Ok(Json(Paged {
+        items: rows.into_iter().map(|(t, r)| to_dto(t, &r, None)).collect(),
+        total,
+        limit,
+        offset,
+    }))
+}
+
+pub async fn get(
+    State(state): State<AppState>,
+    caller: Caller,
+    Path(id): Path<String>,
+) -> Result<Json<TaskDto>> {
+    caller.require(&state, Permission::Read).await?;
+    let (task, rollout) = load(&state, &id).await?;
+    let history = state.store.history(&task.id).await?;
+    Ok(Json(to_dto(task, &rollout, Some(history))))
+}
+
+/// Cancels the task, even while the device works on it (its later
+/// reports are ignored).
+pub async fn cancel(
+    State(state): State<AppState>,
+    caller: Caller,
+    Path(id): Path<String>,
+) -> Result<Json<TaskDto>> {
+    caller.require(&state, Permission::Deploy).await?;
+    let (task, rollout) = load(&state, &id).await?;
+    if task.state.is_final() {
+        return Err(Error::Conflict(format!(
+            "the upgrade task is {} already",
+            task.state.as_str()
+        )));
+    }
+    let now = wf_common::now_millis();
+    if let Ok(next) = rollout.state.cancel() {
+        state
+            .store
+            .set_rollout_state(&rollout.id, rollout.state, next, Some("canceled"), now)
+            .await?;
+    }
+    let rollout = state
+        .store
+        .get_rollout(&rollout.id)
+        .await?
+        .unwrap_or(rollout);
+    apply_event(
+        &state.store,
+        task,
+        &rollout,
+        &ExecutionEvent::Cancel {
+            reason: "the upgrade task was canceled",
+        },
+        &caller.actor(),
+        None,
+    )
+    .await?;
+    let (task, rollout) = load(&state, &id).await?;
+    if task.state != ExecutionState::Canceled && rollout.state == RolloutState::Canceled {
+        tracing::info!(task_id = %id, state = task.state.as_str(), "upgrade task finished before it was canceled");
+    }
+    let history = state.store.history(&task.id).await?;
+    Ok(Json(to_dto(task, &rollout, Some(history))))
+}

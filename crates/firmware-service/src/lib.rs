@@ -1,0 +1,340 @@
+//! firmware-service and its worker: the firmware store (streamed uploads
+//! with digest and signature checks, range-capable downloads for devices)
+//! and over-the-air rollouts (per-device executions with a rate, a failure
+//! threshold, timeouts and retries).
+//!
+//! Two runnable parts share this crate and one database:
+//!
+//! - [`Application`]: the REST API (HTTP 8103) and the gRPC API (50053).
+//! - [`worker::Worker`]: starts and paces rollouts, notifies devices through
+//!   mqtt-gateway, applies `device.ota.progress` and `device.deleted`
+//!   events, times out and retries executions, aborts rollouts past their
+//!   failure threshold and completes the rest. `wf-iot serve worker` runs
+//!   it alone; `wf-iot serve` runs it in the all-in-one process. Any number
+//!   of workers may run at once.
+//!
+//! # The job queue is the executions table
+//!
+//! Each per-device execution is a row of `firmware_upgrade_tasks`, and that
+//! table is the queue. A worker claims due `queued` rows with one
+//! conditional `UPDATE … SET lease_owner, lease_token, lease_until … WHERE
+//! state = 'queued' AND (lease_until IS NULL OR lease_until < now)`, reads
+//! back the rows carrying its fresh `lease_token`, and for each one moves
+//! it to `notified` with another conditional update (`WHERE state =
+//! 'queued' AND attempts = ? AND lease_token = ?`, the lease kept), publishes
+//! the notification, and only then ends the lease. A worker killed between
+//! the two leaves a `notified` row whose lease runs out; such rows are
+//! claimable too, and the next worker publishes the same notification
+//! again. Every later change (device progress, timeout, retry, cancel) is
+//! an `UPDATE … WHERE id = ? AND state = ? AND attempts = ?` whose history
+//! row is written in the same transaction only when the update matched.
+//!
+//! Why this rather than apalis (on Redis for the distributed mode and its
+//! SQLite storage all-in-one):
+//!
+//! - **One source of truth.** A rollout's state *is* its executions: the
+//!   REST counts, the threshold and completion are `GROUP BY state` over the
+//!   same rows the workers move. With a separate queue, a job and the row it
+//!   drives could disagree after a crash between the two writes (a job
+//!   acknowledged whose row never moved, or a row moved whose job is
+//!   retried), and reconciling them would be the hard part of the service.
+//! - **Nothing lost, nothing counted twice.** A worker killed after claiming
+//!   loses only its lease: the rows are claimable again once `lease_until`
+//!   passes. Outcomes are never counters that a replayed job could bump
+//!   twice; they are states reached by conditional updates, so a duplicate
+//!   event or a second worker racing for the same row changes nothing. The
+//!   worst a crash causes is a repeated notification with the same
+//!   `task_id`, which devices treat as the same task.
+//! - **Two workers share the work** because a row can only be leased by one
+//!   of them at a time; rate limits are shared through a compare-and-set on
+//!   the rollout's `next_slot_at`, so two workers do not double the rate.
+//! - **One portable code path** on SQLite and MySQL/MariaDB (the databases
+//!   this service already uses; `SELECT … FOR UPDATE SKIP LOCKED` would need
+//!   MariaDB 10.6+/MySQL 8 and a second path for SQLite), and no extra
+//!   moving part: the distributed mode needs no Redis for jobs, and the
+//!   all-in-one mode no second SQLite file.
+//! - **Time-based work is queries, not scheduled jobs.** Timeouts
+//!   (`deadline_at`), retry backoff (`next_attempt_at`) and start times are
+//!   columns the worker polls with indexed range queries; a queue would
+//!   need delayed jobs that must be found and canceled when a rollout is
+//!   paused or canceled.
+//!
+//! The cost is polling (every `worker.poll_interval_ms`, 500 ms by default)
+//! instead of a push from a queue; at rollout scale (notifications paced per
+//! minute) that is noise for the database.
+
+pub mod clients;
+pub mod domain;
+mod engine;
+pub mod error;
+mod events;
+mod grpc;
+mod http;
+mod state;
+pub mod storage;
+pub mod store;
+pub mod worker;
+
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context;
+use secrecy::{ExposeSecret, SecretString};
+use serde::{Deserialize, Serialize};
+use tokio::net::TcpListener;
+use wf_common::db::Db;
+use wf_common::events::EventBus;
+use wf_common::jwt::JwtVerifier;
+
+pub use state::AppState;
+pub use storage::{StorageBackend, StorageConfig};
+
+/// firmware-service configuration (`[firmware]` in the wf-iot config file).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default)]
+pub struct Config {
+    pub host: IpAddr,
+    pub http_port: u16,
+    pub grpc_port: u16,
+    /// `sqlite://path/firmware.db` or
+    /// `mysql://user:pass@host:3306/iot_firmware_db`; when empty,
+    /// `firmware.db` in the platform's data directory.
+    #[serde(serialize_with = "wf_common::config::redact_db_url")]
+    pub database_url: String,
+    pub database_max_connections: u32,
+    pub auto_migrate: bool,
+    /// auth-service's gRPC endpoint (permission checks).
+    pub auth_grpc_url: String,
+    /// Where the public keys that verify access tokens are published.
+    pub auth_jwks_url: String,
+    /// The `iss` tokens must carry.
+    pub issuer: String,
+    /// device-service's gRPC endpoint (targets, device credentials).
+    pub device_service_url: String,
+    /// mqtt-gateway's gRPC endpoint (OTA notifications).
+    pub mqtt_gateway_url: String,
+    /// How long a permission answer from auth-service is reused.
+    pub permission_cache_ttl_secs: u64,
+    /// The base URL devices reach this service at; download links in OTA
+    /// notifications start with it.
+    pub public_url: String,
+    /// The largest firmware image accepted, in bytes.
+    pub max_firmware_bytes: u64,
+    /// The largest JSON request body.
+    pub max_body_bytes: usize,
+    /// Where firmware images are kept.
+    pub storage: StorageConfig,
+    /// Where uploads are written while they arrive; when empty,
+    /// `firmware-uploads` in the data directory.
+    pub upload_dir: PathBuf,
+    /// Ed25519 public keys (PEM, or base64 of the raw 32 bytes) that
+    /// firmware signatures are checked against.
+    pub signing_public_keys: Vec<String>,
+    /// Refuse unsigned firmware.
+    pub require_signature: bool,
+    /// The HMAC key of download links; when unset, one is generated and
+    /// kept in the database, so the service and its workers share it.
+    #[serde(serialize_with = "wf_common::config::redact_opt")]
+    pub download_link_key: Option<SecretString>,
+    /// How long a download link in an OTA notification stays valid (at
+    /// least the rollout's per-device timeout).
+    pub download_link_ttl_secs: u64,
+    pub worker: WorkerConfig,
+}
+
+/// The rollout worker (`[firmware.worker]`).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default)]
+pub struct WorkerConfig {
+    /// This worker's name: the owner of its leases and its name in event
+    /// consumer groups. Give each worker its own, stable across restarts.
+    pub name: String,
+    /// How often the worker looks for work.
+    pub poll_interval_ms: u64,
+    /// How long a claimed execution stays reserved for its worker; a worker
+    /// that dies holding claims delays them by at most this.
+    pub lease_secs: u64,
+    /// The most executions claimed per rollout per round.
+    pub batch_size: u32,
+    /// Notifications published at once.
+    pub publish_concurrency: usize,
+}
+
+impl Default for WorkerConfig {
+    fn default() -> Self {
+        Self {
+            name: "firmware-worker-1".into(),
+            poll_interval_ms: 500,
+            lease_secs: 30,
+            batch_size: 200,
+            publish_concurrency: 32,
+        }
+    }
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Self {
+            host: IpAddr::V4(Ipv4Addr::UNSPECIFIED),
+            http_port: 8103,
+            grpc_port: 50053,
+            database_url: String::new(),
+            database_max_connections: 8,
+            auto_migrate: true,
+            auth_grpc_url: "http://127.0.0.1:50051".into(),
+            auth_jwks_url: "http://127.0.0.1:8101/.well-known/jwks.json".into(),
+            issuer: "wf-iot".into(),
+            device_service_url: "http://127.0.0.1:50052".into(),
+            mqtt_gateway_url: "http://127.0.0.1:50054".into(),
+            permission_cache_ttl_secs: 10,
+            public_url: "http://127.0.0.1:8103".into(),
+            max_firmware_bytes: 256 * 1024 * 1024,
+            max_body_bytes: 64 * 1024,
+            storage: StorageConfig::default(),
+            upload_dir: PathBuf::new(),
+            signing_public_keys: Vec::new(),
+            require_signature: false,
+            download_link_key: None,
+            download_link_ttl_secs: 3600,
+            worker: WorkerConfig::default(),
+        }
+    }
+}
+
+impl Config {
+    /// Fills the locations left empty with places under `data_dir`.
+    pub fn with_data_dir(mut self, data_dir: &std::path::Path) -> Self {
+        if self.database_url.trim().is_empty() {
+            self.database_url = format!("sqlite://{}", data_dir.join("firmware.db").display());
+        }
+        if self.storage.local_dir.as_os_str().is_empty() {
+            self.storage.local_dir = data_dir.join("firmware");
+        }
+        if self.upload_dir.as_os_str().is_empty() {
+            self.upload_dir = data_dir.join("firmware-uploads");
+        }
+        self
+    }
+}
+
+/// Opens the configured database (creating a MySQL database when missing).
+pub async fn connect_db(config: &Config) -> anyhow::Result<Db> {
+    if config.database_url.trim().is_empty() {
+        anyhow::bail!("firmware.database_url is not set");
+    }
+    Db::create_database_if_missing(&config.database_url)
+        .await
+        .context("creating the firmware database")?;
+    Db::connect(&config.database_url, config.database_max_connections)
+        .await
+        .context("connecting to the firmware database")
+}
+
+/// The database, migrated when configured, and the download-link signer
+/// (its key from the configuration or the database).
+async fn open_store(config: &Config) -> anyhow::Result<(store::Store, domain::LinkSigner)> {
+    let db = connect_db(config).await?;
+    if config.auto_migrate {
+        db.migrate_up(&store::MIGRATIONS)
+            .await
+            .context("migrating the firmware database")?;
+    }
+    let store = store::Store::new(db);
+    let key = match &config.download_link_key {
+        Some(k) if !k.expose_secret().is_empty() => k.expose_secret().as_bytes().to_vec(),
+        _ => store
+            .link_key()
+            .await
+            .map_err(|e| anyhow::anyhow!("loading the download link key: {e}"))?,
+    };
+    let signer = domain::LinkSigner::new(&key).map_err(|e| anyhow::anyhow!(e))?;
+    Ok((store, signer))
+}
+
+/// firmware-service with its listeners bound.
+pub struct Application {
+    state: AppState,
+    http: TcpListener,
+    grpc: TcpListener,
+}
+
+impl Application {
+    /// Connects to the database (migrating when configured) and the blob
+    /// store, and binds both listeners; port 0 picks free ports. Other
+    /// services are reached lazily, so they may start later.
+    pub async fn build(config: Arc<Config>, bus: Arc<dyn EventBus>) -> anyhow::Result<Self> {
+        let (store, links) = open_store(&config).await?;
+        let blobs = storage::open(&config.storage)
+            .await
+            .context("opening the firmware storage")?;
+        std::fs::create_dir_all(&config.upload_dir).with_context(|| {
+            format!(
+                "creating the upload directory {}",
+                config.upload_dir.display()
+            )
+        })?;
+        let signing_keys = domain::PublicKeys::parse(&config.signing_public_keys)
+            .map_err(|e| anyhow::anyhow!("firmware.signing_public_keys: {e}"))?;
+        anyhow::ensure!(
+            !config.require_signature || !signing_keys.is_empty(),
+            "firmware.require_signature needs firmware.signing_public_keys"
+        );
+        let verifier =
+            JwtVerifier::from_jwks_url(config.issuer.clone(), config.auth_jwks_url.clone());
+        let auth = clients::AuthClient::new(
+            &config.auth_grpc_url,
+            Duration::from_secs(config.permission_cache_ttl_secs),
+        )?;
+        let devices = clients::DeviceClient::new(&config.device_service_url)?;
+        let state = AppState::new(state::Parts {
+            config: config.clone(),
+            store,
+            blobs,
+            verifier,
+            auth,
+            devices,
+            links,
+            signing_keys,
+            bus,
+        });
+        let http = TcpListener::bind(SocketAddr::new(config.host, config.http_port))
+            .await
+            .with_context(|| format!("binding firmware-service HTTP port {}", config.http_port))?;
+        let grpc = TcpListener::bind(SocketAddr::new(config.host, config.grpc_port))
+            .await
+            .with_context(|| format!("binding firmware-service gRPC port {}", config.grpc_port))?;
+        Ok(Self { state, http, grpc })
+    }
+
+    pub fn http_port(&self) -> u16 {
+        self.http.local_addr().map(|a| a.port()).unwrap_or_default()
+    }
+
+    pub fn grpc_port(&self) -> u16 {
+        self.grpc.local_addr().map(|a| a.port()).unwrap_or_default()
+    }
+
+    /// Serves HTTP and gRPC until `shutdown` resolves, then drains
+    /// in-flight requests.
+    pub async fn run_until_stopped(
+        self,
+        shutdown: impl Future<Output = ()> + Send + 'static,
+    ) -> anyhow::Result<()> {
+        let stop = wf_common::shutdown::Shutdown::new();
+        let router = http::router(self.state.clone());
+        let http = axum::serve(self.http, router).with_graceful_shutdown(stop.wait());
+        let grpc = grpc::serve(self.state.clone(), self.grpc, stop.wait());
+        let trigger = stop.clone();
+        tokio::spawn(async move {
+            shutdown.await;
+            trigger.trigger();
+        });
+        tracing::info!("firmware-service ready");
+        let (http, grpc) = tokio::join!(http, grpc);
+        http.context("firmware-service HTTP server")?;
+        grpc.context("firmware-service gRPC server")?;
+        Ok(())
+    }
+}

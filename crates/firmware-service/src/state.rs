@@ -1,0 +1,105 @@
+//! Shared state of the API and the caller's identity.
+
+use std::ops::Deref;
+use std::sync::Arc;
+
+use wf_common::events::EventBus;
+use wf_common::jwt::{AccessClaims, JwtVerifier};
+
+use crate::Config;
+use crate::clients::{AuthClient, DeviceClient};
+use crate::domain::{LinkSigner, PublicKeys};
+use crate::error::{Error, Result};
+use crate::storage::BlobStore;
+use crate::store::Store;
+
+#[derive(Clone)]
+pub struct AppState(Arc<Parts>);
+
+/// Everything the API's handlers use.
+pub struct Parts {
+    pub config: Arc<Config>,
+    pub store: Store,
+    pub blobs: Arc<dyn BlobStore>,
+    pub verifier: JwtVerifier,
+    pub auth: AuthClient,
+    pub devices: DeviceClient,
+    /// Signs and checks download links.
+    pub links: LinkSigner,
+    /// Keys firmware signatures are checked against.
+    pub signing_keys: PublicKeys,
+    /// The bus that carries device progress to the workers (readiness).
+    pub bus: Arc<dyn EventBus>,
+}
+
+impl Deref for AppState {
+    type Target = Parts;
+    fn deref(&self) -> &Parts {
+        &self.0
+    }
+}
+
+impl AppState {
+    pub fn new(parts: Parts) -> Self {
+        Self(Arc::new(parts))
+    }
+}
+
+/// Permissions firmware-service checks.
+#[derive(Debug, Clone, Copy)]
+pub enum Permission {
+    /// See firmware, rollouts and executions; download images.
+    Read,
+    /// Upload and delete firmware.
+    Write,
+    /// Create and control rollouts and upgrade tasks.
+    Deploy,
+}
+
+impl Permission {
+    pub fn code(self) -> &'static str {
+        match self {
+            Self::Read => "firmware:read",
+            Self::Write => "firmware:write",
+            Self::Deploy => "firmware:deploy",
+        }
+    }
+}
+
+/// An authenticated user.
+#[derive(Debug, Clone)]
+pub struct Caller {
+    pub user_id: String,
+    pub username: String,
+}
+
+impl Caller {
+    pub fn from_claims(claims: AccessClaims) -> Self {
+        Self {
+            user_id: claims.sub,
+            username: claims.username,
+        }
+    }
+
+    /// Asks auth-service (through the cache) whether the caller holds
+    /// `permission`.
+    pub async fn require(&self, state: &AppState, permission: Permission) -> Result<()> {
+        if state
+            .auth
+            .check_permission(&self.user_id, permission.code())
+            .await?
+        {
+            Ok(())
+        } else {
+            Err(Error::Forbidden(format!(
+                "this requires the {} permission",
+                permission.code()
+            )))
+        }
+    }
+
+    /// How this caller appears in execution histories.
+    pub fn actor(&self) -> String {
+        format!("user:{}", self.username)
+    }
+}

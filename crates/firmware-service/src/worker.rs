@@ -1,0 +1,421 @@
+//! The rollout worker. Each round it
+//!
+//! 1. starts scheduled rollouts whose time has come,
+//! 2. times out executions past their deadline (retrying them with backoff
+//!    while retries remain),
+//! 3. aborts running rollouts past their failure threshold and completes
+//!    those whose executions are all final, and
+//! 4. notifies the next due devices of each running rollout, within its
+//!    rate, by leasing their executions (see the crate docs on why the
+//!    executions table is the job queue).
+//!
+//! Alongside, it consumes `device.ota.progress` and `device.deleted`.
+//! Any number of workers can run against one database.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context;
+use futures_util::StreamExt;
+use serde_json::json;
+use wf_common::events::EventBus;
+use wf_common::shutdown::Shutdown;
+
+use crate::Config;
+use crate::clients::GatewayClient;
+use crate::domain::{
+    ExecutionEvent, ExecutionState, LinkSigner, RolloutState, new_id, threshold_exceeded,
+};
+use crate::engine::{Applied, apply_event};
+use crate::error::{Error, Result};
+use crate::store::{FirmwareRecord, RolloutRecord, Store, TaskRecord};
+
+/// Overdue executions handled per round.
+const TIMEOUTS_PER_ROUND: i64 = 1000;
+/// How long a notification that could not be published waits.
+const PUBLISH_RETRY_MS: i64 = 5_000;
+
+pub struct Worker {
+    config: Arc<Config>,
+    store: Store,
+    gateway: GatewayClient,
+    links: LinkSigner,
+    bus: Arc<dyn EventBus>,
+}
+
+/// What one round did, for logs and tests.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct Round {
+    pub started: usize,
+    pub timed_out: usize,
+    pub notified: usize,
+    pub completed: usize,
+    pub aborted: usize,
+}
+
+impl Worker {
+    /// Connects to the firmware database (migrating when configured).
+    /// mqtt-gateway is reached lazily.
+    pub async fn build(config: Arc<Config>, bus: Arc<dyn EventBus>) -> anyhow::Result<Self> {
+        anyhow::ensure!(
+            !config.worker.name.trim().is_empty(),
+            "firmware.worker.name must not be empty"
+        );
+        let (store, links) = crate::open_store(&config).await?;
+        let gateway =
+            GatewayClient::new(&config.mqtt_gateway_url).context("the mqtt-gateway URL")?;
+        Ok(Self {
+            config,
+            store,
+            gateway,
+            links,
+            bus,
+        })
+    }
+
+    pub fn name(&self) -> &str {
+        &self.config.worker.name
+    }
+
+    /// Works until `shutdown` resolves. A round in progress finishes first;
+    /// executions it had leased but not yet notified are picked up again by
+    /// any worker once their lease ends.
+    pub async fn run_until_stopped(
+        self,
+        shutdown: impl Future<Output = ()> + Send + 'static,
+    ) -> anyhow::Result<()> {
+        let stop = Shutdown::new();
+        let trigger = stop.clone();
+        tokio::spawn(async move {
+            shutdown.await;
+            trigger.trigger();
+        });
+        let consumers = crate::events::run(
+            self.store.clone(),
+            self.bus.clone(),
+            self.config.worker.name.clone(),
+            stop.clone(),
+        );
+        tracing::info!(worker = %self.name(), "firmware worker ready");
+        let rounds = async {
+            let stopped = stop.wait();
+            tokio::pin!(stopped);
+            let mut tick = tokio::time::interval(Duration::from_millis(
+                self.config.worker.poll_interval_ms.max(10),
+            ));
+            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            loop {
+                tokio::select! {
+                    () = &mut stopped => return,
+                    _ = tick.tick() => {}
+                }
+                match self.round().await {
+                    Ok(r) if r != Round::default() => {
+                        tracing::debug!(worker = %self.name(), round = ?r, "worker round");
+                    }
+                    Ok(_) => {}
+                    Err(e) => {
+                        tracing::warn!(worker = %self.name(), error = %e, "worker round failed")
+                    }
+                }
+            }
+        };
+        tokio::join!(consumers, rounds);
+        tracing::info!(worker = %self.name(), "firmware worker stopped");
+        Ok(())
+    }
+
+    /// One pass over every rollout.
+    pub async fn round(&self) -> Result<Round> {
+        let mut done = Round::default();
+        let now = wf_common::now_millis();
+        for r in self.store.due_scheduled(now).await? {
+            if self
+                .store
+                .set_rollout_state(
+                    &r.id,
+                    RolloutState::Scheduled,
+                    RolloutState::Running,
+                    None,
+                    now,
+                )
+                .await?
+            {
+                tracing::info!(rollout_id = %r.id, "rollout started");
+                done.started += 1;
+            }
+        }
+        done.timed_out = self.time_out(now).await?;
+        for rollout in self
+            .store
+            .rollouts_in(&[RolloutState::Running, RolloutState::Paused])
+            .await?
+        {
+            let counts = self.store.counts(&rollout.id).await?;
+            let now = wf_common::now_millis();
+            if rollout.state == RolloutState::Running
+                && threshold_exceeded(
+                    &counts,
+                    rollout.failure_threshold_percent,
+                    u64::try_from(rollout.min_finished).unwrap_or_default(),
+                )
+            {
+                let reason = format!(
+                    "{} of {} finished executions failed, past the {}% threshold",
+                    counts.failures(),
+                    counts.finished(),
+                    rollout.failure_threshold_percent
+                );
+                if self.abort(&rollout, &reason, now).await? {
+                    done.aborted += 1;
+                }
+                continue;
+            }
+            if rollout.state.may_complete() && counts.open() == 0 {
+                if self
+                    .store
+                    .set_rollout_state(
+                        &rollout.id,
+                        rollout.state,
+                        RolloutState::Completed,
+                        None,
+                        now,
+                    )
+                    .await?
+                {
+                    metrics::counter!("wf_rollouts_finished_total", "state" => "completed")
+                        .increment(1);
+                    tracing::info!(rollout_id = %rollout.id, "rollout completed");
+                    done.completed += 1;
+                }
+                continue;
+            }
+            if rollout.state == RolloutState::Running {
+                done.notified += self.dispatch(&rollout).await?;
+            }
+        }
+        Ok(done)
+    }
+
+    async fn abort(&self, rollout: &RolloutRecord, reason: &str, now: i64) -> Result<bool> {
+        if !self
+            .store
+            .set_rollout_state(
+                &rollout.id,
+                RolloutState::Running,
+                RolloutState::Aborted,
+                Some(reason),
+                now,
+            )
+            .await?
+        {
+            return Ok(false);
+        }
+        let canceled = self
+            .store
+            .cancel_queued(&rollout.id, "the rollout was aborted", self.name(), now)
+            .await?;
+        metrics::counter!("wf_rollouts_finished_total", "state" => "aborted").increment(1);
+        tracing::warn!(rollout_id = %rollout.id, reason, canceled, "rollout aborted");
+        Ok(true)
+    }
+
+    /// Times out executions past their deadline.
+    async fn time_out(&self, now: i64) -> Result<usize> {
+        let overdue = self.store.overdue_tasks(now, TIMEOUTS_PER_ROUND).await?;
+        let mut rollouts: HashMap<String, Option<RolloutRecord>> = HashMap::new();
+        let mut n = 0;
+        for task in overdue {
+            if !rollouts.contains_key(&task.rollout_id) {
+                let r = self.store.get_rollout(&task.rollout_id).await?;
+                rollouts.insert(task.rollout_id.clone(), r);
+            }
+            let Some(Some(rollout)) = rollouts.get(&task.rollout_id) else {
+                continue;
+            };
+            if let Applied::Changed(state) = apply_event(
+                &self.store,
+                task,
+                rollout,
+                &ExecutionEvent::DeadlinePassed,
+                self.name(),
+                None,
+            )
+            .await?
+            {
+                if state.is_final() {
+                    metrics::counter!("wf_ota_executions_finished_total", "state" => state.as_str())
+                        .increment(1);
+                }
+                n += 1;
+            }
+        }
+        Ok(n)
+    }
+
+    /// Leases and notifies the next due devices of a running rollout.
+    async fn dispatch(&self, rollout: &RolloutRecord) -> Result<usize> {
+        let batch = self.config.worker.batch_size.max(1);
+        let now = wf_common::now_millis();
+        let candidates = self.store.due_tasks(&rollout.id, now, batch).await?;
+        if candidates.is_empty() {
+            return Ok(0);
+        }
+        let Some(firmware) = self.store.get_firmware(&rollout.firmware_id).await? else {
+            self.abort(rollout, "the firmware was deleted", now).await?;
+            return Ok(0);
+        };
+        let granted = self
+            .store
+            .reserve_slots(
+                &rollout.id,
+                rollout.rate_per_minute,
+                u32::try_from(candidates.len()).unwrap_or(batch),
+                now,
+            )
+            .await?;
+        if granted == 0 {
+            return Ok(0);
+        }
+        let token = new_id("lease");
+        let lease_until =
+            now + i64::try_from(self.config.worker.lease_secs.max(1) * 1000).unwrap_or(30_000);
+        let claimed = self
+            .store
+            .claim(
+                &candidates[..granted as usize],
+                self.name(),
+                &token,
+                lease_until,
+                now,
+            )
+            .await?;
+        self.store
+            .refund_slots(
+                &rollout.id,
+                rollout.rate_per_minute,
+                granted.saturating_sub(u32::try_from(claimed.len()).unwrap_or(granted)),
+            )
+            .await?;
+        let results: Vec<Result<bool>> = futures_util::stream::iter(claimed)
+            .map(|task| self.notify(rollout, &firmware, task, &token))
+            .buffer_unordered(self.config.worker.publish_concurrency.max(1))
+            .collect()
+            .await;
+        let mut notified = 0;
+        for r in results {
+            match r {
+                Ok(true) => notified += 1,
+                Ok(false) => {}
+                Err(e) => {
+                    tracing::warn!(rollout_id = %rollout.id, error = %e, "notifying a device failed")
+                }
+            }
+        }
+        Ok(notified)
+    }
+
+    /// The OTA notification for one execution, with a download link only
+    /// that device can use, valid for the execution's timeout (and at most
+    /// `download_link_ttl_secs`).
+    pub fn notification(
+        &self,
+        rollout: &RolloutRecord,
+        firmware: &FirmwareRecord,
+        task: &TaskRecord,
+    ) -> serde_json::Value {
+        let ttl = (rollout.timeout_secs.max(0) + 60)
+            .min(i64::try_from(self.config.download_link_ttl_secs).unwrap_or(i64::MAX))
+            .max(60);
+        let expires_at = chrono::Utc::now().timestamp() + ttl;
+        let token = self.links.sign(&firmware.id, &task.device_id, expires_at);
+        json!({
+            "task_id": task.id,
+            "version": firmware.version,
+            "url": format!(
+                "{}/api/v1/firmware/{}/download?token={token}",
+                self.config.public_url.trim_end_matches('/'),
+                firmware.id
+            ),
+            "size": firmware.size,
+            "sha256": firmware.sha256,
+            "signature": firmware.signature,
+        })
+    }
+
+    /// Records the notification (keeping the lease), publishes it, then
+    /// ends the lease. A worker dying in between leaves a `notified`
+    /// execution with a lease that runs out; any worker then claims it and
+    /// publishes again, with the same task id.
+    async fn notify(
+        &self,
+        rollout: &RolloutRecord,
+        firmware: &FirmwareRecord,
+        task: TaskRecord,
+        token: &str,
+    ) -> Result<bool> {
+        let task = if task.state == ExecutionState::Queued {
+            let id = task.id.clone();
+            let applied = apply_event(
+                &self.store,
+                task,
+                rollout,
+                &ExecutionEvent::Notified,
+                self.name(),
+                Some(token),
+            )
+            .await?;
+            if !matches!(applied, Applied::Changed(_)) {
+                return Ok(false);
+            }
+            match self.store.get_task(&id).await? {
+                Some(t) => t,
+                None => return Ok(false),
+            }
+        } else {
+            task
+        };
+        let payload = self.notification(rollout, firmware, &task);
+        let topic = format!("devices/{}/ota", task.device_id);
+        match self
+            .gateway
+            .publish(topic, payload.to_string().into_bytes())
+            .await
+        {
+            Ok(()) => {
+                self.store.confirm(&task.id, token).await?;
+                metrics::counter!("wf_ota_notifications_total").increment(1);
+                Ok(true)
+            }
+            Err(Error::Unavailable(m)) => {
+                tracing::warn!(task_id = %task.id, error = %m, "mqtt-gateway unavailable; notification postponed");
+                self.store
+                    .unpublished(
+                        &task,
+                        token,
+                        wf_common::now_millis() + PUBLISH_RETRY_MS,
+                        self.name(),
+                        &m,
+                    )
+                    .await?;
+                Ok(false)
+            }
+            Err(e) => {
+                // Refused (a device id the gateway will not publish to):
+                // trying again cannot help.
+                let reason = format!("the notification was refused: {e}");
+                apply_event(
+                    &self.store,
+                    task,
+                    rollout,
+                    &ExecutionEvent::Cancel { reason: &reason },
+                    self.name(),
+                    None,
+                )
+                .await?;
+                Ok(false)
+            }
+        }
+    }
+}

@@ -1,0 +1,10 @@
+//! firmware-service and its worker over their real protocols: HTTP, gRPC
+//! and events, beside the real auth-service and device-service.
+
+mod helpers;
+
+mod firmware;
+mod permissions;
+mod rollouts;
+mod schema;
+mod worker;
