@@ -115,7 +115,10 @@ pub fn classify(method: &Method, path: &str) -> Route {
     use Access::{Bearer, BearerOrQuery, Public};
     use RouteGroup as G;
     match path {
-        "/healthz" | "/readyz" | "/metrics" => {
+        "/healthz" | "/readyz" | "/metrics" | "/api/openapi.json" | "/docs" => {
+            return Route::new(Target::Ops, G::Default, Public);
+        }
+        p if p.starts_with("/docs/") => {
             return Route::new(Target::Ops, G::Default, Public);
         }
         "/.well-known/jwks.json" => {

@@ -32,12 +32,48 @@ pub fn router(state: AppState) -> anyhow::Result<Router> {
     Ok(Router::new()
         .route("/api/v1/devices/stream", get(streams::fleet))
         .route("/api/v1/devices/{id}/stream", get(streams::device))
+        .route("/api/openapi.json", get(openapi))
         .fallback(proxy::forward)
         .with_state(state.clone())
         .merge(ops_routes(vec![("event_bus", bus_check)]))
+        .merge(wf_common::openapi::docs_routes("/api/openapi.json"))
         .method_not_allowed_fallback(wf_common::error::method_not_allowed_fallback)
         .layer(axum::middleware::from_fn_with_state(state, edge::edge))
         .layer(cors))
+}
+
+/// The services' OpenAPI documents merged into one. A service that does not
+/// answer is left out rather than failing the whole document.
+async fn openapi(
+    axum::extract::State(state): axum::extract::State<AppState>,
+) -> axum::Json<serde_json::Value> {
+    use crate::domain::routes::Upstream;
+    let mut documents = Vec::new();
+    for upstream in [Upstream::Auth, Upstream::Device, Upstream::Firmware] {
+        match state
+            .upstreams
+            .get(upstream, "/api/openapi.json", "", None)
+            .await
+        {
+            Ok(resp) if resp.status.is_success() => match serde_json::from_slice(&resp.body) {
+                Ok(doc) => documents.push(doc),
+                Err(e) => {
+                    tracing::warn!(?upstream, error = %e, "an upstream's OpenAPI document is not JSON")
+                }
+            },
+            Ok(resp) => {
+                tracing::debug!(?upstream, status = %resp.status, "no OpenAPI document upstream")
+            }
+            Err(e) => {
+                tracing::warn!(?upstream, error = %e, "fetching an upstream's OpenAPI document failed")
+            }
+        }
+    }
+    axum::Json(wf_common::openapi::merge(
+        "wf-iot API",
+        env!("CARGO_PKG_VERSION"),
+        &documents,
+    ))
 }
 
 /// CORS from configuration. Preflights (`OPTIONS`) are answered here and

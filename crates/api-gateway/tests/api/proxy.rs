@@ -378,3 +378,51 @@ async fn the_load_generator_reports_throughput_and_latency() {
     assert!(refused.requests > 0);
     assert_eq!(refused.errors, refused.requests);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_merged_openapi_document_and_the_docs_page_are_public() {
+    let app = TestApp::spawn().await;
+    let resp = app
+        .client
+        .get(format!("{}/api/openapi.json", app.base))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 200);
+    let doc: serde_json::Value = resp.json().await.unwrap();
+    let paths = doc["paths"].as_object().unwrap();
+    assert!(
+        paths.contains_key("/api/v1/auth/login"),
+        "auth-service's paths are merged in"
+    );
+    assert!(
+        paths.contains_key("/api/v1/devices/{id}/commands"),
+        "device-service's paths are merged in"
+    );
+    assert!(doc["components"]["schemas"]["ErrorEnvelope"].is_object());
+
+    let page = app
+        .client
+        .get(format!("{}/docs", app.base))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(page.status(), 200);
+    assert!(page.text().await.unwrap().contains("SwaggerUIBundle"));
+    let bundle = app
+        .client
+        .get(format!("{}/docs/swagger-ui-bundle.js", app.base))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(bundle.status(), 200);
+    assert!(bundle.bytes().await.unwrap().len() > 100_000);
+    // Other /docs-looking paths are not a way around the token check.
+    let sneaky = app
+        .client
+        .get(format!("{}/api/v1/docs", app.base))
+        .send()
+        .await
+        .unwrap();
+    assert_ne!(sneaky.status(), 200);
+}
