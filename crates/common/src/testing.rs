@@ -49,10 +49,20 @@ impl Drop for TestDatabase {
             };
             rt.block_on(async move {
                 if let Ok(db) = crate::db::Db::connect(&format!("{server}/mysql"), 1).await {
+                    // The test's own pool may still hold the database (its
+                    // runtime can be the one waiting on this drop): give up
+                    // after a few seconds rather than wait forever. CI drops
+                    // leftovers before each run.
+                    let Ok(mut conn) = db.pool.acquire().await else {
+                        return;
+                    };
+                    let _ = sqlx::query("SET SESSION lock_wait_timeout = 3")
+                        .execute(&mut *conn)
+                        .await;
                     let _ = sqlx::query(sqlx::AssertSqlSafe(format!(
                         "DROP DATABASE IF EXISTS `{name}`"
                     )))
-                    .execute(&db.pool)
+                    .execute(&mut *conn)
                     .await;
                 }
             });

@@ -15,6 +15,19 @@ use crate::simulate::{Api, Stats, connect};
 pub enum Bench {
     /// Telemetry from MQTT publish to stored and queryable, all-in-one.
     Ingest(IngestArgs),
+    /// Authenticated `GET /api/v1/devices/{id}` through the api-gateway and
+    /// straight to device-service, in one run.
+    Api(ApiArgs),
+}
+
+#[derive(clap::Args, Debug)]
+pub struct ApiArgs {
+    /// Requests in flight at once.
+    #[arg(long, default_value_t = 64)]
+    pub concurrency: usize,
+    /// Seconds per measurement.
+    #[arg(long, default_value_t = 10)]
+    pub duration: u64,
 }
 
 #[derive(clap::Args, Debug)]
@@ -36,6 +49,7 @@ pub struct IngestArgs {
 pub async fn run(bench: Bench) -> anyhow::Result<()> {
     match bench {
         Bench::Ingest(args) => ingest(args).await,
+        Bench::Api(args) => api(args).await,
     }
 }
 
@@ -179,6 +193,64 @@ async fn ingest(args: IngestArgs) -> anyhow::Result<()> {
     anyhow::ensure!(
         stored == sent && sent == args.messages,
         "messages were lost: sent {sent}, stored {stored}"
+    );
+    Ok(())
+}
+
+async fn api(args: ApiArgs) -> anyhow::Result<()> {
+    let dir = tempfile::tempdir()?;
+    let password = wf_common::random::password();
+    let mut config = crate::config::PlatformConfig::load(None)?;
+    // The limiter stays in the path, with limits no load generator reaches.
+    let generous = api_gateway::Limit {
+        per_second: 1e9,
+        burst: u32::MAX,
+    };
+    config.gateway.rate_limits.devices = api_gateway::GroupLimits {
+        per_user: generous,
+        per_ip: generous,
+    };
+    let platform = Platform::start_local_with(dir.path(), &password, config).await?;
+    let ports = platform.ports;
+    let api = Api::login(
+        &format!("http://127.0.0.1:{}", ports.auth_http),
+        &format!("http://127.0.0.1:{}", ports.device_http),
+        "admin",
+        &password,
+    )
+    .await?;
+    api.provision("bench-api", 1, "bench-sensor").await?;
+    let token = api.token().to_string();
+    let duration = Duration::from_secs(args.duration);
+    let path = "/api/v1/devices/bench-api-00001";
+    let through = api_gateway::load_test(
+        &format!("http://127.0.0.1:{}{path}", ports.gateway_http),
+        &token,
+        args.concurrency,
+        duration,
+    )
+    .await?;
+    let direct = api_gateway::load_test(
+        &format!("http://127.0.0.1:{}{path}", ports.device_http),
+        &token,
+        args.concurrency,
+        duration,
+    )
+    .await?;
+    println!(
+        "api benchmark: authenticated GET {path}, {} in flight, {} s each",
+        args.concurrency, args.duration
+    );
+    println!("  through the api-gateway: {through}");
+    println!("  straight to device-service: {direct}");
+    println!(
+        "  gateway / direct throughput: {:.2}",
+        through.rps / direct.rps.max(f64::MIN_POSITIVE)
+    );
+    platform.stop().await?;
+    anyhow::ensure!(
+        through.errors == 0 && direct.errors == 0,
+        "requests failed during the benchmark"
     );
     Ok(())
 }

@@ -174,7 +174,16 @@ impl Platform {
     /// Starts every service with embedded defaults in `dir`, on free
     /// loopback ports, without MQTT over WebSocket: for benchmarks and tests.
     pub async fn start_local(dir: &std::path::Path, admin_password: &str) -> anyhow::Result<Self> {
-        let mut config = PlatformConfig::load(None)?;
+        Self::start_local_with(dir, admin_password, PlatformConfig::load(None)?).await
+    }
+
+    /// [`Platform::start_local`] from a given configuration, whose ports,
+    /// hosts and file locations are replaced.
+    pub async fn start_local_with(
+        dir: &std::path::Path,
+        admin_password: &str,
+        mut config: PlatformConfig,
+    ) -> anyhow::Result<Self> {
         config.data_dir = dir.to_path_buf();
         let localhost = std::net::IpAddr::V4(std::net::Ipv4Addr::LOCALHOST);
         config.auth = auth_service::Config {
@@ -202,14 +211,18 @@ impl Platform {
             grpc_port: 0,
             ..config.mqtt_gateway
         };
-        config.firmware = firmware_service::Config {
+        let mut firmware = firmware_service::Config {
             host: localhost,
             http_port: 0,
             grpc_port: 0,
             database_url: String::new(),
+            upload_dir: Default::default(),
             ..config.firmware
-        }
-        .with_data_dir(dir);
+        };
+        // Filled from the default data directory when the configuration was
+        // loaded; files belong under `dir`.
+        firmware.storage.local_dir = Default::default();
+        config.firmware = firmware.with_data_dir(dir);
         config.gateway = api_gateway::Config {
             host: localhost,
             http_port: 0,

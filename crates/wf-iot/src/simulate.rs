@@ -110,6 +110,11 @@ impl Api {
         })
     }
 
+    /// The access token this client holds.
+    pub fn token(&self) -> &str {
+        &self.token
+    }
+
     /// Creates `{prefix}-NNNNN` devices; ones that exist already get a new
     /// secret, so a simulation can be rerun with the same ids.
     pub async fn provision(
@@ -188,20 +193,29 @@ pub async fn connect(
             QoS::AtLeastOnce,
             false,
         ));
-    let (client, mut event_loop) = AsyncClient::new(options, usize::from(inflight.max(10)) * 2);
-    // Wait for the broker's answer to CONNECT before going on.
-    loop {
-        match event_loop.poll().await {
-            Ok(Event::Incoming(Packet::ConnAck(ack))) => {
-                if ack.code != rumqttc::ConnectReturnCode::Success {
-                    bail!("{} was refused: {:?}", creds.id, ack.code);
-                }
-                break;
+    // Wait for the broker's answer to CONNECT before going on. "Server
+    // unavailable" (the registry did not answer in time) is retried, as a
+    // real device would.
+    let mut attempt = 0;
+    let (client, mut event_loop) = loop {
+        let (client, mut event_loop) =
+            AsyncClient::new(options.clone(), usize::from(inflight.max(10)) * 2);
+        let code = loop {
+            match event_loop.poll().await {
+                Ok(Event::Incoming(Packet::ConnAck(ack))) => break ack.code,
+                Ok(_) => {}
+                Err(e) => bail!("{} could not connect: {e}", creds.id),
             }
-            Ok(_) => {}
-            Err(e) => bail!("{} could not connect: {e}", creds.id),
+        };
+        match code {
+            rumqttc::ConnectReturnCode::Success => break (client, event_loop),
+            rumqttc::ConnectReturnCode::ServiceUnavailable if attempt < 5 => {
+                attempt += 1;
+                tokio::time::sleep(Duration::from_millis(200 * attempt)).await;
+            }
+            other => bail!("{} was refused: {other:?}", creds.id),
         }
-    }
+    };
     stats.connected.fetch_add(1, Ordering::Relaxed);
     let id = creds.id.clone();
     client

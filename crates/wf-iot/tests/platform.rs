@@ -83,13 +83,22 @@ fn self_device_url(platform: &Platform) -> String {
 async fn try_connect(port: u16, client_id: &str, username: &str, password: &str) -> bool {
     let mut options = MqttOptions::new(client_id, "127.0.0.1", port);
     options.set_credentials(username, password);
-    let (_client, mut event_loop) = AsyncClient::new(options, 10);
-    match tokio::time::timeout(Duration::from_secs(5), event_loop.poll()).await {
-        Ok(Ok(Event::Incoming(Packet::ConnAck(ack)))) => {
-            ack.code == rumqttc::ConnectReturnCode::Success
+    // "Server unavailable" means the registry did not answer in time, not
+    // a verdict on the credentials: ask again, as a device would.
+    for _ in 0..5 {
+        let (_client, mut event_loop) = AsyncClient::new(options.clone(), 10);
+        match tokio::time::timeout(Duration::from_secs(5), event_loop.poll()).await {
+            Ok(Ok(Event::Incoming(Packet::ConnAck(ack)))) => match ack.code {
+                rumqttc::ConnectReturnCode::Success => return true,
+                rumqttc::ConnectReturnCode::ServiceUnavailable => {
+                    tokio::time::sleep(Duration::from_millis(300)).await;
+                }
+                _ => return false,
+            },
+            _ => return false,
         }
-        _ => false,
     }
+    false
 }
 
 async fn eventually<T, Fut: Future<Output = Option<T>>>(
