@@ -15,6 +15,8 @@ use crate::simulate::{Api, Stats, connect};
 pub enum Bench {
     /// Telemetry from MQTT publish to stored and queryable, all-in-one.
     Ingest(IngestArgs),
+    /// An OTA rollout from start until every execution is final, all-in-one.
+    Ota(crate::bench_ota::OtaBenchArgs),
     /// Authenticated `GET /api/v1/devices/{id}` through the api-gateway and
     /// straight to device-service, in one run.
     Api(ApiArgs),
@@ -49,6 +51,7 @@ pub struct IngestArgs {
 pub async fn run(bench: Bench) -> anyhow::Result<()> {
     match bench {
         Bench::Ingest(args) => ingest(args).await,
+        Bench::Ota(args) => crate::bench_ota::run(args).await,
         Bench::Api(args) => api(args).await,
     }
 }

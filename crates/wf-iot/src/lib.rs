@@ -3,8 +3,10 @@
 //! the device simulator and the benchmarks.
 
 pub mod bench;
+pub mod bench_ota;
 pub mod config;
 pub mod migrate;
+pub mod ota;
 pub mod platform;
 pub mod serve;
 pub mod simulate;

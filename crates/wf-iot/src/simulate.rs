@@ -46,6 +46,9 @@ pub struct SimulateArgs {
     pub username: String,
     #[arg(long, env = "WF_IOT_SIM_PASSWORD", hide_env_values = true)]
     pub password: String,
+    /// Over-the-air updates.
+    #[command(flatten)]
+    pub ota: crate::ota::OtaArgs,
 }
 
 /// Counters shared by every simulated device.
@@ -182,6 +185,20 @@ pub async fn connect(
     fail_commands: f64,
     inflight: u16,
 ) -> anyhow::Result<Device> {
+    connect_with_ota(creds, host, port, stats, fail_commands, inflight, None).await
+}
+
+/// [`connect`], and with `ota` the device also accepts over-the-air
+/// updates on `devices/{id}/ota`.
+pub async fn connect_with_ota(
+    creds: &Credentials,
+    host: &str,
+    port: u16,
+    stats: Arc<Stats>,
+    fail_commands: f64,
+    inflight: u16,
+    ota: Option<Arc<crate::ota::Ota>>,
+) -> anyhow::Result<Device> {
     let mut options = MqttOptions::new(creds.id.clone(), host, port);
     options
         .set_credentials(creds.id.clone(), creds.secret.clone())
@@ -221,6 +238,11 @@ pub async fn connect(
     client
         .subscribe(format!("devices/{id}/commands"), QoS::AtLeastOnce)
         .await?;
+    if ota.is_some() {
+        client
+            .subscribe(crate::ota::Ota::topic(&id), QoS::AtLeastOnce)
+            .await?;
+    }
     client
         .publish(
             format!("devices/{id}/status"),
@@ -238,6 +260,11 @@ pub async fn connect(
                 }
                 Ok(Event::Incoming(Packet::Publish(p))) if p.topic.ends_with("/commands") => {
                     answer_command(&responder, &id, &p.payload, fail_commands, &stats).await;
+                }
+                Ok(Event::Incoming(Packet::Publish(p))) if p.topic.ends_with("/ota") => {
+                    if let Some(ota) = &ota {
+                        ota.accept(&responder, &id, &p.payload);
+                    }
                 }
                 // After DISCONNECT the event loop would reconnect: drop it
                 // instead, which closes the socket.
@@ -334,16 +361,18 @@ pub async fn run(args: SimulateArgs) -> anyhow::Result<()> {
         .provision(&args.prefix, args.devices, &args.device_type)
         .await?;
     let stats = Arc::new(Stats::default());
+    let ota = crate::ota::Ota::new(&args.ota)?;
     let mut devices = Vec::with_capacity(creds.len());
     for c in &creds {
         devices.push(
-            connect(
+            connect_with_ota(
                 c,
                 &args.mqtt_host,
                 args.mqtt_port,
                 stats.clone(),
                 args.fail_commands,
                 100,
+                Some(ota.clone()),
             )
             .await?,
         );
@@ -380,6 +409,9 @@ pub async fn run(args: SimulateArgs) -> anyhow::Result<()> {
                     stats.connected.load(Ordering::Relaxed),
                 );
                 last_sent = sent;
+                if ota.stats.received.load(Ordering::Relaxed) > 0 {
+                    eprintln!("{}", ota.summary());
+                }
                 if deadline.is_some_and(|d| Instant::now() >= d) {
                     break;
                 }
