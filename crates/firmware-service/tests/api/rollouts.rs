@@ -175,7 +175,12 @@ async fn failing_devices_push_a_rollout_past_its_threshold() {
         )
         .await;
     let id = rollout["id"].as_str().unwrap().to_string();
-    let done = app.wait_rollout(&id, 60, |r| r["state"] != "running").await;
+    // Aborting cancels the queued executions right after the state change.
+    let done = app
+        .wait_rollout(&id, 60, |r| {
+            r["state"] != "running" && r["counts"]["queued"] == 0
+        })
+        .await;
     assert_eq!(done["state"], "aborted", "{done}");
     assert!(
         done["reason"].as_str().unwrap().contains("20% threshold"),
