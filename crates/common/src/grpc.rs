@@ -85,3 +85,14 @@ pub fn propagate_request_id(
     }
     Ok(req)
 }
+
+/// A channel to another service that connects on first use, so services
+/// can start in any order; calls fail after a short connect timeout rather
+/// than hang.
+pub fn lazy_channel(url: &str) -> anyhow::Result<tonic::transport::Channel> {
+    Ok(tonic::transport::Endpoint::from_shared(url.to_string())
+        .map_err(|e| anyhow::anyhow!("invalid service URL {url:?}: {e}"))?
+        .connect_timeout(std::time::Duration::from_secs(2))
+        .timeout(std::time::Duration::from_secs(10))
+        .connect_lazy())
+}

@@ -9,19 +9,13 @@ pub use auth::AuthClient;
 pub use device::{DeviceClient, DeviceInfo, DeviceQuery, MAX_TARGETS};
 pub use gateway::GatewayClient;
 
-use std::time::Duration;
-
-use tonic::transport::{Channel, Endpoint};
+use tonic::transport::Channel;
 
 use crate::error::{Error, Result};
 
 /// A lazily connecting channel, so services can start in any order.
 fn lazy_channel(url: &str) -> Result<Channel> {
-    Ok(Endpoint::from_shared(url.to_string())
-        .map_err(|e| Error::Internal(anyhow::anyhow!("invalid service URL {url:?}: {e}")))?
-        .connect_timeout(Duration::from_secs(2))
-        .timeout(Duration::from_secs(10))
-        .connect_lazy())
+    Ok(wf_common::grpc::lazy_channel(url)?)
 }
 
 /// Maps a failed call to another service: unreachable → `Unavailable`.
