@@ -101,6 +101,26 @@ async fn try_connect(port: u16, client_id: &str, username: &str, password: &str)
     false
 }
 
+/// Connects a simulated device. The probe connections above used the same
+/// client id; while the broker retires such a session a new connection
+/// can be dropped, so try again briefly, as a device would.
+async fn connect_device(
+    creds: &Credentials,
+    port: u16,
+    stats: &std::sync::Arc<Stats>,
+    fail_commands: f64,
+) -> wf_iot::simulate::Device {
+    let mut last = None;
+    for _ in 0..5 {
+        match connect(creds, "127.0.0.1", port, stats.clone(), fail_commands, 10).await {
+            Ok(device) => return device,
+            Err(e) => last = Some(e),
+        }
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    }
+    panic!("{} could not connect: {last:?}", creds.id);
+}
+
 async fn eventually<T, Fut: Future<Output = Option<T>>>(
     what: &str,
     mut check: impl FnMut() -> Fut,
@@ -131,12 +151,8 @@ async fn devices_connect_publish_and_answer_commands_end_to_end() {
     assert!(try_connect(mqtt_port, &a.id, &a.id, &a.secret).await);
 
     let stats = std::sync::Arc::new(Stats::default());
-    let device_a = connect(a, "127.0.0.1", mqtt_port, stats.clone(), 0.0, 10)
-        .await
-        .unwrap();
-    let _device_b = connect(b, "127.0.0.1", mqtt_port, stats.clone(), 100.0, 10)
-        .await
-        .unwrap();
+    let device_a = connect_device(a, mqtt_port, &stats, 0.0).await;
+    let _device_b = connect_device(b, mqtt_port, &stats, 100.0).await;
     eventually("both online", || async {
         (fx.get("/api/v1/devices/summary").await["online"] == 2).then_some(())
     })
