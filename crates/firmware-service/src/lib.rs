@@ -13,55 +13,9 @@
 //!   it alone; `wf-iot serve` runs it in the all-in-one process. Any number
 //!   of workers may run at once.
 //!
-//! # The job queue is the executions table
-//!
-//! Each per-device execution is a row of `firmware_upgrade_tasks`, and that
-//! table is the queue. A worker claims due `queued` rows with one
-//! conditional `UPDATE … SET lease_owner, lease_token, lease_until … WHERE
-//! state = 'queued' AND (lease_until IS NULL OR lease_until < now)`, reads
-//! back the rows carrying its fresh `lease_token`, and for each one moves
-//! it to `notified` with another conditional update (`WHERE state =
-//! 'queued' AND attempts = ? AND lease_token = ?`, the lease kept), publishes
-//! the notification, and only then ends the lease. A worker killed between
-//! the two leaves a `notified` row whose lease runs out; such rows are
-//! claimable too, and the next worker publishes the same notification
-//! again. Every later change (device progress, timeout, retry, cancel) is
-//! an `UPDATE … WHERE id = ? AND state = ? AND attempts = ?` whose history
-//! row is written in the same transaction only when the update matched.
-//!
-//! Why this rather than apalis (on Redis for the distributed mode and its
-//! SQLite storage all-in-one):
-//!
-//! - **One source of truth.** A rollout's state *is* its executions: the
-//!   REST counts, the threshold and completion are `GROUP BY state` over the
-//!   same rows the workers move. With a separate queue, a job and the row it
-//!   drives could disagree after a crash between the two writes (a job
-//!   acknowledged whose row never moved, or a row moved whose job is
-//!   retried), and reconciling them would be the hard part of the service.
-//! - **Nothing lost, nothing counted twice.** A worker killed after claiming
-//!   loses only its lease: the rows are claimable again once `lease_until`
-//!   passes. Outcomes are never counters that a replayed job could bump
-//!   twice; they are states reached by conditional updates, so a duplicate
-//!   event or a second worker racing for the same row changes nothing. The
-//!   worst a crash causes is a repeated notification with the same
-//!   `task_id`, which devices treat as the same task.
-//! - **Two workers share the work** because a row can only be leased by one
-//!   of them at a time; rate limits are shared through a compare-and-set on
-//!   the rollout's `next_slot_at`, so two workers do not double the rate.
-//! - **One portable code path** on SQLite and MySQL/MariaDB (the databases
-//!   this service already uses; `SELECT … FOR UPDATE SKIP LOCKED` would need
-//!   MariaDB 10.6+/MySQL 8 and a second path for SQLite), and no extra
-//!   moving part: the distributed mode needs no Redis for jobs, and the
-//!   all-in-one mode no second SQLite file.
-//! - **Time-based work is queries, not scheduled jobs.** Timeouts
-//!   (`deadline_at`), retry backoff (`next_attempt_at`) and start times are
-//!   columns the worker polls with indexed range queries; a queue would
-//!   need delayed jobs that must be found and canceled when a rollout is
-//!   paused or canceled.
-//!
-//! The cost is polling (every `worker.poll_interval_ms`, 500 ms by default)
-//! instead of a push from a queue; at rollout scale (notifications paced per
-//! minute) that is noise for the database.
+//! The executions table is the worker's job queue; why, and how leases make
+//! a killed worker lose nothing and count nothing twice, is written down in
+//! `docs/architecture.md` ("Firmware rollouts").
 
 pub mod clients;
 pub mod domain;
