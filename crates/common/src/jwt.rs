@@ -329,12 +329,45 @@ struct RemoteJwks {
 /// a flood of forged key ids cannot turn into a flood of fetches.
 const MIN_REFETCH: Duration = Duration::from_secs(10);
 
+/// How many verified tokens a verifier remembers.
+const VERIFIED_CAPACITY: usize = 16_384;
+
+/// Tokens whose signature verified, with their claims and key id. A hit
+/// skips the Ed25519 check (the costly part of verifying) but never the
+/// claim checks, which run on every use, nor the key lookup: a token whose
+/// key has left the key set stops verifying at once.
+#[derive(Default)]
+struct Verified {
+    tokens: RwLock<HashMap<Box<str>, (AccessClaims, Box<str>)>>,
+}
+
+impl Verified {
+    fn get(&self, token: &str) -> Option<(AccessClaims, Box<str>)> {
+        self.tokens.read().ok()?.get(token).cloned()
+    }
+
+    fn insert(&self, token: &str, claims: &AccessClaims, kid: &str) {
+        let Ok(mut tokens) = self.tokens.write() else {
+            return;
+        };
+        if tokens.len() >= VERIFIED_CAPACITY {
+            let now = chrono::Utc::now().timestamp();
+            tokens.retain(|_, (c, _)| c.exp > now);
+            if tokens.len() >= VERIFIED_CAPACITY {
+                tokens.clear();
+            }
+        }
+        tokens.insert(token.into(), (claims.clone(), kid.into()));
+    }
+}
+
 /// Verifies access tokens against a fixed key set or a JWKS URL (cached,
 /// refetched when a token names an unknown key id).
 pub struct JwtVerifier {
     issuer: String,
     leeway_secs: i64,
     keys: Keys,
+    verified: Verified,
 }
 
 impl JwtVerifier {
@@ -346,6 +379,7 @@ impl JwtVerifier {
             issuer: issuer.into(),
             leeway_secs: 5,
             keys: Keys::Static(keys.into_iter().map(|k| (key_id(&k), k)).collect()),
+            verified: Verified::default(),
         }
     }
 
@@ -362,13 +396,23 @@ impl JwtVerifier {
                 cache: RwLock::new(HashMap::new()),
                 last_fetch: tokio::sync::Mutex::new(None),
             }),
+            verified: Verified::default(),
         }
     }
 
     /// Verifies signature, algorithm, issuer, type and lifetime.
     pub async fn verify(&self, token: &str) -> Result<AccessClaims, JwtError> {
+        if let Some((claims, kid)) = self.verified.get(token) {
+            if self.key(&kid).is_some() {
+                return self.check_claims(claims);
+            }
+        }
+        let mut used_kid = None;
         let claims: AccessClaims = match &self.keys {
-            Keys::Static(keys) => verify_with(token, |kid| keys.get(kid).copied())?,
+            Keys::Static(keys) => verify_with(token, |kid| {
+                used_kid = Some(kid.to_string());
+                keys.get(kid).copied()
+            })?,
             Keys::Remote(remote) => {
                 let kid = unverified_kid(token);
                 if let Some(kid) = &kid {
@@ -377,10 +421,25 @@ impl JwtVerifier {
                         remote.refresh().await?;
                     }
                 }
-                verify_with(token, |kid| remote.cached(kid))?
+                verify_with(token, |kid| {
+                    used_kid = Some(kid.to_string());
+                    remote.cached(kid)
+                })?
             }
         };
-        self.check_claims(claims)
+        let claims = self.check_claims(claims)?;
+        if let Some(kid) = used_kid {
+            self.verified.insert(token, &claims, &kid);
+        }
+        Ok(claims)
+    }
+
+    /// The verifying key with this id, as currently known.
+    fn key(&self, kid: &str) -> Option<VerifyingKey> {
+        match &self.keys {
+            Keys::Static(keys) => keys.get(kid).copied(),
+            Keys::Remote(remote) => remote.cached(kid),
+        }
     }
 
     fn check_claims(&self, claims: AccessClaims) -> Result<AccessClaims, JwtError> {
@@ -513,6 +572,54 @@ mod tests {
             verifier(&key).verify("garbage").await,
             Err(JwtError::Malformed)
         );
+    }
+
+    #[tokio::test]
+    async fn a_remembered_token_still_expires_and_still_needs_its_key() {
+        let key = SigningKey::generate();
+        let mut v = verifier(&key);
+        v.leeway_secs = 0;
+        // Valid now, expired two seconds later.
+        let token = key.sign(&claims(2));
+        assert!(v.verify(&token).await.is_ok());
+        assert!(v.verify(&token).await.is_ok(), "a cache hit");
+        assert!(v.verified.get(&token).is_some());
+        tokio::time::sleep(Duration::from_millis(2100)).await;
+        assert_eq!(v.verify(&token).await, Err(JwtError::Expired));
+
+        // A token verified once is refused when its key leaves the set.
+        let fresh = key.sign(&claims(60));
+        assert!(v.verify(&fresh).await.is_ok());
+        v.keys = Keys::Static(HashMap::new());
+        assert_eq!(v.verify(&fresh).await, Err(JwtError::UnknownKey));
+    }
+
+    #[tokio::test]
+    async fn a_refused_token_is_not_remembered() {
+        let key = SigningKey::generate();
+        let v = verifier(&key);
+        let token = key.sign(&claims(60));
+        let parts: Vec<&str> = token.split('.').collect();
+        let bad_sig = format!(
+            "{}.{}.{}",
+            parts[0],
+            parts[1],
+            URL_SAFE_NO_PAD.encode([0u8; 64])
+        );
+        for _ in 0..2 {
+            assert_eq!(v.verify(&bad_sig).await, Err(JwtError::BadSignature));
+        }
+        assert!(v.verified.get(&bad_sig).is_none());
+    }
+
+    #[test]
+    fn the_memory_of_verified_tokens_is_bounded() {
+        let cache = Verified::default();
+        let c = claims(60);
+        for i in 0..VERIFIED_CAPACITY + 10 {
+            cache.insert(&format!("token-{i}"), &c, "kid");
+        }
+        assert!(cache.tokens.read().unwrap().len() <= VERIFIED_CAPACITY);
     }
 
     #[test]
