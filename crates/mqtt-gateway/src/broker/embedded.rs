@@ -228,9 +228,22 @@ impl BrokerLink for EmbeddedLink {
             .map_err(|e| Error::Unavailable(format!("the broker did not take the message: {e}")))
     }
 
-    /// The embedded broker asks device-service at CONNECT: there is no
-    /// credential store of its own to keep in step.
-    async fn sync_credentials(&self, _device: &DeviceId, _secret: &str) -> Result<()> {
+    /// The embedded broker asks device-service at CONNECT, so there is no
+    /// credential store of its own to keep in step; but a connection made
+    /// with a secret that was just replaced, or by a device just deleted,
+    /// must not outlive it. The device is disconnected (its session
+    /// cleared) and has to connect again with its new secret.
+    async fn sync_credentials(&self, device: &DeviceId, _secret: &str) -> Result<()> {
+        let id = Id::from(self.scx.node.id(), ClientId::from(device.as_str()));
+        let mut entry = self.scx.extends.shared().await.entry(id);
+        if !entry.exist() {
+            return Ok(());
+        }
+        entry.kick(true, true, true).await.map_err(|e| {
+            Error::Unavailable(format!("the broker could not disconnect the device: {e}"))
+        })?;
+        metrics::counter!("wf_mqtt_sessions_revoked_total").increment(1);
+        tracing::info!(device_id = %device, "device disconnected: its credentials changed");
         Ok(())
     }
 

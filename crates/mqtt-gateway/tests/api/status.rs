@@ -105,3 +105,34 @@ async fn shutdown_reports_connected_devices_offline() {
     app.stop().await;
     assert_status(&status.next().await, "d1", false, "disconnected");
 }
+
+#[tokio::test]
+async fn a_credential_change_disconnects_the_device_and_marks_it_offline() {
+    let app = TestApp::spawn().await;
+    let mut status = status_events(&app).await;
+    let mut d1 = app.device("d1", "s1").await;
+    assert_status(&status.next().await, "d1", true, "connected");
+    let mut d2 = app.device("d2", "s2").await;
+    assert_status(&status.next().await, "d2", true, "connected");
+
+    // d1's secret is rotated: its connection on the old one ends.
+    app.sync("d1", "rotated").await.expect("sync accepted");
+    assert!(d1.closed().await, "the session on the old secret was kept");
+    let offline = status.next().await;
+    assert_eq!((offline.device_id.as_str(), offline.online), ("d1", false));
+    assert!(
+        app.metrics()
+            .await
+            .contains("wf_mqtt_sessions_revoked_total 1"),
+        "the revocation is counted"
+    );
+
+    // d2 is deleted (an empty secret): the same.
+    app.sync("d2", "").await.expect("sync accepted");
+    assert!(d2.closed().await, "a deleted device stayed connected");
+    let offline = status.next().await;
+    assert_eq!((offline.device_id.as_str(), offline.online), ("d2", false));
+
+    // A device that is not connected: nothing to do, not an error.
+    app.sync("d3", "whatever").await.expect("sync accepted");
+}
