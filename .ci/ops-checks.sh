@@ -267,6 +267,10 @@ echo "ok: wf-iot serve is ready (api-gateway on ${GATEWAY_PORT})"
 # ---------------------------------------------------------------------------
 section "nginx with deploy/nginx/wf-iot.conf (HTTPS ${NGINX_HTTPS}, HTTP ${NGINX_HTTP})"
 mkdir -p "$WORK/certs" "$WORK/nginx"
+# nginx started as root runs its workers as nobody: let them reach their
+# temporary directories (the key stays readable by root only).
+chmod 711 "$WORK"
+chmod 755 "$WORK/nginx"
 openssl req -x509 -newkey rsa:2048 -nodes -days 2 -subj "/CN=localhost" \
     -addext "subjectAltName=DNS:localhost,IP:127.0.0.1" \
     -keyout "$WORK/certs/tls.key" -out "$WORK/certs/tls.crt" 2>/dev/null ||
