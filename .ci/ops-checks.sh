@@ -197,6 +197,18 @@ for f in sorted((deploy / "consul").glob("*.json")):
 print("ok: Consul service definitions parse")
 EOF
 
+# Against the Kubernetes API schemas too, where the validator is installed
+# (pip install kubernetes-validate).
+if command -v kubernetes-validate >/dev/null 2>&1; then
+    manifests=()
+    for f in "$DEPLOY"/k8s/*.yaml; do
+        [[ "$f" == */kustomization.yaml ]] || manifests+=("$f")
+    done
+    kubernetes-validate --strict --quiet -k 1.31.0 "${manifests[@]}" ||
+        fail "a Kubernetes manifest does not match the API schema"
+    echo "ok: Kubernetes manifests match the 1.31 API schemas"
+fi
+
 if docker compose version >/dev/null 2>&1; then
     (cd "$DEPLOY" && docker compose --env-file env.example -f docker-compose.yml config -q)
     echo "ok: docker compose config"
