@@ -91,9 +91,9 @@ pub fn init_logging(config: &LogConfig) {
 /// Elasticsearch:
 ///
 /// ```json
-/// {"timestamp":"2026-11-26T10:00:00.123456Z","level":"INFO","service":"device-service",
-///  "target":"device_service::http","message":"request served","status":200,
-///  "request_id":"019ab2c4-...","spans":[{"name":"http","service":"device","request_id":"019ab2c4-...",...}]}
+/// {"timestamp":"2026-11-26T10:00:00.123456Z","level":"WARN","service":"device-service",
+///  "target":"wf_common::telemetry","message":"request failed","status":503,
+///  "request_id":"019ab2c4-...","spans":[{"method":"GET","name":"http","request_id":"019ab2c4-...",...}]}
 /// ```
 ///
 /// `request_id` is the id of the request (HTTP, gRPC or MQTT connection)
