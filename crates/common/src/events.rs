@@ -46,7 +46,9 @@ impl From<redis::RedisError> for BusError {
 /// One event as a consumer receives it.
 #[derive(Debug, Clone)]
 pub struct Delivery {
-    /// Acknowledge with this id.
+    /// Acknowledge with this id: `{milliseconds}-{sequence}`, the time the
+    /// event was published and its place in the stream (Redis Streams ids;
+    /// the in-process bus makes them alike).
     pub id: String,
     pub payload: Arc<[u8]>,
 }
@@ -54,6 +56,38 @@ pub struct Delivery {
 impl Delivery {
     pub fn decode<T: DeserializeOwned>(&self) -> Result<T, BusError> {
         serde_json::from_slice(&self.payload).map_err(|e| BusError::Malformed(e.to_string()))
+    }
+
+    /// When the event was published (milliseconds since the epoch), read
+    /// from its id.
+    pub fn published_at(&self) -> Option<i64> {
+        self.id.split_once('-')?.0.parse().ok()
+    }
+
+    /// The event's place in its stream, read from its id.
+    fn sequence(&self) -> u64 {
+        self.id
+            .rsplit('-')
+            .next()
+            .and_then(|s| s.parse().ok())
+            .unwrap_or_default()
+    }
+}
+
+/// Records how long each event of a fresh batch waited on the bus, as
+/// `wf_event_lag_seconds{topic, group}`: the consumer's lag behind its
+/// publishers (for `device.data.received`, the ingest lag).
+fn record_lag(topic: &'static str, group: &str, batch: &[Delivery]) {
+    let now = crate::now_millis();
+    let histogram = metrics::histogram!(
+        "wf_event_lag_seconds",
+        "topic" => topic,
+        "group" => group.to_string()
+    );
+    for d in batch {
+        if let Some(at) = d.published_at() {
+            histogram.record((now - at).max(0) as f64 / 1000.0);
+        }
     }
 }
 
@@ -143,7 +177,10 @@ pub async fn run_consumer<H, Fut>(
                 n = sub.next(max_batch, Duration::from_secs(1)) => n,
             };
             match next {
-                Ok(batch) => pending = batch,
+                Ok(batch) => {
+                    record_lag(topic, &group, &batch);
+                    pending = batch;
+                }
                 Err(e) => {
                     tracing::warn!(topic, error = %e, "reading events failed; reconnecting");
                     subscription = None;
@@ -290,10 +327,12 @@ impl EventBus for InProcessBus {
         let deliveries: Vec<Delivery> = payloads
             .into_iter()
             .map(|p| Delivery {
-                id: self
-                    .next_id
-                    .fetch_add(1, std::sync::atomic::Ordering::Relaxed)
-                    .to_string(),
+                id: format!(
+                    "{}-{}",
+                    crate::now_millis(),
+                    self.next_id
+                        .fetch_add(1, std::sync::atomic::Ordering::Relaxed)
+                ),
                 payload: p.into(),
             })
             .collect();
@@ -403,7 +442,7 @@ impl Drop for InProcessSubscription {
         if pending.is_empty() {
             return;
         }
-        pending.sort_by_key(|d| d.id.parse::<u64>().unwrap_or_default());
+        pending.sort_by_key(Delivery::sequence);
         let tx = self.tx.clone();
         if let Ok(handle) = tokio::runtime::Handle::try_current() {
             handle.spawn(async move {
@@ -734,10 +773,41 @@ mod tests {
         );
     }
 
+    /// Every delivery tells when it was published (what the lag metric is
+    /// computed from), and events come back in publication order after a
+    /// consumer goes away.
+    async fn publish_times(bus: &dyn EventBus, topic: &str) {
+        let before = crate::now_millis();
+        bus.publish(topic, payloads(0..4)).await.unwrap();
+        let after = crate::now_millis();
+        let mut sub = bus.subscribe(topic, "lag", "l1").await.unwrap();
+        let got = drain(&mut sub, 4).await;
+        assert_eq!(numbers(&got), vec![0, 1, 2, 3]);
+        for d in &got {
+            let at = d.published_at().unwrap();
+            assert!(
+                (before - 1000..=after + 1000).contains(&at),
+                "{} at {at}",
+                d.id
+            );
+        }
+    }
+
     #[tokio::test]
     async fn in_process_bus_keeps_the_contract() {
         let bus = InProcessBus::new();
         bus_contract(&bus, "t").await;
+    }
+
+    #[tokio::test]
+    async fn in_process_deliveries_carry_their_publish_time() {
+        publish_times(&InProcessBus::new(), "lag").await;
+        let d = Delivery {
+            id: "1795651234567-12".into(),
+            payload: Arc::from(&b"{}"[..]),
+        };
+        assert_eq!(d.published_at(), Some(1_795_651_234_567));
+        assert_eq!(d.sequence(), 12);
     }
 
     #[tokio::test]
@@ -760,6 +830,13 @@ mod tests {
             max_len: 10_000,
             claim_idle_ms: 200,
         }
+    }
+
+    #[tokio::test]
+    async fn redis_deliveries_carry_their_publish_time() {
+        let Some(url) = redis_url() else { return };
+        let bus = RedisBus::connect(&url, redis_config()).await.unwrap();
+        publish_times(&bus, "lag").await;
     }
 
     #[tokio::test]

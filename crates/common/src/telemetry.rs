@@ -58,6 +58,10 @@ pub struct LogConfig {
     /// `RUST_LOG` wins when set.
     pub level: String,
     pub format: LogFormat,
+    /// The `service` field of every JSON line: the process's role when
+    /// services run apart (`auth-service`, `device-service`, ...), so log
+    /// stores can tell the processes apart.
+    pub service: String,
 }
 
 impl Default for LogConfig {
@@ -65,6 +69,7 @@ impl Default for LogConfig {
         Self {
             level: "info,rmqtt=warn,rmqtt_net=warn".into(),
             format: LogFormat::Text,
+            service: "wf-iot".into(),
         }
     }
 }
@@ -75,19 +80,186 @@ pub fn init_logging(config: &LogConfig) {
         EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(config.level.as_str()));
     let registry = tracing_subscriber::registry().with(filter);
     let _ = match config.format {
-        LogFormat::Json => registry
-            .with(
-                tracing_subscriber::fmt::layer()
-                    .json()
-                    .flatten_event(true)
-                    .with_current_span(true)
-                    .with_span_list(false),
-            )
-            .try_init(),
+        LogFormat::Json => registry.with(json_layer(&config.service)).try_init(),
         LogFormat::Text => registry
             .with(tracing_subscriber::fmt::layer().with_target(true))
             .try_init(),
     };
+}
+
+/// Logs as JSON lines on stdout, one object per event, ready for Loki or
+/// Elasticsearch:
+///
+/// ```json
+/// {"timestamp":"2026-11-26T10:00:00.123456Z","level":"WARN","service":"device-service",
+///  "target":"wf_common::telemetry","message":"request failed","status":503,
+///  "request_id":"019ab2c4-...","spans":[{"method":"GET","name":"http","request_id":"019ab2c4-...",...}]}
+/// ```
+///
+/// `request_id` is the id of the request (HTTP, gRPC or MQTT connection)
+/// being served, taken from the innermost span carrying one; `spans` is the
+/// chain of spans the event happened in, outermost first, with their
+/// fields. Event fields come after `message`; one that would shadow a
+/// top-level key is written as `fields.<name>`.
+fn json_layer<S>(service: &str) -> impl tracing_subscriber::Layer<S> + Send + Sync + 'static
+where
+    S: tracing::Subscriber + for<'a> tracing_subscriber::registry::LookupSpan<'a>,
+{
+    tracing_subscriber::fmt::layer()
+        .with_ansi(false)
+        .fmt_fields(tracing_subscriber::fmt::format::JsonFields::new())
+        .event_format(JsonLines {
+            service: service.to_string(),
+        })
+}
+
+/// The event format of [`json_layer`].
+struct JsonLines {
+    service: String,
+}
+
+const RESERVED_KEYS: [&str; 7] = [
+    "timestamp",
+    "level",
+    "service",
+    "target",
+    "message",
+    "request_id",
+    "spans",
+];
+
+impl<S, N> tracing_subscriber::fmt::FormatEvent<S, N> for JsonLines
+where
+    S: tracing::Subscriber + for<'a> tracing_subscriber::registry::LookupSpan<'a>,
+    N: for<'a> tracing_subscriber::fmt::FormatFields<'a> + 'static,
+{
+    fn format_event(
+        &self,
+        ctx: &tracing_subscriber::fmt::FmtContext<'_, S, N>,
+        mut writer: tracing_subscriber::fmt::format::Writer<'_>,
+        event: &tracing::Event<'_>,
+    ) -> std::fmt::Result {
+        use serde_json::{Map, Value};
+        let meta = event.metadata();
+        let mut fields = FieldVisitor::default();
+        event.record(&mut fields);
+
+        // The spans around the event, outermost first, with their fields
+        // (recorded as JSON by `JsonFields`).
+        let mut spans = Vec::new();
+        let mut request_id: Option<Value> = None;
+        if let Some(scope) = ctx.event_scope() {
+            for span in scope.from_root() {
+                let mut object = Map::new();
+                object.insert("name".into(), Value::from(span.name()));
+                let extensions = span.extensions();
+                if let Some(recorded) = extensions
+                    .get::<tracing_subscriber::fmt::FormattedFields<N>>()
+                    .and_then(|f| serde_json::from_str::<Map<String, Value>>(f).ok())
+                {
+                    if let Some(id) = recorded.get("request_id") {
+                        request_id = Some(id.clone());
+                    }
+                    object.extend(recorded);
+                }
+                spans.push(Value::Object(object));
+            }
+        }
+        let request_id = request_id.or_else(|| current_request_id().map(Value::from));
+
+        let line: [(&str, Value); 5] = [
+            (
+                "timestamp",
+                Value::from(
+                    chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Micros, true),
+                ),
+            ),
+            ("level", Value::from(meta.level().as_str())),
+            ("service", Value::from(self.service.as_str())),
+            ("target", Value::from(meta.target())),
+            (
+                "message",
+                fields.message.take().map_or(Value::Null, Value::from),
+            ),
+        ];
+        let mut text = String::from("{");
+        let mut first = true;
+        let mut push = |key: &str, value: &Value| {
+            if !first {
+                text.push(',');
+            }
+            first = false;
+            text.push_str(&Value::from(key).to_string());
+            text.push(':');
+            text.push_str(&value.to_string());
+        };
+        for (key, value) in &line {
+            push(key, value);
+        }
+        for (key, value) in &fields.values {
+            if RESERVED_KEYS.contains(&key.as_str()) {
+                push(&format!("fields.{key}"), value);
+            } else {
+                push(key, value);
+            }
+        }
+        if let Some(id) = &request_id {
+            push("request_id", id);
+        }
+        if !spans.is_empty() {
+            push("spans", &Value::Array(spans));
+        }
+        text.push('}');
+        writeln!(writer, "{text}")
+    }
+}
+
+/// An event's fields as JSON values, in the order they were given.
+#[derive(Default)]
+struct FieldVisitor {
+    message: Option<String>,
+    values: Vec<(String, serde_json::Value)>,
+}
+
+impl FieldVisitor {
+    fn put(&mut self, field: &tracing::field::Field, value: serde_json::Value) {
+        if field.name() == "message" {
+            self.message = Some(match value {
+                serde_json::Value::String(s) => s,
+                other => other.to_string(),
+            });
+        } else {
+            self.values.push((field.name().to_string(), value));
+        }
+    }
+}
+
+impl tracing::field::Visit for FieldVisitor {
+    fn record_f64(&mut self, field: &tracing::field::Field, value: f64) {
+        self.put(field, serde_json::Value::from(value));
+    }
+    fn record_i64(&mut self, field: &tracing::field::Field, value: i64) {
+        self.put(field, serde_json::Value::from(value));
+    }
+    fn record_u64(&mut self, field: &tracing::field::Field, value: u64) {
+        self.put(field, serde_json::Value::from(value));
+    }
+    fn record_bool(&mut self, field: &tracing::field::Field, value: bool) {
+        self.put(field, serde_json::Value::from(value));
+    }
+    fn record_str(&mut self, field: &tracing::field::Field, value: &str) {
+        self.put(field, serde_json::Value::from(value));
+    }
+    fn record_error(
+        &mut self,
+        field: &tracing::field::Field,
+        value: &(dyn std::error::Error + 'static),
+    ) {
+        self.put(field, serde_json::Value::from(value.to_string()));
+    }
+    fn record_debug(&mut self, field: &tracing::field::Field, value: &dyn std::fmt::Debug) {
+        self.put(field, serde_json::Value::from(format!("{value:?}")));
+    }
 }
 
 /// The process-wide Prometheus recorder, installed on first use.
@@ -179,6 +351,89 @@ pub fn grpc_request_id(metadata: &tonic::metadata::MetadataMap) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Log lines written to a buffer.
+    #[derive(Clone, Default)]
+    struct Captured(std::sync::Arc<std::sync::Mutex<Vec<u8>>>);
+
+    impl std::io::Write for Captured {
+        fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+            self.0.lock().unwrap().extend_from_slice(buf);
+            Ok(buf.len())
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+
+    impl<'a> tracing_subscriber::fmt::MakeWriter<'a> for Captured {
+        type Writer = Captured;
+        fn make_writer(&'a self) -> Self::Writer {
+            self.clone()
+        }
+    }
+
+    fn json_lines(emit: impl FnOnce()) -> Vec<serde_json::Value> {
+        use tracing_subscriber::Layer as _;
+        let out = Captured::default();
+        let layer = tracing_subscriber::fmt::layer()
+            .with_ansi(false)
+            .fmt_fields(tracing_subscriber::fmt::format::JsonFields::new())
+            .event_format(JsonLines {
+                service: "device-service".into(),
+            })
+            .with_writer(out.clone())
+            .with_filter(tracing_subscriber::filter::LevelFilter::INFO);
+        let subscriber = tracing_subscriber::registry().with(layer);
+        tracing::subscriber::with_default(subscriber, emit);
+        let text = String::from_utf8(out.0.lock().unwrap().clone()).unwrap();
+        text.lines()
+            .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("{e}: {l}")))
+            .collect()
+    }
+
+    #[test]
+    fn json_lines_carry_the_service_level_request_id_and_spans() {
+        let lines = json_lines(|| {
+            let span = tracing::info_span!(
+                "http",
+                service = "device",
+                request_id = "req-42",
+                method = "GET"
+            );
+            span.in_scope(|| {
+                let inner = tracing::info_span!("store", table = "devices");
+                inner.in_scope(|| {
+                    tracing::info!(
+                        status = 200_u64,
+                        elapsed_ms = 3_u64,
+                        level = "shadowed",
+                        "request served"
+                    );
+                });
+            });
+            tracing::warn!(error = %"boom", "outside any request");
+        });
+        assert_eq!(lines.len(), 2);
+        let served = &lines[0];
+        assert_eq!(served["service"], "device-service");
+        assert_eq!(served["level"], "INFO");
+        assert_eq!(served["message"], "request served");
+        assert_eq!(served["status"], 200);
+        assert_eq!(served["fields.level"], "shadowed");
+        assert_eq!(served["request_id"], "req-42");
+        assert_eq!(served["spans"][0]["name"], "http");
+        assert_eq!(served["spans"][0]["method"], "GET");
+        assert_eq!(served["spans"][1]["table"], "devices");
+        assert!(served["timestamp"].as_str().unwrap().ends_with('Z'));
+        assert!(served["target"].as_str().unwrap().contains("telemetry"));
+
+        let outside = &lines[1];
+        assert_eq!(outside["level"], "WARN");
+        assert_eq!(outside["error"], "boom");
+        assert!(outside.get("request_id").is_none());
+        assert!(outside.get("spans").is_none());
+    }
 
     #[test]
     fn request_ids_are_taken_when_sane() {

@@ -22,6 +22,11 @@ const MAX_TEXT_VALUE: usize = 4096;
 
 /// Runs every background worker until `stop` is triggered.
 pub async fn run(state: AppState, stop: Shutdown) {
+    // Every outcome is on /metrics from the start, at 0, so that rates and
+    // alerts see the first one.
+    for status in ["succeeded", "failed", "timed_out"] {
+        metrics::counter!("wf_commands_completed_total", "status" => status).increment(0);
+    }
     let last_seen: Arc<Mutex<HashMap<String, i64>>> = Arc::default();
     let bus = state.bus.clone();
     let consumer = state.config.consumer_name.clone();
@@ -78,6 +83,7 @@ pub async fn run(state: AppState, stop: Shutdown) {
         status,
         responses,
         expire_commands(state.clone(), stop.clone()),
+        count_devices(state.clone(), stop.clone()),
         flush_last_seen(state, last_seen, stop),
     );
 }
@@ -191,6 +197,32 @@ async fn expire_commands(state: AppState, stop: Shutdown) {
                     .increment(n);
             }
             Err(e) => tracing::warn!(error = %e, "timing out commands failed"),
+        }
+    }
+}
+
+/// How often the device gauges are refreshed from the database.
+const COUNT_INTERVAL: Duration = Duration::from_secs(10);
+
+/// Keeps `wf_devices_registered` and `wf_devices_online` current, counted in
+/// the database, so they hold whichever broker devices connect to and
+/// however many replicas run (each reports the same fleet-wide figures).
+async fn count_devices(state: AppState, stop: Shutdown) {
+    let stopped = stop.wait();
+    tokio::pin!(stopped);
+    let mut tick = tokio::time::interval(COUNT_INTERVAL);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            () = &mut stopped => return,
+            _ = tick.tick() => {}
+        }
+        match state.store.count_devices(None).await {
+            Ok((total, online)) => {
+                metrics::gauge!("wf_devices_registered").set(total as f64);
+                metrics::gauge!("wf_devices_online").set(online as f64);
+            }
+            Err(e) => tracing::warn!(error = %e, "counting devices failed"),
         }
     }
 }

@@ -114,6 +114,11 @@ pub struct WorkerConfig {
     pub batch_size: u32,
     /// Notifications published at once.
     pub publish_concurrency: usize,
+    /// The HTTP port of a worker running alone (`wf-iot serve worker`):
+    /// `/healthz`, `/readyz` and `/metrics`. Unset: no listener (the
+    /// all-in-one process shows the worker's metrics on every service's
+    /// `/metrics`).
+    pub http_port: Option<u16>,
 }
 
 impl Default for WorkerConfig {
@@ -124,6 +129,7 @@ impl Default for WorkerConfig {
             lease_secs: 30,
             batch_size: 200,
             publish_concurrency: 32,
+            http_port: None,
         }
     }
 }

@@ -19,13 +19,16 @@ use std::time::Duration;
 use anyhow::Context;
 use futures_util::StreamExt;
 use serde_json::json;
+use tokio::task::JoinHandle;
 use wf_common::events::EventBus;
+use wf_common::http::{ReadinessCheck, ops_routes};
 use wf_common::shutdown::Shutdown;
 
 use crate::Config;
 use crate::clients::GatewayClient;
 use crate::domain::{
-    ExecutionEvent, ExecutionState, LinkSigner, RolloutState, new_id, threshold_exceeded,
+    ExecutionEvent, ExecutionState, LinkSigner, RolloutState, StateCounts, new_id,
+    threshold_exceeded,
 };
 use crate::engine::{Applied, apply_event};
 use crate::error::{Error, Result};
@@ -35,6 +38,39 @@ use crate::store::{FirmwareRecord, RolloutRecord, Store, TaskRecord};
 const TIMEOUTS_PER_ROUND: i64 = 1000;
 /// How long a notification that could not be published waits.
 const PUBLISH_RETRY_MS: i64 = 5_000;
+
+/// Rollouts in progress and their executions per state, as the gauges
+/// `wf_rollouts_active{state}` and `wf_rollout_executions{state}` (every
+/// worker reports the same figures, read at the start of its round).
+#[derive(Default)]
+struct Progress {
+    running: u64,
+    paused: u64,
+    executions: StateCounts,
+}
+
+impl Progress {
+    fn add(&mut self, state: RolloutState, counts: &StateCounts) {
+        match state {
+            RolloutState::Running => self.running += 1,
+            RolloutState::Paused => self.paused += 1,
+            _ => return,
+        }
+        for s in ExecutionState::ALL {
+            self.executions
+                .set(s, self.executions.get(s) + counts.get(s));
+        }
+    }
+
+    fn publish(&self) {
+        metrics::gauge!("wf_rollouts_active", "state" => "running").set(self.running as f64);
+        metrics::gauge!("wf_rollouts_active", "state" => "paused").set(self.paused as f64);
+        for s in ExecutionState::ALL {
+            metrics::gauge!("wf_rollout_executions", "state" => s.as_str())
+                .set(self.executions.get(s) as f64);
+        }
+    }
+}
 
 pub struct Worker {
     config: Arc<Config>,
@@ -91,12 +127,20 @@ impl Worker {
             shutdown.await;
             trigger.trigger();
         });
+        let ops = match self.config.worker.http_port {
+            Some(port) => Some(self.serve_ops(port, stop.clone()).await?),
+            None => None,
+        };
         let consumers = crate::events::run(
             self.store.clone(),
             self.bus.clone(),
             self.config.worker.name.clone(),
             stop.clone(),
         );
+        // On /metrics from the start, at 0, so that alerts see the first one.
+        for state in ["completed", "aborted"] {
+            metrics::counter!("wf_rollouts_finished_total", "state" => state).increment(0);
+        }
         tracing::info!(worker = %self.name(), "firmware worker ready");
         let rounds = async {
             let stopped = stop.wait();
@@ -122,8 +166,44 @@ impl Worker {
             }
         };
         tokio::join!(consumers, rounds);
+        if let Some(ops) = ops {
+            let _ = ops.await;
+        }
         tracing::info!(worker = %self.name(), "firmware worker stopped");
         Ok(())
+    }
+
+    /// `/healthz`, `/readyz` (the database and the event bus answer) and
+    /// `/metrics` of a worker running alone (`firmware.worker.http_port`),
+    /// for probes and Prometheus.
+    async fn serve_ops(&self, port: u16, stop: Shutdown) -> anyhow::Result<JoinHandle<()>> {
+        wf_common::telemetry::metrics_handle();
+        let listener = tokio::net::TcpListener::bind((self.config.host, port))
+            .await
+            .with_context(|| format!("binding the worker's HTTP port {port}"))?;
+        tracing::info!(
+            http_port = listener.local_addr()?.port(),
+            "firmware worker HTTP listening"
+        );
+        let db = self.store.db().clone();
+        let db_check: ReadinessCheck = Arc::new(move || {
+            let db = db.clone();
+            Box::pin(async move { db.ping().await.map_err(|e| e.to_string()) })
+        });
+        let bus = self.bus.clone();
+        let bus_check: ReadinessCheck = Arc::new(move || {
+            let bus = bus.clone();
+            Box::pin(async move { bus.ping().await.map_err(|e| e.to_string()) })
+        });
+        let router = ops_routes(vec![("database", db_check), ("event_bus", bus_check)]);
+        Ok(tokio::spawn(async move {
+            if let Err(e) = axum::serve(listener, router)
+                .with_graceful_shutdown(stop.wait())
+                .await
+            {
+                tracing::warn!(error = %e, "the worker's HTTP listener failed");
+            }
+        }))
     }
 
     /// One pass over every rollout.
@@ -147,12 +227,14 @@ impl Worker {
             }
         }
         done.timed_out = self.time_out(now).await?;
+        let mut progress = Progress::default();
         for rollout in self
             .store
             .rollouts_in(&[RolloutState::Running, RolloutState::Paused])
             .await?
         {
             let counts = self.store.counts(&rollout.id).await?;
+            progress.add(rollout.state, &counts);
             let now = wf_common::now_millis();
             if rollout.state == RolloutState::Running
                 && threshold_exceeded(
@@ -195,6 +277,7 @@ impl Worker {
                 done.notified += self.dispatch(&rollout).await?;
             }
         }
+        progress.publish();
         Ok(done)
     }
 
@@ -417,5 +500,39 @@ impl Worker {
                 Ok(false)
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn counts(pairs: &[(ExecutionState, u64)]) -> StateCounts {
+        let mut c = StateCounts::default();
+        for (s, n) in pairs {
+            c.set(*s, *n);
+        }
+        c
+    }
+
+    #[test]
+    fn progress_sums_the_rollouts_in_progress_only() {
+        let mut p = Progress::default();
+        p.add(
+            RolloutState::Running,
+            &counts(&[(ExecutionState::Queued, 5), (ExecutionState::Succeeded, 2)]),
+        );
+        p.add(
+            RolloutState::Paused,
+            &counts(&[(ExecutionState::Queued, 1), (ExecutionState::Failed, 1)]),
+        );
+        p.add(
+            RolloutState::Completed,
+            &counts(&[(ExecutionState::Succeeded, 100)]),
+        );
+        assert_eq!((p.running, p.paused), (1, 1));
+        assert_eq!(p.executions.get(ExecutionState::Queued), 6);
+        assert_eq!(p.executions.get(ExecutionState::Succeeded), 2);
+        assert_eq!(p.executions.get(ExecutionState::Failed), 1);
     }
 }

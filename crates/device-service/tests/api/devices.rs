@@ -616,3 +616,41 @@ async fn the_openapi_document_lists_every_endpoint() {
     }
     assert!(doc["components"]["schemas"]["DeviceDto"].is_object());
 }
+
+/// What the operations dashboard reads from device-service: the fleet's size
+/// and online count, how far event handling lags behind publishing, and
+/// command outcomes (listed from the start, so alerts see the first one).
+#[tokio::test]
+async fn metrics_report_the_fleet_and_the_event_lag() {
+    let app = TestApp::spawn().await;
+    let admin = app.admin_token.clone();
+    app.device(&admin, json!({ "id": "gauged-1", "name": "Gauged" }))
+        .await;
+    app.publish(
+        topics::DEVICE_STATUS_CHANGED,
+        &[StatusChanged {
+            device_id: "gauged-1".into(),
+            online: true,
+            at: wf_common::now_millis(),
+            reason: "connected".into(),
+        }],
+    )
+    .await;
+    eventually("the gauges and the lag histogram on /metrics", || async {
+        let page = app
+            .request(Method::GET, "/metrics", None, None)
+            .await
+            .text()
+            .await
+            .unwrap();
+        let lines: Vec<&str> = page.lines().collect();
+        let has = |prefix: &str| lines.iter().any(|l| l.starts_with(prefix));
+        (has("wf_devices_registered ")
+            && has("wf_devices_online ")
+            && has("wf_commands_completed_total{status=\"timed_out\"}")
+            && has("wf_event_lag_seconds_bucket{")
+            && page.contains("topic=\"device.status.changed\""))
+        .then_some(())
+    })
+    .await;
+}
