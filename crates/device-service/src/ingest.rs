@@ -1,13 +1,15 @@
 //! What device-service does with device events: stores telemetry, applies
-//! status changes, completes commands from their responses, and times out
-//! commands nobody answered.
+//! status changes, completes commands from their responses, records the
+//! firmware version a device runs after an update, and times out commands
+//! nobody answered.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use wf_common::events::{
-    CommandResponded, Delivery, MetricValue, StatusChanged, TelemetryMessage, run_consumer, topics,
+    CommandResponded, Delivery, MetricValue, OtaProgress, StatusChanged, TelemetryMessage,
+    run_consumer, topics,
 };
 use wf_common::shutdown::Shutdown;
 
@@ -78,10 +80,26 @@ pub async fn run(state: AppState, stop: Shutdown) {
             },
         )
     };
+    let updates = {
+        let state = state.clone();
+        run_consumer(
+            bus.clone(),
+            topics::DEVICE_OTA_PROGRESS,
+            GROUP.into(),
+            consumer.clone(),
+            256,
+            stop.wait(),
+            move |batch| {
+                let state = state.clone();
+                async move { record_firmware_versions(&state, batch).await }
+            },
+        )
+    };
     tokio::join!(
         telemetry,
         status,
         responses,
+        updates,
         expire_commands(state.clone(), stop.clone()),
         count_devices(state.clone(), stop.clone()),
         flush_last_seen(state, last_seen, stop),
@@ -174,6 +192,42 @@ async fn complete_commands(state: &AppState, batch: Vec<Delivery>) -> anyhow::Re
             metrics::counter!("wf_commands_completed_total", "status" => status.as_str())
                 .increment(1);
             let _ = state.command_done.send(response.command_id);
+        }
+    }
+    Ok(())
+}
+
+/// The longest firmware version recorded.
+const MAX_VERSION_LEN: usize = 64;
+
+/// A device that reports a finished update (`succeeded`, after restarting
+/// into the new image) runs the version it names: the registry shows it.
+/// Whether the rollout counts it as a success is firmware-service's call.
+async fn record_firmware_versions(state: &AppState, batch: Vec<Delivery>) -> anyhow::Result<()> {
+    for report in decode_all::<OtaProgress>(topics::DEVICE_OTA_PROGRESS, &batch) {
+        let finished = matches!(
+            report.state.trim().to_ascii_lowercase().as_str(),
+            "succeeded" | "success"
+        );
+        let Some(version) = report.version.as_deref().map(str::trim) else {
+            continue;
+        };
+        if !finished {
+            continue;
+        }
+        let printable = version
+            .chars()
+            .all(|c| c.is_ascii_graphic() && c != '"' && c != '\\');
+        if version.is_empty() || version.len() > MAX_VERSION_LEN || !printable {
+            tracing::info!(device_id = %report.device_id, "ignoring an unusable firmware version in an OTA report");
+            continue;
+        }
+        let changed = state
+            .store
+            .set_firmware_version(&report.device_id, version, wf_common::now_millis())
+            .await?;
+        if changed {
+            tracing::info!(device_id = %report.device_id, version, "device runs new firmware");
         }
     }
     Ok(())

@@ -289,6 +289,22 @@ impl Store {
         Ok(result.rows_affected() > 0)
     }
 
+    /// Records the firmware version a device reports running; `false` when
+    /// the device is unknown or already on that version.
+    pub async fn set_firmware_version(&self, id: &str, version: &str, now: i64) -> Result<bool> {
+        let result = sqlx::query(
+            "UPDATE devices SET firmware_version = ?, updated_at = ? \
+             WHERE id = ? AND firmware_version <> ?",
+        )
+        .bind(version)
+        .bind(now)
+        .bind(id)
+        .bind(version)
+        .execute(&self.db.pool)
+        .await?;
+        Ok(result.rows_affected() > 0)
+    }
+
     /// Deletes a device with its telemetry, history and commands.
     pub async fn delete_device(&self, id: &str) -> Result<bool> {
         let mut tx = self.db.pool.begin().await?;

@@ -4,7 +4,7 @@ use std::time::Duration;
 
 use reqwest::{Method, StatusCode};
 use serde_json::{Value, json};
-use wf_common::events::{DeviceDeleted, EventBus, StatusChanged, topics};
+use wf_common::events::{DeviceDeleted, EventBus, OtaProgress, StatusChanged, topics};
 use wf_proto::device::device_service_client::DeviceServiceClient;
 use wf_proto::device::{AuthenticateDeviceRequest, GetDeviceRequest, ListDevicesRequest};
 
@@ -653,4 +653,69 @@ async fn metrics_report_the_fleet_and_the_event_lag() {
         .then_some(())
     })
     .await;
+}
+
+/// A device that finishes an update reports the version it restarted into;
+/// the registry shows it. Progress reports, failures and unusable versions
+/// change nothing.
+#[tokio::test]
+async fn a_finished_update_records_the_devices_firmware_version() {
+    let app = TestApp::spawn().await;
+    let admin = app.admin_token.clone();
+    app.device(&admin, json!({ "id": "ota-1", "name": "OTA one" }))
+        .await;
+    let report = |state: &str, version: Option<&str>| OtaProgress {
+        device_id: "ota-1".into(),
+        task_id: "t1".into(),
+        state: state.into(),
+        progress: None,
+        error: None,
+        version: version.map(Into::into),
+        at: wf_common::now_millis(),
+    };
+    let version = || async {
+        let resp = app
+            .request(Method::GET, "/api/v1/devices/ota-1", Some(&admin), None)
+            .await;
+        resp.json::<Value>().await.unwrap()["firmware_version"].clone()
+    };
+    app.publish(
+        topics::DEVICE_OTA_PROGRESS,
+        &[report("succeeded", Some("2.1.0"))],
+    )
+    .await;
+    eventually("the new version in the registry", || async {
+        (version().await == "2.1.0").then_some(())
+    })
+    .await;
+    // Then reports that must change nothing, an unknown device among them,
+    // and last a finished update of a second device: once that one shows,
+    // every report before it was handled.
+    app.device(&admin, json!({ "id": "ota-2", "name": "OTA two" }))
+        .await;
+    let mut stray = report("succeeded", Some("3.0.0"));
+    stray.device_id = "no-such-device".into();
+    let mut other = report("success", Some("5.0.0"));
+    other.device_id = "ota-2".into();
+    app.publish(
+        topics::DEVICE_OTA_PROGRESS,
+        &[
+            report("downloading", Some("9.9.9")),
+            report("failed", Some("9.9.8")),
+            report("succeeded", Some("bad\"version")),
+            report("succeeded", Some(&"1".repeat(65))),
+            report("succeeded", None),
+            stray,
+            other,
+        ],
+    )
+    .await;
+    eventually("the second device's version", || async {
+        let resp = app
+            .request(Method::GET, "/api/v1/devices/ota-2", Some(&admin), None)
+            .await;
+        (resp.json::<Value>().await.unwrap()["firmware_version"] == "5.0.0").then_some(())
+    })
+    .await;
+    assert_eq!(version().await, "2.1.0");
 }
