@@ -4,7 +4,7 @@ use std::collections::HashMap;
 
 use sqlx::any::AnyRow;
 use sqlx::{AssertSqlSafe, Row};
-use wf_common::db::{flag, is_unique_violation, like_pattern, placeholders};
+use wf_common::db::{Dialect, flag, is_unique_violation, like_pattern, placeholders};
 
 use super::Store;
 use crate::error::{Error, Result};
@@ -134,20 +134,31 @@ impl Store {
         Ok(())
     }
 
+    /// One device with its tags, in one query: it is on the path of every
+    /// request about a device.
     pub async fn get_device(&self, id: &str) -> Result<Option<DeviceRecord>> {
+        // Tags never contain a comma (see `Tag`).
+        let tag_list = match self.db.dialect {
+            Dialect::Sqlite => "group_concat(t.tag, ',')",
+            Dialect::MySql => "GROUP_CONCAT(t.tag SEPARATOR ',')",
+        };
         let row = sqlx::query(AssertSqlSafe(format!(
-            "SELECT {COLUMNS} FROM devices WHERE id = ?"
+            "SELECT {COLUMNS}, (SELECT {tag_list} FROM device_tags t WHERE t.device_id = devices.id) \
+             AS tag_list FROM devices WHERE id = ?"
         )))
         .bind(id)
         .fetch_optional(&self.db.pool)
         .await?;
         let Some(row) = row else { return Ok(None) };
         let mut device = from_row(&row)?;
-        device.tags = self
-            .tags_of(std::slice::from_ref(&device.id))
-            .await?
-            .remove(&device.id)
-            .unwrap_or_default();
+        let tags: Option<String> = row.try_get("tag_list")?;
+        device.tags = tags
+            .iter()
+            .flat_map(|t| t.split(','))
+            .filter(|t| !t.is_empty())
+            .map(str::to_string)
+            .collect();
+        device.tags.sort();
         Ok(Some(device))
     }
 
