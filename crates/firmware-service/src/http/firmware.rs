@@ -257,7 +257,8 @@ pub struct UploadForm {
     request_body(content = UploadForm, content_type = "multipart/form-data",
         description = "The fields, then the `file` part last. Requires `firmware:write`."),
     responses(
-        (status = 201, description = "Stored", body = FirmwareDto),
+        (status = 201, description = "Stored", body = FirmwareDto,
+            links(("GetFirmware" = (operation_id = "get_firmware", parameters(("id" = "$response.body#/id")))), ("DownloadFirmware" = (operation_id = "download_firmware", parameters(("id" = "$response.body#/id")))), ("DeleteFirmware" = (operation_id = "delete_firmware", parameters(("id" = "$response.body#/id")))))),
         (status = 400, description = "Not a well-formed multipart/form-data body", body = ErrorEnvelope),
         (status = 401, body = ErrorEnvelope),
         (status = 403, body = ErrorEnvelope),

@@ -85,7 +85,7 @@ pub fn router(state: AppState) -> Router {
         .route("/api/v1/upgrade-tasks/{id}/cancel", post(tasks::cancel))
         .route(
             "/api/openapi.json",
-            get(|| async { axum::Json(ApiDoc::openapi()) }),
+            get(|| async { axum::Json(document()) }),
         )
         .with_state(state.clone());
     finish(
@@ -118,6 +118,45 @@ pub fn router(state: AppState) -> Router {
     ),
 )]
 pub struct ApiDoc;
+
+/// The OpenAPI document as served. utoipa 5 writes the fields of response
+/// links in snake case (`operation_id`); OpenAPI spells them in camel case,
+/// so they are renamed here for clients that follow links.
+pub fn document() -> serde_json::Value {
+    let mut doc = serde_json::to_value(ApiDoc::openapi()).unwrap_or_default();
+    let operations = doc
+        .get_mut("paths")
+        .and_then(serde_json::Value::as_object_mut)
+        .into_iter()
+        .flat_map(|paths| paths.values_mut())
+        .filter_map(serde_json::Value::as_object_mut)
+        .flat_map(|item| item.values_mut());
+    for operation in operations {
+        let responses = operation
+            .get_mut("responses")
+            .and_then(serde_json::Value::as_object_mut);
+        for response in responses.into_iter().flat_map(|r| r.values_mut()) {
+            let links = response
+                .get_mut("links")
+                .and_then(serde_json::Value::as_object_mut);
+            for link in links.into_iter().flat_map(|l| l.values_mut()) {
+                let Some(link) = link.as_object_mut() else {
+                    continue;
+                };
+                for (from, to) in [
+                    ("operation_id", "operationId"),
+                    ("operation_ref", "operationRef"),
+                    ("request_body", "requestBody"),
+                ] {
+                    if let Some(v) = link.remove(from) {
+                        link.insert(to.to_string(), v);
+                    }
+                }
+            }
+        }
+    }
+    doc
+}
 
 /// Adds the `device_basic` security scheme: HTTP Basic `device_id:secret`,
 /// which devices use to download firmware.

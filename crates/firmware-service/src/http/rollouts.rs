@@ -508,7 +508,8 @@ pub async fn create_rollout(
 #[utoipa::path(post, path = "/api/v1/rollouts", operation_id = "create_rollout", tag = "rollouts", security(("bearer" = [])),
     request_body = CreateRequest,
     responses(
-        (status = 201, body = RolloutDto),
+        (status = 201, body = RolloutDto,
+            links(("GetRollout" = (operation_id = "get_rollout", parameters(("id" = "$response.body#/id")))), ("PauseRollout" = (operation_id = "pause_rollout", parameters(("id" = "$response.body#/id")))), ("ResumeRollout" = (operation_id = "resume_rollout", parameters(("id" = "$response.body#/id")))), ("CancelRollout" = (operation_id = "cancel_rollout", parameters(("id" = "$response.body#/id")))), ("ListRolloutExecutions" = (operation_id = "list_rollout_executions", parameters(("id" = "$response.body#/id")))))),
         (status = 400, description = "Malformed JSON", body = ErrorEnvelope),
         (status = 401, body = ErrorEnvelope),
         (status = 403, body = ErrorEnvelope),
@@ -797,7 +798,9 @@ pub struct ExecutionsQuery {
 #[utoipa::path(get, path = "/api/v1/rollouts/{id}/executions", operation_id = "list_rollout_executions", tag = "rollouts", security(("bearer" = [])),
     params(("id" = String, Path, description = "The rollout id"), ExecutionsQuery),
     responses(
-        (status = 200, body = Paged<ExecutionDto>),
+        (status = 200, body = Paged<ExecutionDto>,
+            links(("GetRolloutExecution" = (operation_id = "get_rollout_execution",
+                parameters(("id" = "$request.path.id"), ("execution_id" = "$response.body#/items/0/id")))))),
         (status = 400, description = "A query parameter is not of its type", body = ErrorEnvelope),
         (status = 401, body = ErrorEnvelope),
         (status = 403, body = ErrorEnvelope),

@@ -126,7 +126,8 @@ async fn load(state: &AppState, id: &str) -> Result<(TaskRecord, RolloutRecord)>
 #[utoipa::path(post, path = "/api/v1/upgrade-tasks", operation_id = "create_upgrade_task", tag = "upgrade-tasks", security(("bearer" = [])),
     request_body = CreateRequest,
     responses(
-        (status = 201, body = TaskDto),
+        (status = 201, body = TaskDto,
+            links(("GetUpgradeTask" = (operation_id = "get_upgrade_task", parameters(("id" = "$response.body#/id")))), ("CancelUpgradeTask" = (operation_id = "cancel_upgrade_task", parameters(("id" = "$response.body#/id")))))),
         (status = 400, description = "Malformed JSON", body = ErrorEnvelope),
         (status = 401, body = ErrorEnvelope),
         (status = 403, body = ErrorEnvelope),

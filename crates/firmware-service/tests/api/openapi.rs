@@ -131,6 +131,31 @@ async fn every_route_is_documented_with_its_methods() {
             "{target} is not in the document"
         );
     }
+    // Response links name operations of this document, in OpenAPI's
+    // spelling.
+    let operation_ids: Vec<&str> = paths
+        .values()
+        .flat_map(|item| item.as_object().into_iter().flat_map(|i| i.values()))
+        .filter_map(|op| op["operationId"].as_str())
+        .collect();
+    for (path, item) in paths {
+        for (method, op) in item.as_object().expect("a path item") {
+            let responses = op["responses"]
+                .as_object()
+                .into_iter()
+                .flat_map(|r| r.values());
+            for link in responses
+                .filter_map(|r| r["links"].as_object())
+                .flat_map(|l| l.values())
+            {
+                let target = link["operationId"].as_str().unwrap_or_default();
+                assert!(
+                    operation_ids.contains(&target),
+                    "{method} {path}: a link to an unknown operation: {link}"
+                );
+            }
+        }
+    }
     let schemes = &doc["components"]["securitySchemes"];
     assert!(schemes["bearer"].is_object());
     assert!(schemes["device_basic"].is_object());
