@@ -89,8 +89,9 @@ impl RolloutState {
 
 /// Which devices a rollout targets; resolved through device-service when
 /// the rollout is created.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "snake_case")]
+#[schema(as = RolloutTarget)]
 pub enum Target {
     /// These devices (each must be of the firmware's device type).
     DeviceIds(Vec<String>),

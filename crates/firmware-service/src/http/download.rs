@@ -17,16 +17,26 @@ use base64::Engine;
 use base64::engine::general_purpose::STANDARD;
 use serde::Deserialize;
 use wf_common::ApiError;
+use wf_common::error::ErrorEnvelope;
 use wf_common::extract::{Path, Query};
 
 use super::bearer;
 use crate::error::{Error, Result};
 use crate::state::{AppState, Caller, Permission};
 
-#[derive(Deserialize)]
+#[derive(Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
 pub struct DownloadQuery {
+    /// The signed download link's token from the device's OTA
+    /// notification; when present, it alone authorizes the download.
     token: Option<String>,
 }
+
+/// The image's bytes, for the OpenAPI document.
+#[derive(utoipa::ToSchema)]
+#[schema(as = FirmwareImage, value_type = String, format = Binary)]
+#[allow(dead_code)]
+pub struct Image(Vec<u8>);
 
 /// Which part of the image to send.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -152,6 +162,40 @@ async fn authorize(
     ))
 }
 
+/// The image, whole (200) or one byte range (`Range: bytes=…`, 206; 416
+/// when it lies past the end). Authorized by the signed link in `token`,
+/// by a device's own credentials (HTTP Basic `device_id:secret`, for an
+/// image of its device type), or by a bearer token with `firmware:read`.
+#[utoipa::path(get, path = "/api/v1/firmware/{id}/download", operation_id = "download_firmware", tag = "firmware",
+    security((), ("device_basic" = []), ("bearer" = [])),
+    params(
+        ("id" = String, Path, description = "The firmware id"),
+        DownloadQuery,
+        ("Range" = Option<String>, Header, nullable = false, description = "One range of bytes, e.g. `bytes=0-1023`, `bytes=1024-` or `bytes=-512`; \
+            several ranges, other units or malformed values are ignored and the whole image sent"),
+        ("If-Range" = Option<String>, Header, nullable = false, description = "The image's ETag; when it differs, the whole image is sent"),
+    ),
+    responses(
+        (status = 200, description = "The whole image", content_type = "application/octet-stream", body = Image,
+            headers(
+                ("ETag" = String, description = "The image's SHA-256, quoted"),
+                ("Accept-Ranges" = String, description = "`bytes`"),
+                ("Content-Length" = u64),
+            )),
+        (status = 206, description = "The requested range", content_type = "application/octet-stream", body = Image,
+            headers(
+                ("Content-Range" = String, description = "`bytes first-last/size`"),
+                ("ETag" = String, description = "The image's SHA-256, quoted"),
+                ("Content-Length" = u64),
+            )),
+        (status = 401, description = "No or refused credentials", body = ErrorEnvelope),
+        (status = 403, description = "The link is invalid or expired, the device is of another type, \
+            or the user lacks `firmware:read`", body = ErrorEnvelope),
+        (status = 404, body = ErrorEnvelope),
+        (status = 416, description = "The range starts past the end of the image", body = ErrorEnvelope,
+            headers(("Content-Range" = String, description = "`bytes */size`"))),
+        (status = 503, body = ErrorEnvelope),
+    ))]
 pub async fn download(
     State(state): State<AppState>,
     Path(id): Path<String>,

@@ -10,6 +10,7 @@ use axum::http::{HeaderMap, StatusCode, header};
 use bytes::Bytes;
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
+use wf_common::error::ErrorEnvelope;
 use wf_common::extract::{Path, Query};
 use wf_common::format_millis;
 
@@ -19,18 +20,24 @@ use crate::error::{Error, Result};
 use crate::state::{AppState, Caller, Permission};
 use crate::store::FirmwareRecord;
 
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+#[schema(as = Firmware)]
 pub struct FirmwareDto {
     id: String,
     name: String,
     device_type: String,
+    /// The semantic version, normalised (no leading `v`).
     version: String,
     release_notes: String,
+    /// Bytes.
     size: i64,
+    /// The image's SHA-256, 64 lowercase hexadecimal digits.
     sha256: String,
     signed: bool,
+    /// Base64 Ed25519 signature over the SHA-256 digest.
     signature: Option<String>,
     created_by: String,
+    #[schema(format = DateTime)]
     created_at: String,
     /// Where users (bearer token), devices (their credentials) and download
     /// links fetch the image.
@@ -204,11 +211,63 @@ async fn receive_file(field: &mut Field<'_>, dir: &std::path::Path, max: u64) ->
     })
 }
 
+/// The upload form, for the OpenAPI document: `multipart/form-data` with
+/// these parts in this order, the file last.
+#[derive(utoipa::ToSchema)]
+#[schema(as = FirmwareUploadForm)]
+#[allow(dead_code)]
+pub struct UploadForm {
+    /// 1 to 200 characters, not only spaces.
+    #[schema(min_length = 1, max_length = 200, pattern = "\\S")]
+    name: String,
+    /// 1 to 64 letters, digits, `.`, `_` or `-`.
+    #[schema(min_length = 1, max_length = 64, pattern = "^[A-Za-z0-9._-]+$")]
+    device_type: String,
+    /// A semantic version such as `1.4.0` (a leading `v` is dropped); unique
+    /// per device type.
+    #[schema(
+        max_length = 64,
+        pattern = "^v?(0|[1-9][0-9]*)\\.(0|[1-9][0-9]*)\\.(0|[1-9][0-9]*)$",
+        example = "1.4.0"
+    )]
+    version: String,
+    /// Free text, at most 16 KiB.
+    #[schema(nullable = false, max_length = 16384)]
+    release_notes: Option<String>,
+    /// The image's SHA-256 in hexadecimal; when sent, an image that hashes
+    /// otherwise is refused (422 `digest_mismatch`).
+    #[schema(nullable = false, pattern = "^[0-9A-Fa-f]{64}$")]
+    sha256: Option<String>,
+    /// Base64 Ed25519 signature over the image's SHA-256 digest, by one of
+    /// the configured signing keys (422 `bad_signature` otherwise). Required
+    /// when the service accepts signed firmware only.
+    #[schema(nullable = false, pattern = "^[A-Za-z0-9+/]{86}==$")]
+    signature: Option<String>,
+    /// The image, not empty; the last part.
+    #[schema(value_type = String, format = Binary)]
+    file: Vec<u8>,
+}
+
 /// `POST /api/v1/firmware`, `multipart/form-data` with the fields `name`,
 /// `device_type`, `version`, optional `release_notes`, `sha256` (hex) and
 /// `signature` (base64 Ed25519 over the SHA-256 digest), then the `file`
 /// part last. The client's file name is ignored: images are stored under
 /// a generated id.
+#[utoipa::path(post, path = "/api/v1/firmware", operation_id = "upload_firmware", tag = "firmware", security(("bearer" = [])),
+    request_body(content = UploadForm, content_type = "multipart/form-data",
+        description = "The fields, then the `file` part last. Requires `firmware:write`."),
+    responses(
+        (status = 201, description = "Stored", body = FirmwareDto,
+            links(("GetFirmware" = (operation_id = "get_firmware", parameters(("id" = "$response.body#/id")))), ("DownloadFirmware" = (operation_id = "download_firmware", parameters(("id" = "$response.body#/id")))), ("DeleteFirmware" = (operation_id = "delete_firmware", parameters(("id" = "$response.body#/id")))))),
+        (status = 400, description = "Not a well-formed multipart/form-data body", body = ErrorEnvelope),
+        (status = 401, body = ErrorEnvelope),
+        (status = 403, body = ErrorEnvelope),
+        (status = 409, description = "This version exists already for the device type", body = ErrorEnvelope),
+        (status = 413, description = "The image is larger than the service accepts", body = ErrorEnvelope),
+        (status = 422, description = "A field is missing or invalid, fields follow the file, the file is empty, \
+            or the digest (`digest_mismatch`) or signature (`bad_signature`) does not match", body = ErrorEnvelope),
+        (status = 503, body = ErrorEnvelope),
+    ))]
 pub async fn upload(
     State(state): State<AppState>,
     caller: Caller,
@@ -339,13 +398,27 @@ pub async fn upload(
     Ok((StatusCode::CREATED, Json(record.into())))
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
 pub struct ListQuery {
+    /// Only images for this device type.
     device_type: Option<String>,
+    #[param(minimum = 1, maximum = 500, default = 50)]
     limit: Option<i64>,
+    #[param(minimum = 0, default = 0)]
     offset: Option<i64>,
 }
 
+/// Images, newest first. Requires `firmware:read`.
+#[utoipa::path(get, path = "/api/v1/firmware", operation_id = "list_firmware", tag = "firmware", security(("bearer" = [])), params(ListQuery),
+    responses(
+        (status = 200, body = Paged<FirmwareDto>),
+        (status = 400, description = "A query parameter is not of its type", body = ErrorEnvelope),
+        (status = 401, body = ErrorEnvelope),
+        (status = 403, body = ErrorEnvelope),
+        (status = 422, description = "limit or offset out of range", body = ErrorEnvelope),
+        (status = 503, body = ErrorEnvelope),
+    ))]
 pub async fn list(
     State(state): State<AppState>,
     caller: Caller,
@@ -366,6 +439,16 @@ pub async fn list(
     }))
 }
 
+/// One image. Requires `firmware:read`.
+#[utoipa::path(get, path = "/api/v1/firmware/{id}", operation_id = "get_firmware", tag = "firmware", security(("bearer" = [])),
+    params(("id" = String, Path, description = "The firmware id")),
+    responses(
+        (status = 200, body = FirmwareDto),
+        (status = 401, body = ErrorEnvelope),
+        (status = 403, body = ErrorEnvelope),
+        (status = 404, body = ErrorEnvelope),
+        (status = 503, body = ErrorEnvelope),
+    ))]
 pub async fn get(
     State(state): State<AppState>,
     caller: Caller,
@@ -379,7 +462,17 @@ pub async fn get(
 }
 
 /// Deletes an image and its file; refused with 409 while a rollout or
-/// upgrade task still uses it.
+/// upgrade task still uses it. Requires `firmware:write`.
+#[utoipa::path(delete, path = "/api/v1/firmware/{id}", operation_id = "delete_firmware", tag = "firmware", security(("bearer" = [])),
+    params(("id" = String, Path, description = "The firmware id")),
+    responses(
+        (status = 204, description = "Deleted, with its file"),
+        (status = 401, body = ErrorEnvelope),
+        (status = 403, body = ErrorEnvelope),
+        (status = 404, body = ErrorEnvelope),
+        (status = 409, description = "A rollout or upgrade task still uses it", body = ErrorEnvelope),
+        (status = 503, body = ErrorEnvelope),
+    ))]
 pub async fn delete(
     State(state): State<AppState>,
     caller: Caller,

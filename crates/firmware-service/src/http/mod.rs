@@ -13,8 +13,13 @@ use axum::extract::{DefaultBodyLimit, FromRequestParts};
 use axum::http::header::AUTHORIZATION;
 use axum::http::request::Parts;
 use axum::routing::{get, post};
+use utoipa::OpenApi;
+use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
+use utoipa::openapi::{ObjectBuilder, RefOr, Schema, Type};
 use wf_common::http::{ReadinessCheck, finish, ops_routes};
+use wf_common::openapi::BearerAuth;
 
+use crate::domain::{ExecutionState, RolloutState};
 use crate::error::{Error, Result};
 use crate::state::{AppState, Caller};
 
@@ -78,6 +83,10 @@ pub fn router(state: AppState) -> Router {
         )
         .route("/api/v1/upgrade-tasks/{id}", get(tasks::get))
         .route("/api/v1/upgrade-tasks/{id}/cancel", post(tasks::cancel))
+        .route(
+            "/api/openapi.json",
+            get(|| async { axum::Json(document()) }),
+        )
         .with_state(state.clone());
     finish(
         api.merge(ops_routes(vec![
@@ -88,6 +97,130 @@ pub fn router(state: AppState) -> Router {
         "firmware-service",
         state.config.max_body_bytes,
     )
+}
+
+/// firmware-service's OpenAPI document, served at `/api/openapi.json`.
+#[derive(utoipa::OpenApi)]
+#[openapi(
+    info(title = "wf-iot firmware-service"),
+    paths(
+        firmware::upload, firmware::list, firmware::get, firmware::delete,
+        download::download,
+        rollouts::create, rollouts::list, rollouts::get, rollouts::pause, rollouts::resume,
+        rollouts::cancel, rollouts::executions, rollouts::execution,
+        tasks::create, tasks::list, tasks::get, tasks::cancel,
+    ),
+    modifiers(&BearerAuth, &DeviceBasicAuth),
+    tags(
+        (name = "firmware", description = "Firmware images: upload, list, read, delete and download"),
+        (name = "rollouts", description = "Over-the-air rollouts to many devices"),
+        (name = "upgrade-tasks", description = "Over-the-air upgrades of one device"),
+    ),
+)]
+pub struct ApiDoc;
+
+/// The OpenAPI document as served. utoipa 5 writes the fields of response
+/// links in snake case (`operation_id`); OpenAPI spells them in camel case,
+/// so they are renamed here for clients that follow links.
+pub fn document() -> serde_json::Value {
+    let mut doc = serde_json::to_value(ApiDoc::openapi()).unwrap_or_default();
+    let operations = doc
+        .get_mut("paths")
+        .and_then(serde_json::Value::as_object_mut)
+        .into_iter()
+        .flat_map(|paths| paths.values_mut())
+        .filter_map(serde_json::Value::as_object_mut)
+        .flat_map(|item| item.values_mut());
+    for operation in operations {
+        let responses = operation
+            .get_mut("responses")
+            .and_then(serde_json::Value::as_object_mut);
+        for response in responses.into_iter().flat_map(|r| r.values_mut()) {
+            let links = response
+                .get_mut("links")
+                .and_then(serde_json::Value::as_object_mut);
+            for link in links.into_iter().flat_map(|l| l.values_mut()) {
+                let Some(link) = link.as_object_mut() else {
+                    continue;
+                };
+                for (from, to) in [
+                    ("operation_id", "operationId"),
+                    ("operation_ref", "operationRef"),
+                    ("request_body", "requestBody"),
+                ] {
+                    if let Some(v) = link.remove(from) {
+                        link.insert(to.to_string(), v);
+                    }
+                }
+            }
+        }
+    }
+    doc
+}
+
+/// Adds the `device_basic` security scheme: HTTP Basic `device_id:secret`,
+/// which devices use to download firmware.
+struct DeviceBasicAuth;
+
+impl utoipa::Modify for DeviceBasicAuth {
+    fn modify(&self, openapi: &mut utoipa::openapi::OpenApi) {
+        let components = openapi.components.get_or_insert_with(Default::default);
+        components.add_security_scheme(
+            "device_basic",
+            SecurityScheme::Http(
+                HttpBuilder::new()
+                    .scheme(HttpAuthScheme::Basic)
+                    .description(Some("A device's id and secret, `device_id:secret`"))
+                    .build(),
+            ),
+        );
+    }
+}
+
+/// A string schema whose values are exactly `values`.
+fn string_enum<'a>(description: &str, values: impl IntoIterator<Item = &'a str>) -> RefOr<Schema> {
+    ObjectBuilder::new()
+        .schema_type(Type::String)
+        .description(Some(description))
+        .enum_values(Some(values))
+        .into()
+}
+
+/// The states of a rollout, as the API spells them.
+pub struct RolloutStateSchema;
+
+impl utoipa::PartialSchema for RolloutStateSchema {
+    fn schema() -> RefOr<Schema> {
+        string_enum(
+            "A rollout's state",
+            RolloutState::ALL.iter().map(|s| s.as_str()),
+        )
+    }
+}
+
+impl utoipa::ToSchema for RolloutStateSchema {
+    fn name() -> std::borrow::Cow<'static, str> {
+        "RolloutState".into()
+    }
+}
+
+/// The states of an execution (one device's upgrade), as the API spells
+/// them.
+pub struct ExecutionStateSchema;
+
+impl utoipa::PartialSchema for ExecutionStateSchema {
+    fn schema() -> RefOr<Schema> {
+        string_enum(
+            "An execution's (one device's upgrade) state",
+            ExecutionState::ALL.iter().map(|s| s.as_str()),
+        )
+    }
+}
+
+impl utoipa::ToSchema for ExecutionStateSchema {
+    fn name() -> std::borrow::Cow<'static, str> {
+        "ExecutionState".into()
+    }
 }
 
 /// The bearer token of a request, if it carries one.
@@ -134,7 +267,7 @@ pub fn page(limit: Option<i64>, offset: Option<i64>) -> Result<(i64, i64)> {
     Ok((limit, offset))
 }
 
-#[derive(Debug, serde::Serialize)]
+#[derive(Debug, serde::Serialize, utoipa::ToSchema)]
 pub struct Paged<T> {
     pub items: Vec<T>,
     pub total: i64,

@@ -8,10 +8,12 @@ use axum::Json;
 use axum::extract::State;
 use axum::http::StatusCode;
 use serde::{Deserialize, Serialize};
+use utoipa::openapi::{RefOr, Schema};
+use wf_common::error::ErrorEnvelope;
 use wf_common::extract::{self, Path, Query};
 use wf_common::format_millis;
 
-use super::{Paged, page, time};
+use super::{ExecutionStateSchema, Paged, RolloutStateSchema, page, time};
 use crate::clients::{DeviceQuery, MAX_TARGETS};
 use crate::domain::{ExecutionState, RolloutState, StateCounts, Target, check_device_type, new_id};
 use crate::error::{Error, Result};
@@ -21,13 +23,15 @@ use crate::store::{HistoryRecord, NewRollout, RolloutRecord, TaskRecord};
 pub const KIND_ROLLOUT: &str = "rollout";
 pub const KIND_TASK: &str = "task";
 
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+#[schema(as = Rollout)]
 pub struct RolloutDto {
     id: String,
     name: String,
     firmware_id: String,
     firmware_version: String,
     device_type: String,
+    #[schema(value_type = RolloutStateSchema)]
     state: &'static str,
     /// Why it was aborted or canceled.
     reason: Option<String>,
@@ -38,13 +42,19 @@ pub struct RolloutDto {
     timeout_secs: i64,
     max_retries: i64,
     retry_backoff_secs: i64,
+    #[schema(format = DateTime)]
     start_at: String,
     created_by: String,
+    #[schema(format = DateTime)]
     created_at: String,
+    #[schema(format = DateTime)]
     updated_at: String,
+    #[schema(format = DateTime)]
     started_at: Option<String>,
+    #[schema(format = DateTime)]
     finished_at: Option<String>,
     /// Executions per state (every state present, zeros included).
+    #[schema(value_type = BTreeMap<String, u64>)]
     counts: BTreeMap<&'static str, u64>,
     total: u64,
     /// Devices the target matched that were left out because another
@@ -87,24 +97,33 @@ impl RolloutDto {
     }
 }
 
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+#[schema(as = RolloutExecution)]
 pub struct ExecutionDto {
     /// The `task_id` the device sees.
     id: String,
     rollout_id: String,
     device_id: String,
+    #[schema(value_type = ExecutionStateSchema)]
     state: &'static str,
     attempts: i64,
+    /// Percent, as the device last reported it.
     progress: Option<f64>,
     error: Option<String>,
     reported_version: Option<String>,
     /// When a queued execution is next tried.
+    #[schema(format = DateTime)]
     next_attempt_at: Option<String>,
     /// When a waiting execution times out.
+    #[schema(format = DateTime)]
     deadline_at: Option<String>,
+    #[schema(format = DateTime)]
     created_at: String,
+    #[schema(format = DateTime)]
     updated_at: String,
+    #[schema(format = DateTime)]
     finished_at: Option<String>,
+    /// On reads of one execution only.
     #[serde(skip_serializing_if = "Option::is_none")]
     history: Option<Vec<HistoryDto>>,
 }
@@ -138,8 +157,10 @@ impl ExecutionDto {
     }
 }
 
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+#[schema(as = ExecutionHistoryEntry)]
 pub struct HistoryDto {
+    #[schema(format = DateTime)]
     time: String,
     /// Empty for the line recording the execution's creation.
     from: String,
@@ -171,6 +192,45 @@ pub struct TargetRequest {
     device_type: Option<String>,
 }
 
+/// Exactly one of `device_ids`, `tag` or `device_type`.
+impl utoipa::PartialSchema for TargetRequest {
+    fn schema() -> RefOr<Schema> {
+        let one = |name: &str, description: &str, schema: serde_json::Value| {
+            serde_json::json!({
+                "type": "object",
+                "description": description,
+                "properties": { name: schema },
+                "required": [name],
+                "additionalProperties": false,
+            })
+        };
+        let schema = serde_json::json!({
+            "description": "Which devices to upgrade: exactly one of device_ids, tag or device_type",
+            "oneOf": [
+                one("device_ids", "These devices, each of the firmware's device type", serde_json::json!({
+                    "type": "array",
+                    "items": { "type": "string", "minLength": 1, "pattern": "\\S" },
+                    "minItems": 1,
+                    "maxItems": MAX_TARGETS,
+                })),
+                one("tag", "The devices of the firmware's device type carrying this tag", serde_json::json!({
+                    "type": "string", "minLength": 1, "pattern": "\\S",
+                })),
+                one("device_type", "Every device of this type, which must be the firmware's", serde_json::json!({
+                    "type": "string", "minLength": 1, "maxLength": 64, "pattern": "^[A-Za-z0-9._-]+$",
+                })),
+            ],
+        });
+        serde_json::from_value(schema).expect("the target schema is a valid schema")
+    }
+}
+
+impl utoipa::ToSchema for TargetRequest {
+    fn name() -> std::borrow::Cow<'static, str> {
+        "RolloutTargetRequest".into()
+    }
+}
+
 fn default_threshold() -> f64 {
     100.0
 }
@@ -184,31 +244,42 @@ fn default_backoff() -> u32 {
     30
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
+#[schema(as = CreateRolloutRequest)]
 pub struct CreateRequest {
+    /// 1 to 200 characters, not only spaces.
+    #[schema(min_length = 1, max_length = 200, pattern = "\\S")]
     name: String,
+    /// An uploaded firmware's id (422 when there is none).
     firmware_id: String,
     target: TargetRequest,
     /// Devices notified per minute; 0 (the default) is unlimited.
     #[serde(default)]
+    #[schema(minimum = 0, maximum = 1_000_000, default = 0)]
     rate_per_minute: u32,
     /// Abort once failures pass this share of finished executions.
     #[serde(default = "default_threshold")]
+    #[schema(minimum = 0, maximum = 100, default = 100.0)]
     failure_threshold_percent: f64,
     /// …counted only after this many have finished.
     #[serde(default = "default_min_finished")]
+    #[schema(default = 1)]
     min_finished: u32,
     /// How long a device has from notification to a final report.
     #[serde(default = "default_timeout")]
+    #[schema(minimum = 1, maximum = 604_800, default = 600)]
     timeout_secs: u32,
     /// Further attempts after a failure or timeout.
     #[serde(default)]
+    #[schema(minimum = 0, maximum = 10, default = 0)]
     max_retries: u32,
     /// The wait before the first retry; doubled for each further one.
     #[serde(default = "default_backoff")]
+    #[schema(minimum = 0, maximum = 86_400, default = 30)]
     retry_backoff_secs: u32,
-    /// RFC 3339; absent or past means now.
+    /// RFC 3339; absent, empty or past means now.
+    #[schema(format = DateTime)]
     start_at: Option<String>,
 }
 
@@ -429,6 +500,26 @@ pub async fn create_rollout(
     Ok((rollout, busy))
 }
 
+/// Creates a rollout: resolves the target through device-service and
+/// queues one execution per device. Devices that another rollout is
+/// upgrading are skipped (listed in `skipped_devices`) for tag and
+/// device-type targets, refused (409) for explicit device ids. Requires
+/// `firmware:deploy`.
+#[utoipa::path(post, path = "/api/v1/rollouts", operation_id = "create_rollout", tag = "rollouts", security(("bearer" = [])),
+    request_body = CreateRequest,
+    responses(
+        (status = 201, body = RolloutDto,
+            links(("GetRollout" = (operation_id = "get_rollout", parameters(("id" = "$response.body#/id")))), ("PauseRollout" = (operation_id = "pause_rollout", parameters(("id" = "$response.body#/id")))), ("ResumeRollout" = (operation_id = "resume_rollout", parameters(("id" = "$response.body#/id")))), ("CancelRollout" = (operation_id = "cancel_rollout", parameters(("id" = "$response.body#/id")))), ("ListRolloutExecutions" = (operation_id = "list_rollout_executions", parameters(("id" = "$response.body#/id")))))),
+        (status = 400, description = "Malformed JSON", body = ErrorEnvelope),
+        (status = 401, body = ErrorEnvelope),
+        (status = 403, body = ErrorEnvelope),
+        (status = 409, description = "The devices are being upgraded by another rollout or upgrade task", body = ErrorEnvelope),
+        (status = 413, body = ErrorEnvelope),
+        (status = 415, description = "Not application/json", body = ErrorEnvelope),
+        (status = 422, description = "An invalid field, an unknown firmware or device, a device of another type, \
+            or a target matching no device", body = ErrorEnvelope),
+        (status = 503, body = ErrorEnvelope),
+    ))]
 pub async fn create(
     State(state): State<AppState>,
     caller: Caller,
@@ -494,13 +585,29 @@ pub async fn create(
     Ok((StatusCode::CREATED, Json(dto)))
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
 pub struct ListQuery {
+    /// Only rollouts in this state.
+    #[param(value_type = Option<RolloutStateSchema>)]
     state: Option<String>,
+    #[param(minimum = 1, maximum = 500, default = 50)]
     limit: Option<i64>,
+    #[param(minimum = 0, default = 0)]
     offset: Option<i64>,
 }
 
+/// Rollouts, newest first (upgrade tasks are listed under
+/// `/api/v1/upgrade-tasks`). Requires `firmware:read`.
+#[utoipa::path(get, path = "/api/v1/rollouts", operation_id = "list_rollouts", tag = "rollouts", security(("bearer" = [])), params(ListQuery),
+    responses(
+        (status = 200, body = Paged<RolloutDto>),
+        (status = 400, description = "A query parameter is not of its type", body = ErrorEnvelope),
+        (status = 401, body = ErrorEnvelope),
+        (status = 403, body = ErrorEnvelope),
+        (status = 422, description = "An unknown state, or limit or offset out of range", body = ErrorEnvelope),
+        (status = 503, body = ErrorEnvelope),
+    ))]
 pub async fn list(
     State(state): State<AppState>,
     caller: Caller,
@@ -548,6 +655,17 @@ async fn dto(state: &AppState, rollout: RolloutRecord) -> Result<Json<RolloutDto
     Ok(Json(RolloutDto::new(rollout, &counts)))
 }
 
+/// One rollout with its executions counted per state. Requires
+/// `firmware:read`.
+#[utoipa::path(get, path = "/api/v1/rollouts/{id}", operation_id = "get_rollout", tag = "rollouts", security(("bearer" = [])),
+    params(("id" = String, Path, description = "The rollout id")),
+    responses(
+        (status = 200, body = RolloutDto),
+        (status = 401, body = ErrorEnvelope),
+        (status = 403, body = ErrorEnvelope),
+        (status = 404, body = ErrorEnvelope),
+        (status = 503, body = ErrorEnvelope),
+    ))]
 pub async fn get(
     State(state): State<AppState>,
     caller: Caller,
@@ -582,7 +700,17 @@ async fn control(
 }
 
 /// Stops notifying further devices; devices already notified carry on and
-/// their reports are still recorded.
+/// their reports are still recorded. Requires `firmware:deploy`.
+#[utoipa::path(post, path = "/api/v1/rollouts/{id}/pause", operation_id = "pause_rollout", tag = "rollouts", security(("bearer" = [])),
+    params(("id" = String, Path, description = "The rollout id")),
+    responses(
+        (status = 200, description = "Paused", body = RolloutDto),
+        (status = 401, body = ErrorEnvelope),
+        (status = 403, body = ErrorEnvelope),
+        (status = 404, body = ErrorEnvelope),
+        (status = 409, description = "Only a scheduled or running rollout can be paused", body = ErrorEnvelope),
+        (status = 503, body = ErrorEnvelope),
+    ))]
 pub async fn pause(
     State(state): State<AppState>,
     caller: Caller,
@@ -594,6 +722,18 @@ pub async fn pause(
     dto(&state, rollout).await
 }
 
+/// Resumes a paused rollout (scheduled again when its start is still
+/// ahead). Requires `firmware:deploy`.
+#[utoipa::path(post, path = "/api/v1/rollouts/{id}/resume", operation_id = "resume_rollout", tag = "rollouts", security(("bearer" = [])),
+    params(("id" = String, Path, description = "The rollout id")),
+    responses(
+        (status = 200, description = "Resumed", body = RolloutDto),
+        (status = 401, body = ErrorEnvelope),
+        (status = 403, body = ErrorEnvelope),
+        (status = 404, body = ErrorEnvelope),
+        (status = 409, description = "Only a paused rollout can be resumed", body = ErrorEnvelope),
+        (status = 503, body = ErrorEnvelope),
+    ))]
 pub async fn resume(
     State(state): State<AppState>,
     caller: Caller,
@@ -610,6 +750,17 @@ pub async fn resume(
 
 /// Cancels the rollout and its queued executions. Devices already working
 /// on the update are not interrupted; their outcome is still recorded.
+/// Requires `firmware:deploy`.
+#[utoipa::path(post, path = "/api/v1/rollouts/{id}/cancel", operation_id = "cancel_rollout", tag = "rollouts", security(("bearer" = [])),
+    params(("id" = String, Path, description = "The rollout id")),
+    responses(
+        (status = 200, description = "Canceled", body = RolloutDto),
+        (status = 401, body = ErrorEnvelope),
+        (status = 403, body = ErrorEnvelope),
+        (status = 404, body = ErrorEnvelope),
+        (status = 409, description = "The rollout is finished already", body = ErrorEnvelope),
+        (status = 503, body = ErrorEnvelope),
+    ))]
 pub async fn cancel(
     State(state): State<AppState>,
     caller: Caller,
@@ -631,13 +782,32 @@ pub async fn cancel(
     dto(&state, rollout).await
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
 pub struct ExecutionsQuery {
+    /// Only executions in this state.
+    #[param(value_type = Option<ExecutionStateSchema>)]
     state: Option<String>,
+    #[param(minimum = 1, maximum = 500, default = 50)]
     limit: Option<i64>,
+    #[param(minimum = 0, default = 0)]
     offset: Option<i64>,
 }
 
+/// A rollout's executions, one per device. Requires `firmware:read`.
+#[utoipa::path(get, path = "/api/v1/rollouts/{id}/executions", operation_id = "list_rollout_executions", tag = "rollouts", security(("bearer" = [])),
+    params(("id" = String, Path, description = "The rollout id"), ExecutionsQuery),
+    responses(
+        (status = 200, body = Paged<ExecutionDto>,
+            links(("GetRolloutExecution" = (operation_id = "get_rollout_execution",
+                parameters(("id" = "$request.path.id"), ("execution_id" = "$response.body#/items/0/id")))))),
+        (status = 400, description = "A query parameter is not of its type", body = ErrorEnvelope),
+        (status = 401, body = ErrorEnvelope),
+        (status = 403, body = ErrorEnvelope),
+        (status = 404, body = ErrorEnvelope),
+        (status = 422, description = "An unknown state, or limit or offset out of range", body = ErrorEnvelope),
+        (status = 503, body = ErrorEnvelope),
+    ))]
 pub async fn executions(
     State(state): State<AppState>,
     caller: Caller,
@@ -663,7 +833,19 @@ pub async fn executions(
     }))
 }
 
-/// One execution with its history.
+/// One execution with its history. Requires `firmware:read`.
+#[utoipa::path(get, path = "/api/v1/rollouts/{id}/executions/{execution_id}", operation_id = "get_rollout_execution", tag = "rollouts", security(("bearer" = [])),
+    params(
+        ("id" = String, Path, description = "The rollout id"),
+        ("execution_id" = String, Path, description = "The execution id (the device's `task_id`)"),
+    ),
+    responses(
+        (status = 200, body = ExecutionDto),
+        (status = 401, body = ErrorEnvelope),
+        (status = 403, body = ErrorEnvelope),
+        (status = 404, body = ErrorEnvelope),
+        (status = 503, body = ErrorEnvelope),
+    ))]
 pub async fn execution(
     State(state): State<AppState>,
     caller: Caller,

@@ -5,18 +5,20 @@ use axum::Json;
 use axum::extract::State;
 use axum::http::StatusCode;
 use serde::{Deserialize, Serialize};
+use wf_common::error::ErrorEnvelope;
 use wf_common::extract::{self, Path, Query};
 use wf_common::format_millis;
 
 use super::rollouts::{KIND_TASK, Spec, create_rollout};
-use super::{Paged, page, time};
+use super::{ExecutionStateSchema, Paged, RolloutStateSchema, page, time};
 use crate::domain::{ExecutionEvent, ExecutionState, RolloutState, Target};
 use crate::engine::apply_event;
 use crate::error::{Error, Result};
 use crate::state::{AppState, Caller, Permission};
 use crate::store::{HistoryRecord, RolloutRecord, TaskRecord};
 
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+#[schema(as = UpgradeTask)]
 pub struct TaskDto {
     /// The `task_id` in the device's OTA notification.
     id: String,
@@ -24,20 +26,28 @@ pub struct TaskDto {
     device_id: String,
     firmware_id: String,
     firmware_version: String,
+    #[schema(value_type = ExecutionStateSchema)]
     state: &'static str,
     /// The one-device rollout's state (running, completed, canceled, …).
+    #[schema(value_type = RolloutStateSchema)]
     rollout_state: &'static str,
     attempts: i64,
+    /// Percent, as the device last reported it.
     progress: Option<f64>,
     error: Option<String>,
     reported_version: Option<String>,
     timeout_secs: i64,
     max_retries: i64,
     retry_backoff_secs: i64,
+    #[schema(format = DateTime)]
     deadline_at: Option<String>,
+    #[schema(format = DateTime)]
     created_at: String,
+    #[schema(format = DateTime)]
     updated_at: String,
+    #[schema(format = DateTime)]
     finished_at: Option<String>,
+    /// On reads of one task and on cancel only.
     #[serde(skip_serializing_if = "Option::is_none")]
     history: Option<Vec<super::rollouts::HistoryDto>>,
 }
@@ -73,17 +83,29 @@ fn default_backoff() -> u32 {
     30
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
+#[schema(as = CreateUpgradeTaskRequest)]
 pub struct CreateRequest {
+    /// An uploaded firmware's id (422 when there is none).
     firmware_id: String,
+    /// The device to upgrade, of the firmware's device type.
+    #[schema(min_length = 1, pattern = "\\S")]
     device_id: String,
+    /// How long the device has from notification to a final report.
     #[serde(default = "default_timeout")]
+    #[schema(minimum = 1, maximum = 604_800, default = 600)]
     timeout_secs: u32,
+    /// Further attempts after a failure or timeout.
     #[serde(default)]
+    #[schema(minimum = 0, maximum = 10, default = 0)]
     max_retries: u32,
+    /// The wait before the first retry; doubled for each further one.
     #[serde(default = "default_backoff")]
+    #[schema(minimum = 0, maximum = 86_400, default = 30)]
     retry_backoff_secs: u32,
+    /// RFC 3339; absent, empty or past means now.
+    #[schema(format = DateTime)]
     start_at: Option<String>,
 }
 
@@ -99,6 +121,22 @@ async fn load(state: &AppState, id: &str) -> Result<(TaskRecord, RolloutRecord)>
     Ok((task, rollout))
 }
 
+/// Creates an upgrade task: a one-device rollout. Requires
+/// `firmware:deploy`.
+#[utoipa::path(post, path = "/api/v1/upgrade-tasks", operation_id = "create_upgrade_task", tag = "upgrade-tasks", security(("bearer" = [])),
+    request_body = CreateRequest,
+    responses(
+        (status = 201, body = TaskDto,
+            links(("GetUpgradeTask" = (operation_id = "get_upgrade_task", parameters(("id" = "$response.body#/id")))), ("CancelUpgradeTask" = (operation_id = "cancel_upgrade_task", parameters(("id" = "$response.body#/id")))))),
+        (status = 400, description = "Malformed JSON", body = ErrorEnvelope),
+        (status = 401, body = ErrorEnvelope),
+        (status = 403, body = ErrorEnvelope),
+        (status = 409, description = "Another rollout or upgrade task is upgrading the device", body = ErrorEnvelope),
+        (status = 413, body = ErrorEnvelope),
+        (status = 415, description = "Not application/json", body = ErrorEnvelope),
+        (status = 422, description = "An invalid field, an unknown firmware or device, or a device of another type", body = ErrorEnvelope),
+        (status = 503, body = ErrorEnvelope),
+    ))]
 pub async fn create(
     State(state): State<AppState>,
     caller: Caller,
@@ -137,13 +175,27 @@ pub async fn create(
     Ok((StatusCode::CREATED, Json(to_dto(task, &rollout, None))))
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
 pub struct ListQuery {
+    /// Only this device's tasks.
     device_id: Option<String>,
+    #[param(minimum = 1, maximum = 500, default = 50)]
     limit: Option<i64>,
+    #[param(minimum = 0, default = 0)]
     offset: Option<i64>,
 }
 
+/// Upgrade tasks, newest first. Requires `firmware:read`.
+#[utoipa::path(get, path = "/api/v1/upgrade-tasks", operation_id = "list_upgrade_tasks", tag = "upgrade-tasks", security(("bearer" = [])), params(ListQuery),
+    responses(
+        (status = 200, body = Paged<TaskDto>),
+        (status = 400, description = "A query parameter is not of its type", body = ErrorEnvelope),
+        (status = 401, body = ErrorEnvelope),
+        (status = 403, body = ErrorEnvelope),
+        (status = 422, description = "limit or offset out of range", body = ErrorEnvelope),
+        (status = 503, body = ErrorEnvelope),
+    ))]
 pub async fn list(
     State(state): State<AppState>,
     caller: Caller,
@@ -164,6 +216,16 @@ pub async fn list(
     }))
 }
 
+/// One upgrade task with its history. Requires `firmware:read`.
+#[utoipa::path(get, path = "/api/v1/upgrade-tasks/{id}", operation_id = "get_upgrade_task", tag = "upgrade-tasks", security(("bearer" = [])),
+    params(("id" = String, Path, description = "The upgrade task id (the device's `task_id`)")),
+    responses(
+        (status = 200, body = TaskDto),
+        (status = 401, body = ErrorEnvelope),
+        (status = 403, body = ErrorEnvelope),
+        (status = 404, body = ErrorEnvelope),
+        (status = 503, body = ErrorEnvelope),
+    ))]
 pub async fn get(
     State(state): State<AppState>,
     caller: Caller,
@@ -176,7 +238,17 @@ pub async fn get(
 }
 
 /// Cancels the task, even while the device works on it (its later
-/// reports are ignored).
+/// reports are ignored). Requires `firmware:deploy`.
+#[utoipa::path(post, path = "/api/v1/upgrade-tasks/{id}/cancel", operation_id = "cancel_upgrade_task", tag = "upgrade-tasks", security(("bearer" = [])),
+    params(("id" = String, Path, description = "The upgrade task id (the device's `task_id`)")),
+    responses(
+        (status = 200, body = TaskDto),
+        (status = 401, body = ErrorEnvelope),
+        (status = 403, body = ErrorEnvelope),
+        (status = 404, body = ErrorEnvelope),
+        (status = 409, description = "The task is finished already", body = ErrorEnvelope),
+        (status = 503, body = ErrorEnvelope),
+    ))]
 pub async fn cancel(
     State(state): State<AppState>,
     caller: Caller,

@@ -4,6 +4,7 @@
 mod helpers;
 
 mod firmware;
+mod openapi;
 mod permissions;
 mod rollouts;
 mod schema;
