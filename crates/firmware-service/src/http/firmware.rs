@@ -93,8 +93,8 @@ async fn text_field(field: &mut Field<'_>, name: &str, max: u64) -> Result<Strin
     String::from_utf8(buf).map_err(|_| Error::Validation(format!("{name} must be UTF-8 text")))
 }
 
-/// The form's fields, which must all come before the file.
-#[derive(Default)]
+/// The form's text fields, in any order around the file.
+#[derive(Default, Clone)]
 struct Form {
     name: Option<String>,
     device_type: Option<String>,
@@ -212,7 +212,7 @@ async fn receive_file(field: &mut Field<'_>, dir: &std::path::Path, max: u64) ->
 }
 
 /// The upload form, for the OpenAPI document: `multipart/form-data` with
-/// these parts in this order, the file last.
+/// these parts, the file best last.
 #[derive(utoipa::ToSchema)]
 #[schema(as = FirmwareUploadForm)]
 #[allow(dead_code)]
@@ -243,19 +243,35 @@ pub struct UploadForm {
     /// when the service accepts signed firmware only.
     #[schema(nullable = false, pattern = "^[A-Za-z0-9+/]{86}==$")]
     signature: Option<String>,
-    /// The image, not empty; the last part.
+    /// The image, not empty; best sent last, after the fields.
     #[schema(value_type = String, format = Binary)]
     file: Vec<u8>,
 }
 
+/// 409 when the device type has this version already.
+async fn refuse_existing(state: &AppState, checked: &Checked) -> Result<()> {
+    match state
+        .store
+        .find_firmware(&checked.device_type, &checked.version.to_string())
+        .await?
+    {
+        Some(existing) => Err(Error::Conflict(format!(
+            "firmware {} for device type {:?} exists already ({})",
+            checked.version, checked.device_type, existing.id
+        ))),
+        None => Ok(()),
+    }
+}
+
 /// `POST /api/v1/firmware`, `multipart/form-data` with the fields `name`,
 /// `device_type`, `version`, optional `release_notes`, `sha256` (hex) and
-/// `signature` (base64 Ed25519 over the SHA-256 digest), then the `file`
-/// part last. The client's file name is ignored: images are stored under
+/// `signature` (base64 Ed25519 over the SHA-256 digest), and the `file`
+/// part, best last: then a bad form is refused before the image is sent. The client's file name is ignored: images are stored under
 /// a generated id.
 #[utoipa::path(post, path = "/api/v1/firmware", operation_id = "upload_firmware", tag = "firmware", security(("bearer" = [])),
     request_body(content = UploadForm, content_type = "multipart/form-data",
-        description = "The fields, then the `file` part last. Requires `firmware:write`."),
+        description = "The fields and the `file` part, best last (a bad form is then refused before \
+            the image is received). Requires `firmware:write`."),
     responses(
         (status = 201, description = "Stored", body = FirmwareDto,
             links(("GetFirmware" = (operation_id = "get_firmware", parameters(("id" = "$response.body#/id")))), ("DownloadFirmware" = (operation_id = "download_firmware", parameters(("id" = "$response.body#/id")))), ("DeleteFirmware" = (operation_id = "delete_firmware", parameters(("id" = "$response.body#/id")))))),
@@ -264,7 +280,7 @@ pub struct UploadForm {
         (status = 403, body = ErrorEnvelope),
         (status = 409, description = "This version exists already for the device type", body = ErrorEnvelope),
         (status = 413, description = "The image is larger than the service accepts", body = ErrorEnvelope),
-        (status = 422, description = "A field is missing or invalid, fields follow the file, the file is empty, \
+        (status = 422, description = "A field is missing or invalid, the file is missing, sent twice or empty, \
             or the digest (`digest_mismatch`) or signature (`bad_signature`) does not match", body = ErrorEnvelope),
         (status = 503, body = ErrorEnvelope),
     ))]
@@ -290,18 +306,13 @@ pub async fn upload(
         return Err(too_large(max));
     }
     let mut form = Form::default();
-    let mut upload: Option<(Checked, Received)> = None;
+    let mut received: Option<Received> = None;
     while let Some(mut field) = multipart
         .next_field()
         .await
         .map_err(|e| multipart_error(e, max))?
     {
         let name = field.name().unwrap_or_default().to_string();
-        if upload.is_some() {
-            return Err(Error::Validation(format!(
-                "the file must be the last part (found {name:?} after it)"
-            )));
-        }
         let slot = match name.as_str() {
             "name" => &mut form.name,
             "device_type" => &mut form.device_type,
@@ -310,19 +321,17 @@ pub async fn upload(
             "sha256" => &mut form.sha256,
             "signature" => &mut form.signature,
             "file" => {
-                let checked = check_form(std::mem::take(&mut form))?;
-                if let Some(existing) = state
-                    .store
-                    .find_firmware(&checked.device_type, &checked.version.to_string())
-                    .await?
-                {
-                    return Err(Error::Conflict(format!(
-                        "firmware {} for device type {:?} exists already ({})",
-                        checked.version, checked.device_type, existing.id
-                    )));
+                if received.is_some() {
+                    return Err(Error::Validation("only one file part is accepted".into()));
                 }
-                let received = receive_file(&mut field, &state.config.upload_dir, max).await?;
-                upload = Some((checked, received));
+                // With the fields first (the recommended order), a bad form
+                // or an existing version is refused before the image is
+                // received; fields that follow the file are checked below.
+                if form.name.is_some() && form.device_type.is_some() && form.version.is_some() {
+                    let early = check_form(form.clone())?;
+                    refuse_existing(&state, &early).await?;
+                }
+                received = Some(receive_file(&mut field, &state.config.upload_dir, max).await?);
                 continue;
             }
             other => {
@@ -334,9 +343,11 @@ pub async fn upload(
         };
         *slot = Some(text_field(&mut field, &name, max).await?);
     }
-    let Some((checked, received)) = upload else {
+    let Some(received) = received else {
         return Err(Error::Validation("the file part is missing".into()));
     };
+    let checked = check_form(form)?;
+    refuse_existing(&state, &checked).await?;
     if received.size == 0 {
         return Err(Error::Validation("the file is empty".into()));
     }

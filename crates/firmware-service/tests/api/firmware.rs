@@ -559,7 +559,7 @@ async fn malformed_forms_are_refused_clearly() {
         "validation_failed",
     )
     .await;
-    // Fields after the file.
+    // Two file parts.
     let form = reqwest::multipart::Form::new()
         .text("name", "x")
         .text("device_type", "boiler")
@@ -568,7 +568,29 @@ async fn malformed_forms_are_refused_clearly() {
             "file",
             reqwest::multipart::Part::bytes(image(10, 1)).file_name("f.bin"),
         )
-        .text("release_notes", "late");
+        .part(
+            "file",
+            reqwest::multipart::Part::bytes(image(10, 2)).file_name("g.bin"),
+        );
+    let resp = app
+        .client
+        .post(format!("{}/api/v1/firmware", app.base))
+        .bearer_auth(&token)
+        .multipart(form)
+        .send()
+        .await
+        .unwrap();
+    assert_error(resp, StatusCode::UNPROCESSABLE_ENTITY, "validation_failed").await;
+    // A bad field after the file is refused as well, and nothing is kept.
+    let form = reqwest::multipart::Form::new()
+        .part(
+            "file",
+            reqwest::multipart::Part::bytes(image(10, 1)).file_name("f.bin"),
+        )
+        .text("name", "x")
+        .text("device_type", "boiler")
+        .text("version", "1.0.0")
+        .text("sha256", "not-hex");
     let resp = app
         .client
         .post(format!("{}/api/v1/firmware", app.base))
@@ -609,6 +631,63 @@ async fn malformed_forms_are_refused_clearly() {
         "conflict",
     )
     .await;
+}
+
+/// The file part may come anywhere in the form: first, or between fields,
+/// with the digest checked whichever comes first.
+#[tokio::test]
+async fn parts_are_accepted_in_any_order() {
+    let app = TestApp::spawn_with(|_| {}, 0).await;
+    let data = image(50_000, 3);
+    let digest = hex(&Sha256::digest(&data));
+    let send = |form: reqwest::multipart::Form| {
+        app.client
+            .post(format!("{}/api/v1/firmware", app.base))
+            .bearer_auth(&app.admin_token)
+            .multipart(form)
+            .send()
+    };
+    let file = |data: &[u8]| reqwest::multipart::Part::bytes(data.to_vec()).file_name("f.bin");
+    let resp = send(
+        reqwest::multipart::Form::new()
+            .part("file", file(&data))
+            .text("name", "first")
+            .text("device_type", "boiler")
+            .text("version", "2.0.0")
+            .text("sha256", digest.clone()),
+    )
+    .await
+    .unwrap();
+    assert_eq!(resp.status(), StatusCode::CREATED);
+    let body: Value = resp.json().await.unwrap();
+    assert_eq!(body["sha256"], digest.as_str());
+    assert_eq!(body["size"], 50_000);
+
+    // A digest sent after the file still has to match.
+    let resp = send(
+        reqwest::multipart::Form::new()
+            .text("name", "middle")
+            .text("device_type", "boiler")
+            .part("file", file(&data))
+            .text("version", "2.0.1")
+            .text("sha256", "0".repeat(64)),
+    )
+    .await
+    .unwrap();
+    assert_error(resp, StatusCode::UNPROCESSABLE_ENTITY, "digest_mismatch").await;
+    // And an existing version is refused after the file too.
+    let resp = send(
+        reqwest::multipart::Form::new()
+            .part("file", file(&data))
+            .text("name", "again")
+            .text("device_type", "boiler")
+            .text("version", "2.0.0"),
+    )
+    .await
+    .unwrap();
+    assert_error(resp, StatusCode::CONFLICT, "conflict").await;
+    assert_eq!(app.stored_files().len(), 1);
+    assert_eq!(app.upload_leftovers(), 0);
 }
 
 #[tokio::test]
