@@ -93,10 +93,11 @@ test('the device list shows the simulated devices online and finds one by name',
   const row = page.locator(`tr[data-device="${SIM_DEVICE}"]`);
   await row.waitFor();
   assert.match(await row.locator('.status-cell').textContent(), /online/);
-  await page.getByLabel('Search').fill('00002');
+  await page.getByLabel('Search').fill('Simulated 2');
   await page.getByRole('button', { name: 'Apply' }).click();
   await page.waitForFunction(() => document.querySelectorAll('#device-rows tr[data-device]').length === 1);
-  assert.ok(page.url().includes('name=00002'));
+  assert.ok(page.url().includes('name=Simulated+2'), page.url());
+  assert.equal(await page.locator('#device-rows tr[data-device]').getAttribute('data-device'), 'sim-00002');
   await page.getByLabel('Search').fill('');
   await page.getByRole('button', { name: 'Apply' }).click();
   await page.waitForFunction(() => document.querySelectorAll('#device-rows tr[data-device]').length >= 3);
@@ -260,17 +261,28 @@ test('a viewer sees no write controls and the server refuses them anyway', async
   for (const name of ['Users', 'Roles', 'Audit log']) {
     assert.equal(await page.getByRole('link', { name, exact: true }).isVisible(), false, name);
   }
+  // Devices belong to whoever registered them: a viewer sees only their own
+  // (none here), and nothing to create them with.
   await go('/devices');
-  await page.waitForSelector(`tr[data-device="${SIM_DEVICE}"]`);
+  await page.waitForSelector('#device-rows td.empty');
   assert.equal(await page.getByRole('button', { name: 'New device' }).isVisible(), false);
-  await shot('14-viewer-devices');
   await go(`/devices/${SIM_DEVICE}`);
   for (const name of ['Edit', 'Rotate secret', 'Delete', 'Send command']) {
     assert.equal(await page.getByRole('button', { name, exact: true }).isVisible(), false, name);
   }
+  assert.match(await page.locator('main .form-error').textContent(), /^Not found: /);
   await go('/firmware');
+  await page.waitForSelector('#firmware-rows tr[data-firmware]');
   assert.equal(await page.getByRole('button', { name: 'Upload firmware' }).isVisible(), false);
   assert.equal(await page.locator('#firmware-rows button').count(), 0, 'no delete buttons');
+  await shot('14-viewer-firmware');
+  await go('/rollouts');
+  assert.equal(await page.getByRole('button', { name: 'New rollout' }).isVisible(), false);
+  await page.locator('#rollout-rows a').first().click();
+  await page.waitForSelector('#rollout-state[data-state]');
+  for (const name of ['Pause', 'Resume', 'Cancel rollout']) {
+    assert.equal(await page.getByRole('button', { name, exact: true }).isVisible(), false, name);
+  }
   // Forcing a write through the API with the viewer's own token.
   const forced = await page.evaluate(async () => {
     const resp = await fetch('/api/v1/devices', {
