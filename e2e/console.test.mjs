@@ -211,6 +211,12 @@ test('a rollout by tag runs to completion and is watched live', async () => {
   await shot('07-rollout');
   await go('/rollouts');
   await shot('08-rollouts');
+  // The dashboard now lists the rollout and the command.
+  await go('/');
+  await page.waitForSelector('#recent-rollouts a');
+  await page.waitForSelector('#recent-commands a');
+  await page.waitForFunction(() => parseFloat(document.querySelector('#stat-rate').textContent) > 0, null, { timeout: 20000 });
+  await shot('08-dashboard-activity');
 });
 
 test('an administrator creates a viewer account', async () => {

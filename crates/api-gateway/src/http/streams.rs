@@ -428,10 +428,10 @@ async fn next_event(mut s: Session) -> Option<(Result<Event, Infallible>, Sessio
             received = s.rx.recv() => match received {
                 Ok(event) => {
                     if s.rate_every.is_some() && event.kind == EventKind::Telemetry {
-                        if let Scope::Fleet(view) = &s.scope {
-                            if view.all || view.visible.contains(&event.device_id) {
-                                s.rate_count += 1;
-                            }
+                        if let Scope::Fleet(view) = &s.scope
+                            && (view.all || view.visible.contains(&event.device_id))
+                        {
+                            s.rate_count += 1;
                         }
                         continue;
                     }

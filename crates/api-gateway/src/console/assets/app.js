@@ -421,6 +421,16 @@
 
   // -------------------------------------------------------------- paging
 
+  // Pager buttons when a list could not be loaded.
+  function pagerOff() {
+    for (const id of ['#prev-page', '#next-page']) {
+      const b = $(id);
+      if (b) b.disabled = true;
+    }
+    const count = $('#page-count') || $('#device-count');
+    if (count) count.textContent = '';
+  }
+
   function pager(state, total, load) {
     const from = total === 0 ? 0 : state.offset + 1;
     const to = Math.min(state.offset + state.limit, total);
@@ -789,6 +799,7 @@
         pager(state, list.total, load);
       } catch (e) {
         emptyRow(tbody, 7, describe(e));
+        pagerOff();
       }
     };
     filterForm(state, load);
@@ -1069,6 +1080,7 @@
         pager(state, list.total, load);
       } catch (e) {
         emptyRow(tbody, 8, describe(e));
+        pagerOff();
       }
     };
     filterForm(state, load);
@@ -1176,6 +1188,7 @@
         if (list.items.some((r) => ACTIVE_ROLLOUT.includes(r.state))) timer = setTimeout(load, 3000);
       } catch (e) {
         emptyRow(tbody, 6, describe(e));
+        pagerOff();
       }
     };
     filterForm(state, load);
@@ -1344,6 +1357,7 @@
         pager(state, list.total, load);
       } catch (e) {
         emptyRow(tbody, 7, describe(e));
+        pagerOff();
       }
     };
     const toggleActive = async (u) => {
@@ -1497,6 +1511,7 @@
         pager(state, list.total, load);
       } catch (e) {
         emptyRow(tbody, 6, describe(e));
+        pagerOff();
       }
     };
     filterForm(state, load);
