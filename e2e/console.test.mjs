@@ -259,6 +259,26 @@ test('the console switches to Simplified Chinese and back', async () => {
   await loaded();
 });
 
+test('the account page says who is signed in', async () => {
+  await go('/account');
+  const details = await page.locator('#account-props').textContent();
+  assert.ok(details.includes('admin') && details.includes('Administrator'), details);
+  assert.ok((await page.locator('#account-permissions').textContent()).includes('device:write'));
+});
+
+test('pages fit a tablet without sideways scrolling', async () => {
+  await page.setViewportSize({ width: 820, height: 1180 });
+  for (const path of ['/', '/devices', `/devices/${SIM_DEVICE}`, '/rollouts', '/admin/users']) {
+    await go(path);
+    const overflow = await page.evaluate(() => document.documentElement.scrollWidth - window.innerWidth);
+    assert.ok(overflow <= 0, `${path} is ${overflow}px too wide`);
+  }
+  await go(`/devices/${SIM_DEVICE}`);
+  await page.waitForFunction(() => Number(document.querySelector('#chart').dataset.points || 0) > 0, null, { timeout: 20000 });
+  await shot('14-tablet-device');
+  await page.setViewportSize({ width: 1366, height: 900 });
+});
+
 test('a viewer sees no write controls and the server refuses them anyway', async () => {
   await page.getByRole('button', { name: 'Sign out' }).click();
   await page.waitForURL(/\/login/);
@@ -281,7 +301,7 @@ test('a viewer sees no write controls and the server refuses them anyway', async
   await page.waitForSelector('#firmware-rows tr[data-firmware]');
   assert.equal(await page.getByRole('button', { name: 'Upload firmware' }).isVisible(), false);
   assert.equal(await page.locator('#firmware-rows button').count(), 0, 'no delete buttons');
-  await shot('14-viewer-firmware');
+  await shot('15-viewer-firmware');
   await go('/rollouts');
   assert.equal(await page.getByRole('button', { name: 'New rollout' }).isVisible(), false);
   await page.locator('#rollout-rows a').first().click();
@@ -304,7 +324,7 @@ test('a viewer sees no write controls and the server refuses them anyway', async
   const cell = page.locator('#user-rows td.empty');
   await cell.waitFor();
   assert.match(await cell.textContent(), /^You do not have permission for this/);
-  await shot('15-viewer-forbidden');
+  await shot('16-viewer-forbidden');
 });
 
 test('an expired session goes back to the sign-in page', async () => {
@@ -317,7 +337,17 @@ test('an expired session goes back to the sign-in page', async () => {
   await loaded();
   assert.match(await page.locator('#login-notice').textContent(), /session has expired/);
   assert.ok(decodeURIComponent(page.url()).includes('next=/devices'));
-  await shot('16-session-expired');
+  await shot('17-session-expired');
+});
+
+test('signing in works from the keyboard alone and returns to the page asked for', async () => {
+  // The username field has the focus; labels, Tab and Enter do the rest.
+  await page.keyboard.type(VIEWER.username);
+  await page.keyboard.press('Tab');
+  await page.keyboard.type(VIEWER.password);
+  await page.keyboard.press('Enter');
+  await page.waitForURL((url) => url.pathname === '/devices', { timeout: 15000 });
+  await loaded();
 });
 
 test('pages raised no script errors', () => {
