@@ -219,6 +219,42 @@ test('a rollout by tag runs to completion and is watched live', async () => {
   await shot('08-dashboard-activity');
 });
 
+test('a rollout can be paused, resumed and canceled', async () => {
+  // A second image, rolled out one device a minute so that most wait.
+  await go('/firmware');
+  await page.getByRole('button', { name: 'Upload firmware' }).first().click();
+  await page.locator('#u-name').fill('sensor-firmware');
+  await page.locator('#u-type').fill('simulated-sensor');
+  await page.getByLabel('Version', { exact: true }).fill('1.2.0');
+  await page.getByLabel('Image file').setInputFiles(FIRMWARE_FILE);
+  await page.locator('#upload-form button[type=submit]').click();
+  await page.waitForFunction(() => document.querySelector('#firmware-rows').textContent.includes('1.2.0'), null, { timeout: 30000 });
+  await go('/rollouts');
+  await page.getByRole('button', { name: 'New rollout' }).click();
+  await page.getByLabel('Name', { exact: true }).fill('Slow 1.2.0');
+  await page.waitForFunction(() => document.querySelectorAll('#r-firmware option').length >= 2);
+  await page.getByLabel('Firmware', { exact: true }).selectOption({ label: 'sensor-firmware 1.2.0 (simulated-sensor)' });
+  await page.getByLabel('Device type', { exact: true }).check();
+  await page.getByLabel('Devices per minute').fill('1');
+  await page.getByRole('button', { name: 'Start rollout' }).click();
+  await page.waitForURL(/\/rollouts\/[^/]+$/);
+  await loaded();
+  await page.waitForSelector('#rollout-state[data-state="running"]', { timeout: 20000 });
+  await page.getByRole('button', { name: 'Pause', exact: true }).click();
+  await page.waitForSelector('#rollout-state[data-state="paused"]');
+  await page.getByRole('button', { name: 'Resume', exact: true }).click();
+  await page.waitForSelector('#rollout-state[data-state="running"]');
+  await page.getByRole('button', { name: 'Cancel rollout' }).click();
+  // The confirmation can be declined...
+  await page.locator('#confirm-dialog').getByRole('button', { name: 'Cancel' }).click();
+  assert.equal(await page.locator('#rollout-state').getAttribute('data-state'), 'running');
+  // ...or accepted.
+  await page.getByRole('button', { name: 'Cancel rollout' }).click();
+  await page.locator('#confirm-dialog').getByRole('button', { name: 'Confirm' }).click();
+  await page.waitForSelector('#rollout-state[data-state="canceled"]');
+  assert.equal(await page.getByRole('button', { name: 'Pause', exact: true }).isVisible(), false);
+});
+
 test('an administrator creates a viewer account', async () => {
   await go('/admin/users');
   await page.getByRole('button', { name: 'New user' }).click();
@@ -231,7 +267,15 @@ test('an administrator creates a viewer account', async () => {
     await box.setChecked((await box.getAttribute('value')) === 'viewer');
   }
   await page.getByRole('button', { name: 'Create user' }).click();
-  await page.waitForSelector(`tr[data-user="${VIEWER.username}"]`);
+  const row = page.locator(`tr[data-user="${VIEWER.username}"]`);
+  await row.waitFor();
+  // A new password, set by the administrator.
+  await row.getByRole('button', { name: 'Reset password' }).click();
+  VIEWER.password = 'viewer-password-2';
+  await page.locator('#r-password').fill(VIEWER.password);
+  await page.locator('#reset-form button[type=submit]').click();
+  await page.locator('#reset-panel').waitFor({ state: 'hidden' });
+  await page.getByText(`Password of ${VIEWER.username} reset.`).waitFor();
   await shot('09-users');
   await go('/admin/roles');
   await page.waitForSelector('tr[data-role="viewer"]');
@@ -239,6 +283,20 @@ test('an administrator creates a viewer account', async () => {
   await go('/admin/audit');
   await page.waitForFunction(() => document.querySelector('#audit-rows').textContent.includes('user.create'));
   await shot('11-audit');
+});
+
+test('a device is deleted only after confirmation', async () => {
+  await go('/devices/console-boiler-01');
+  await page.getByRole('button', { name: 'Delete', exact: true }).click();
+  await page.locator('#confirm-dialog').getByRole('button', { name: 'Cancel' }).click();
+  assert.equal(new URL(page.url()).pathname, '/devices/console-boiler-01');
+  await page.getByRole('button', { name: 'Delete', exact: true }).click();
+  assert.match(await page.locator('#confirm-text').textContent(), /console-boiler-01/);
+  await page.locator('#confirm-dialog').getByRole('button', { name: 'Confirm' }).click();
+  await page.waitForURL(/\/devices\?deleted=console-boiler-01/);
+  await loaded();
+  await page.getByText('Device console-boiler-01 deleted.').waitFor();
+  assert.equal(await page.locator('tr[data-device="console-boiler-01"]').count(), 0);
 });
 
 test('the console switches to Simplified Chinese and back', async () => {
@@ -252,7 +310,7 @@ test('the console switches to Simplified Chinese and back', async () => {
   await page.waitForSelector(`tr[data-device="${SIM_DEVICE}"]`);
   await shot('12-devices-zh');
   await go('/');
-  await page.waitForFunction(() => Number(document.querySelector('#stat-total').textContent) >= 4);
+  await page.waitForFunction(() => Number(document.querySelector('#stat-total').textContent) >= 3);
   await shot('13-dashboard-zh');
   await page.locator('.usermenu [data-lang-switch]').click();
   await page.waitForFunction(() => document.documentElement.lang === 'en');
