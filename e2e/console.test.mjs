@@ -172,6 +172,16 @@ test('tags and metadata are edited in place', async () => {
   assert.ok(details.includes('boiler') && details.includes('B12'), details);
 });
 
+test('a command to a device that never answers times out visibly', async () => {
+  // console-boiler-01 has never connected.
+  await page.getByLabel('Command', { exact: true }).fill('ping');
+  await page.getByLabel(/Timeout/).fill('2');
+  await page.getByRole('button', { name: 'Send command' }).click();
+  await page.waitForSelector('#command-result[data-status]', { timeout: 20000 });
+  assert.equal(await page.locator('#command-result').getAttribute('data-status'), 'timed_out');
+  assert.match(await page.locator('#command-result').textContent(), /Timed out/);
+});
+
 test('firmware is uploaded with a progress bar and listed with its digest', async () => {
   assert.ok(FIRMWARE_FILE, 'WF_FIRMWARE_FILE is not set');
   await go('/firmware');
