@@ -268,62 +268,59 @@ const TEMPLATES: [(&str, &str); 13] = [
 ];
 
 /// The console's routes. Paths under `/api`, `/docs`, `/.well-known` and
-/// the ops endpoints are never the console's.
+/// the ops endpoints are never the console's (see `CONSOLE_ROOTS`).
 pub fn routes() -> Router<AppState> {
-    Router::new()
-        .route(
-            "/",
-            get(|s: State<AppState>, h: HeaderMap| page(s, h, Page::Dashboard)),
-        )
-        .route(
-            "/login",
-            get(|s: State<AppState>, h: HeaderMap| page(s, h, Page::Login)),
-        )
-        .route(
-            "/account",
-            get(|s: State<AppState>, h: HeaderMap| page(s, h, Page::Account)),
-        )
-        .route(
-            "/devices",
-            get(|s: State<AppState>, h: HeaderMap| page(s, h, Page::Devices)),
-        )
-        .route(
-            "/devices/{id}",
-            get(|s, h, id| detail(s, h, id, Page::Device)),
-        )
-        .route(
-            "/firmware",
-            get(|s: State<AppState>, h: HeaderMap| page(s, h, Page::Firmware)),
-        )
-        .route(
-            "/rollouts",
-            get(|s: State<AppState>, h: HeaderMap| page(s, h, Page::Rollouts)),
-        )
-        .route(
-            "/rollouts/{id}",
-            get(|s, h, id| detail(s, h, id, Page::Rollout)),
-        )
-        .route(
-            "/admin/users",
-            get(|s: State<AppState>, h: HeaderMap| page(s, h, Page::Users)),
-        )
-        .route(
-            "/admin/roles",
-            get(|s: State<AppState>, h: HeaderMap| page(s, h, Page::Roles)),
-        )
-        .route(
-            "/admin/audit",
-            get(|s: State<AppState>, h: HeaderMap| page(s, h, Page::Audit)),
-        )
+    let mut router = Router::new();
+    for page in Page::ALL {
+        router = match page.route() {
+            Route::Plain(path) => router.route(
+                path,
+                get(move |s: State<AppState>, h: HeaderMap| serve(s, h, page)),
+            ),
+            Route::WithId(path) => {
+                router.route(path, get(move |s, h, id| serve_detail(s, h, id, page)))
+            }
+            Route::None => router,
+        };
+    }
+    router
         .route("/assets/{name}", get(asset))
         .route("/lang/{code}", get(switch_language))
 }
 
-async fn page(State(state): State<AppState>, headers: HeaderMap, page: Page) -> Response {
+/// Where a page is served.
+enum Route {
+    Plain(&'static str),
+    /// A detail page: the id is the last segment.
+    WithId(&'static str),
+    /// Only shown in place of another (the 404 page).
+    None,
+}
+
+impl Page {
+    fn route(self) -> Route {
+        match self {
+            Self::Dashboard => Route::Plain("/"),
+            Self::Login => Route::Plain("/login"),
+            Self::Account => Route::Plain("/account"),
+            Self::Devices => Route::Plain("/devices"),
+            Self::Device => Route::WithId("/devices/{id}"),
+            Self::Firmware => Route::Plain("/firmware"),
+            Self::Rollouts => Route::Plain("/rollouts"),
+            Self::Rollout => Route::WithId("/rollouts/{id}"),
+            Self::Users => Route::Plain("/admin/users"),
+            Self::Roles => Route::Plain("/admin/roles"),
+            Self::Audit => Route::Plain("/admin/audit"),
+            Self::NotFound => Route::None,
+        }
+    }
+}
+
+async fn serve(State(state): State<AppState>, headers: HeaderMap, page: Page) -> Response {
     state.console.respond(page, &headers, None, StatusCode::OK)
 }
 
-async fn detail(
+async fn serve_detail(
     State(state): State<AppState>,
     headers: HeaderMap,
     Path(id): Path<String>,
