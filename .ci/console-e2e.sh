@@ -88,7 +88,7 @@ if ! command -v node >/dev/null 2>&1 || ! command -v npm >/dev/null 2>&1; then
     echo "installing Node.js and npm"
     apt_install nodejs npm
 fi
-"$CHROMIUM" --version
+"$CHROMIUM" --version 2>/dev/null
 echo "node $(node --version), npm $(npm --version)"
 (cd e2e && npm ci --no-audit --no-fund --loglevel=error)
 

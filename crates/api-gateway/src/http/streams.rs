@@ -88,7 +88,7 @@ pub struct FleetQuery {
 pub async fn fleet(
     State(state): State<AppState>,
     Extension(edge): Extension<Edge>,
-    axum::extract::Query(query): axum::extract::Query<FleetQuery>,
+    wf_common::extract::Query(query): wf_common::extract::Query<FleetQuery>,
 ) -> Response {
     let Some(identity) = edge.identity.clone() else {
         return Error::Unauthenticated("expected a bearer token".into()).into_response();

@@ -254,6 +254,12 @@ async fn a_fleet_stream_can_report_the_telemetry_rate() {
         .get("/api/v1/devices/stream?rate_secs=0", &app.admin_token)
         .await;
     assert_error(bad, StatusCode::BAD_REQUEST, "bad_request").await;
+    let garbled = app
+        .get("/api/v1/devices/stream?rate_secs=often", &app.admin_token)
+        .await;
+    assert!(garbled.status().is_client_error());
+    let body: serde_json::Value = garbled.json().await.unwrap();
+    assert!(body["error"]["message"].is_string(), "{body}");
     let resp = app
         .get("/api/v1/devices/stream?rate_secs=1", &app.admin_token)
         .await;
