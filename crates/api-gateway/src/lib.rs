@@ -10,10 +10,12 @@
 //!   route group, in process or shared through Redis.
 //! - CORS, with preflights answered here.
 //! - Live device updates as Server-Sent Events, fed by the event bus.
+//! - The web console at `/`: server-rendered pages, embedded assets.
 
 #![cfg_attr(test, allow(clippy::unwrap_used))]
 
 pub mod clients;
+pub mod console;
 pub mod domain;
 pub mod error;
 mod http;
@@ -91,6 +93,29 @@ pub struct Config {
     /// Events older than this on the bus (a replica catching up after a
     /// restart) are not pushed to live streams; 0 pushes everything.
     pub stream_max_event_age_secs: u64,
+    /// What the web console tells people about connecting devices.
+    pub console: ConsoleConfig,
+}
+
+/// The web console's settings (`[gateway.console]`).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default)]
+pub struct ConsoleConfig {
+    /// The MQTT host devices connect to, shown with new device credentials;
+    /// empty: the host name the browser reached the console at.
+    pub mqtt_host: String,
+    /// The MQTT port shown with new device credentials (`wf-iot serve`
+    /// sets the port its broker bound).
+    pub mqtt_port: u16,
+}
+
+impl Default for ConsoleConfig {
+    fn default() -> Self {
+        Self {
+            mqtt_host: String::new(),
+            mqtt_port: 1883,
+        }
+    }
 }
 
 impl Default for Config {
@@ -118,6 +143,7 @@ impl Default for Config {
             stream_keep_alive_secs: 15,
             stream_recheck_secs: 60,
             stream_max_event_age_secs: 60,
+            console: ConsoleConfig::default(),
         }
     }
 }

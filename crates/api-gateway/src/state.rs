@@ -30,6 +30,8 @@ pub struct Inner {
     pub instance_id: String,
     /// Ends live streams and the event feed.
     pub stop: Shutdown,
+    /// The web console's templates, catalogs and assets.
+    pub console: Arc<crate::console::Console>,
 }
 
 impl Deref for AppState {
@@ -64,6 +66,7 @@ impl AppState {
             hub,
             bus,
             stop: Shutdown::new(),
+            console: Arc::new(crate::console::Console::new(config.console.clone())?),
             config,
         })))
     }

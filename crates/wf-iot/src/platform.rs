@@ -140,6 +140,8 @@ impl Platform {
         config.gateway.firmware_url = format!("http://127.0.0.1:{firmware_http}");
         config.gateway.jwks_url = String::new();
         config.gateway.issuer = config.auth.issuer.clone();
+        // The console shows new devices the broker's real port.
+        config.gateway.console.mqtt_port = mqtt_port;
         let gateway =
             api_gateway::Application::build(Arc::new(config.gateway.clone()), bus.clone()).await?;
         let gateway_http = gateway.http_port();

@@ -60,6 +60,8 @@ pub enum Target {
     FleetStream,
     /// The gateway's own `/healthz`, `/readyz` and `/metrics`.
     Ops,
+    /// The web console's pages and assets.
+    Console,
     /// Nothing: 404.
     Unknown,
 }
@@ -91,9 +93,10 @@ impl Route {
         }
     }
 
-    /// Whether requests on this route count against rate limits.
+    /// Whether requests on this route count against rate limits. Console
+    /// pages and assets are served from memory and carry no data.
     pub fn is_limited(&self) -> bool {
-        !matches!(self.target, Target::Ops)
+        !matches!(self.target, Target::Ops | Target::Console)
     }
 
     /// The largest request body accepted, given the general and upload limits.
@@ -107,6 +110,25 @@ impl Route {
 }
 
 const API_PREFIX: &str = "/api/v1/";
+
+/// First path segments of the web console (and `/` itself). Everything the
+/// console serves lives under these, so it never shadows `/api`, `/docs`,
+/// `/.well-known` or the ops endpoints.
+pub const CONSOLE_ROOTS: [&str; 8] = [
+    "login", "account", "devices", "firmware", "rollouts", "admin", "assets", "lang",
+];
+
+/// Whether `path` belongs to the web console.
+pub fn is_console_path(path: &str) -> bool {
+    if path == "/" {
+        return true;
+    }
+    let Some(rest) = path.strip_prefix('/') else {
+        return false;
+    };
+    let first = rest.split('/').next().unwrap_or_default();
+    CONSOLE_ROOTS.contains(&first)
+}
 
 /// Classifies a request. Matching is on the raw path, segment by segment:
 /// anything not exactly a public route needs a token (an encoded or
@@ -125,6 +147,9 @@ pub fn classify(method: &Method, path: &str) -> Route {
             return Route::new(Target::Upstream(Upstream::Auth), G::Default, Public);
         }
         _ => {}
+    }
+    if is_console_path(path) {
+        return Route::new(Target::Console, G::Default, Public);
     }
     let Some(rest) = path.strip_prefix(API_PREFIX) else {
         return Route::new(Target::Unknown, G::Default, Public);
@@ -267,7 +292,6 @@ mod tests {
     #[test]
     fn everything_else_is_unknown() {
         for path in [
-            "/",
             "/api/v1/",
             "/api/v1/nothing",
             "/api/v2/devices",
@@ -278,6 +302,42 @@ mod tests {
             assert_eq!(
                 classify(&Method::GET, path).target,
                 Target::Unknown,
+                "{path}"
+            );
+        }
+    }
+
+    #[test]
+    fn the_console_has_its_own_roots_and_never_the_apis() {
+        for path in [
+            "/",
+            "/login",
+            "/devices",
+            "/devices/d1",
+            "/admin/users",
+            "/assets/app.js",
+            "/lang/zh-CN",
+            "/rollouts/r1",
+        ] {
+            let r = classify(&Method::GET, path);
+            assert_eq!(r.target, Target::Console, "{path}");
+            assert_eq!(r.access, Access::Public);
+            assert!(!r.is_limited());
+        }
+        for path in [
+            "/api/v1/devices",
+            "/docs",
+            "/healthz",
+            "/metrics",
+            "/readyz",
+            "/.well-known/jwks.json",
+            "/devicesx",
+            "/elsewhere",
+            "//devices",
+        ] {
+            assert_ne!(
+                classify(&Method::GET, path).target,
+                Target::Console,
                 "{path}"
             );
         }

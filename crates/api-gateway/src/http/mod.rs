@@ -33,6 +33,7 @@ pub fn router(state: AppState) -> anyhow::Result<Router> {
         .route("/api/v1/devices/stream", get(streams::fleet))
         .route("/api/v1/devices/{id}/stream", get(streams::device))
         .route("/api/openapi.json", get(openapi))
+        .merge(crate::console::routes())
         .fallback(proxy::forward)
         .with_state(state.clone())
         .merge(ops_routes(vec![("event_bus", bus_check)]))

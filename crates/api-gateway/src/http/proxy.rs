@@ -46,8 +46,11 @@ pub async fn forward(State(state): State<AppState>, req: Request) -> Response {
     let Some(edge) = req.extensions().get::<Edge>().cloned() else {
         return Error::NotFound.into_response();
     };
-    let Target::Upstream(upstream) = edge.route.target else {
-        return Error::NotFound.into_response();
+    let upstream = match edge.route.target {
+        Target::Upstream(upstream) => upstream,
+        // A console path no page answers.
+        Target::Console => return state.console.not_found(req.headers()),
+        _ => return Error::NotFound.into_response(),
     };
     match proxy(&state, upstream, &edge, req).await {
         Ok(response) => response,

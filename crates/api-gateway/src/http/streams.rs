@@ -20,6 +20,11 @@
 //! client fell behind; `revoked` (access was re-checked and refused) or
 //! `expired` (the token expired) just before the stream ends. A client
 //! reconnects with a fresh token. Comment lines keep idle streams open.
+//!
+//! A fleet stream opened with `?rate_secs=N` (1 to 60) also sends a `rate`
+//! event every N seconds, `{"telemetry_per_sec": x, "window_secs": N}`:
+//! the telemetry messages of the devices the caller sees, per second over
+//! the last window. The console's dashboard shows it.
 
 use std::collections::{HashMap, HashSet};
 use std::convert::Infallible;
@@ -72,12 +77,28 @@ pub async fn device(
         Ok(Err(refusal)) => return refusal,
         Err(e) => return e.into_response(),
     }
-    open(state, edge, identity, scope, rx)
+    open(state, edge, identity, scope, rx, None)
 }
 
-pub async fn fleet(State(state): State<AppState>, Extension(edge): Extension<Edge>) -> Response {
+#[derive(Deserialize)]
+pub struct FleetQuery {
+    rate_secs: Option<u64>,
+}
+
+pub async fn fleet(
+    State(state): State<AppState>,
+    Extension(edge): Extension<Edge>,
+    wf_common::extract::Query(query): wf_common::extract::Query<FleetQuery>,
+) -> Response {
     let Some(identity) = edge.identity.clone() else {
         return Error::Unauthenticated("expected a bearer token".into()).into_response();
+    };
+    let rate_every = match query.rate_secs {
+        None => None,
+        Some(secs @ 1..=60) => Some(Duration::from_secs(secs)),
+        Some(_) => {
+            return Error::BadRequest("rate_secs must be 1 to 60".into()).into_response();
+        }
     };
     let rx = state.hub.subscribe();
     let mut scope = Scope::Fleet(FleetView::default());
@@ -86,7 +107,7 @@ pub async fn fleet(State(state): State<AppState>, Extension(edge): Extension<Edg
         Ok(Err(refusal)) => return refusal,
         Err(e) => return e.into_response(),
     }
-    open(state, edge, identity, scope, rx)
+    open(state, edge, identity, scope, rx, rate_every)
 }
 
 /// What a stream shows.
@@ -292,6 +313,11 @@ struct Session {
     expires_at: Instant,
     /// Set once the closing event went out.
     finished: bool,
+    /// Fleet streams asked for `rate` events: how often, when next, and
+    /// the telemetry messages counted since the last one.
+    rate_every: Option<Duration>,
+    rate_at: Instant,
+    rate_count: u64,
     _gauge: SubscriberGauge,
 }
 
@@ -316,6 +342,7 @@ fn open(
     identity: Arc<Identity>,
     scope: Scope,
     rx: tokio::sync::broadcast::Receiver<Arc<StreamEvent>>,
+    rate_every: Option<Duration>,
 ) -> Response {
     let recheck_every = Duration::from_secs(state.config.stream_recheck_secs.max(1));
     let keep_alive = Duration::from_secs(state.config.stream_keep_alive_secs.max(1));
@@ -338,6 +365,9 @@ fn open(
         recheck_at: Instant::now() + recheck_every,
         expires_at: Instant::now() + expires_in,
         finished: false,
+        rate_every,
+        rate_at: Instant::now() + rate_every.unwrap_or_default(),
+        rate_count: 0,
         _gauge: SubscriberGauge::new(),
     };
     let first = futures_util::stream::once(async move {
@@ -385,8 +415,26 @@ async fn next_event(mut s: Session) -> Option<(Result<Event, Infallible>, Sessio
                     Err(e) => tracing::debug!(error = %e, "stream access re-check failed"),
                 }
             }
+            () = tokio::time::sleep_until(s.rate_at), if s.rate_every.is_some() => {
+                let every = s.rate_every.unwrap_or(Duration::from_secs(1));
+                s.rate_at = Instant::now() + every;
+                let per_sec = s.rate_count as f64 / every.as_secs_f64();
+                s.rate_count = 0;
+                let event = Event::default().event("rate").data(
+                    json!({"telemetry_per_sec": per_sec, "window_secs": every.as_secs()}).to_string(),
+                );
+                return Some((Ok(event), s));
+            }
             received = s.rx.recv() => match received {
                 Ok(event) => {
+                    if s.rate_every.is_some() && event.kind == EventKind::Telemetry {
+                        if let Scope::Fleet(view) = &s.scope
+                            && (view.all || view.visible.contains(&event.device_id))
+                        {
+                            s.rate_count += 1;
+                        }
+                        continue;
+                    }
                     let identity = s.identity.clone();
                     let request_id = s.request_id.clone();
                     let recheck = s.recheck_every;

@@ -9,6 +9,7 @@
 
 mod helpers;
 
+mod console;
 mod cors;
 mod limits;
 mod proxy;

@@ -1,0 +1,426 @@
+// The web console in a real headless Chromium, against `wf-iot serve` with
+// simulated devices (started by .ci/console-e2e.sh). The steps run in order
+// and build on each other, like a person's first session with the console.
+//
+// Environment: WF_BASE_URL (the api-gateway), WF_ADMIN_PASSWORD,
+// WF_ARTIFACTS (screenshots), WF_FIRMWARE_FILE (an image to upload),
+// CHROMIUM (default /usr/bin/chromium).
+
+import { test, before, after } from 'node:test';
+import assert from 'node:assert/strict';
+import { mkdirSync } from 'node:fs';
+import { chromium } from 'playwright-core';
+
+const BASE = process.env.WF_BASE_URL;
+const ADMIN_PASSWORD = process.env.WF_ADMIN_PASSWORD;
+const ARTIFACTS = process.env.WF_ARTIFACTS || 'test-artifacts/console';
+const FIRMWARE_FILE = process.env.WF_FIRMWARE_FILE;
+const VIEWER = { username: 'vera', password: 'viewer-password-1' };
+const SIM_DEVICE = 'sim-00001';
+
+assert.ok(BASE, 'WF_BASE_URL is not set');
+assert.ok(ADMIN_PASSWORD, 'WF_ADMIN_PASSWORD is not set');
+mkdirSync(ARTIFACTS, { recursive: true });
+
+let browser;
+let context;
+let page;
+const consoleErrors = [];
+
+async function shot(name) {
+  await page.screenshot({ path: `${ARTIFACTS}/${name}.png`, fullPage: true });
+}
+
+async function loaded() {
+  await page.waitForSelector('body[data-loaded="true"]', { timeout: 20000 });
+}
+
+async function go(path) {
+  await page.goto(BASE + path);
+  await loaded();
+}
+
+async function login(username, password) {
+  await page.goto(BASE + '/login');
+  await page.getByLabel(/username|用户名/i).fill(username);
+  await page.getByLabel(/^password$|^密码$/i).fill(password);
+  await page.getByRole('button', { name: /sign in|登录/i }).click();
+  await page.waitForURL((url) => !url.pathname.startsWith('/login'), { timeout: 15000 });
+  await loaded();
+}
+
+before(async () => {
+  browser = await chromium.launch({
+    executablePath: process.env.CHROMIUM || '/usr/bin/chromium',
+    args: ['--no-sandbox', '--disable-dev-shm-usage'],
+  });
+  context = await browser.newContext({ viewport: { width: 1366, height: 900 }, locale: 'en-US' });
+  page = await context.newPage();
+  page.on('console', (msg) => {
+    if (msg.type() === 'error') consoleErrors.push(msg.text());
+  });
+  page.on('pageerror', (err) => consoleErrors.push(String(err)));
+});
+
+after(async () => {
+  if (browser) await browser.close();
+});
+
+test('a wrong password is refused with a readable message', async () => {
+  await page.goto(BASE + '/login');
+  await loaded();
+  await page.getByLabel(/username/i).fill('admin');
+  await page.getByLabel(/^password$/i).fill('not-the-password');
+  await page.getByRole('button', { name: /sign in/i }).click();
+  const error = page.locator('#login-error');
+  await error.waitFor({ state: 'visible' });
+  assert.equal(await error.textContent(), 'Wrong username or password.');
+  assert.ok(new URL(page.url()).pathname === '/login');
+  await shot('01-login-error');
+});
+
+test('an administrator signs in and sees the fleet live on the dashboard', async () => {
+  await login('admin', ADMIN_PASSWORD);
+  assert.equal(new URL(page.url()).pathname, '/');
+  await page.waitForFunction(() => Number(document.querySelector('#stat-online').textContent) >= 3, null, { timeout: 20000 });
+  await page.waitForFunction(() => parseFloat(document.querySelector('#stat-rate').textContent) > 0, null, { timeout: 20000 });
+  assert.equal(await page.locator('#whoami').textContent(), 'admin');
+  await shot('02-dashboard');
+});
+
+test('the device list shows the simulated devices online and finds one by name', async () => {
+  await go('/devices');
+  const row = page.locator(`tr[data-device="${SIM_DEVICE}"]`);
+  await row.waitFor();
+  assert.match(await row.locator('.status-cell').textContent(), /online/);
+  await page.getByLabel('Search').fill('Simulated 2');
+  await page.getByRole('button', { name: 'Apply' }).click();
+  await page.waitForFunction(() => document.querySelectorAll('#device-rows tr[data-device]').length === 1);
+  assert.ok(page.url().includes('name=Simulated+2'), page.url());
+  assert.equal(await page.locator('#device-rows tr[data-device]').getAttribute('data-device'), 'sim-00002');
+  await page.getByLabel('Search').fill('');
+  await page.getByRole('button', { name: 'Apply' }).click();
+  await page.waitForFunction(() => document.querySelectorAll('#device-rows tr[data-device]').length >= 3);
+  await shot('03-devices');
+});
+
+test('creating a device shows its secret once with a mosquitto_pub line', async () => {
+  await go('/devices');
+  await page.getByRole('button', { name: 'New device' }).click();
+  await page.locator('#c-id').fill('console-boiler-01');
+  await page.locator('#c-name').fill('Boiler room sensor');
+  await page.locator('#c-type').fill('thermostat');
+  await page.locator('#c-tags').fill('site:lyon, floor:-1');
+  await page.locator('#c-meta').fill('not json');
+  await page.getByRole('button', { name: 'Create device' }).click();
+  const formError = page.locator('#create-form .form-error');
+  await formError.waitFor({ state: 'visible' });
+  assert.match(await formError.textContent(), /JSON object/);
+  await page.locator('#c-meta').fill('{"floor": -1}');
+  await page.getByRole('button', { name: 'Create device' }).click();
+  await page.locator('#secret-panel').waitFor({ state: 'visible' });
+  const secret = await page.locator('#secret-value').textContent();
+  assert.ok(secret.length >= 16, 'a secret is shown');
+  const cmd = await page.locator('#secret-cmd').inputValue();
+  assert.ok(cmd.startsWith('mosquitto_pub '), cmd);
+  assert.ok(cmd.includes(secret) && cmd.includes('devices/console-boiler-01/telemetry'), cmd);
+  await shot('04-device-created');
+  // The same id again is a conflict, shown as a sentence.
+  await page.getByRole('button', { name: 'New device' }).click();
+  await page.locator('#c-id').fill('console-boiler-01');
+  await page.locator('#c-name').fill('Twice');
+  await page.getByRole('button', { name: 'Create device' }).click();
+  await formError.waitFor({ state: 'visible' });
+  assert.match(await formError.textContent(), /^Conflict: /);
+  assert.ok(!(await formError.textContent()).includes('{'), 'no raw JSON');
+});
+
+test('a device page charts live telemetry and edits the device', async () => {
+  await go(`/devices/${SIM_DEVICE}`);
+  await page.locator('#live-indicator').waitFor({ state: 'visible' });
+  await page.waitForFunction(() => Number(document.querySelector('#chart').dataset.points || 0) > 0, null, { timeout: 20000 });
+  const before = Number(await page.locator('#chart').getAttribute('data-points'));
+  await page.getByLabel('Aggregation').selectOption('raw');
+  await page.getByLabel('Time range').selectOption('900');
+  await page.waitForFunction((n) => Number(document.querySelector('#chart').dataset.points || 0) > 0, before, { timeout: 20000 });
+  // New readings arrive over the stream and the chart grows.
+  const rawBefore = Number(await page.locator('#chart').getAttribute('data-points'));
+  await page.waitForFunction((n) => Number(document.querySelector('#chart').dataset.points || 0) > n, rawBefore, { timeout: 20000 });
+  assert.ok(await page.locator('#latest-values dd[data-metric="temperature"]').isVisible());
+  assert.ok(await page.locator('#chart svg path.line').count() === 1);
+});
+
+test('a command is sent and the device answer shows', async () => {
+  await page.getByLabel('Command', { exact: true }).fill('reboot');
+  await page.getByLabel(/Parameters/).fill('{"delay": 1}');
+  await page.getByLabel(/Timeout/).fill('10');
+  await page.getByRole('button', { name: 'Send command' }).click();
+  await page.waitForSelector('#command-result[data-status]', { timeout: 20000 });
+  assert.equal(await page.locator('#command-result').getAttribute('data-status'), 'succeeded');
+  await page.waitForFunction(() => document.querySelector('#command-rows').textContent.includes('reboot'));
+  await shot('05-device');
+});
+
+test('tags and metadata are edited in place', async () => {
+  await go('/devices/console-boiler-01');
+  await page.getByRole('button', { name: 'Edit' }).click();
+  await page.locator('#e-tags').fill('site:lyon, floor:-1, boiler');
+  await page.locator('#e-meta').fill('{"floor": -1, "room": "B12"}');
+  await page.getByRole('button', { name: 'Save' }).click();
+  await page.locator('#edit-panel').waitFor({ state: 'hidden' });
+  const details = await page.locator('#device-props').textContent();
+  assert.ok(details.includes('boiler') && details.includes('B12'), details);
+});
+
+test('a command to a device that never answers times out visibly', async () => {
+  // console-boiler-01 has never connected.
+  await page.getByLabel('Command', { exact: true }).fill('ping');
+  await page.getByLabel(/Timeout/).fill('2');
+  await page.getByRole('button', { name: 'Send command' }).click();
+  await page.waitForSelector('#command-result[data-status]', { timeout: 20000 });
+  assert.equal(await page.locator('#command-result').getAttribute('data-status'), 'timed_out');
+  assert.match(await page.locator('#command-result').textContent(), /Timed out/);
+});
+
+test('firmware is uploaded with a progress bar and listed with its digest', async () => {
+  assert.ok(FIRMWARE_FILE, 'WF_FIRMWARE_FILE is not set');
+  await go('/firmware');
+  await page.getByRole('button', { name: 'Upload firmware' }).first().click();
+  await page.locator('#u-name').fill('sensor-firmware');
+  await page.locator('#u-type').fill('simulated-sensor');
+  await page.getByLabel('Version', { exact: true }).fill('1.1.0');
+  await page.getByLabel('Release notes').fill('Faster sampling.');
+  await page.getByLabel('Image file').setInputFiles(FIRMWARE_FILE);
+  await page.locator('#upload-form button[type=submit]').click();
+  await page.waitForFunction(() => document.querySelector('#firmware-rows').textContent.includes('1.1.0'), null, { timeout: 30000 });
+  const row = page.locator('#firmware-rows tr', { hasText: 'sensor-firmware' });
+  assert.match(await row.textContent(), /KiB/);
+  assert.match(await row.textContent(), /Unsigned/);
+  await shot('06-firmware');
+});
+
+test('a rollout by tag runs to completion and is watched live', async () => {
+  await go('/rollouts');
+  await page.getByRole('button', { name: 'New rollout' }).click();
+  await page.getByLabel('Name', { exact: true }).fill('Sensors to 1.1.0');
+  await page.waitForFunction(() => document.querySelectorAll('#r-firmware option[value]:not([value=""])').length > 0);
+  await page.getByLabel('Firmware', { exact: true }).selectOption({ label: 'sensor-firmware 1.1.0 (simulated-sensor)' });
+  await page.getByLabel('Tag', { exact: true }).check();
+  await page.getByLabel('Tag, type or device ids').fill('simulated');
+  await page.getByLabel('Devices per minute').fill('0');
+  await page.getByLabel(/failure rate/).fill('50');
+  await page.getByLabel(/Timeout per device/).fill('60');
+  await page.getByLabel('Retries per device').fill('1');
+  await page.getByRole('button', { name: 'Start rollout' }).click();
+  await page.waitForURL(/\/rollouts\/[^/]+$/);
+  await loaded();
+  await page.waitForSelector('#rollout-state[data-state="completed"]', { timeout: 90000 });
+  const legend = await page.locator('#rollout-legend').textContent();
+  assert.match(legend, /Succeeded: 3/);
+  assert.match(await page.locator('#failing-rows').textContent(), /No failures/);
+  await shot('07-rollout');
+  await go('/rollouts');
+  await shot('08-rollouts');
+  // The dashboard now lists the rollout and the command.
+  await go('/');
+  await page.waitForSelector('#recent-rollouts a');
+  await page.waitForSelector('#recent-commands a');
+  await page.waitForFunction(() => parseFloat(document.querySelector('#stat-rate').textContent) > 0, null, { timeout: 20000 });
+  await shot('08-dashboard-activity');
+});
+
+test('a rollout can be paused, resumed and canceled', async () => {
+  // A second image, rolled out one device a minute so that most wait.
+  await go('/firmware');
+  await page.getByRole('button', { name: 'Upload firmware' }).first().click();
+  await page.locator('#u-name').fill('sensor-firmware');
+  await page.locator('#u-type').fill('simulated-sensor');
+  await page.getByLabel('Version', { exact: true }).fill('1.2.0');
+  await page.getByLabel('Image file').setInputFiles(FIRMWARE_FILE);
+  await page.locator('#upload-form button[type=submit]').click();
+  await page.waitForFunction(() => document.querySelector('#firmware-rows').textContent.includes('1.2.0'), null, { timeout: 30000 });
+  await go('/rollouts');
+  await page.getByRole('button', { name: 'New rollout' }).click();
+  await page.getByLabel('Name', { exact: true }).fill('Slow 1.2.0');
+  await page.waitForFunction(() => document.querySelectorAll('#r-firmware option').length >= 2);
+  await page.getByLabel('Firmware', { exact: true }).selectOption({ label: 'sensor-firmware 1.2.0 (simulated-sensor)' });
+  await page.getByLabel('Device type', { exact: true }).check();
+  await page.getByLabel('Devices per minute').fill('1');
+  await page.getByRole('button', { name: 'Start rollout' }).click();
+  await page.waitForURL(/\/rollouts\/[^/]+$/);
+  await loaded();
+  await page.waitForSelector('#rollout-state[data-state="running"]', { timeout: 20000 });
+  await page.getByRole('button', { name: 'Pause', exact: true }).click();
+  await page.waitForSelector('#rollout-state[data-state="paused"]');
+  await page.getByRole('button', { name: 'Resume', exact: true }).click();
+  await page.waitForSelector('#rollout-state[data-state="running"]');
+  await page.getByRole('button', { name: 'Cancel rollout' }).click();
+  // The confirmation can be declined...
+  await page.locator('#confirm-dialog').getByRole('button', { name: 'Cancel' }).click();
+  assert.equal(await page.locator('#rollout-state').getAttribute('data-state'), 'running');
+  // ...or accepted.
+  await page.getByRole('button', { name: 'Cancel rollout' }).click();
+  await page.locator('#confirm-dialog').getByRole('button', { name: 'Confirm' }).click();
+  await page.waitForSelector('#rollout-state[data-state="canceled"]');
+  assert.equal(await page.getByRole('button', { name: 'Pause', exact: true }).isVisible(), false);
+});
+
+test('an administrator creates a viewer account', async () => {
+  await go('/admin/users');
+  await page.getByRole('button', { name: 'New user' }).click();
+  await page.locator('#n-username').fill(VIEWER.username);
+  await page.locator('#n-email').fill('vera@example.com');
+  await page.locator('#n-fullname').fill('Vera Viewer');
+  await page.locator('#n-password').fill(VIEWER.password);
+  // Only the viewer role: untick what is preselected, tick viewer.
+  for (const box of await page.locator('#n-roles input[type=checkbox]').all()) {
+    await box.setChecked((await box.getAttribute('value')) === 'viewer');
+  }
+  await page.getByRole('button', { name: 'Create user' }).click();
+  const row = page.locator(`tr[data-user="${VIEWER.username}"]`);
+  await row.waitFor();
+  // A new password, set by the administrator.
+  await row.getByRole('button', { name: 'Reset password' }).click();
+  VIEWER.password = 'viewer-password-2';
+  await page.locator('#r-password').fill(VIEWER.password);
+  await page.locator('#reset-form button[type=submit]').click();
+  await page.locator('#reset-panel').waitFor({ state: 'hidden' });
+  await page.getByText(`Password of ${VIEWER.username} reset.`).waitFor();
+  await shot('09-users');
+  await go('/admin/roles');
+  await page.waitForSelector('tr[data-role="viewer"]');
+  await shot('10-roles');
+  await go('/admin/audit');
+  await page.waitForFunction(() => document.querySelector('#audit-rows').textContent.includes('user.create'));
+  await shot('11-audit');
+});
+
+test('a device is deleted only after confirmation', async () => {
+  await go('/devices/console-boiler-01');
+  await page.getByRole('button', { name: 'Delete', exact: true }).click();
+  await page.locator('#confirm-dialog').getByRole('button', { name: 'Cancel' }).click();
+  assert.equal(new URL(page.url()).pathname, '/devices/console-boiler-01');
+  await page.getByRole('button', { name: 'Delete', exact: true }).click();
+  assert.match(await page.locator('#confirm-text').textContent(), /console-boiler-01/);
+  await page.locator('#confirm-dialog').getByRole('button', { name: 'Confirm' }).click();
+  await page.waitForURL(/\/devices\?deleted=console-boiler-01/);
+  await loaded();
+  await page.getByText('Device console-boiler-01 deleted.').waitFor();
+  assert.equal(await page.locator('tr[data-device="console-boiler-01"]').count(), 0);
+});
+
+test('the console switches to Simplified Chinese and back', async () => {
+  await go('/devices');
+  await page.locator('.usermenu [data-lang-switch]').click();
+  await page.waitForFunction(() => document.documentElement.lang === 'zh-CN');
+  await loaded();
+  assert.equal(new URL(page.url()).pathname, '/devices');
+  assert.ok(await page.getByRole('link', { name: '设备', exact: true }).isVisible());
+  assert.ok(await page.getByRole('button', { name: '新建设备' }).isVisible());
+  await page.waitForSelector(`tr[data-device="${SIM_DEVICE}"]`);
+  await shot('12-devices-zh');
+  await go('/');
+  await page.waitForFunction(() => Number(document.querySelector('#stat-total').textContent) >= 3);
+  await shot('13-dashboard-zh');
+  await page.locator('.usermenu [data-lang-switch]').click();
+  await page.waitForFunction(() => document.documentElement.lang === 'en');
+  await loaded();
+});
+
+test('the account page says who is signed in', async () => {
+  await go('/account');
+  const details = await page.locator('#account-props').textContent();
+  assert.ok(details.includes('admin') && details.includes('Administrator'), details);
+  assert.ok((await page.locator('#account-permissions').textContent()).includes('device:write'));
+});
+
+test('pages fit a tablet without sideways scrolling', async () => {
+  await page.setViewportSize({ width: 820, height: 1180 });
+  for (const path of ['/', '/devices', `/devices/${SIM_DEVICE}`, '/rollouts', '/admin/users']) {
+    await go(path);
+    const overflow = await page.evaluate(() => document.documentElement.scrollWidth - window.innerWidth);
+    assert.ok(overflow <= 0, `${path} is ${overflow}px too wide`);
+  }
+  await go(`/devices/${SIM_DEVICE}`);
+  await page.waitForFunction(() => Number(document.querySelector('#chart').dataset.points || 0) > 0, null, { timeout: 20000 });
+  await shot('14-tablet-device');
+  await page.setViewportSize({ width: 1366, height: 900 });
+});
+
+test('a viewer sees no write controls and the server refuses them anyway', async () => {
+  await page.getByRole('button', { name: 'Sign out' }).click();
+  await page.waitForURL(/\/login/);
+  assert.match(await page.locator('#login-notice').textContent(), /signed out/);
+  await login(VIEWER.username, VIEWER.password);
+  for (const name of ['Users', 'Roles', 'Audit log']) {
+    assert.equal(await page.getByRole('link', { name, exact: true }).isVisible(), false, name);
+  }
+  // Devices belong to whoever registered them: a viewer sees only their own
+  // (none here), and nothing to create them with.
+  await go('/devices');
+  await page.waitForSelector('#device-rows td.empty');
+  assert.equal(await page.getByRole('button', { name: 'New device' }).isVisible(), false);
+  await go(`/devices/${SIM_DEVICE}`);
+  for (const name of ['Edit', 'Rotate secret', 'Delete', 'Send command']) {
+    assert.equal(await page.getByRole('button', { name, exact: true }).isVisible(), false, name);
+  }
+  assert.match(await page.locator('main .form-error').textContent(), /^Not found: /);
+  await go('/firmware');
+  await page.waitForSelector('#firmware-rows tr[data-firmware]');
+  assert.equal(await page.getByRole('button', { name: 'Upload firmware' }).isVisible(), false);
+  assert.equal(await page.locator('#firmware-rows button').count(), 0, 'no delete buttons');
+  await shot('15-viewer-firmware');
+  await go('/rollouts');
+  assert.equal(await page.getByRole('button', { name: 'New rollout' }).isVisible(), false);
+  await page.locator('#rollout-rows a').first().click();
+  await page.waitForSelector('#rollout-state[data-state]');
+  for (const name of ['Pause', 'Resume', 'Cancel rollout']) {
+    assert.equal(await page.getByRole('button', { name, exact: true }).isVisible(), false, name);
+  }
+  // Forcing a write through the API with the viewer's own token.
+  const forced = await page.evaluate(async () => {
+    const resp = await fetch('/api/v1/devices', {
+      method: 'POST',
+      headers: { 'content-type': 'application/json', authorization: 'Bearer ' + sessionStorage.getItem('wf.access') },
+      body: JSON.stringify({ name: 'forced' }),
+    });
+    return resp.status;
+  });
+  assert.equal(forced, 403);
+  // An administration page opened by address explains the refusal.
+  await go('/admin/users');
+  const cell = page.locator('#user-rows td.empty');
+  await cell.waitFor();
+  assert.match(await cell.textContent(), /^You do not have permission for this/);
+  await shot('16-viewer-forbidden');
+});
+
+test('an expired session goes back to the sign-in page', async () => {
+  await page.evaluate(() => {
+    sessionStorage.setItem('wf.access', 'expired.token.value');
+    sessionStorage.setItem('wf.refresh', 'spent-refresh-token');
+  });
+  await page.goto(BASE + '/devices');
+  await page.waitForURL(/\/login\?expired=1/, { timeout: 15000 });
+  await loaded();
+  assert.match(await page.locator('#login-notice').textContent(), /session has expired/);
+  assert.ok(decodeURIComponent(page.url()).includes('next=/devices'));
+  await shot('17-session-expired');
+});
+
+test('signing in works from the keyboard alone and returns to the page asked for', async () => {
+  // The username field has the focus; labels, Tab and Enter do the rest.
+  await page.keyboard.type(VIEWER.username);
+  await page.keyboard.press('Tab');
+  await page.keyboard.type(VIEWER.password);
+  await page.keyboard.press('Enter');
+  await page.waitForURL((url) => url.pathname === '/devices', { timeout: 15000 });
+  await loaded();
+});
+
+test('pages raised no script errors', () => {
+  // The refused requests above log "Failed to load resource" lines; any
+  // other error is a defect.
+  const real = consoleErrors.filter((e) => !/Failed to load resource|status of 4\d\d/.test(e));
+  assert.deepEqual(real, []);
+});
