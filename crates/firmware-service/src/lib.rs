@@ -160,6 +160,11 @@ pub struct WorkerConfig {
     pub batch_size: u32,
     /// Notifications published at once.
     pub publish_concurrency: usize,
+    /// A worker running on its own (`wf-iot serve worker`) answers
+    /// `/healthz`, `/readyz` (database and event bus) and `/metrics` on this
+    /// port; 0 picks a free one. Unset: no HTTP listener (the all-in-one
+    /// process reports through firmware-service).
+    pub http_port: Option<u16>,
 }
 
 impl Default for WorkerConfig {
@@ -170,6 +175,7 @@ impl Default for WorkerConfig {
             lease_secs: 30,
             batch_size: 200,
             publish_concurrency: 32,
+            http_port: None,
         }
     }
 }
@@ -219,17 +225,20 @@ impl Config {
     }
 }
 
-/// Opens the configured database (creating a MySQL database when missing).
+/// Opens the configured database (creating a MySQL database when missing),
+/// retrying while the server cannot be reached.
 pub async fn connect_db(config: &Config) -> anyhow::Result<Db> {
     if config.database_url.trim().is_empty() {
         anyhow::bail!("firmware.database_url is not set");
     }
-    Db::create_database_if_missing(&config.database_url)
-        .await
-        .context("creating the firmware database")?;
-    Db::connect(&config.database_url, config.database_max_connections)
-        .await
-        .context("connecting to the firmware database")
+    // A database that is not reachable yet is waited for, with backoff.
+    Db::connect_retrying(
+        &config.database_url,
+        config.database_max_connections,
+        "the firmware database",
+    )
+    .await
+    .context("connecting to the firmware database")
 }
 
 /// The database, migrated when configured, and the download-link signer
