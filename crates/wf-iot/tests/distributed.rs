@@ -37,11 +37,11 @@ use reqwest::StatusCode;
 use rumqttc::QoS;
 use serde_json::{Value, json};
 use sha2::{Digest, Sha256};
-use support::{
-    MOSQUITTO_ADMIN, MOSQUITTO_ADMIN_PASSWORD, MosquittoServer, TcpProxy, env, eventually,
-    free_port, readiness, unique_suffix,
-};
+use support::{TcpProxy, env, eventually, free_port, readiness, unique_suffix};
 use wf_common::db::Db;
+use wf_common::testing::mosquitto::{
+    ADMIN as MOSQUITTO_ADMIN, ADMIN_PASSWORD as MOSQUITTO_ADMIN_PASSWORD, MosquittoServer,
+};
 use wf_iot::ota::{Ota, OtaArgs};
 use wf_iot::simulate::{Api, Credentials, Device, Stats, connect_with_ota};
 
