@@ -160,10 +160,10 @@ pub struct WorkerConfig {
     pub batch_size: u32,
     /// Notifications published at once.
     pub publish_concurrency: usize,
-    /// A worker running on its own (`wf-iot serve worker`) answers
-    /// `/healthz`, `/readyz` (database and event bus) and `/metrics` on this
-    /// port; 0 picks a free one. Unset: no HTTP listener (the all-in-one
-    /// process reports through firmware-service).
+    /// The worker answers `/healthz`, `/readyz` (database and event bus)
+    /// and `/metrics` on this port; 0 picks a free one. Unset, `wf-iot
+    /// serve worker` uses 8105 and the all-in-one process, which reports
+    /// through firmware-service, opens none.
     pub http_port: Option<u16>,
 }
 
