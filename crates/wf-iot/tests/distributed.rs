@@ -6,10 +6,16 @@
 //! behind TCP balancers, the way a Kubernetes Service or compose DNS puts
 //! them behind one address.
 //!
-//! The story is driven through the api-gateway: the admin logs in, creates
+//! The services are started before their dependencies (MariaDB and Redis
+//! behind proxies the test holds down, Mosquitto not yet running) and must
+//! wait for them rather than exit. The story is then driven through the
+//! api-gateway: the admin logs in, creates
 //! a role and a user with it; that user registers devices; simulated
 //! devices connect, publish telemetry and answer a command; a firmware
-//! rollout completes. Then, while devices publish and a second rollout runs,
+//! rollout completes. Redis then goes away for a few seconds under load:
+//! every service reports it on `/readyz`, keeps running and recovers by
+//! itself, and the telemetry published meanwhile is stored once. Then,
+//! while devices publish and a second rollout runs,
 //! one replica of each scaled service is killed with SIGKILL. device-service
 //! and the worker finish the work with the surviving replica (Redis Streams
 //! hands the dead consumer's events over, worker leases run out); the
@@ -124,6 +130,10 @@ struct Cluster {
     settings: Settings,
     dir: tempfile::TempDir,
     mosquitto: MosquittoServer,
+    /// The services reach MariaDB and Redis through these, so the test can
+    /// take either away from all of them at once.
+    mysql_proxy: TcpProxy,
+    redis_proxy: TcpProxy,
     services: Vec<Service>,
     /// Balancers in front of the replicas: device-service HTTP and gRPC,
     /// mqtt-gateway gRPC.
@@ -131,8 +141,17 @@ struct Cluster {
 }
 
 impl Cluster {
+    /// The service's database as the services reach it (through the proxy).
     fn database_url(&self, service: &str) -> String {
-        format!("{}/{}", self.settings.mysql, self.database(service))
+        self.mysql_proxy.through(
+            &self.settings.mysql,
+            Some(&format!("/{}", self.database(service))),
+        )
+    }
+
+    /// Redis as the services reach it (through the proxy).
+    fn redis_url(&self) -> String {
+        self.redis_proxy.through(&self.settings.redis, None)
     }
 
     fn database(&self, service: &str) -> String {
@@ -152,10 +171,7 @@ impl Cluster {
                 "WF_IOT_LOG__LEVEL".into(),
                 "info,rmqtt=warn,sqlx=warn".into(),
             ),
-            (
-                "WF_IOT_EVENTS__REDIS_URL".into(),
-                self.settings.redis.clone(),
-            ),
+            ("WF_IOT_EVENTS__REDIS_URL".into(), self.redis_url()),
             (
                 "WF_IOT_EVENTS__REDIS__STREAM_PREFIX".into(),
                 self.stream_prefix(),
@@ -317,10 +333,14 @@ impl Cluster {
         }
     }
 
+    /// The test's own connection to a service's database.
     async fn db(&self, service: &str) -> Db {
-        Db::connect(&self.database_url(service), 2)
-            .await
-            .expect("the service's database")
+        Db::connect(
+            &format!("{}/{}", self.settings.mysql, self.database(service)),
+            2,
+        )
+        .await
+        .expect("the service's database")
     }
 
     /// Starts everything; returns once every service is ready.
@@ -328,11 +348,15 @@ impl Cluster {
         let run = unique_suffix();
         let dir = tempfile::tempdir().expect("a temporary directory");
         let mosquitto = MosquittoServer::start().await;
+        let mysql_proxy = TcpProxy::in_front_of(&settings.mysql).await;
+        let redis_proxy = TcpProxy::in_front_of(&settings.redis).await;
         let mut cluster = Self {
             run,
             settings,
             dir,
             mosquitto,
+            mysql_proxy,
+            redis_proxy,
             services: Vec::new(),
             _proxies: Vec::new(),
         };
@@ -368,6 +392,13 @@ impl Cluster {
             ],
             &[("WF_IOT_USER_PASSWORD".into(), ADMIN_PASSWORD.into())],
         );
+
+        // The services start before their dependencies: MariaDB, Redis and
+        // Mosquitto are all unreachable until every process has had time to
+        // give up, which none may do.
+        cluster.mysql_proxy.take_down();
+        cluster.redis_proxy.take_down();
+        cluster.mosquitto.kill();
 
         let localhost = |port| SocketAddr::from((Ipv4Addr::LOCALHOST, port));
         let (auth_http, auth_grpc) = (free_port(), free_port());
@@ -496,7 +527,7 @@ impl Cluster {
                 ]),
             );
         }
-        let redis = cluster.settings.redis.clone();
+        let redis = cluster.redis_url();
         let gateway_prefix = format!("{}gateway:", cluster.stream_prefix());
         cluster.spawn(
             "gateway",
@@ -516,6 +547,21 @@ impl Cluster {
                 ("WF_IOT_GATEWAY__REDIS_KEY_PREFIX", gateway_prefix),
             ]),
         );
+        tokio::time::sleep(Duration::from_secs(3)).await;
+        cluster.assert_running();
+        let client = reqwest::Client::new();
+        for service in &cluster.services {
+            let answer = readiness(&client, &service.base()).await;
+            assert!(
+                !matches!(answer, Some((true, _))),
+                "{} is ready without its dependencies: {answer:?}",
+                service.name
+            );
+        }
+        eprintln!("every service waits for MariaDB, Redis and Mosquitto");
+        cluster.mysql_proxy.bring_up();
+        cluster.redis_proxy.bring_up();
+        cluster.mosquitto.launch().await;
         cluster.wait_ready(Duration::from_secs(90)).await;
         eprintln!("every service is ready");
         cluster
@@ -795,6 +841,17 @@ async fn publish_readings(
     }
 }
 
+/// Handles on the same device connections, for a publishing task.
+fn clients_of(devices: &[Device]) -> Vec<Device> {
+    devices
+        .iter()
+        .map(|d| Device {
+            id: d.id.clone(),
+            client: d.client.clone(),
+        })
+        .collect()
+}
+
 async fn count(db: &Db, sql: &'static str, bind: Option<&str>) -> i64 {
     let mut query = sqlx::query_scalar::<_, i64>(sql);
     if let Some(b) = bind {
@@ -992,6 +1049,65 @@ async fn services_run_apart_and_survive_losing_replicas() {
         started.elapsed().as_secs_f64()
     );
 
+    // Redis goes away for a while under load: every service says so on
+    // /readyz and keeps running; once it is back they recover by themselves
+    // and what devices published meanwhile is stored, once.
+    let base_ts_outage = base_ts + 1_000_000;
+    let sent_outage = Arc::new(AtomicU64::new(0));
+    let publishing = {
+        let sent = sent_outage.clone();
+        let devices = clients_of(&devices);
+        tokio::spawn(async move {
+            publish_readings(
+                &devices,
+                base_ts_outage,
+                40,
+                Duration::from_millis(100),
+                &sent,
+            )
+            .await;
+        })
+    };
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    cluster.redis_proxy.take_down();
+    let client = reqwest::Client::new();
+    for name in [
+        "device-1",
+        "mqtt-gateway-1",
+        "firmware",
+        "worker-1",
+        "gateway",
+    ] {
+        let base = cluster.url(name);
+        let body = eventually(
+            &format!("{name} to report Redis unreachable"),
+            Duration::from_secs(20),
+            || async {
+                match readiness(&client, &base).await {
+                    Some((false, body)) if body["failing"].get("event_bus").is_some() => Some(body),
+                    _ => None,
+                }
+            },
+        )
+        .await;
+        eprintln!("{name} while Redis is away: {}", body["failing"]);
+    }
+    cluster.assert_running();
+    cluster.redis_proxy.bring_up();
+    cluster.wait_ready(Duration::from_secs(60)).await;
+    eprintln!("every service recovered from the Redis outage");
+    publishing.await.unwrap();
+    let outage = sent_outage.load(Ordering::SeqCst) as i64;
+    expect_rows(
+        &device_db,
+        base_ts_outage,
+        base_ts_outage + 1_000_000,
+        outage * METRICS,
+        Duration::from_secs(60),
+    )
+    .await;
+    eprintln!("{outage} messages published around the outage stored once each");
+
     // Losing replicas mid-run: devices keep publishing and a paced rollout
     // runs while one replica each of device-service, mqtt-gateway and the
     // worker is killed.
@@ -1001,13 +1117,7 @@ async fn services_run_apart_and_survive_losing_replicas() {
     let sent2 = Arc::new(AtomicU64::new(0));
     let publishing = {
         let sent2 = sent2.clone();
-        let devices: Vec<Device> = devices
-            .iter()
-            .map(|d| Device {
-                id: d.id.clone(),
-                client: d.client.clone(),
-            })
-            .collect();
+        let devices = clients_of(&devices);
         tokio::spawn(async move {
             publish_readings(&devices, base_ts2, 80, Duration::from_millis(100), &sent2).await;
         })

@@ -9,7 +9,7 @@
 
 mod support;
 
-use std::net::{IpAddr, Ipv4Addr, SocketAddr, ToSocketAddrs};
+use std::net::{IpAddr, Ipv4Addr};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -17,35 +17,6 @@ use support::{TcpProxy, env, eventually, readiness, unique_suffix};
 use wf_common::events::{EventBus, RedisBus, RedisBusConfig};
 
 const LOCALHOST: IpAddr = IpAddr::V4(Ipv4Addr::LOCALHOST);
-
-/// The address a `redis://` or `mysql://` URL points at.
-fn server_of(url: &str) -> (reqwest::Url, SocketAddr) {
-    let parsed = reqwest::Url::parse(url).expect("a URL");
-    let host = parsed.host_str().expect("a host").to_string();
-    let port = parsed
-        .port_or_known_default()
-        .unwrap_or(match parsed.scheme() {
-            "redis" => 6379,
-            _ => 3306,
-        });
-    let addr = (host.as_str(), port)
-        .to_socket_addrs()
-        .expect("the host resolves")
-        .next()
-        .expect("an address");
-    (parsed, addr)
-}
-
-/// The same URL, pointed at the proxy.
-fn through(url: &reqwest::Url, proxy: &TcpProxy, path: Option<&str>) -> String {
-    let mut url = url.clone();
-    url.set_host(Some("127.0.0.1")).expect("a host");
-    url.set_port(Some(proxy.port)).expect("a port");
-    if let Some(path) = path {
-        url.set_path(path);
-    }
-    url.to_string()
-}
 
 /// Waits until `/readyz` at `base` says `ready`; returns its body.
 async fn wait_readiness(client: &reqwest::Client, base: &str, ready: bool) -> serde_json::Value {
@@ -87,8 +58,7 @@ async fn a_service_waits_for_redis_and_follows_its_outages() {
         eprintln!("skipped: set WF_IOT_TEST_REDIS_URL to run the Redis readiness test");
         return;
     };
-    let (parsed, addr) = server_of(&redis_url);
-    let proxy = TcpProxy::start(vec![addr]).await;
+    let proxy = TcpProxy::in_front_of(&redis_url).await;
     let dir = tempfile::tempdir().unwrap();
     let config = device_service::Config {
         host: LOCALHOST,
@@ -106,7 +76,7 @@ async fn a_service_waits_for_redis_and_follows_its_outages() {
 
     // Redis is "down" when the service starts: it waits rather than exits.
     proxy.take_down();
-    let via_proxy = through(&parsed, &proxy, None);
+    let via_proxy = proxy.through(&redis_url, None);
     let starting = tokio::spawn(async move {
         let bus: Arc<dyn EventBus> = Arc::new(
             RedisBus::connect_retrying(&via_proxy, bus_config)
@@ -148,15 +118,14 @@ async fn a_service_waits_for_its_database_and_follows_its_outages() {
         eprintln!("skipped: set WF_IOT_TEST_MYSQL_URL to run the database readiness test");
         return;
     };
-    let (parsed, addr) = server_of(&mysql_url);
-    let proxy = TcpProxy::start(vec![addr]).await;
+    let proxy = TcpProxy::in_front_of(&mysql_url).await;
     let name = format!("wf_test_ready_{}", unique_suffix());
     let dir = tempfile::tempdir().unwrap();
     let config = auth_service::Config {
         host: LOCALHOST,
         http_port: 0,
         grpc_port: 0,
-        database_url: through(&parsed, &proxy, Some(&format!("/{name}"))),
+        database_url: proxy.through(&mysql_url, Some(&format!("/{name}"))),
         database_max_connections: 4,
         ..auth_service::Config::default()
     }

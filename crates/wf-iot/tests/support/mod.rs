@@ -4,7 +4,7 @@
 
 #![allow(dead_code)]
 
-use std::net::{Ipv4Addr, SocketAddr, TcpListener as StdListener};
+use std::net::{Ipv4Addr, SocketAddr, TcpListener as StdListener, ToSocketAddrs};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -85,6 +85,36 @@ impl TcpProxy {
             state,
             accept,
         }
+    }
+
+    /// A proxy in front of the server a `redis://` or `mysql://` URL names.
+    pub async fn in_front_of(url: &str) -> Self {
+        let parsed = reqwest::Url::parse(url).expect("a URL");
+        let host = parsed.host_str().expect("a host").to_string();
+        let port = parsed
+            .port_or_known_default()
+            .unwrap_or(match parsed.scheme() {
+                "redis" => 6379,
+                _ => 3306,
+            });
+        let addr = (host.as_str(), port)
+            .to_socket_addrs()
+            .expect("the host resolves")
+            .next()
+            .expect("an address");
+        Self::start(vec![addr]).await
+    }
+
+    /// `url` pointed at this proxy, with its path replaced by `path` when
+    /// given.
+    pub fn through(&self, url: &str, path: Option<&str>) -> String {
+        let mut url = reqwest::Url::parse(url).expect("a URL");
+        url.set_host(Some("127.0.0.1")).expect("a host");
+        url.set_port(Some(self.port)).expect("a port");
+        if let Some(path) = path {
+            url.set_path(path);
+        }
+        url.to_string()
     }
 
     /// Takes the proxied server "down": open connections are cut, new ones
