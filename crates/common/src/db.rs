@@ -45,6 +45,9 @@ pub struct MigrationState {
     pub applied: bool,
 }
 
+/// How long a readiness ping waits for the database.
+pub const PING_TIMEOUT: Duration = Duration::from_secs(2);
+
 #[derive(Clone, Debug)]
 pub struct Db {
     pub pool: AnyPool,
@@ -181,12 +184,35 @@ impl Db {
             .collect())
     }
 
-    /// A round trip to the database, for readiness.
+    /// Creates the database when missing (MySQL) and opens a pool, retrying
+    /// with capped exponential backoff while the server cannot be reached,
+    /// so a service started before its database waits for it. Errors no
+    /// retry can fix (an unsupported or malformed URL) are returned at once.
+    pub async fn connect_retrying(
+        url: &str,
+        max_connections: u32,
+        what: &str,
+    ) -> Result<Self, sqlx::Error> {
+        crate::retry::until_ok(
+            what,
+            crate::retry::Backoff::default(),
+            |e: &sqlx::Error| matches!(e, sqlx::Error::Configuration(_)),
+            || async {
+                Self::create_database_if_missing(url).await?;
+                Self::connect(url, max_connections).await
+            },
+        )
+        .await
+    }
+
+    /// A round trip to the database (`SELECT 1`), for readiness. Gives up
+    /// after [`PING_TIMEOUT`] rather than waiting for a pool connection.
     pub async fn ping(&self) -> Result<(), sqlx::Error> {
-        sqlx::query("SELECT 1")
-            .execute(&self.pool)
-            .await
-            .map(|_| ())
+        match tokio::time::timeout(PING_TIMEOUT, sqlx::query("SELECT 1").execute(&self.pool)).await
+        {
+            Ok(result) => result.map(|_| ()),
+            Err(_) => Err(sqlx::Error::PoolTimedOut),
+        }
     }
 }
 

@@ -499,6 +499,25 @@ impl RedisBus {
         })
     }
 
+    /// [`RedisBus::connect`], waiting with capped exponential backoff while
+    /// Redis cannot be reached (a malformed URL fails at once). Once
+    /// connected, the bus reconnects by itself after an outage.
+    pub async fn connect_retrying(url: &str, config: RedisBusConfig) -> Result<Self, BusError> {
+        let client = redis::Client::open(url)?;
+        let conn = crate::retry::until_ok(
+            "redis (event bus)",
+            crate::retry::Backoff::default(),
+            |_: &redis::RedisError| false,
+            || redis::aio::ConnectionManager::new(client.clone()),
+        )
+        .await?;
+        Ok(Self {
+            client,
+            conn,
+            config,
+        })
+    }
+
     fn key(&self, topic: &str) -> String {
         format!("{}{topic}", self.config.stream_prefix)
     }

@@ -2,6 +2,7 @@
 //! fallbacks, body limits and the request context.
 
 use std::sync::Arc;
+use std::time::Duration;
 
 use axum::Router;
 use axum::extract::DefaultBodyLimit;
@@ -47,11 +48,25 @@ pub fn ops_routes(checks: Vec<(&'static str, ReadinessCheck)>) -> Router {
         )
 }
 
+/// How long `/readyz` waits for one dependency before calling it failing.
+pub const CHECK_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// Runs every check at once, each bounded by [`CHECK_TIMEOUT`], so an
+/// unreachable dependency makes `/readyz` answer "not ready" promptly
+/// instead of hanging until the prober gives up.
 async fn readiness(checks: &[(&'static str, ReadinessCheck)]) -> Response {
+    let results = futures_util::future::join_all(checks.iter().map(|(name, check)| async move {
+        let result = match tokio::time::timeout(CHECK_TIMEOUT, check()).await {
+            Ok(result) => result,
+            Err(_) => Err(format!("no answer within {} s", CHECK_TIMEOUT.as_secs())),
+        };
+        (*name, result)
+    }))
+    .await;
     let mut failed = serde_json::Map::new();
-    for (name, check) in checks {
-        if let Err(e) = check().await {
-            failed.insert((*name).to_string(), json!(e));
+    for (name, result) in results {
+        if let Err(e) = result {
+            failed.insert(name.to_string(), json!(e));
         }
     }
     if failed.is_empty() {
@@ -77,4 +92,57 @@ pub fn finish(router: Router, service: &'static str, body_limit: usize) -> Route
         .layer(axum::middleware::from_fn(move |req, next| {
             telemetry::request_context(service, req, next)
         }))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use axum::body::Body;
+    use http_body_util::BodyExt;
+    use tower::ServiceExt;
+
+    async fn readyz(
+        checks: Vec<(&'static str, ReadinessCheck)>,
+    ) -> (StatusCode, serde_json::Value) {
+        let resp = ops_routes(checks)
+            .oneshot(
+                axum::http::Request::get("/readyz")
+                    .body(Body::empty())
+                    .unwrap(),
+            )
+            .await
+            .unwrap();
+        let status = resp.status();
+        let body = resp.into_body().collect().await.unwrap().to_bytes();
+        (status, serde_json::from_slice(&body).unwrap())
+    }
+
+    #[tokio::test]
+    async fn a_dependency_that_does_not_answer_is_reported_promptly() {
+        let fine: ReadinessCheck = Arc::new(|| Box::pin(async { Ok(()) }));
+        let hangs: ReadinessCheck = Arc::new(|| Box::pin(std::future::pending()));
+        let fails: ReadinessCheck = Arc::new(|| Box::pin(async { Err("refused".to_string()) }));
+        let (status, body) = readyz(vec![("database", fine.clone())]).await;
+        assert_eq!(status, StatusCode::OK);
+        assert_eq!(body["status"], "ready");
+
+        let started = std::time::Instant::now();
+        let (status, body) = readyz(vec![
+            ("database", fine),
+            ("redis", hangs),
+            ("broker", fails),
+        ])
+        .await;
+        assert!(started.elapsed() < CHECK_TIMEOUT + Duration::from_secs(1));
+        assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE);
+        assert_eq!(body["status"], "not_ready");
+        assert_eq!(body["failing"]["broker"], "refused");
+        assert!(
+            body["failing"]["redis"]
+                .as_str()
+                .unwrap()
+                .contains("no answer")
+        );
+        assert!(body["failing"].get("database").is_none());
+    }
 }

@@ -12,6 +12,7 @@ pub mod http;
 pub mod jwt;
 pub mod openapi;
 pub mod random;
+pub mod retry;
 pub mod shutdown;
 pub mod telemetry;
 #[cfg(feature = "testing")]

@@ -1,6 +1,8 @@
 //! Test support shared by the services' integration tests (feature
 //! `testing`): fresh databases on SQLite or on the MariaDB/MySQL server
-//! named by `WF_IOT_TEST_MYSQL_URL`.
+//! named by `WF_IOT_TEST_MYSQL_URL`, and a private Mosquitto ([`mosquitto`]).
+
+pub mod mosquitto;
 
 /// A fresh, empty database: a SQLite file in a temporary directory, or a
 /// new database on the server in `WF_IOT_TEST_MYSQL_URL`, dropped when this

@@ -94,17 +94,20 @@ impl Config {
     }
 }
 
-/// Opens the configured database (creating a MySQL database when missing).
+/// Opens the configured database (creating a MySQL database when missing),
+/// retrying while the server cannot be reached.
 pub async fn connect_db(config: &Config) -> anyhow::Result<Db> {
     if config.database_url.trim().is_empty() {
         anyhow::bail!("device.database_url is not set");
     }
-    Db::create_database_if_missing(&config.database_url)
-        .await
-        .context("creating the device database")?;
-    Db::connect(&config.database_url, config.database_max_connections)
-        .await
-        .context("connecting to the device database")
+    // A database that is not reachable yet is waited for, with backoff.
+    Db::connect_retrying(
+        &config.database_url,
+        config.database_max_connections,
+        "the device database",
+    )
+    .await
+    .context("connecting to the device database")
 }
 
 /// device-service with its listeners bound.

@@ -114,10 +114,10 @@ pub struct WorkerConfig {
     pub batch_size: u32,
     /// Notifications published at once.
     pub publish_concurrency: usize,
-    /// The HTTP port of a worker running alone (`wf-iot serve worker`):
-    /// `/healthz`, `/readyz` and `/metrics`. Unset: no listener (the
-    /// all-in-one process shows the worker's metrics on every service's
-    /// `/metrics`).
+    /// The worker answers `/healthz`, `/readyz` (database and event bus)
+    /// and `/metrics` on this port; 0 picks a free one. Unset, `wf-iot
+    /// serve worker` uses 8105 and the all-in-one process, which reports
+    /// through firmware-service, opens none.
     pub http_port: Option<u16>,
 }
 
@@ -179,17 +179,20 @@ impl Config {
     }
 }
 
-/// Opens the configured database (creating a MySQL database when missing).
+/// Opens the configured database (creating a MySQL database when missing),
+/// retrying while the server cannot be reached.
 pub async fn connect_db(config: &Config) -> anyhow::Result<Db> {
     if config.database_url.trim().is_empty() {
         anyhow::bail!("firmware.database_url is not set");
     }
-    Db::create_database_if_missing(&config.database_url)
-        .await
-        .context("creating the firmware database")?;
-    Db::connect(&config.database_url, config.database_max_connections)
-        .await
-        .context("connecting to the firmware database")
+    // A database that is not reachable yet is waited for, with backoff.
+    Db::connect_retrying(
+        &config.database_url,
+        config.database_max_connections,
+        "the firmware database",
+    )
+    .await
+    .context("connecting to the firmware database")
 }
 
 /// The database, migrated when configured, and the download-link signer

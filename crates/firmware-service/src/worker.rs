@@ -19,9 +19,7 @@ use std::time::Duration;
 use anyhow::Context;
 use futures_util::StreamExt;
 use serde_json::json;
-use tokio::task::JoinHandle;
 use wf_common::events::EventBus;
-use wf_common::http::{ReadinessCheck, ops_routes};
 use wf_common::shutdown::Shutdown;
 
 use crate::Config;
@@ -78,6 +76,8 @@ pub struct Worker {
     gateway: GatewayClient,
     links: LinkSigner,
     bus: Arc<dyn EventBus>,
+    /// `/healthz`, `/readyz`, `/metrics`, when `worker.http_port` is set.
+    http: Option<tokio::net::TcpListener>,
 }
 
 /// What one round did, for logs and tests.
@@ -101,12 +101,21 @@ impl Worker {
         let (store, links) = crate::open_store(&config).await?;
         let gateway =
             GatewayClient::new(&config.mqtt_gateway_url).context("the mqtt-gateway URL")?;
+        let http = match config.worker.http_port {
+            Some(port) => Some(
+                tokio::net::TcpListener::bind(std::net::SocketAddr::new(config.host, port))
+                    .await
+                    .with_context(|| format!("binding the worker's HTTP port {port}"))?,
+            ),
+            None => None,
+        };
         Ok(Self {
             config,
             store,
             gateway,
             links,
             bus,
+            http,
         })
     }
 
@@ -114,11 +123,39 @@ impl Worker {
         &self.config.worker.name
     }
 
+    /// The port of `/healthz`, `/readyz` and `/metrics`, when served.
+    pub fn http_port(&self) -> Option<u16> {
+        self.http
+            .as_ref()
+            .and_then(|l| l.local_addr().ok())
+            .map(|a| a.port())
+    }
+
+    /// Liveness, readiness (the database and the event bus) and metrics.
+    fn ops_router(&self) -> axum::Router {
+        use wf_common::http::ReadinessCheck;
+        let db = self.store.db().clone();
+        let db_check: ReadinessCheck = Arc::new(move || {
+            let db = db.clone();
+            Box::pin(async move { db.ping().await.map_err(|e| e.to_string()) })
+        });
+        let bus = self.bus.clone();
+        let bus_check: ReadinessCheck = Arc::new(move || {
+            let bus = bus.clone();
+            Box::pin(async move { bus.ping().await.map_err(|e| e.to_string()) })
+        });
+        wf_common::http::finish(
+            wf_common::http::ops_routes(vec![("database", db_check), ("event_bus", bus_check)]),
+            "firmware-worker",
+            16 * 1024,
+        )
+    }
+
     /// Works until `shutdown` resolves. A round in progress finishes first;
     /// executions it had leased but not yet notified are picked up again by
     /// any worker once their lease ends.
     pub async fn run_until_stopped(
-        self,
+        mut self,
         shutdown: impl Future<Output = ()> + Send + 'static,
     ) -> anyhow::Result<()> {
         let stop = Shutdown::new();
@@ -127,8 +164,12 @@ impl Worker {
             shutdown.await;
             trigger.trigger();
         });
-        let ops = match self.config.worker.http_port {
-            Some(port) => Some(self.serve_ops(port, stop.clone()).await?),
+        let ops = match self.http.take() {
+            Some(listener) => {
+                let serving =
+                    axum::serve(listener, self.ops_router()).with_graceful_shutdown(stop.wait());
+                Some(tokio::spawn(async move { serving.await }))
+            }
             None => None,
         };
         let consumers = crate::events::run(
@@ -167,43 +208,12 @@ impl Worker {
         };
         tokio::join!(consumers, rounds);
         if let Some(ops) = ops {
-            let _ = ops.await;
+            ops.await
+                .context("the worker's HTTP server")?
+                .context("the worker's HTTP server")?;
         }
         tracing::info!(worker = %self.name(), "firmware worker stopped");
         Ok(())
-    }
-
-    /// `/healthz`, `/readyz` (the database and the event bus answer) and
-    /// `/metrics` of a worker running alone (`firmware.worker.http_port`),
-    /// for probes and Prometheus.
-    async fn serve_ops(&self, port: u16, stop: Shutdown) -> anyhow::Result<JoinHandle<()>> {
-        wf_common::telemetry::metrics_handle();
-        let listener = tokio::net::TcpListener::bind((self.config.host, port))
-            .await
-            .with_context(|| format!("binding the worker's HTTP port {port}"))?;
-        tracing::info!(
-            http_port = listener.local_addr()?.port(),
-            "firmware worker HTTP listening"
-        );
-        let db = self.store.db().clone();
-        let db_check: ReadinessCheck = Arc::new(move || {
-            let db = db.clone();
-            Box::pin(async move { db.ping().await.map_err(|e| e.to_string()) })
-        });
-        let bus = self.bus.clone();
-        let bus_check: ReadinessCheck = Arc::new(move || {
-            let bus = bus.clone();
-            Box::pin(async move { bus.ping().await.map_err(|e| e.to_string()) })
-        });
-        let router = ops_routes(vec![("database", db_check), ("event_bus", bus_check)]);
-        Ok(tokio::spawn(async move {
-            if let Err(e) = axum::serve(listener, router)
-                .with_graceful_shutdown(stop.wait())
-                .await
-            {
-                tracing::warn!(error = %e, "the worker's HTTP listener failed");
-            }
-        }))
     }
 
     /// One pass over every rollout.

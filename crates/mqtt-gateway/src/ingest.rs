@@ -45,6 +45,17 @@ pub struct DeviceMessage {
     pub received_at: i64,
 }
 
+/// Acknowledges a device message to the broker that delivered it, once
+/// its event is on the bus (or once it is clear there will be no event).
+pub type Ack = Box<dyn FnOnce() + Send>;
+
+/// An event waiting for the bus, with the broker acknowledgement it
+/// releases once published.
+struct Queued {
+    event: Event,
+    ack: Option<Ack>,
+}
+
 /// An event waiting for the bus.
 enum Event {
     Telemetry(TelemetryMessage),
@@ -74,7 +85,7 @@ struct Presence {
 }
 
 pub struct Ingest {
-    events: mpsc::Sender<Event>,
+    events: mpsc::Sender<Queued>,
     feed: broadcast::Sender<Arc<DeviceMessage>>,
     max_payload_bytes: usize,
     presence: Mutex<HashMap<String, Presence>>,
@@ -118,7 +129,23 @@ impl Ingest {
     /// A message `device` published on `topic` that passed the publish
     /// check, or its last will (vetted when it connected).
     pub fn accept(&self, device: &str, topic: &str, payload: &Bytes, qos: u8, last_will: bool) {
+        self.accept_acked(device, topic, payload, qos, last_will, None);
+    }
+
+    /// [`Ingest::accept`], running `ack` once the message's event is on the
+    /// bus, or at once when the message makes no event (malformed, relayed
+    /// only, or dropped because the queue is full).
+    fn accept_acked(
+        &self,
+        device: &str,
+        topic: &str,
+        payload: &Bytes,
+        qos: u8,
+        last_will: bool,
+        ack: Option<Ack>,
+    ) {
         let Some(suffix) = device_suffix(device, topic) else {
+            run_ack(ack);
             return;
         };
         let route = Route::of(suffix);
@@ -140,19 +167,25 @@ impl Ingest {
             last_will,
         };
         match decode(&incoming, self.max_payload_bytes) {
-            Ok(Decoded::Telemetry(t)) => self.enqueue(Event::Telemetry(t)),
+            Ok(Decoded::Telemetry(t)) => self.enqueue_acked(Event::Telemetry(t), ack),
             Ok(Decoded::Status(s)) if last_will => {
+                run_ack(ack);
                 if s.online {
                     self.malformed(device, topic, Malformed::BadStatus);
                 } else {
                     self.will_sent(device, s);
                 }
             }
-            Ok(Decoded::Status(s)) => self.enqueue(Event::Status(s)),
-            Ok(Decoded::CommandResponded(c)) => self.enqueue(Event::CommandResponded(c)),
-            Ok(Decoded::OtaProgress(p)) => self.enqueue(Event::OtaProgress(p)),
-            Ok(Decoded::Relayed) => {}
-            Err(reason) => self.malformed(device, topic, reason),
+            Ok(Decoded::Status(s)) => self.enqueue_acked(Event::Status(s), ack),
+            Ok(Decoded::CommandResponded(c)) => {
+                self.enqueue_acked(Event::CommandResponded(c), ack);
+            }
+            Ok(Decoded::OtaProgress(p)) => self.enqueue_acked(Event::OtaProgress(p), ack),
+            Ok(Decoded::Relayed) => run_ack(ack),
+            Err(reason) => {
+                run_ack(ack);
+                self.malformed(device, topic, reason);
+            }
         }
     }
 
@@ -161,15 +194,19 @@ impl Ingest {
     /// so the topic names the sender. Last wills are not told apart from
     /// other messages there: a will of "offline" on the status topic is
     /// reported like a status message.
-    pub fn accept_brokered(&self, topic: &str, payload: &Bytes, qos: u8) {
+    ///
+    /// With `ack`, the broker's acknowledgement waits until the message's
+    /// event is on the bus (see [`Ingest::accept_acked`]).
+    pub fn accept_brokered(&self, topic: &str, payload: &Bytes, qos: u8, ack: Option<Ack>) {
         let Some(device) = TopicName::parse(topic)
             .ok()
             .and_then(|t| t.device_topic().map(|(device, _)| device))
         else {
             tracing::debug!(topic, "message outside the device topics ignored");
+            run_ack(ack);
             return;
         };
-        self.accept(device.as_str(), topic, payload, qos, false);
+        self.accept_acked(device.as_str(), topic, payload, qos, false, ack);
     }
 
     /// A connection of `device` was accepted.
@@ -221,17 +258,24 @@ impl Ingest {
     }
 
     fn enqueue(&self, event: Event) {
-        if let Err(e) = self.events.try_send(event) {
-            let (reason, event) = match e {
-                mpsc::error::TrySendError::Full(ev) => ("queue_full", ev),
-                mpsc::error::TrySendError::Closed(ev) => ("stopped", ev),
+        self.enqueue_acked(event, None);
+    }
+
+    fn enqueue_acked(&self, event: Event, ack: Option<Ack>) {
+        if let Err(e) = self.events.try_send(Queued { event, ack }) {
+            let (reason, queued) = match e {
+                mpsc::error::TrySendError::Full(q) => ("queue_full", q),
+                mpsc::error::TrySendError::Closed(q) => ("stopped", q),
             };
             metrics::counter!(
                 "wf_mqtt_events_dropped_total",
                 "reason" => reason,
-                "topic" => event.topic()
+                "topic" => queued.event.topic()
             )
             .increment(1);
+            // Counted as dropped; holding the acknowledgement back would
+            // only stall the broker's delivery to this gateway.
+            run_ack(queued.ack);
         }
     }
 
@@ -270,6 +314,12 @@ impl Ingest {
     }
 }
 
+fn run_ack(ack: Option<Ack>) {
+    if let Some(ack) = ack {
+        ack();
+    }
+}
+
 /// The part of `topic` after `devices/{device}/`.
 fn device_suffix<'t>(device: &str, topic: &'t str) -> Option<&'t str> {
     topic
@@ -293,7 +343,7 @@ fn status(device: &str, online: bool, reason: &str) -> Event {
 /// (a JSON array each), everything else one event per message, flushed
 /// when a batch is full or `batch_linger_ms` after its first message.
 pub struct Batcher {
-    rx: mpsc::Receiver<Event>,
+    rx: mpsc::Receiver<Queued>,
     bus: Arc<dyn EventBus>,
     max_messages: usize,
     linger: Duration,
@@ -321,8 +371,8 @@ impl Batcher {
             self.flush(&mut batch, &stop).await;
         }
         self.rx.close();
-        while let Some(event) = self.rx.recv().await {
-            batch.push(event);
+        while let Some(queued) = self.rx.recv().await {
+            batch.push(queued);
             if batch.len() >= self.max_messages {
                 self.flush(&mut batch, &stop).await;
             }
@@ -330,7 +380,12 @@ impl Batcher {
         self.flush(&mut batch, &stop).await;
     }
 
-    async fn flush(&self, batch: &mut Vec<Event>, stop: &Shutdown) {
+    /// Publishes the batch; then, when every event of it is on the bus,
+    /// acknowledges its messages to the broker. (At shutdown with the bus
+    /// unreachable they stay unacknowledged, so a durable session gets them
+    /// again.)
+    async fn flush(&self, batch: &mut Vec<Queued>, stop: &Shutdown) {
+        let mut acks = Vec::new();
         let mut telemetry = Vec::new();
         let mut by_topic: [(&'static str, Vec<Vec<u8>>); 4] = [
             (topics::DEVICE_DATA_RECEIVED, Vec::new()),
@@ -338,7 +393,8 @@ impl Batcher {
             (topics::DEVICE_COMMAND_RESPONDED, Vec::new()),
             (topics::DEVICE_OTA_PROGRESS, Vec::new()),
         ];
-        for event in batch.drain(..) {
+        for Queued { event, ack } in batch.drain(..) {
+            acks.extend(ack);
             let encoded = match event {
                 Event::Telemetry(t) => {
                     telemetry.push(t);
@@ -357,16 +413,23 @@ impl Batcher {
                 by_topic[0].1.push(payload);
             }
         }
+        let mut published = true;
         for (topic, payloads) in by_topic {
             if !payloads.is_empty() {
-                self.publish(topic, payloads, stop).await;
+                published &= self.publish(topic, payloads, stop).await;
+            }
+        }
+        if published {
+            for ack in acks {
+                ack();
             }
         }
     }
 
     /// Publishes, retrying with backoff while the bus is unavailable; once
     /// shutdown is under way a failed publish is dropped and counted.
-    async fn publish(&self, topic: &'static str, payloads: Vec<Vec<u8>>, stop: &Shutdown) {
+    /// Whether the events are on the bus.
+    async fn publish(&self, topic: &'static str, payloads: Vec<Vec<u8>>, stop: &Shutdown) -> bool {
         let count = payloads.len() as u64;
         let mut backoff = Duration::from_millis(50);
         loop {
@@ -374,7 +437,7 @@ impl Batcher {
                 Ok(()) => {
                     metrics::counter!("wf_mqtt_events_published_total", "topic" => topic)
                         .increment(count);
-                    return;
+                    return true;
                 }
                 Err(e) => {
                     tracing::warn!(topic, events = count, error = %e, "publishing events failed; retrying");
@@ -388,12 +451,99 @@ impl Batcher {
                                 "topic" => topic
                             )
                             .increment(count);
-                            return;
+                            return false;
                         }
                     }
                     backoff = (backoff * 2).min(Duration::from_secs(5));
                 }
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+
+    use async_trait::async_trait;
+    use wf_common::events::{BusError, Subscription};
+
+    /// A bus that refuses the first `failures` publishes.
+    struct FlakyBus {
+        failures: AtomicUsize,
+        published: AtomicUsize,
+    }
+
+    #[async_trait]
+    impl EventBus for FlakyBus {
+        async fn publish(&self, _: &str, payloads: Vec<Vec<u8>>) -> Result<(), BusError> {
+            if self
+                .failures
+                .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1))
+                .is_ok()
+            {
+                return Err(BusError::Unavailable("down".into()));
+            }
+            self.published.fetch_add(payloads.len(), Ordering::SeqCst);
+            Ok(())
+        }
+        async fn subscribe(
+            &self,
+            _: &str,
+            _: &str,
+            _: &str,
+        ) -> Result<Box<dyn Subscription>, BusError> {
+            Err(BusError::Unavailable("not in this test".into()))
+        }
+        async fn ping(&self) -> Result<(), BusError> {
+            Ok(())
+        }
+    }
+
+    fn counter(acks: &Arc<AtomicUsize>) -> Option<Ack> {
+        let acks = acks.clone();
+        Some(Box::new(move || {
+            acks.fetch_add(1, Ordering::SeqCst);
+        }))
+    }
+
+    #[tokio::test]
+    async fn brokered_messages_are_acknowledged_once_their_events_are_on_the_bus() {
+        let bus = Arc::new(FlakyBus {
+            failures: AtomicUsize::new(2),
+            published: AtomicUsize::new(0),
+        });
+        let (ingest, batcher) = Ingest::new(&Config::default(), bus.clone());
+        let stop = Shutdown::new();
+        let running = tokio::spawn(batcher.run(stop.clone()));
+        let acks = Arc::new(AtomicUsize::new(0));
+
+        // Nothing to pass on: acknowledged at once.
+        ingest.accept_brokered(
+            "devices/d1/telemetry",
+            &Bytes::from_static(b"not json"),
+            1,
+            counter(&acks),
+        );
+        assert_eq!(acks.load(Ordering::SeqCst), 1);
+
+        for i in 0..3 {
+            let payload = Bytes::from(format!("{{\"t\": {i}}}"));
+            ingest.accept_brokered("devices/d1/telemetry", &payload, 1, counter(&acks));
+        }
+        // The bus refuses twice (retried after 50 ms, then 100 ms): no
+        // acknowledgement before the events are on it.
+        tokio::time::sleep(Duration::from_millis(60)).await;
+        assert_eq!(bus.published.load(Ordering::SeqCst), 0);
+        assert_eq!(acks.load(Ordering::SeqCst), 1);
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+        while acks.load(Ordering::SeqCst) < 4 {
+            assert!(tokio::time::Instant::now() < deadline, "never acknowledged");
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        assert_eq!(bus.published.load(Ordering::SeqCst), 1, "one batch");
+        stop.trigger();
+        running.await.unwrap();
     }
 }

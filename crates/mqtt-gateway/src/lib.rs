@@ -144,6 +144,17 @@ pub struct MosquittoConfig {
     pub dynsec: bool,
     /// MQTT keep-alive of the gateway's connection.
     pub keep_alive_secs: u64,
+    /// Keep this replica's session in Mosquitto across disconnections and
+    /// acknowledge each device message only once its event is on the bus.
+    /// A replica that crashes then loses nothing: what it had taken but not
+    /// passed on, and its share of what arrived while it was away, is
+    /// delivered when it connects again with the same `client_id` (run
+    /// replicas under a supervisor that restarts them). Off (the default),
+    /// sessions are clean: while a replica is away the others take all the
+    /// messages, but the few in flight to a crashed replica are lost.
+    /// Mosquitto's `max_inflight_messages` (20 by default) then bounds each
+    /// replica's throughput: raise it (1000, say) with durable sessions.
+    pub durable_session: bool,
 }
 
 impl Default for MosquittoConfig {
@@ -157,6 +168,7 @@ impl Default for MosquittoConfig {
             shared_group: "wf-iot-gateway".into(),
             dynsec: true,
             keep_alive_secs: 30,
+            durable_session: false,
         }
     }
 }

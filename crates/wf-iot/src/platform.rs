@@ -11,12 +11,13 @@ use wf_common::shutdown::Shutdown;
 
 use crate::config::PlatformConfig;
 
-/// Connects the configured event bus: Redis Streams, or in-process.
+/// Connects the configured event bus: Redis Streams (waiting for Redis
+/// with backoff when it is not reachable yet), or in-process.
 pub async fn event_bus(config: &PlatformConfig) -> anyhow::Result<Arc<dyn EventBus>> {
     if config.events.redis_url.trim().is_empty() {
         Ok(Arc::new(InProcessBus::new()))
     } else {
-        let bus = RedisBus::connect(&config.events.redis_url, config.events.redis.clone())
+        let bus = RedisBus::connect_retrying(&config.events.redis_url, config.events.redis.clone())
             .await
             .with_context(|| {
                 format!(

@@ -74,9 +74,15 @@ pub async fn run(config: PlatformConfig, target: Target) -> anyhow::Result<()> {
         }
         Target::Worker => {
             let bus = distributed_bus(&config).await?;
-            let worker =
-                firmware_service::worker::Worker::build(Arc::new(config.firmware), bus).await?;
-            tracing::info!(name = worker.name(), "rollout worker running");
+            let mut firmware = config.firmware;
+            // Alone, the worker answers its own health and readiness probes.
+            firmware.worker.http_port = firmware.worker.http_port.or(Some(WORKER_HTTP_PORT));
+            let worker = firmware_service::worker::Worker::build(Arc::new(firmware), bus).await?;
+            tracing::info!(
+                name = worker.name(),
+                http_port = worker.http_port(),
+                "rollout worker running"
+            );
             worker.run_until_stopped(shutdown).await
         }
         Target::Gateway => {
@@ -87,6 +93,10 @@ pub async fn run(config: PlatformConfig, target: Target) -> anyhow::Result<()> {
         }
     }
 }
+
+/// Where a worker running alone serves `/healthz`, `/readyz` and
+/// `/metrics` unless `firmware.worker.http_port` says otherwise.
+pub const WORKER_HTTP_PORT: u16 = 8105;
 
 /// Services running apart exchange events through Redis.
 async fn distributed_bus(

@@ -14,8 +14,14 @@
 //!   `devices/#`) on first connect; Mosquitto reconnects it once for that.
 //! - A lost connection is retried with backoff (100 ms doubling to 5 s);
 //!   `/readyz` reports the broker as failing until the connection is back,
-//!   subscribed and provisioned. Sessions are clean: while a replica is
-//!   away the others take its share, and a new connection subscribes again.
+//!   subscribed and provisioned. Sessions are clean by default: while a
+//!   replica is away the others take its share, and a new connection
+//!   subscribes again; but Mosquitto drops the messages in flight to a
+//!   replica that crashed (it does not hand them to the rest of the group).
+//! - With `durable_session`, the session outlives the connection and each
+//!   device message is acknowledged only once its event is on the bus, so
+//!   a crashed replica gets back, when it reconnects, what it had not
+//!   passed on, and meanwhile Mosquitto keeps its share for it.
 //!
 //! Presence: Mosquitto 2.0 does not tell its clients when other clients
 //! connect or drop, so online and offline come from `devices/{id}/status`
@@ -45,7 +51,7 @@ use crate::MosquittoConfig;
 use crate::domain::topic::DEVICES_ROOT;
 use crate::domain::{DeviceId, Route, TopicName};
 use crate::error::{Error, Result};
-use crate::ingest::Ingest;
+use crate::ingest::{Ack, Ingest};
 
 /// The largest packet MQTT can carry. Oversized payloads are dropped (and
 /// counted) by ingest; refusing them at the socket would drop the gateway's
@@ -314,6 +320,8 @@ pub struct Bridge {
     link: Arc<MosquittoLink>,
     eventloop: EventLoop,
     filters: Vec<SubscribeFilter>,
+    /// Device messages are acknowledged once their events are on the bus.
+    manual_acks: bool,
 }
 
 impl Bridge {
@@ -328,7 +336,8 @@ impl Bridge {
                 config.admin_password.expose_secret().to_string(),
             )
             .set_keep_alive(Duration::from_secs(config.keep_alive_secs.max(1)))
-            .set_clean_session(true)
+            .set_clean_session(!config.durable_session)
+            .set_manual_acks(config.durable_session)
             .set_max_packet_size(
                 MAX_INCOMING_PACKET,
                 max_payload_bytes.saturating_add(64 * 1024),
@@ -362,6 +371,28 @@ impl Bridge {
             }),
             eventloop,
             filters,
+            manual_acks: config.durable_session,
+        })
+    }
+
+    /// The acknowledgement of `publish`, sent only while the connection it
+    /// arrived on lasts: after a reconnect its packet id may name another
+    /// message, and the durable session delivers the unacknowledged one
+    /// again anyway.
+    fn ack_later(&self, publish: &rumqttc::Publish) -> Ack {
+        let link = self.link.clone();
+        let generation = link.with_state(|s| s.generation).unwrap_or_default();
+        let publish = publish.clone();
+        Box::new(move || {
+            if !link.is_current(generation) {
+                return;
+            }
+            if link.client.try_ack(&publish).is_err() {
+                let client = link.client.clone();
+                tokio::spawn(async move {
+                    let _ = client.ack(&publish).await;
+                });
+            }
         })
     }
 
@@ -411,12 +442,21 @@ impl Bridge {
                     }
                 }
                 Ok(Event::Incoming(Packet::Publish(publish))) => {
+                    let ack = self.manual_acks.then(|| self.ack_later(&publish));
                     if publish.topic == dynsec::RESPONSE_TOPIC {
                         if let Some(d) = &self.link.dynsec {
                             d.on_response(&publish.payload);
                         }
+                        if let Some(ack) = ack {
+                            ack();
+                        }
                     } else {
-                        ingest.accept_brokered(&publish.topic, &publish.payload, publish.qos as u8);
+                        ingest.accept_brokered(
+                            &publish.topic,
+                            &publish.payload,
+                            publish.qos as u8,
+                            ack,
+                        );
                     }
                 }
                 Ok(_) => {}

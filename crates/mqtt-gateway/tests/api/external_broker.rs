@@ -5,6 +5,8 @@
 //! the load, and the connection coming back after the broker restarts.
 
 use std::collections::BTreeSet;
+use std::sync::Arc;
+use std::sync::atomic::AtomicBool;
 use std::time::Duration;
 
 use rumqttc::{ConnectReturnCode, MqttOptions};
@@ -374,6 +376,62 @@ async fn take(events: &mut Events<TelemetryMessage>, wait: Duration) -> Vec<u64>
         got.push(number(&t) as u64);
     }
     got
+}
+
+#[tokio::test]
+async fn a_durable_gateway_gets_back_what_it_had_not_passed_on() {
+    const CLIENT_ID: &str = "wf-iot-gateway/durable";
+    let broker = MosquittoServer::start().await;
+    let bus_down = Arc::new(AtomicBool::new(true));
+    let first = TestApp::builder()
+        .mosquitto(&broker)
+        .client_id(CLIENT_ID)
+        .durable_session()
+        .bus_down_while(bus_down.clone())
+        .spawn()
+        .await;
+    first.sync("d1", "s1").await.unwrap();
+    let mut seen = first
+        .grpc()
+        .await
+        .subscribe_topic(SubscribeTopicRequest {
+            topic_filter: "devices/d1/telemetry".into(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    let d1 = first.device("d1", "s1").await;
+    for n in 0..10 {
+        d1.publish("devices/d1/telemetry", format!(r#"{{"n": {n}}}"#))
+            .await;
+    }
+    // The gateway has every message, but cannot put its event on the bus.
+    for _ in 0..10 {
+        tokio::time::timeout(WAIT, seen.next())
+            .await
+            .expect("the gateway receives the message")
+            .expect("the stream is open")
+            .expect("a message");
+    }
+    drop(seen);
+    first.stop().await;
+    // More while no gateway is connected.
+    for n in 10..20 {
+        d1.publish("devices/d1/telemetry", format!(r#"{{"n": {n}}}"#))
+            .await;
+    }
+
+    let second = TestApp::builder()
+        .mosquitto(&broker)
+        .client_id(CLIENT_ID)
+        .durable_session()
+        .spawn()
+        .await;
+    let mut events = second.telemetry().await;
+    let mut got = take(&mut events, 2 * WAIT).await;
+    got.sort_unstable();
+    got.dedup();
+    assert_eq!(got, (0..20).collect::<Vec<_>>());
 }
 
 #[tokio::test]

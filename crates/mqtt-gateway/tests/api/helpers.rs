@@ -6,7 +6,7 @@
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::Arc;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::Duration;
 
 use mqtt_gateway::{Application, BrokerMode, Config, MosquittoConfig};
@@ -19,7 +19,7 @@ use tokio::sync::{mpsc, oneshot};
 use tokio::task::JoinHandle;
 use tokio_stream::wrappers::TcpListenerStream;
 use tonic::{Request, Response, Status};
-use wf_common::events::{EventBus, InProcessBus, Subscription};
+use wf_common::events::{BusError, EventBus, InProcessBus, Subscription};
 use wf_common::shutdown::Shutdown;
 use wf_proto::device::device_service_server::{DeviceService, DeviceServiceServer};
 use wf_proto::device::{
@@ -80,6 +80,8 @@ pub struct TestApp {
 pub struct TestAppBuilder {
     config: Config,
     secrets: HashMap<String, String>,
+    /// While set, the gateway's publishes to the event bus fail.
+    bus_down: Option<Arc<AtomicBool>>,
     /// Wait for `/readyz` before handing the gateway to the test.
     wait_ready: bool,
 }
@@ -126,6 +128,20 @@ impl TestAppBuilder {
         self
     }
 
+    /// Keeps the gateway's Mosquitto session across connections, with
+    /// device messages acknowledged once their events are on the bus.
+    pub fn durable_session(mut self) -> Self {
+        self.config.mosquitto.durable_session = true;
+        self
+    }
+
+    /// The event bus refuses the gateway's publishes while `down` is set
+    /// (the test still reads what does get published).
+    pub fn bus_down_while(mut self, down: Arc<AtomicBool>) -> Self {
+        self.bus_down = Some(down);
+        self
+    }
+
     pub fn with_device(mut self, id: &str, secret: &str) -> Self {
         self.secrets.insert(id.into(), secret.into());
         self
@@ -154,7 +170,14 @@ impl TestAppBuilder {
         let broker_port = self.config.mosquitto.port;
 
         let bus = Arc::new(InProcessBus::new());
-        let app = Application::build(Arc::new(self.config), bus.clone() as Arc<dyn EventBus>)
+        let app_bus: Arc<dyn EventBus> = match self.bus_down {
+            Some(down) => Arc::new(GatedBus {
+                inner: bus.clone(),
+                down,
+            }),
+            None => bus.clone(),
+        };
+        let app = Application::build(Arc::new(self.config), app_bus)
             .await
             .expect("mqtt-gateway starts");
         let shutdown = Shutdown::new();
@@ -192,6 +215,7 @@ impl TestApp {
                 ..Config::default()
             },
             secrets: HashMap::new(),
+            bus_down: None,
             wait_ready: false,
         }
     }
@@ -482,6 +506,35 @@ async fn drive(
 pub fn with_will(mut opts: MqttOptions, topic: &str) -> MqttOptions {
     opts.set_last_will(LastWill::new(topic, "offline", QoS::AtLeastOnce, false));
     opts
+}
+
+/// An event bus whose publishes fail while `down` is set.
+struct GatedBus {
+    inner: Arc<InProcessBus>,
+    down: Arc<AtomicBool>,
+}
+
+#[tonic::async_trait]
+impl EventBus for GatedBus {
+    async fn publish(&self, topic: &str, payloads: Vec<Vec<u8>>) -> Result<(), BusError> {
+        if self.down.load(Ordering::SeqCst) {
+            return Err(BusError::Unavailable("down for the test".into()));
+        }
+        self.inner.publish(topic, payloads).await
+    }
+
+    async fn subscribe(
+        &self,
+        topic: &str,
+        group: &str,
+        consumer: &str,
+    ) -> Result<Box<dyn Subscription>, BusError> {
+        self.inner.subscribe(topic, group, consumer).await
+    }
+
+    async fn ping(&self) -> Result<(), BusError> {
+        self.inner.ping().await
+    }
 }
 
 /// Reads events of one topic from the bus as one consumer group.
