@@ -18,6 +18,22 @@ use crate::telemetry;
 /// A dependency whose reachability decides readiness.
 pub type ReadinessCheck = Arc<dyn Fn() -> BoxFuture<'static, Result<(), String>> + Send + Sync>;
 
+/// Ready while the database answers `SELECT 1`.
+pub fn database_check(db: crate::db::Db) -> ReadinessCheck {
+    Arc::new(move || {
+        let db = db.clone();
+        Box::pin(async move { db.ping().await.map_err(|e| e.to_string()) })
+    })
+}
+
+/// Ready while the event bus answers.
+pub fn event_bus_check(bus: Arc<dyn crate::events::EventBus>) -> ReadinessCheck {
+    Arc::new(move || {
+        let bus = bus.clone();
+        Box::pin(async move { bus.ping().await.map_err(|e| e.to_string()) })
+    })
+}
+
 /// `/healthz` (the process is up), `/readyz` (its dependencies answer) and
 /// `/metrics` (Prometheus text format).
 pub fn ops_routes(checks: Vec<(&'static str, ReadinessCheck)>) -> Router {

@@ -30,71 +30,40 @@ pub async fn run(state: AppState, stop: Shutdown) {
         metrics::counter!("wf_commands_completed_total", "status" => status).increment(0);
     }
     let last_seen: Arc<Mutex<HashMap<String, i64>>> = Arc::default();
-    let bus = state.bus.clone();
-    let consumer = state.config.consumer_name.clone();
-
     let telemetry = {
-        let state = state.clone();
         let last_seen = last_seen.clone();
-        run_consumer(
-            bus.clone(),
+        consume(
+            &state,
             topics::DEVICE_DATA_RECEIVED,
-            GROUP.into(),
-            consumer.clone(),
             64,
-            stop.wait(),
-            move |batch| {
-                let state = state.clone();
+            &stop,
+            move |state, batch| {
                 let last_seen = last_seen.clone();
                 async move { store_telemetry(&state, &last_seen, batch).await }
             },
         )
     };
-    let status = {
-        let state = state.clone();
-        run_consumer(
-            bus.clone(),
-            topics::DEVICE_STATUS_CHANGED,
-            GROUP.into(),
-            consumer.clone(),
-            256,
-            stop.wait(),
-            move |batch| {
-                let state = state.clone();
-                async move { apply_status(&state, batch).await }
-            },
-        )
-    };
-    let responses = {
-        let state = state.clone();
-        run_consumer(
-            bus.clone(),
-            topics::DEVICE_COMMAND_RESPONDED,
-            GROUP.into(),
-            consumer.clone(),
-            256,
-            stop.wait(),
-            move |batch| {
-                let state = state.clone();
-                async move { complete_commands(&state, batch).await }
-            },
-        )
-    };
-    let updates = {
-        let state = state.clone();
-        run_consumer(
-            bus.clone(),
-            topics::DEVICE_OTA_PROGRESS,
-            GROUP.into(),
-            consumer.clone(),
-            256,
-            stop.wait(),
-            move |batch| {
-                let state = state.clone();
-                async move { record_firmware_versions(&state, batch).await }
-            },
-        )
-    };
+    let status = consume(
+        &state,
+        topics::DEVICE_STATUS_CHANGED,
+        256,
+        &stop,
+        |state, batch| async move { apply_status(&state, batch).await },
+    );
+    let responses = consume(
+        &state,
+        topics::DEVICE_COMMAND_RESPONDED,
+        256,
+        &stop,
+        |state, batch| async move { complete_commands(&state, batch).await },
+    );
+    let updates = consume(
+        &state,
+        topics::DEVICE_OTA_PROGRESS,
+        256,
+        &stop,
+        |state, batch| async move { record_firmware_versions(&state, batch).await },
+    );
     tokio::join!(
         telemetry,
         status,
@@ -102,8 +71,32 @@ pub async fn run(state: AppState, stop: Shutdown) {
         updates,
         expire_commands(state.clone(), stop.clone()),
         count_devices(state.clone(), stop.clone()),
-        flush_last_seen(state, last_seen, stop),
+        flush_last_seen(state.clone(), last_seen, stop.clone()),
     );
+}
+
+/// A consumer of `topic` in device-service's group: `handle` gets each
+/// batch of at most `max_batch` events until `stop` is triggered.
+async fn consume<H, Fut>(
+    state: &AppState,
+    topic: &'static str,
+    max_batch: usize,
+    stop: &Shutdown,
+    handle: H,
+) where
+    H: Fn(AppState, Vec<Delivery>) -> Fut + Send + Sync,
+    Fut: Future<Output = anyhow::Result<()>> + Send,
+{
+    run_consumer(
+        state.bus.clone(),
+        topic,
+        GROUP.into(),
+        state.config.consumer_name.clone(),
+        max_batch,
+        stop.wait(),
+        |batch| handle(state.clone(), batch),
+    )
+    .await;
 }
 
 /// Decodes each delivery, logging and skipping the ones that do not parse.

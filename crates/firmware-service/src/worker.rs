@@ -133,17 +133,8 @@ impl Worker {
 
     /// Liveness, readiness (the database and the event bus) and metrics.
     fn ops_router(&self) -> axum::Router {
-        use wf_common::http::ReadinessCheck;
-        let db = self.store.db().clone();
-        let db_check: ReadinessCheck = Arc::new(move || {
-            let db = db.clone();
-            Box::pin(async move { db.ping().await.map_err(|e| e.to_string()) })
-        });
-        let bus = self.bus.clone();
-        let bus_check: ReadinessCheck = Arc::new(move || {
-            let bus = bus.clone();
-            Box::pin(async move { bus.ping().await.map_err(|e| e.to_string()) })
-        });
+        let db_check = wf_common::http::database_check(self.store.db().clone());
+        let bus_check = wf_common::http::event_bus_check(self.bus.clone());
         wf_common::http::finish(
             wf_common::http::ops_routes(vec![("database", db_check), ("event_bus", bus_check)]),
             "firmware-worker",

@@ -6,7 +6,6 @@ mod edge;
 mod proxy;
 mod streams;
 
-use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context;
@@ -14,7 +13,7 @@ use axum::Router;
 use axum::http::{HeaderName, HeaderValue, Method, header};
 use axum::routing::get;
 use tower_http::cors::{AllowHeaders, AllowOrigin, CorsLayer};
-use wf_common::http::{ReadinessCheck, ops_routes};
+use wf_common::http::ops_routes;
 use wf_common::telemetry::REQUEST_ID_HEADER;
 
 use crate::CorsConfig;
@@ -24,11 +23,7 @@ pub fn router(state: AppState) -> anyhow::Result<Router> {
     // Install the recorder before the first request is counted.
     wf_common::telemetry::metrics_handle();
     let cors = cors_layer(&state.config.cors)?;
-    let bus = state.bus.clone();
-    let bus_check: ReadinessCheck = Arc::new(move || {
-        let bus = bus.clone();
-        Box::pin(async move { bus.ping().await.map_err(|e| e.to_string()) })
-    });
+    let bus_check = wf_common::http::event_bus_check(state.bus.clone());
     Ok(Router::new()
         .route("/api/v1/devices/stream", get(streams::fleet))
         .route("/api/v1/devices/{id}/stream", get(streams::device))

@@ -6,7 +6,6 @@ mod roles;
 mod users;
 
 use std::net::{IpAddr, SocketAddr};
-use std::sync::Arc;
 
 use axum::Router;
 use axum::extract::{ConnectInfo, FromRequestParts};
@@ -14,18 +13,14 @@ use axum::http::header::{AUTHORIZATION, USER_AGENT};
 use axum::http::request::Parts;
 use axum::routing::{get, post, put};
 use utoipa::OpenApi;
-use wf_common::http::{ReadinessCheck, finish, ops_routes};
+use wf_common::http::{finish, ops_routes};
 use wf_common::openapi::BearerAuth;
 
 use crate::error::{Error, Result};
 use crate::state::{AppState, ClientInfo, Identity};
 
 pub fn router(state: AppState) -> Router {
-    let db = state.store.db().clone();
-    let db_check: ReadinessCheck = Arc::new(move || {
-        let db = db.clone();
-        Box::pin(async move { db.ping().await.map_err(|e| e.to_string()) })
-    });
+    let db_check = wf_common::http::database_check(state.store.db().clone());
     let api = Router::new()
         .route("/.well-known/jwks.json", get(auth::jwks))
         .route("/api/v1/auth/login", post(auth::login))

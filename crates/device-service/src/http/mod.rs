@@ -4,31 +4,21 @@ mod commands;
 mod devices;
 mod telemetry;
 
-use std::sync::Arc;
-
 use axum::Router;
 use axum::extract::FromRequestParts;
 use axum::http::header::AUTHORIZATION;
 use axum::http::request::Parts;
 use axum::routing::{get, post};
 use utoipa::OpenApi;
-use wf_common::http::{ReadinessCheck, finish, ops_routes};
+use wf_common::http::{finish, ops_routes};
 use wf_common::openapi::BearerAuth;
 
 use crate::error::{Error, Result};
 use crate::state::{AppState, Caller};
 
 pub fn router(state: AppState) -> Router {
-    let db = state.store.db().clone();
-    let db_check: ReadinessCheck = Arc::new(move || {
-        let db = db.clone();
-        Box::pin(async move { db.ping().await.map_err(|e| e.to_string()) })
-    });
-    let bus = state.bus.clone();
-    let bus_check: ReadinessCheck = Arc::new(move || {
-        let bus = bus.clone();
-        Box::pin(async move { bus.ping().await.map_err(|e| e.to_string()) })
-    });
+    let db_check = wf_common::http::database_check(state.store.db().clone());
+    let bus_check = wf_common::http::event_bus_check(state.bus.clone());
     let api = Router::new()
         .route("/api/v1/devices", get(devices::list).post(devices::create))
         .route("/api/v1/devices/summary", get(devices::summary))

@@ -27,21 +27,13 @@ use crate::state::{AppState, Caller};
 const FORM_OVERHEAD: u64 = 256 * 1024;
 
 pub fn router(state: AppState) -> Router {
-    let db = state.store.db().clone();
-    let db_check: ReadinessCheck = Arc::new(move || {
-        let db = db.clone();
-        Box::pin(async move { db.ping().await.map_err(|e| e.to_string()) })
-    });
+    let db_check = wf_common::http::database_check(state.store.db().clone());
     let blobs = state.blobs.clone();
     let storage_check: ReadinessCheck = Arc::new(move || {
         let blobs = blobs.clone();
         Box::pin(async move { blobs.ping().await.map_err(|e| e.to_string()) })
     });
-    let bus = state.bus.clone();
-    let bus_check: ReadinessCheck = Arc::new(move || {
-        let bus = bus.clone();
-        Box::pin(async move { bus.ping().await.map_err(|e| e.to_string()) })
-    });
+    let bus_check = wf_common::http::event_bus_check(state.bus.clone());
     let upload_limit = usize::try_from(
         state
             .config

@@ -15,11 +15,7 @@ use crate::state::AppState;
 const MAX_BODY_BYTES: usize = 16 * 1024;
 
 pub fn router(state: AppState) -> Router {
-    let bus = state.bus.clone();
-    let bus_check: ReadinessCheck = Arc::new(move || {
-        let bus = bus.clone();
-        Box::pin(async move { bus.ping().await.map_err(|e| e.to_string()) })
-    });
+    let bus_check = wf_common::http::event_bus_check(state.bus.clone());
     let broker = state.broker.clone();
     let broker_check: ReadinessCheck = Arc::new(move || {
         let ready = broker.check_ready();
