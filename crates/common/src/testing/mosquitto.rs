@@ -6,9 +6,11 @@
 //! gateway acknowledging after the event bus is not held to Mosquitto's
 //! default of 20). The process is killed when the value is dropped.
 //!
-//! Mosquitto is installed wherever the suite runs (Debian: `apt-get install
-//! mosquitto mosquitto-clients`); when it is missing the tests fail saying
-//! so rather than being skipped.
+//! Tests get one with [`MosquittoServer::start_or_skip`]. Where Mosquitto is
+//! not installed (Debian: `apt-get install mosquitto mosquitto-clients`),
+//! they say so and pass, so that `cargo test` works on a machine with
+//! nothing but Rust; with `WF_IOT_TEST_REQUIRE_MOSQUITTO` set (as CI sets
+//! it) a missing Mosquitto fails them instead.
 
 use std::fs::File;
 use std::net::{Ipv4Addr, SocketAddr, TcpListener};
@@ -31,7 +33,38 @@ pub struct MosquittoServer {
     child: Option<Child>,
 }
 
+/// Set (to anything) to make a missing Mosquitto a failure, not a skip.
+pub const REQUIRE_ENV: &str = "WF_IOT_TEST_REQUIRE_MOSQUITTO";
+
 impl MosquittoServer {
+    /// Whether Mosquitto 2, its control tool and its dynamic-security
+    /// plugin are installed.
+    pub fn installed() -> bool {
+        find_program("mosquitto").is_some()
+            && find_program("mosquitto_ctrl").is_some()
+            && find_dynsec_plugin().is_some()
+    }
+
+    /// [`MosquittoServer::start`] where Mosquitto is installed; `None`,
+    /// after saying why, where it is not (a failure instead when
+    /// [`REQUIRE_ENV`] is set).
+    pub async fn start_or_skip() -> Option<Self> {
+        if !Self::installed() {
+            assert!(
+                std::env::var_os(REQUIRE_ENV).is_none(),
+                "{REQUIRE_ENV} is set but Mosquitto 2 with mosquitto_ctrl and its \
+                 dynamic-security plugin is not installed (Debian: apt-get install mosquitto \
+                 mosquitto-clients)"
+            );
+            eprintln!(
+                "skipped: this test needs Mosquitto 2 (Debian: apt-get install mosquitto \
+                 mosquitto-clients)"
+            );
+            return None;
+        }
+        Some(Self::start().await)
+    }
+
     /// Initialises the dynamic-security file, starts Mosquitto and waits
     /// until it accepts connections.
     pub async fn start() -> Self {
@@ -167,23 +200,26 @@ fn free_port() -> u16 {
 
 /// An installed program: on the PATH, or in the sbin directories Debian
 /// puts `mosquitto` in (not on every user's PATH).
-fn program(name: &str) -> PathBuf {
+fn find_program(name: &str) -> Option<PathBuf> {
     let path = std::env::var_os("PATH").unwrap_or_default();
     std::env::split_paths(&path)
         .chain(["/usr/sbin", "/usr/local/sbin", "/sbin"].map(PathBuf::from))
         .map(|dir| dir.join(name))
         .find(|p| p.is_file())
-        .unwrap_or_else(|| {
-            panic!(
-                "`{name}` is not installed: the tests with an external broker need Mosquitto 2 \
-                 and its clients (Debian: apt-get install mosquitto mosquitto-clients)"
-            )
-        })
+}
+
+fn program(name: &str) -> PathBuf {
+    find_program(name).unwrap_or_else(|| {
+        panic!(
+            "`{name}` is not installed: the tests with an external broker need Mosquitto 2 \
+             and its clients (Debian: apt-get install mosquitto mosquitto-clients)"
+        )
+    })
 }
 
 /// `mosquitto_dynamic_security.so`, where the distributions put it
 /// (Debian: /usr/lib/<multiarch>/).
-fn dynsec_plugin() -> PathBuf {
+fn find_dynsec_plugin() -> Option<PathBuf> {
     const NAME: &str = "mosquitto_dynamic_security.so";
     let mut dirs: Vec<PathBuf> = [
         "/usr/lib",
@@ -199,10 +235,14 @@ fn dynsec_plugin() -> PathBuf {
     dirs.into_iter()
         .map(|dir| dir.join(NAME))
         .find(|p| p.is_file())
-        .unwrap_or_else(|| {
-            panic!(
-                "{NAME} was not found under /usr/lib: the external-broker tests need Mosquitto 2 \
-                 with its dynamic-security plugin (Debian: apt-get install mosquitto)"
-            )
-        })
+}
+
+fn dynsec_plugin() -> PathBuf {
+    find_dynsec_plugin().unwrap_or_else(|| {
+        panic!(
+            "mosquitto_dynamic_security.so was not found under /usr/lib: the external-broker \
+             tests need Mosquitto 2 with its dynamic-security plugin (Debian: apt-get install \
+             mosquitto)"
+        )
+    })
 }

@@ -48,7 +48,9 @@ fn number(t: &TelemetryMessage) -> f64 {
 
 #[tokio::test]
 async fn no_mqtt_port_is_bound_and_the_broker_is_ready() {
-    let broker = MosquittoServer::start().await;
+    let Some(broker) = MosquittoServer::start_or_skip().await else {
+        return;
+    };
     let app = gateway(&broker).await;
     assert_eq!((app.mqtt_port, app.ws_port), (broker.port, 0));
     let (ready, body) = app.readiness().await;
@@ -57,7 +59,9 @@ async fn no_mqtt_port_is_bound_and_the_broker_is_ready() {
 
 #[tokio::test]
 async fn without_dynsec_credential_syncs_are_left_to_the_operator() {
-    let broker = MosquittoServer::start().await;
+    let Some(broker) = MosquittoServer::start_or_skip().await else {
+        return;
+    };
     let app = TestApp::builder()
         .mosquitto(&broker)
         .dynsec(false)
@@ -73,7 +77,9 @@ async fn without_dynsec_credential_syncs_are_left_to_the_operator() {
 
 #[tokio::test]
 async fn synced_credentials_let_the_device_in_and_nothing_else() {
-    let broker = MosquittoServer::start().await;
+    let Some(broker) = MosquittoServer::start_or_skip().await else {
+        return;
+    };
     let app = gateway(&broker).await;
     // Unknown to Mosquitto until synced.
     assert_eq!(
@@ -96,7 +102,9 @@ async fn synced_credentials_let_the_device_in_and_nothing_else() {
 
 #[tokio::test]
 async fn a_new_secret_replaces_the_old_one_and_an_empty_one_locks_the_device_out() {
-    let broker = MosquittoServer::start().await;
+    let Some(broker) = MosquittoServer::start_or_skip().await else {
+        return;
+    };
     let app = gateway(&broker).await;
     app.sync("d1", "first").await.unwrap();
     let mut d1 = app.device("d1", "first").await;
@@ -118,7 +126,9 @@ async fn a_new_secret_replaces_the_old_one_and_an_empty_one_locks_the_device_out
 
 #[tokio::test]
 async fn broker_accounts_wf_iot_does_not_manage_are_left_alone() {
-    let broker = MosquittoServer::start().await;
+    let Some(broker) = MosquittoServer::start_or_skip().await else {
+        return;
+    };
     let app = gateway(&broker).await;
     // A device registered under the admin's name must not take it over.
     let err = app.sync(ADMIN, "takeover").await.unwrap_err();
@@ -138,7 +148,9 @@ async fn broker_accounts_wf_iot_does_not_manage_are_left_alone() {
 
 #[tokio::test]
 async fn a_device_cannot_reach_other_devices_topics_or_the_broker_itself() {
-    let broker = MosquittoServer::start().await;
+    let Some(broker) = MosquittoServer::start_or_skip().await else {
+        return;
+    };
     let app = gateway(&broker).await;
     app.sync("d1", "s1").await.unwrap();
     app.sync("d2", "s2").await.unwrap();
@@ -188,7 +200,9 @@ async fn a_device_cannot_reach_other_devices_topics_or_the_broker_itself() {
 
 #[tokio::test]
 async fn device_messages_become_events() {
-    let broker = MosquittoServer::start().await;
+    let Some(broker) = MosquittoServer::start_or_skip().await else {
+        return;
+    };
     let app = gateway(&broker).await;
     app.sync("d1", "s1").await.unwrap();
     let mut telemetry = app.telemetry().await;
@@ -248,7 +262,9 @@ async fn device_messages_become_events() {
 
 #[tokio::test]
 async fn status_messages_and_the_last_will_report_online_and_offline() {
-    let broker = MosquittoServer::start().await;
+    let Some(broker) = MosquittoServer::start_or_skip().await else {
+        return;
+    };
     let app = gateway(&broker).await;
     app.sync("d1", "s1").await.unwrap();
     let mut status = app
@@ -281,7 +297,9 @@ async fn status_messages_and_the_last_will_report_online_and_offline() {
 
 #[tokio::test]
 async fn platform_publishes_reach_the_device_and_subscribers_see_its_messages() {
-    let broker = MosquittoServer::start().await;
+    let Some(broker) = MosquittoServer::start_or_skip().await else {
+        return;
+    };
     let app = gateway(&broker).await;
     app.sync("d1", "s1").await.unwrap();
     let mut d1 = app.device("d1", "s1").await;
@@ -323,7 +341,9 @@ async fn platform_publishes_reach_the_device_and_subscribers_see_its_messages() 
 #[tokio::test]
 async fn replicas_in_one_shared_group_split_the_messages_without_duplicates() {
     const SENT: usize = 40;
-    let broker = MosquittoServer::start().await;
+    let Some(broker) = MosquittoServer::start_or_skip().await else {
+        return;
+    };
     let a = TestApp::builder()
         .mosquitto(&broker)
         .client_id("wf-iot-gateway/a")
@@ -381,7 +401,9 @@ async fn take(events: &mut Events<TelemetryMessage>, wait: Duration) -> Vec<u64>
 #[tokio::test]
 async fn a_durable_gateway_gets_back_what_it_had_not_passed_on() {
     const CLIENT_ID: &str = "wf-iot-gateway/durable";
-    let broker = MosquittoServer::start().await;
+    let Some(broker) = MosquittoServer::start_or_skip().await else {
+        return;
+    };
     let bus_down = Arc::new(AtomicBool::new(true));
     let first = TestApp::builder()
         .mosquitto(&broker)
@@ -436,7 +458,9 @@ async fn a_durable_gateway_gets_back_what_it_had_not_passed_on() {
 
 #[tokio::test]
 async fn the_gateway_reconnects_after_the_broker_restarts() {
-    let mut broker = MosquittoServer::start().await;
+    let Some(mut broker) = MosquittoServer::start_or_skip().await else {
+        return;
+    };
     let app = gateway(&broker).await;
     app.sync("d1", "s1").await.unwrap();
 
@@ -493,7 +517,9 @@ async fn broker_problem(app: &TestApp, matching: &str) -> String {
 
 #[tokio::test]
 async fn an_unreachable_or_refusing_broker_is_reported_not_ready() {
-    let broker = MosquittoServer::start().await;
+    let Some(broker) = MosquittoServer::start_or_skip().await else {
+        return;
+    };
     let wrong = TestApp::builder()
         .mosquitto_port(broker.port)
         .admin_password("not-the-password")
