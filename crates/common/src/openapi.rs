@@ -104,6 +104,7 @@ pub fn merge(title: &str, version: &str, documents: &[Value]) -> Value {
             }
         }
     }
+    unique_operation_ids(&mut paths);
     json!({
         "openapi": "3.1.0",
         "info": { "title": title, "version": version },
@@ -111,6 +112,49 @@ pub fn merge(title: &str, version: &str, documents: &[Value]) -> Value {
         "components": { "schemas": schemas, "securitySchemes": security_schemes },
         "tags": tags,
     })
+}
+
+/// The HTTP methods an OpenAPI path item may hold operations under.
+const METHODS: [&str; 8] = [
+    "get", "put", "post", "delete", "options", "head", "patch", "trace",
+];
+
+/// Operation ids must be unique across the merged document, but each
+/// service names its own (`list`, `get`, ...). An id used more than once is
+/// replaced, everywhere it is used, by one built from the method and the
+/// path (`get_api_v1_devices_id`); ids used once are kept, so the links
+/// that name them still resolve.
+fn unique_operation_ids(paths: &mut Map<String, Value>) {
+    let mut seen: std::collections::HashMap<String, usize> = std::collections::HashMap::new();
+    for item in paths.values() {
+        for method in METHODS {
+            if let Some(id) = item
+                .pointer(&format!("/{method}/operationId"))
+                .and_then(Value::as_str)
+            {
+                *seen.entry(id.to_string()).or_default() += 1;
+            }
+        }
+    }
+    for (path, item) in paths.iter_mut() {
+        for method in METHODS {
+            let Some(op) = item.get_mut(method).and_then(Value::as_object_mut) else {
+                continue;
+            };
+            let duplicated = op
+                .get("operationId")
+                .and_then(Value::as_str)
+                .is_some_and(|id| seen.get(id).copied().unwrap_or(0) > 1);
+            if duplicated {
+                let slug: String = path
+                    .split(|c: char| !c.is_ascii_alphanumeric())
+                    .filter(|part| !part.is_empty())
+                    .collect::<Vec<_>>()
+                    .join("_");
+                op.insert("operationId".into(), json!(format!("{method}_{slug}")));
+            }
+        }
+    }
 }
 
 /// The bearer-token security scheme every service declares.
@@ -147,5 +191,26 @@ mod tests {
         assert_eq!(m["components"]["schemas"].as_object().unwrap().len(), 2);
         assert!(m["components"]["securitySchemes"]["bearer"].is_object());
         assert_eq!(m["tags"].as_array().unwrap().len(), 2);
+    }
+
+    #[test]
+    fn operation_ids_are_unique_after_merging() {
+        let auth = json!({ "paths": {
+            "/api/v1/users": { "get": { "operationId": "list" }, "post": { "operationId": "create_user" } },
+            "/api/v1/users/{id}": { "get": { "operationId": "get" } },
+        }});
+        let devices = json!({ "paths": {
+            "/api/v1/devices": { "get": { "operationId": "list" } },
+            "/api/v1/devices/{id}": { "get": { "operationId": "get" }, "parameters": [] },
+        }});
+        let m = merge("wf-iot", "1", &[auth, devices]);
+        let id = |path: &str, method: &str| m["paths"][path][method]["operationId"].clone();
+        assert_eq!(id("/api/v1/users", "get"), "get_api_v1_users");
+        assert_eq!(id("/api/v1/devices", "get"), "get_api_v1_devices");
+        assert_eq!(id("/api/v1/users/{id}", "get"), "get_api_v1_users_id");
+        assert_eq!(id("/api/v1/devices/{id}", "get"), "get_api_v1_devices_id");
+        // Used once: kept, so links naming it still resolve.
+        assert_eq!(id("/api/v1/users", "post"), "create_user");
+        assert!(m["paths"]["/api/v1/devices/{id}"]["parameters"].is_array());
     }
 }
