@@ -338,11 +338,14 @@ const VERIFIED_CAPACITY: usize = 16_384;
 /// key has left the key set stops verifying at once.
 #[derive(Default)]
 struct Verified {
-    tokens: RwLock<HashMap<Box<str>, (AccessClaims, Box<str>)>>,
+    tokens: RwLock<HashMap<Box<str>, Remembered>>,
 }
 
+/// A verified token's claims and the id of the key that verified it.
+type Remembered = (AccessClaims, Box<str>);
+
 impl Verified {
-    fn get(&self, token: &str) -> Option<(AccessClaims, Box<str>)> {
+    fn get(&self, token: &str) -> Option<Remembered> {
         self.tokens.read().ok()?.get(token).cloned()
     }
 
@@ -402,10 +405,10 @@ impl JwtVerifier {
 
     /// Verifies signature, algorithm, issuer, type and lifetime.
     pub async fn verify(&self, token: &str) -> Result<AccessClaims, JwtError> {
-        if let Some((claims, kid)) = self.verified.get(token) {
-            if self.key(&kid).is_some() {
-                return self.check_claims(claims);
-            }
+        if let Some((claims, kid)) = self.verified.get(token)
+            && self.key(&kid).is_some()
+        {
+            return self.check_claims(claims);
         }
         let mut used_kid = None;
         let claims: AccessClaims = match &self.keys {
