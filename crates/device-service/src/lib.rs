@@ -46,6 +46,10 @@ pub struct Config {
     pub mqtt_gateway_url: String,
     /// How long a permission answer from auth-service is reused.
     pub permission_cache_ttl_secs: u64,
+    /// A Redis through which every replica shares the permission answers
+    /// it got; empty: each process keeps its own. `wf-iot serve <service>`
+    /// fills in `events.redis_url`.
+    pub permission_cache_redis_url: String,
     /// The most points one series query returns (raw values or buckets).
     pub max_series_points: i64,
     pub command_default_timeout_secs: i64,
@@ -74,6 +78,7 @@ impl Default for Config {
             issuer: "wf-iot".into(),
             mqtt_gateway_url: "http://127.0.0.1:50054".into(),
             permission_cache_ttl_secs: 10,
+            permission_cache_redis_url: String::new(),
             max_series_points: 10_000,
             command_default_timeout_secs: 30,
             command_max_timeout_secs: 3600,
@@ -133,7 +138,9 @@ impl Application {
         let auth = clients::AuthClient::new(
             &config.auth_grpc_url,
             Duration::from_secs(config.permission_cache_ttl_secs),
-        )?;
+            &config.permission_cache_redis_url,
+        )
+        .await?;
         let gateway = clients::GatewayClient::new(&config.mqtt_gateway_url)?;
         let state = AppState::new(
             config.clone(),

@@ -71,6 +71,10 @@ pub struct Config {
     pub mqtt_gateway_url: String,
     /// How long a permission answer from auth-service is reused.
     pub permission_cache_ttl_secs: u64,
+    /// A Redis through which every replica shares the permission answers
+    /// it got; empty: each process keeps its own. `wf-iot serve <service>`
+    /// fills in `events.redis_url`.
+    pub permission_cache_redis_url: String,
     /// The base URL devices reach this service at; download links in OTA
     /// notifications start with it.
     pub public_url: String,
@@ -149,6 +153,7 @@ impl Default for Config {
             device_service_url: "http://127.0.0.1:50052".into(),
             mqtt_gateway_url: "http://127.0.0.1:50054".into(),
             permission_cache_ttl_secs: 10,
+            permission_cache_redis_url: String::new(),
             public_url: "http://127.0.0.1:8103".into(),
             max_firmware_bytes: 256 * 1024 * 1024,
             max_body_bytes: 64 * 1024,
@@ -249,7 +254,9 @@ impl Application {
         let auth = clients::AuthClient::new(
             &config.auth_grpc_url,
             Duration::from_secs(config.permission_cache_ttl_secs),
-        )?;
+            &config.permission_cache_redis_url,
+        )
+        .await?;
         let devices = clients::DeviceClient::new(&config.device_service_url)?;
         let state = AppState::new(state::Parts {
             config: config.clone(),

@@ -43,7 +43,12 @@ pub async fn run(config: PlatformConfig, target: Target) -> anyhow::Result<()> {
         }
         Target::Device => {
             let bus = distributed_bus(&config).await?;
-            let app = device_service::Application::build(Arc::new(config.device), bus).await?;
+            let mut device = config.device;
+            // Replicas share the permission answers they get.
+            if device.permission_cache_redis_url.trim().is_empty() {
+                device.permission_cache_redis_url = config.events.redis_url.clone();
+            }
+            let app = device_service::Application::build(Arc::new(device), bus).await?;
             tracing::info!(
                 http_port = app.http_port(),
                 grpc_port = app.grpc_port(),
@@ -64,7 +69,11 @@ pub async fn run(config: PlatformConfig, target: Target) -> anyhow::Result<()> {
         }
         Target::Firmware => {
             let bus = distributed_bus(&config).await?;
-            let app = firmware_service::Application::build(Arc::new(config.firmware), bus).await?;
+            let mut firmware = config.firmware;
+            if firmware.permission_cache_redis_url.trim().is_empty() {
+                firmware.permission_cache_redis_url = config.events.redis_url.clone();
+            }
+            let app = firmware_service::Application::build(Arc::new(firmware), bus).await?;
             tracing::info!(
                 http_port = app.http_port(),
                 grpc_port = app.grpc_port(),

@@ -1,0 +1,302 @@
+//! Answers to "does this user hold this permission?", remembered for a
+//! short time so that a hot endpoint does not ask auth-service on every
+//! request: in the process, and, when the services run apart, in Redis as
+//! well, so that what one replica asked is known to every other one.
+//!
+//! An answer lives at most the configured time in either place: a role or
+//! permission change, or a disabled account, takes effect everywhere within
+//! it. Redis is an optimisation only: when it cannot be reached, the cache
+//! asks auth-service as if the answer had never been stored.
+
+use std::collections::HashMap;
+use std::future::Future;
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+use redis::AsyncCommands;
+
+/// Above this many answers, expired ones are swept from the process.
+const SWEEP_ABOVE: usize = 10_000;
+
+/// How long a Redis call may take before the cache gives up on it.
+const REDIS_TIMEOUT: Duration = Duration::from_millis(250);
+
+pub struct PermissionCache {
+    local: Mutex<HashMap<(String, String), (bool, Instant)>>,
+    ttl: Duration,
+    shared: Option<Shared>,
+}
+
+struct Shared {
+    conn: redis::aio::ConnectionManager,
+    prefix: String,
+}
+
+impl PermissionCache {
+    /// Answers kept in the process for `ttl`.
+    pub fn new(ttl: Duration) -> Self {
+        Self {
+            local: Mutex::new(HashMap::new()),
+            ttl,
+            shared: None,
+        }
+    }
+
+    /// Also keeps answers in Redis at `url`, under keys starting with
+    /// `prefix`. An unreachable Redis is logged and left out: the cache then
+    /// works in the process only.
+    pub async fn with_redis(mut self, url: &str, prefix: &str) -> Self {
+        let connected = async {
+            let client = redis::Client::open(url)?;
+            tokio::time::timeout(
+                Duration::from_secs(5),
+                redis::aio::ConnectionManager::new(client),
+            )
+            .await
+            .map_err(|_| redis::RedisError::from((redis::ErrorKind::Io, "connecting timed out")))?
+        }
+        .await;
+        match connected {
+            Ok(conn) => {
+                self.shared = Some(Shared {
+                    conn,
+                    prefix: format!("{prefix}perm:"),
+                });
+            }
+            Err(e) => tracing::warn!(
+                error = %e,
+                "permission answers are not shared through Redis; each replica asks auth-service itself"
+            ),
+        }
+        self
+    }
+
+    /// Whether answers are shared through Redis.
+    pub fn is_shared(&self) -> bool {
+        self.shared.is_some()
+    }
+
+    /// The remembered answer for `user_id` and `permission`, or the one
+    /// `ask` gives (remembered unless it fails).
+    pub async fn check<E, F, Fut>(&self, user_id: &str, permission: &str, ask: F) -> Result<bool, E>
+    where
+        F: FnOnce() -> Fut,
+        Fut: Future<Output = Result<bool, E>>,
+    {
+        let key = (user_id.to_string(), permission.to_string());
+        if let Ok(local) = self.local.lock()
+            && let Some((allowed, at)) = local.get(&key)
+            && at.elapsed() < self.ttl
+        {
+            return Ok(*allowed);
+        }
+        if let Some(allowed) = self.shared_get(&key).await {
+            self.remember_locally(key, allowed);
+            return Ok(allowed);
+        }
+        let allowed = ask().await?;
+        self.shared_set(&key, allowed).await;
+        self.remember_locally(key, allowed);
+        Ok(allowed)
+    }
+
+    fn remember_locally(&self, key: (String, String), allowed: bool) {
+        if self.ttl.is_zero() {
+            return;
+        }
+        if let Ok(mut local) = self.local.lock() {
+            if local.len() > SWEEP_ABOVE {
+                let ttl = self.ttl;
+                local.retain(|_, (_, at)| at.elapsed() < ttl);
+            }
+            local.insert(key, (allowed, Instant::now()));
+        }
+    }
+
+    fn redis_key(prefix: &str, (user_id, permission): &(String, String)) -> String {
+        format!("{prefix}{permission}:{user_id}")
+    }
+
+    async fn shared_get(&self, key: &(String, String)) -> Option<bool> {
+        let shared = self.shared.as_ref()?;
+        let mut conn = shared.conn.clone();
+        let name = Self::redis_key(&shared.prefix, key);
+        let value = tokio::time::timeout(REDIS_TIMEOUT, conn.get::<_, Option<String>>(name)).await;
+        match value {
+            Ok(Ok(Some(v))) => Some(v == "1"),
+            Ok(Ok(None)) => None,
+            Ok(Err(e)) => {
+                tracing::debug!(error = %e, "reading a permission answer from Redis failed");
+                None
+            }
+            Err(_) => None,
+        }
+    }
+
+    async fn shared_set(&self, key: &(String, String), allowed: bool) {
+        let Some(shared) = &self.shared else { return };
+        let secs = self.ttl.as_secs();
+        if secs == 0 {
+            return;
+        }
+        let mut conn = shared.conn.clone();
+        let name = Self::redis_key(&shared.prefix, key);
+        let value = if allowed { "1" } else { "0" };
+        if let Ok(Err(e)) =
+            tokio::time::timeout(REDIS_TIMEOUT, conn.set_ex::<_, _, ()>(name, value, secs)).await
+        {
+            tracing::debug!(error = %e, "storing a permission answer in Redis failed");
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+
+    use super::*;
+
+    async fn ask(calls: &AtomicUsize, answer: bool) -> Result<bool, String> {
+        calls.fetch_add(1, Ordering::SeqCst);
+        Ok(answer)
+    }
+
+    #[tokio::test]
+    async fn answers_are_remembered_for_their_time_only() {
+        let cache = PermissionCache::new(Duration::from_millis(200));
+        let calls = AtomicUsize::new(0);
+        assert!(
+            cache
+                .check("u1", "device:read", || ask(&calls, true))
+                .await
+                .unwrap()
+        );
+        assert!(
+            cache
+                .check("u1", "device:read", || ask(&calls, false))
+                .await
+                .unwrap()
+        );
+        assert_eq!(
+            calls.load(Ordering::SeqCst),
+            1,
+            "the second answer came from the cache"
+        );
+        // Another user or permission is asked separately.
+        assert!(
+            !cache
+                .check("u2", "device:read", || ask(&calls, false))
+                .await
+                .unwrap()
+        );
+        assert!(
+            !cache
+                .check("u1", "device:write", || ask(&calls, false))
+                .await
+                .unwrap()
+        );
+        assert_eq!(calls.load(Ordering::SeqCst), 3);
+        tokio::time::sleep(Duration::from_millis(250)).await;
+        assert!(
+            !cache
+                .check("u1", "device:read", || ask(&calls, false))
+                .await
+                .unwrap()
+        );
+        assert_eq!(
+            calls.load(Ordering::SeqCst),
+            4,
+            "an expired answer is asked again"
+        );
+    }
+
+    #[tokio::test]
+    async fn failures_are_not_remembered() {
+        let cache = PermissionCache::new(Duration::from_secs(60));
+        let failed: Result<bool, String> = cache
+            .check("u1", "device:read", || async {
+                Err("auth-service is down".to_string())
+            })
+            .await;
+        assert!(failed.is_err());
+        let calls = AtomicUsize::new(0);
+        assert!(
+            cache
+                .check("u1", "device:read", || ask(&calls, true))
+                .await
+                .unwrap()
+        );
+        assert_eq!(calls.load(Ordering::SeqCst), 1);
+    }
+
+    #[tokio::test]
+    async fn an_unreachable_redis_leaves_the_cache_in_the_process() {
+        // Nothing listens on port 9 of the loopback interface.
+        let cache = PermissionCache::new(Duration::from_secs(60))
+            .with_redis("redis://127.0.0.1:9", "wf-test:")
+            .await;
+        assert!(!cache.is_shared());
+        let calls = AtomicUsize::new(0);
+        assert!(
+            cache
+                .check("u1", "device:read", || ask(&calls, true))
+                .await
+                .unwrap()
+        );
+        assert!(
+            cache
+                .check("u1", "device:read", || ask(&calls, true))
+                .await
+                .unwrap()
+        );
+        assert_eq!(calls.load(Ordering::SeqCst), 1);
+    }
+
+    /// Two replicas sharing one Redis: what one asked, the other knows.
+    /// Runs with `WF_IOT_TEST_REDIS_URL`.
+    #[tokio::test]
+    async fn replicas_share_answers_through_redis() {
+        let Ok(url) = std::env::var("WF_IOT_TEST_REDIS_URL") else {
+            eprintln!("skipped: set WF_IOT_TEST_REDIS_URL to run the Redis permission-cache test");
+            return;
+        };
+        let prefix = format!("wf-test-{}:", uuid::Uuid::new_v4().simple());
+        let a = PermissionCache::new(Duration::from_secs(2))
+            .with_redis(&url, &prefix)
+            .await;
+        let b = PermissionCache::new(Duration::from_secs(2))
+            .with_redis(&url, &prefix)
+            .await;
+        assert!(a.is_shared() && b.is_shared());
+        let calls = AtomicUsize::new(0);
+        assert!(
+            a.check("u1", "firmware:deploy", || ask(&calls, true))
+                .await
+                .unwrap()
+        );
+        assert!(
+            b.check("u1", "firmware:deploy", || ask(&calls, false))
+                .await
+                .unwrap()
+        );
+        assert!(
+            !a.check("u2", "firmware:deploy", || ask(&calls, false))
+                .await
+                .unwrap()
+        );
+        assert!(
+            !b.check("u2", "firmware:deploy", || ask(&calls, true))
+                .await
+                .unwrap()
+        );
+        assert_eq!(calls.load(Ordering::SeqCst), 2, "replica b asked nobody");
+        // Redis forgets the answers with their time, like the process does.
+        tokio::time::sleep(Duration::from_millis(3100)).await;
+        assert!(
+            !b.check("u1", "firmware:deploy", || ask(&calls, false))
+                .await
+                .unwrap()
+        );
+        assert_eq!(calls.load(Ordering::SeqCst), 3);
+    }
+}
