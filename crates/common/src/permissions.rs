@@ -7,6 +7,9 @@
 //! permission change, or a disabled account, takes effect everywhere within
 //! it. Redis is an optimisation only: when it cannot be reached, the cache
 //! asks auth-service as if the answer had never been stored.
+//!
+//! [`PermissionClient`] is what the services use: auth-service's
+//! `CheckPermission` behind a [`PermissionCache`].
 
 use std::collections::HashMap;
 use std::future::Future;
@@ -14,12 +17,73 @@ use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 use redis::AsyncCommands;
+use tonic::service::interceptor::InterceptedService;
+use tonic::transport::Channel;
+use wf_proto::auth::CheckPermissionRequest;
+use wf_proto::auth::auth_service_client::AuthServiceClient;
+
+use crate::grpc::propagate_request_id;
 
 /// Above this many answers, expired ones are swept from the process.
 const SWEEP_ABOVE: usize = 10_000;
 
 /// How long a Redis call may take before the cache gives up on it.
 const REDIS_TIMEOUT: Duration = Duration::from_millis(250);
+
+type Interceptor = fn(tonic::Request<()>) -> Result<tonic::Request<()>, tonic::Status>;
+
+/// Asks auth-service whether a user holds a permission, through a
+/// [`PermissionCache`], so a hot endpoint does not pay a round trip per
+/// request. The request id of the caller goes along.
+pub struct PermissionClient {
+    client: AuthServiceClient<InterceptedService<Channel, Interceptor>>,
+    cache: PermissionCache,
+}
+
+impl PermissionClient {
+    /// auth-service's gRPC `url` (connected on first use); answers kept for
+    /// `ttl`, in the process and, unless `redis_url` is empty, in Redis.
+    pub async fn new(url: &str, ttl: Duration, redis_url: &str) -> anyhow::Result<Self> {
+        let channel = crate::grpc::lazy_channel(url)?;
+        let mut cache = PermissionCache::new(ttl);
+        if !redis_url.trim().is_empty() {
+            cache = cache.with_redis(redis_url, "wf-iot:").await;
+        }
+        Ok(Self {
+            client: AuthServiceClient::with_interceptor(
+                channel,
+                propagate_request_id as Interceptor,
+            ),
+            cache,
+        })
+    }
+
+    /// Whether `user_id` holds `permission`. A user auth-service does not
+    /// know holds nothing; a failed call is the caller's to report.
+    pub async fn check_permission(
+        &self,
+        user_id: &str,
+        permission: &str,
+    ) -> Result<bool, tonic::Status> {
+        self.cache
+            .check(user_id, permission, || async {
+                let answer = self
+                    .client
+                    .clone()
+                    .check_permission(CheckPermissionRequest {
+                        user_id: user_id.to_string(),
+                        permission: permission.to_string(),
+                    })
+                    .await;
+                match answer {
+                    Ok(r) => Ok(r.into_inner().allowed),
+                    Err(s) if s.code() == tonic::Code::NotFound => Ok(false),
+                    Err(s) => Err(s),
+                }
+            })
+            .await
+    }
+}
 
 pub struct PermissionCache {
     local: Mutex<HashMap<(String, String), (bool, Instant)>>,

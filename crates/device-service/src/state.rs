@@ -98,7 +98,8 @@ impl Caller {
         if state
             .auth
             .check_permission(&self.user_id, permission.code())
-            .await?
+            .await
+            .map_err(|s| crate::clients::call_error("auth-service", s))?
         {
             Ok(())
         } else {

@@ -87,7 +87,8 @@ impl Caller {
         if state
             .auth
             .check_permission(&self.user_id, permission.code())
-            .await?
+            .await
+            .map_err(|s| crate::clients::call_error("auth-service", s))?
         {
             Ok(())
         } else {

@@ -1,10 +1,9 @@
 //! device-service's gRPC clients of other services.
 
-mod auth;
 mod gateway;
 
-pub use auth::AuthClient;
 pub use gateway::GatewayClient;
+pub use wf_common::permissions::PermissionClient as AuthClient;
 
 use tonic::transport::Channel;
 
@@ -16,7 +15,7 @@ fn lazy_channel(url: &str) -> Result<Channel> {
 }
 
 /// Maps a failed call to another service: unreachable → `Unavailable`.
-fn call_error(service: &str, status: tonic::Status) -> Error {
+pub(crate) fn call_error(service: &str, status: tonic::Status) -> Error {
     match status.code() {
         tonic::Code::NotFound => Error::NotFound(status.message().to_string()),
         tonic::Code::InvalidArgument => Error::Validation(status.message().to_string()),

@@ -1,13 +1,12 @@
 //! firmware-service's gRPC clients of other services. The shape follows
 //! device-service's clients (lazy channels, request ids forwarded).
 
-mod auth;
 mod device;
 mod gateway;
 
-pub use auth::AuthClient;
 pub use device::{DeviceClient, DeviceInfo, DeviceQuery, MAX_TARGETS};
 pub use gateway::GatewayClient;
+pub use wf_common::permissions::PermissionClient as AuthClient;
 
 use tonic::transport::Channel;
 
@@ -19,7 +18,7 @@ fn lazy_channel(url: &str) -> Result<Channel> {
 }
 
 /// Maps a failed call to another service: unreachable → `Unavailable`.
-fn call_error(service: &str, status: tonic::Status) -> Error {
+pub(crate) fn call_error(service: &str, status: tonic::Status) -> Error {
     match status.code() {
         tonic::Code::NotFound => Error::NotFound(status.message().to_string()),
         tonic::Code::InvalidArgument => Error::Validation(status.message().to_string()),
