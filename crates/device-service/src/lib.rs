@@ -54,6 +54,11 @@ pub struct Config {
     pub max_series_points: i64,
     pub command_default_timeout_secs: i64,
     pub command_max_timeout_secs: i64,
+    /// The longest `?wait=true` holds a request. A command with a longer
+    /// timeout is answered `202` with its current state when the wait ends,
+    /// and stays open until its own timeout. Keep it below the api-gateway's
+    /// `upstream_timeout_secs`.
+    pub command_max_wait_secs: i64,
     /// This replica's name in event consumer groups; stable across restarts
     /// so a replica resumes the events it had not finished.
     pub consumer_name: String,
@@ -82,6 +87,7 @@ impl Default for Config {
             max_series_points: 10_000,
             command_default_timeout_secs: 30,
             command_max_timeout_secs: 3600,
+            command_max_wait_secs: 30,
             consumer_name: "device-service-1".into(),
             max_body_bytes: 64 * 1024,
             reset_status_on_start: false,

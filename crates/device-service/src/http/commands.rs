@@ -84,7 +84,9 @@ pub struct CreateQuery {
 /// command the first one created instead of sending another.
 #[utoipa::path(post, path = "/api/v1/devices/{id}/commands", tag = "commands", security(("bearer" = [])), request_body = CreateRequest,
     params(("id" = String, Path), CreateQuery, ("Idempotency-Key" = Option<String>, Header, description = "Makes a retried request return the first one's command")),
-    responses((status = 201, body = CommandDto), (status = 200, description = "A retry with a used Idempotency-Key", body = CommandDto), (status = 404, body = ErrorEnvelope), (status = 422, body = ErrorEnvelope)))]
+    responses((status = 201, body = CommandDto), (status = 200, description = "A retry with a used Idempotency-Key", body = CommandDto),
+        (status = 202, description = "With ?wait=true: the longest wait ended before the command did; it stays open", body = CommandDto),
+        (status = 404, body = ErrorEnvelope), (status = 422, body = ErrorEnvelope)))]
 pub async fn create(
     State(state): State<AppState>,
     caller: Caller,
@@ -199,7 +201,24 @@ pub async fn create(
     }
 
     let record = if query.wait {
-        wait_for(&state, &command.id, Duration::from_secs(timeout_s as u64)).await?
+        let max_wait = state.config.command_max_wait_secs.max(1);
+        if timeout_s <= max_wait {
+            wait_for(
+                &state,
+                &command.id,
+                Duration::from_secs(timeout_s as u64),
+                true,
+            )
+            .await?
+        } else {
+            wait_for(
+                &state,
+                &command.id,
+                Duration::from_secs(max_wait as u64),
+                false,
+            )
+            .await?
+        }
     } else {
         load(&state, &command.id).await?
     };
@@ -228,18 +247,34 @@ async fn load(state: &AppState, id: &str) -> Result<CommandRecord> {
         .ok_or_else(|| Error::NotFound(format!("no command with id {id:?}")))
 }
 
-/// Waits until the command is final or its deadline passes. Completion is
-/// announced in-process; the periodic re-read covers a response handled by
-/// another replica.
-async fn wait_for(state: &AppState, id: &str, timeout: Duration) -> Result<CommandRecord> {
+/// Waits until the command is final or `timeout` passes; with
+/// `expire_at_end` (the wait covers the command's whole timeout) it is then
+/// marked `timed_out`. Completion is announced in-process; the periodic
+/// re-read covers a response handled by another replica.
+async fn wait_for(
+    state: &AppState,
+    id: &str,
+    timeout: Duration,
+    expire_at_end: bool,
+) -> Result<CommandRecord> {
     let mut done = state.command_done.subscribe();
-    let deadline = tokio::time::Instant::now() + timeout + Duration::from_millis(500);
+    let grace = if expire_at_end {
+        Duration::from_millis(500)
+    } else {
+        Duration::ZERO
+    };
+    let deadline = tokio::time::Instant::now() + timeout + grace;
     loop {
         let record = load(state, id).await?;
         if record.status.is_final() {
             return Ok(record);
         }
         if tokio::time::Instant::now() >= deadline {
+            if !expire_at_end {
+                // The wait ends before the command's own timeout: it stays
+                // open, and the caller gets it as it is now.
+                return Ok(record);
+            }
             let now = wf_common::now_millis();
             state
                 .store

@@ -167,6 +167,42 @@ async fn wait_true_returns_the_answer_or_the_timeout() {
     assert!(started.elapsed() < std::time::Duration::from_secs(5));
 }
 
+/// `?wait=true` holds a request at most `command_max_wait_secs`: a command
+/// with a longer timeout comes back `202` as it stands, and stays open.
+#[tokio::test]
+async fn a_wait_never_outlasts_the_longest_wait() {
+    let app = TestApp::spawn_with(|c| c.command_max_wait_secs = 1).await;
+    app.device(&app.admin_token, json!({ "id": "w-2", "name": "W" }))
+        .await;
+    let started = std::time::Instant::now();
+    let resp = send(
+        &app,
+        "w-2",
+        json!({ "name": "reboot", "timeout_s": 600 }),
+        "?wait=true",
+    )
+    .await;
+    assert_eq!(resp.status(), StatusCode::ACCEPTED);
+    let open: Value = resp.json().await.unwrap();
+    assert_eq!(open["status"], "sent");
+    assert!(started.elapsed() >= std::time::Duration::from_secs(1));
+    assert!(started.elapsed() < std::time::Duration::from_secs(5));
+    // Still open afterwards: it has not timed out.
+    let id = open["id"].as_str().unwrap();
+    let again: Value = app
+        .request(
+            Method::GET,
+            &format!("/api/v1/devices/w-2/commands/{id}"),
+            Some(&app.admin_token),
+            None,
+        )
+        .await
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(again["status"], "sent");
+}
+
 #[tokio::test]
 async fn unanswered_commands_time_out_in_the_background() {
     let app = TestApp::spawn().await;

@@ -87,6 +87,12 @@ pub struct TestApp {
 
 impl TestApp {
     pub async fn spawn() -> Self {
+        Self::spawn_with(|_| {}).await
+    }
+
+    /// [`TestApp::spawn`] with device-service's configuration changed by
+    /// `adjust`.
+    pub async fn spawn_with(adjust: impl FnOnce(&mut device_service::Config)) -> Self {
         let shutdown = Shutdown::new();
         let dir = tempfile::tempdir().unwrap();
         let localhost = "127.0.0.1".parse().unwrap();
@@ -124,7 +130,7 @@ impl TestApp {
 
         let bus = Arc::new(InProcessBus::new());
         let device_db = TestDatabase::new("devices.db");
-        let config = device_service::Config {
+        let mut config = device_service::Config {
             host: localhost,
             http_port: 0,
             grpc_port: 0,
@@ -137,6 +143,7 @@ impl TestApp {
             max_body_bytes: 4096,
             ..device_service::Config::default()
         };
+        adjust(&mut config);
         let app =
             device_service::Application::build(Arc::new(config), bus.clone() as Arc<dyn EventBus>)
                 .await
