@@ -983,7 +983,7 @@
       const name = $('#cmd-name').value.trim();
       if (!name) throw new Error(t('error.name_required'));
       const params = parseJsonObject($('#cmd-params').value, t('commands.params'));
-      const timeout = Math.min(50, Math.max(1, Number($('#cmd-timeout').value) || 10));
+      const timeout = Math.min(30, Math.max(1, Number($('#cmd-timeout').value) || 10));
       result.hidden = false;
       fill(result, h('p', { class: 'muted', text: t('commands.waiting', { secs: timeout }) }));
       try {
