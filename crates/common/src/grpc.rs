@@ -86,6 +86,46 @@ pub fn propagate_request_id(
     Ok(req)
 }
 
+/// A page of a gRPC list call: `page_size` (0 means 100, at most 1000) and
+/// `page_token`, the opaque offset a previous page handed out.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Page {
+    pub limit: i64,
+    pub offset: i64,
+}
+
+impl Page {
+    pub fn parse(page_size: u32, page_token: &str) -> Result<Self, tonic::Status> {
+        let limit = match page_size {
+            0 => 100,
+            n => i64::from(n.min(1000)),
+        };
+        let offset = if page_token.is_empty() {
+            0
+        } else {
+            page_token
+                .parse()
+                .ok()
+                .filter(|o: &i64| *o >= 0)
+                .ok_or_else(|| {
+                    tonic::Status::invalid_argument("page_token is not one this service issued")
+                })?
+        };
+        Ok(Self { limit, offset })
+    }
+
+    /// The token of the page after this one, which returned `returned` of
+    /// `total` items; empty on the last page.
+    pub fn next_token(&self, returned: usize, total: i64) -> String {
+        let next = self.offset + returned as i64;
+        if next < total {
+            next.to_string()
+        } else {
+            String::new()
+        }
+    }
+}
+
 /// A channel to another service that connects on first use, so services
 /// can start in any order; calls fail after a short connect timeout rather
 /// than hang.
@@ -95,4 +135,36 @@ pub fn lazy_channel(url: &str) -> anyhow::Result<tonic::transport::Channel> {
         .connect_timeout(std::time::Duration::from_secs(2))
         .timeout(std::time::Duration::from_secs(10))
         .connect_lazy())
+}
+
+#[cfg(test)]
+mod page_tests {
+    use super::*;
+
+    #[test]
+    fn pages_default_cap_and_refuse_foreign_tokens() {
+        assert_eq!(
+            Page::parse(0, "").unwrap(),
+            Page {
+                limit: 100,
+                offset: 0
+            }
+        );
+        assert_eq!(
+            Page::parse(5000, "40").unwrap(),
+            Page {
+                limit: 1000,
+                offset: 40
+            }
+        );
+        for bad in ["-1", "abc", "1.5"] {
+            assert_eq!(
+                Page::parse(10, bad).unwrap_err().code(),
+                tonic::Code::InvalidArgument
+            );
+        }
+        let page = Page::parse(10, "20").unwrap();
+        assert_eq!(page.next_token(10, 35), "30");
+        assert_eq!(page.next_token(10, 30), "");
+    }
 }

@@ -74,21 +74,7 @@ impl DeviceService for DeviceGrpc {
         request: Request<ListDevicesRequest>,
     ) -> Result<Response<ListDevicesResponse>, Status> {
         let req = request.into_inner();
-        let limit = match req.page_size {
-            0 => 100,
-            n => i64::from(n.min(1000)),
-        };
-        let offset: i64 = if req.page_token.is_empty() {
-            0
-        } else {
-            req.page_token
-                .parse()
-                .ok()
-                .filter(|o: &i64| *o >= 0)
-                .ok_or_else(|| {
-                    Status::invalid_argument("page_token is not one this service issued")
-                })?
-        };
+        let page = wf_common::grpc::Page::parse(req.page_size, &req.page_token)?;
         let non_empty = |s: String| (!s.is_empty()).then_some(s);
         let (devices, total) = self
             .state
@@ -99,19 +85,14 @@ impl DeviceService for DeviceGrpc {
                 device_type: non_empty(req.device_type),
                 owner_id: non_empty(req.owner_id),
                 sort: DeviceSort::Id,
-                limit,
-                offset,
+                limit: page.limit,
+                offset: page.offset,
                 ..DeviceFilter::default()
             })
             .await?;
-        let next = offset + devices.len() as i64;
         Ok(Response::new(ListDevicesResponse {
+            next_page_token: page.next_token(devices.len(), total),
             devices: devices.into_iter().map(to_proto).collect(),
-            next_page_token: if next < total {
-                next.to_string()
-            } else {
-                String::new()
-            },
         }))
     }
 

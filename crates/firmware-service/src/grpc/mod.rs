@@ -74,35 +74,16 @@ impl FirmwareService for FirmwareGrpc {
         request: Request<ListFirmwareRequest>,
     ) -> Result<Response<ListFirmwareResponse>, Status> {
         let req = request.into_inner();
-        let limit = match req.page_size {
-            0 => 100,
-            n => i64::from(n.min(1000)),
-        };
-        let offset: i64 = if req.page_token.is_empty() {
-            0
-        } else {
-            req.page_token
-                .parse()
-                .ok()
-                .filter(|o: &i64| *o >= 0)
-                .ok_or_else(|| {
-                    Status::invalid_argument("page_token is not one this service issued")
-                })?
-        };
+        let page = wf_common::grpc::Page::parse(req.page_size, &req.page_token)?;
         let device_type = (!req.device_type.is_empty()).then_some(req.device_type);
         let (items, total) = self
             .state
             .store
-            .list_firmware(device_type.as_deref(), limit, offset)
+            .list_firmware(device_type.as_deref(), page.limit, page.offset)
             .await?;
-        let next = offset + items.len() as i64;
         Ok(Response::new(ListFirmwareResponse {
+            next_page_token: page.next_token(items.len(), total),
             firmware: items.into_iter().map(to_proto).collect(),
-            next_page_token: if next < total {
-                next.to_string()
-            } else {
-                String::new()
-            },
         }))
     }
 
