@@ -67,6 +67,11 @@ pub struct Config {
     /// the same process (all-in-one), where no device can be connected yet;
     /// wrong for a replica joining a running deployment.
     pub reset_status_on_start: bool,
+    /// Devices kept in memory (0: none), so that reading a device costs no
+    /// database round trip. Right only when this process is the only
+    /// device-service writing to its database, as in the all-in-one
+    /// platform, which sets it; replicas sharing a database must leave it 0.
+    pub device_cache_capacity: usize,
 }
 
 impl Default for Config {
@@ -91,6 +96,7 @@ impl Default for Config {
             consumer_name: "device-service-1".into(),
             max_body_bytes: 64 * 1024,
             reset_status_on_start: false,
+            device_cache_capacity: 0,
         }
     }
 }
@@ -150,7 +156,7 @@ impl Application {
         let gateway = clients::GatewayClient::new(&config.mqtt_gateway_url)?;
         let state = AppState::new(
             config.clone(),
-            store::Store::new(db),
+            store::Store::new(db).with_device_cache(config.device_cache_capacity),
             verifier,
             auth,
             gateway,

@@ -11,6 +11,9 @@ use wf_common::shutdown::Shutdown;
 
 use crate::config::PlatformConfig;
 
+/// How many devices the all-in-one device-service keeps in memory.
+const ALL_IN_ONE_DEVICE_CACHE: usize = 100_000;
+
 /// Connects the configured event bus: Redis Streams (waiting for Redis
 /// with backoff when it is not reachable yet), or in-process.
 pub async fn event_bus(config: &PlatformConfig) -> anyhow::Result<Arc<dyn EventBus>> {
@@ -97,6 +100,11 @@ impl Platform {
         config.device.auth_grpc_url = format!("http://127.0.0.1:{auth_grpc}");
         config.device.issuer = config.auth.issuer.clone();
         config.device.reset_status_on_start = true;
+        // One device-service writes the device database: it may keep devices
+        // in memory. A value set in the configuration is kept.
+        if config.device.device_cache_capacity == 0 {
+            config.device.device_cache_capacity = ALL_IN_ONE_DEVICE_CACHE;
+        }
         config.device.auth_jwks_url = format!("http://127.0.0.1:{auth_http}/.well-known/jwks.json");
         config.device.mqtt_gateway_url =
             format!("http://127.0.0.1:{}", config.mqtt_gateway.grpc_port);

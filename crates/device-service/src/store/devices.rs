@@ -137,6 +137,21 @@ impl Store {
     /// One device with its tags, in one query: it is on the path of every
     /// request about a device.
     pub async fn get_device(&self, id: &str) -> Result<Option<DeviceRecord>> {
+        let Some(cache) = &self.devices else {
+            return self.read_device(id).await;
+        };
+        let ticket = match cache.get(id) {
+            Ok(device) => return Ok(Some(device)),
+            Err(ticket) => ticket,
+        };
+        let device = self.read_device(id).await?;
+        if let Some(device) = &device {
+            cache.fill(ticket, device);
+        }
+        Ok(device)
+    }
+
+    async fn read_device(&self, id: &str) -> Result<Option<DeviceRecord>> {
         // Tags never contain a comma (see `Tag`).
         let tag_list = match self.db.dialect {
             Dialect::Sqlite => "group_concat(t.tag, ',')",
@@ -287,6 +302,7 @@ impl Store {
             }
         }
         tx.commit().await?;
+        self.forget_devices([id]);
         Ok(true)
     }
 
@@ -297,6 +313,7 @@ impl Store {
             .bind(id)
             .execute(&self.db.pool)
             .await?;
+        self.forget_devices([id]);
         Ok(result.rows_affected() > 0)
     }
 
@@ -313,6 +330,7 @@ impl Store {
         .bind(version)
         .execute(&self.db.pool)
         .await?;
+        self.forget_devices([id]);
         Ok(result.rows_affected() > 0)
     }
 
@@ -341,6 +359,7 @@ impl Store {
             .await?;
         }
         tx.commit().await?;
+        self.forget_devices([id]);
         Ok(true)
     }
 
@@ -386,6 +405,7 @@ impl Store {
                 .await?;
         }
         tx.commit().await?;
+        self.forget_devices([id]);
         Ok(exists)
     }
 
@@ -460,6 +480,7 @@ impl Store {
             .await?;
         }
         tx.commit().await?;
+        self.forget_devices(seen.iter().map(|(id, _)| id.as_str()));
         Ok(())
     }
 }

@@ -1,9 +1,12 @@
 //! device-service's tables: devices and tags, telemetry, status history and
 //! commands, on SQLite or MySQL/MariaDB.
 
+mod cache;
 mod commands;
 mod devices;
 mod telemetry;
+
+use std::sync::Arc;
 
 use sqlx::migrate::Migrator;
 use wf_common::db::{Db, Migrations};
@@ -21,14 +24,40 @@ pub static MIGRATIONS: Migrations = Migrations {
     mysql: &MYSQL,
 };
 
-#[derive(Clone, Debug)]
+#[derive(Clone)]
 pub struct Store {
     db: Db,
+    devices: Option<Arc<cache::DeviceCache>>,
+}
+
+impl std::fmt::Debug for Store {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Store")
+            .field("db", &self.db)
+            .field("cached_devices", &self.devices.is_some())
+            .finish()
+    }
 }
 
 impl Store {
     pub fn new(db: Db) -> Self {
-        Self { db }
+        Self { db, devices: None }
+    }
+
+    /// Keeps up to `capacity` devices in memory. Right only when this
+    /// process is the only one writing the devices to its database: a write
+    /// by another process would not be seen until the device is written
+    /// here again.
+    pub fn with_device_cache(mut self, capacity: usize) -> Self {
+        self.devices = (capacity > 0).then(|| Arc::new(cache::DeviceCache::new(capacity)));
+        self
+    }
+
+    /// Forgets cached devices after a committed write changed them.
+    fn forget_devices<'a>(&self, ids: impl IntoIterator<Item = &'a str>) {
+        if let Some(cache) = &self.devices {
+            cache.forget(ids);
+        }
     }
 
     pub fn db(&self) -> &Db {

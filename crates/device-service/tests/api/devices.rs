@@ -719,3 +719,93 @@ async fn a_finished_update_records_the_devices_firmware_version() {
     .await;
     assert_eq!(version().await, "2.1.0");
 }
+
+/// With devices kept in memory (as in the all-in-one platform), a read
+/// that follows a write sees it, whichever path wrote.
+#[tokio::test]
+async fn reads_through_the_device_cache_follow_every_write() {
+    let app = TestApp::spawn_with(|c| c.device_cache_capacity = 16).await;
+    let admin = app.admin_token.clone();
+    app.device(
+        &admin,
+        json!({ "id": "c-1", "name": "Cached", "tags": ["a"] }),
+    )
+    .await;
+    let read = || app.get_json("/api/v1/devices/c-1", &admin);
+    // Read twice: the second answer comes from memory.
+    assert_eq!(read().await["name"], "Cached");
+    assert_eq!(read().await["tags"], json!(["a"]));
+
+    let resp = app
+        .request(
+            Method::PATCH,
+            "/api/v1/devices/c-1",
+            Some(&admin),
+            Some(json!({ "name": "Renamed", "tags": ["b"] })),
+        )
+        .await;
+    assert_eq!(resp.status(), StatusCode::OK);
+    let got = read().await;
+    assert_eq!(got["name"], "Renamed");
+    assert_eq!(got["tags"], json!(["b"]));
+
+    // Writes from events: status, telemetry (last seen), firmware version.
+    let t0 = wf_common::now_millis();
+    app.publish(
+        topics::DEVICE_STATUS_CHANGED,
+        &[StatusChanged {
+            device_id: "c-1".into(),
+            online: true,
+            at: t0,
+            reason: "connected".into(),
+        }],
+    )
+    .await;
+    let online = eventually("online", || async {
+        let d = read().await;
+        (d["online"] == true).then_some(d)
+    })
+    .await;
+    app.publish(
+        topics::DEVICE_DATA_RECEIVED,
+        &[vec![crate::telemetry::message(
+            "c-1",
+            t0 + 60_000,
+            &[("temp", wf_common::events::MetricValue::Number(1.0))],
+        )]],
+    )
+    .await;
+    eventually("last seen moved on", || async {
+        (read().await["last_seen_at"] != online["last_seen_at"]).then_some(())
+    })
+    .await;
+    app.publish(
+        topics::DEVICE_OTA_PROGRESS,
+        &[OtaProgress {
+            device_id: "c-1".into(),
+            task_id: "t-1".into(),
+            state: "succeeded".into(),
+            progress: None,
+            error: None,
+            version: Some("4.2.0".into()),
+            at: t0,
+        }],
+    )
+    .await;
+    eventually("the new firmware version", || async {
+        (read().await["firmware_version"] == "4.2.0").then_some(())
+    })
+    .await;
+
+    let resp = app
+        .request(Method::DELETE, "/api/v1/devices/c-1", Some(&admin), None)
+        .await;
+    assert_eq!(resp.status(), StatusCode::NO_CONTENT);
+    assert_error(
+        app.request(Method::GET, "/api/v1/devices/c-1", Some(&admin), None)
+            .await,
+        StatusCode::NOT_FOUND,
+        "not_found",
+    )
+    .await;
+}

@@ -6,7 +6,7 @@ use wf_common::events::{MetricValue, TelemetryMessage, topics};
 
 use crate::helpers::{TestApp, assert_error, eventually};
 
-fn message(device: &str, ts: i64, values: &[(&str, MetricValue)]) -> TelemetryMessage {
+pub(crate) fn message(device: &str, ts: i64, values: &[(&str, MetricValue)]) -> TelemetryMessage {
     TelemetryMessage {
         device_id: device.into(),
         ts,
