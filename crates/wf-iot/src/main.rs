@@ -6,6 +6,12 @@ use clap::{Parser, Subcommand};
 use wf_iot::config::PlatformConfig;
 use wf_iot::{bench, migrate, serve, simulate, user};
 
+/// mimalloc instead of the C library's allocator: a request through the
+/// gateway allocates at every hop, and glibc's malloc spends a tenth of the
+/// CPU time on it under load (docs/benchmarks.md).
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 #[derive(Parser)]
 #[command(name = "wf-iot", version, about = "An IoT device-management platform")]
 struct Cli {
