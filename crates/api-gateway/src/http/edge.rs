@@ -2,14 +2,16 @@
 //! client's address, the access token, the rate limits, and the metrics of
 //! its route group.
 
+use std::collections::HashMap;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
-use std::sync::Arc;
+use std::sync::{Arc, LazyLock, Mutex, PoisonError};
 use std::time::Instant;
 
 use axum::extract::{ConnectInfo, Request, State};
 use axum::http::{HeaderMap, HeaderValue, header};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
+use metrics::{Counter, Histogram};
 use serde::Deserialize;
 use tracing::Instrument;
 use wf_common::telemetry::{REQUEST_ID_HEADER, request_id_from, with_request_id};
@@ -78,18 +80,31 @@ pub async fn edge(State(state): State<AppState>, mut req: Request, next: Next) -
     if let Ok(v) = HeaderValue::from_str(&request_id) {
         response.headers_mut().insert(REQUEST_ID_HEADER, v);
     }
-    metrics::counter!(
-        "wf_gateway_requests_total",
-        "group" => route.group.name(),
-        "status" => status.as_u16().to_string()
-    )
-    .increment(1);
-    metrics::histogram!(
-        "wf_gateway_request_duration_seconds",
-        "group" => route.group.name()
-    )
-    .record(elapsed.as_secs_f64());
+    let (requests, duration) = request_metrics(route.group.name(), status.as_u16());
+    requests.increment(1);
+    duration.record(elapsed.as_secs_f64());
     response
+}
+
+/// The request counter and duration histogram of a route group and status.
+/// The handles are looked up in the recorder once, not on every request.
+fn request_metrics(group: &'static str, status: u16) -> (Counter, Histogram) {
+    type Handles = HashMap<(&'static str, u16), (Counter, Histogram)>;
+    static HANDLES: LazyLock<Mutex<Handles>> = LazyLock::new(Default::default);
+    let mut handles = HANDLES.lock().unwrap_or_else(PoisonError::into_inner);
+    handles
+        .entry((group, status))
+        .or_insert_with(|| {
+            (
+                metrics::counter!(
+                    "wf_gateway_requests_total",
+                    "group" => group,
+                    "status" => status.to_string()
+                ),
+                metrics::histogram!("wf_gateway_request_duration_seconds", "group" => group),
+            )
+        })
+        .clone()
 }
 
 /// Lets the request through, or says why not.
