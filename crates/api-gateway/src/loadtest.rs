@@ -73,6 +73,10 @@ pub async fn load_test(
         .with_context(|| format!("resolving {authority}"))?
         .next()
         .with_context(|| format!("{authority} has no address"))?;
+    anyhow::ensure!(
+        token.bytes().all(|b| b.is_ascii_graphic()),
+        "the token must be printable ASCII without spaces"
+    );
     let path = uri.path_and_query().map_or("/", |p| p.as_str());
     let request: std::sync::Arc<[u8]> = format!(
         "GET {path} HTTP/1.1\r\nHost: {authority}\r\nAuthorization: Bearer {token}\r\n\
@@ -136,6 +140,9 @@ async fn client(
                 }
                 if answer.keep_alive {
                     conn = Some(stream);
+                } else {
+                    // Nothing of a closed connection may reach the next one.
+                    buf.clear();
                 }
             }
             Ok(Err(_)) | Err(_) => {
@@ -417,7 +424,17 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn only_http_urls_are_accepted() {
+    async fn only_http_urls_and_printable_tokens_are_accepted() {
+        assert!(
+            load_test(
+                "http://127.0.0.1:1/",
+                "a\r\nX-Evil: 1",
+                1,
+                Duration::from_millis(1)
+            )
+            .await
+            .is_err()
+        );
         assert!(
             load_test("https://x", "t", 1, Duration::from_millis(1))
                 .await
