@@ -23,6 +23,9 @@ const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
 /// The largest response head the client reads.
 const MAX_HEAD: usize = 64 * 1024;
 
+/// The largest answer the client reads.
+const MAX_BODY: usize = 16 * 1024 * 1024;
+
 #[derive(Debug, Clone, PartialEq)]
 pub struct LoadReport {
     /// Requests completed (successful or not).
@@ -182,8 +185,12 @@ impl Connection {
             if let Some((head_len, answer, body)) = parse_head(buf)? {
                 let consumed = match body {
                     Body::Length(n) => {
-                        self.fill(buf, head_len + n).await?;
-                        head_len + n
+                        let end = head_len
+                            .checked_add(n)
+                            .filter(|&end| end <= MAX_BODY)
+                            .ok_or_else(|| invalid("body too large"))?;
+                        self.fill(buf, end).await?;
+                        end
                     }
                     Body::Chunked => self.read_chunked(buf, head_len).await?,
                 };
@@ -213,15 +220,23 @@ impl Connection {
         Ok(())
     }
 
+    /// Where the line starting at `at` ends (its CR), reading as needed.
+    async fn line_end(&mut self, buf: &mut Vec<u8>, at: usize) -> std::io::Result<usize> {
+        loop {
+            if let Some(i) = find_crlf(&buf[at..]) {
+                return Ok(at + i);
+            }
+            if buf.len() > MAX_BODY {
+                return Err(invalid("line too long"));
+            }
+            self.read_more(buf).await?;
+        }
+    }
+
     /// Reads a chunked body that starts at `at`; returns where it ends.
     async fn read_chunked(&mut self, buf: &mut Vec<u8>, mut at: usize) -> std::io::Result<usize> {
         loop {
-            let line_end = loop {
-                if let Some(i) = find_crlf(&buf[at..]) {
-                    break at + i;
-                }
-                self.read_more(buf).await?;
-            };
+            let line_end = self.line_end(buf, at).await?;
             let size_text =
                 std::str::from_utf8(&buf[at..line_end]).map_err(|_| invalid("bad chunk size"))?;
             let size_text = size_text.split(';').next().unwrap_or_default().trim();
@@ -229,12 +244,23 @@ impl Connection {
                 usize::from_str_radix(size_text, 16).map_err(|_| invalid("bad chunk size"))?;
             at = line_end + 2;
             if size == 0 {
-                // No trailers are expected: the body ends with an empty line.
-                self.fill(buf, at + 2).await?;
-                return Ok(at + 2);
+                // Trailer lines, if any, then the empty line that ends the body.
+                loop {
+                    let line_end = self.line_end(buf, at).await?;
+                    let empty = line_end == at;
+                    at = line_end + 2;
+                    if empty {
+                        return Ok(at);
+                    }
+                }
             }
-            self.fill(buf, at + size + 2).await?;
-            at += size + 2;
+            let end = at
+                .checked_add(size)
+                .and_then(|n| n.checked_add(2))
+                .filter(|&n| n <= MAX_BODY)
+                .ok_or_else(|| invalid("chunk too large"))?;
+            self.fill(buf, end).await?;
+            at = end;
         }
     }
 }
@@ -256,22 +282,39 @@ fn parse_head(buf: &[u8]) -> std::io::Result<Option<(usize, Answer, Body)>> {
     };
     let status = response.code.unwrap_or_default();
     let mut keep_alive = response.version == Some(1);
-    let mut body = Body::Length(0);
+    let mut length = None;
+    let mut chunked = false;
+    // Header values as comma-separated tokens, lower-cased.
+    let tokens = |value: &[u8]| -> Vec<String> {
+        String::from_utf8_lossy(value)
+            .split(',')
+            .map(|t| t.trim().to_ascii_lowercase())
+            .collect()
+    };
     for h in response.headers.iter() {
         if h.name.eq_ignore_ascii_case("content-length") {
-            let n = std::str::from_utf8(h.value)
+            let n: usize = std::str::from_utf8(h.value)
                 .ok()
                 .and_then(|v| v.trim().parse().ok())
                 .ok_or_else(|| invalid("bad content-length"))?;
-            body = Body::Length(n);
+            length = Some(n);
         } else if h.name.eq_ignore_ascii_case("transfer-encoding") {
-            if h.value.eq_ignore_ascii_case(b"chunked") {
-                body = Body::Chunked;
-            }
+            chunked |= tokens(h.value).iter().any(|t| t == "chunked");
         } else if h.name.eq_ignore_ascii_case("connection") {
-            keep_alive = !h.value.eq_ignore_ascii_case(b"close");
+            let tokens = tokens(h.value);
+            if tokens.iter().any(|t| t == "close") {
+                keep_alive = false;
+            } else if tokens.iter().any(|t| t == "keep-alive") {
+                keep_alive = true;
+            }
         }
     }
+    // Chunked framing wins over a length (RFC 9112 §6.3).
+    let body = if chunked {
+        Body::Chunked
+    } else {
+        Body::Length(length.unwrap_or(0))
+    };
     Ok(Some((head_len, Answer { status, keep_alive }, body)))
 }
 
@@ -360,6 +403,49 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn a_chunked_body_with_trailers_is_read_past() {
+        // A server that answers every request on a connection with a chunked
+        // body followed by a trailer.
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        tokio::spawn(async move {
+            while let Ok((mut socket, _)) = listener.accept().await {
+                tokio::spawn(async move {
+                    let mut seen = Vec::new();
+                    let mut chunk = [0u8; 4096];
+                    loop {
+                        let Ok(n) = socket.read(&mut chunk).await else {
+                            return;
+                        };
+                        if n == 0 {
+                            return;
+                        }
+                        seen.extend_from_slice(&chunk[..n]);
+                        while let Some(end) = seen.windows(4).position(|w| w == b"\r\n\r\n") {
+                            seen.drain(..end + 4);
+                            let answer = b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n\
+                                5\r\nhello\r\n0\r\nX-Checksum: 1\r\n\r\n";
+                            if socket.write_all(answer).await.is_err() {
+                                return;
+                            }
+                        }
+                    }
+                });
+            }
+        });
+        let report = load_test(
+            &format!("http://{addr}/"),
+            "t-1",
+            1,
+            Duration::from_millis(200),
+        )
+        .await
+        .unwrap();
+        assert!(report.requests > 10, "{report}");
+        assert_eq!(report.errors, 0, "{report}");
+    }
+
+    #[tokio::test]
     async fn failed_answers_and_refused_connections_are_errors() {
         let base = server().await;
         // Nothing listens on a port just released.
@@ -419,6 +505,13 @@ mod tests {
                 .keep_alive
                 == false
         );
+        let (_, answer, body) = parse_head(
+            b"HTTP/1.1 200 OK\r\nContent-Length: 3\r\nTransfer-Encoding: gzip, chunked\r\nConnection: keep-alive, close\r\n\r\n",
+        )
+        .unwrap()
+        .unwrap();
+        assert!(!answer.keep_alive);
+        assert!(matches!(body, Body::Chunked));
         assert!(parse_head(b"SMTP ready\r\n\r\n").is_err());
         assert!(parse_head(b"HTTP/1.1 200 OK\r\ncontent-length: x\r\n\r\n").is_err());
     }

@@ -101,7 +101,8 @@ impl Platform {
         config.device.issuer = config.auth.issuer.clone();
         config.device.reset_status_on_start = true;
         // One device-service writes the device database: it may keep devices
-        // in memory. A value set in the configuration is kept.
+        // in memory. A capacity set in the configuration is kept; 0 (the
+        // default, right for replicas) means the all-in-one capacity here.
         if config.device.device_cache_capacity == 0 {
             config.device.device_cache_capacity = ALL_IN_ONE_DEVICE_CACHE;
         }

@@ -273,6 +273,7 @@ impl Store {
     }
 
     pub async fn update_device(&self, id: &str, u: &DeviceUpdate, now: i64) -> Result<bool> {
+        let _forget = self.forget_when_done([id]);
         let mut tx = self.db.pool.begin().await?;
         let result = sqlx::query(
             "UPDATE devices SET name = COALESCE(?, name), device_type = COALESCE(?, device_type), \
@@ -302,24 +303,24 @@ impl Store {
             }
         }
         tx.commit().await?;
-        self.forget_devices([id]);
         Ok(true)
     }
 
     pub async fn set_secret_hash(&self, id: &str, hash: &str, now: i64) -> Result<bool> {
+        let _forget = self.forget_when_done([id]);
         let result = sqlx::query("UPDATE devices SET secret_hash = ?, updated_at = ? WHERE id = ?")
             .bind(hash)
             .bind(now)
             .bind(id)
             .execute(&self.db.pool)
             .await?;
-        self.forget_devices([id]);
         Ok(result.rows_affected() > 0)
     }
 
     /// Records the firmware version a device reports running; `false` when
     /// the device is unknown or already on that version.
     pub async fn set_firmware_version(&self, id: &str, version: &str, now: i64) -> Result<bool> {
+        let _forget = self.forget_when_done([id]);
         let result = sqlx::query(
             "UPDATE devices SET firmware_version = ?, updated_at = ? \
              WHERE id = ? AND firmware_version <> ?",
@@ -330,12 +331,12 @@ impl Store {
         .bind(version)
         .execute(&self.db.pool)
         .await?;
-        self.forget_devices([id]);
         Ok(result.rows_affected() > 0)
     }
 
     /// Deletes a device with its telemetry, history and commands.
     pub async fn delete_device(&self, id: &str) -> Result<bool> {
+        let _forget = self.forget_when_done([id]);
         let mut tx = self.db.pool.begin().await?;
         let result = sqlx::query("DELETE FROM devices WHERE id = ?")
             .bind(id)
@@ -359,7 +360,6 @@ impl Store {
             .await?;
         }
         tx.commit().await?;
-        self.forget_devices([id]);
         Ok(true)
     }
 
@@ -372,6 +372,7 @@ impl Store {
         at: i64,
         reason: &str,
     ) -> Result<bool> {
+        let _forget = self.forget_when_done([id]);
         let mut tx = self.db.pool.begin().await?;
         let result = sqlx::query(
             "UPDATE devices SET online = ?, status_changed_at = ?, \
@@ -405,7 +406,6 @@ impl Store {
                 .await?;
         }
         tx.commit().await?;
-        self.forget_devices([id]);
         Ok(exists)
     }
 
@@ -468,6 +468,7 @@ impl Store {
 
     /// Moves devices' last-seen times forward (never back).
     pub async fn touch_last_seen(&self, seen: &[(String, i64)]) -> Result<()> {
+        let _forget = self.forget_when_done(seen.iter().map(|(id, _)| id.as_str()));
         let mut tx = self.db.pool.begin().await?;
         for (id, at) in seen {
             sqlx::query(
@@ -480,7 +481,6 @@ impl Store {
             .await?;
         }
         tx.commit().await?;
-        self.forget_devices(seen.iter().map(|(id, _)| id.as_str()));
         Ok(())
     }
 }

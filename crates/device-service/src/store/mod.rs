@@ -53,14 +53,35 @@ impl Store {
         self
     }
 
-    /// Forgets cached devices after a committed write changed them.
-    fn forget_devices<'a>(&self, ids: impl IntoIterator<Item = &'a str>) {
-        if let Some(cache) = &self.devices {
-            cache.forget(ids);
+    /// Taken before a write to devices: when it is dropped, once the write
+    /// has committed, the devices are forgotten. It is dropped as well when
+    /// the write fails or its caller goes away mid-write, since the database
+    /// may have committed either way.
+    fn forget_when_done<'a>(&'a self, ids: impl IntoIterator<Item = &'a str>) -> Forget<'a> {
+        Forget {
+            cache: self.devices.as_deref(),
+            ids: match self.devices {
+                Some(_) => ids.into_iter().collect(),
+                None => Vec::new(),
+            },
         }
     }
 
     pub fn db(&self) -> &Db {
         &self.db
+    }
+}
+
+/// See [`Store::forget_when_done`].
+struct Forget<'a> {
+    cache: Option<&'a cache::DeviceCache>,
+    ids: Vec<&'a str>,
+}
+
+impl Drop for Forget<'_> {
+    fn drop(&mut self) {
+        if let Some(cache) = self.cache {
+            cache.forget(self.ids.iter().copied());
+        }
     }
 }
