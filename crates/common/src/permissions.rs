@@ -225,48 +225,38 @@ mod tests {
         Ok(answer)
     }
 
+    /// What `cache` says of `user` and `permission`, asking `answer` (and
+    /// counting the call) when it does not know.
+    async fn allowed(
+        cache: &PermissionCache,
+        calls: &AtomicUsize,
+        user: &str,
+        permission: &str,
+        answer: bool,
+    ) -> bool {
+        cache
+            .check(user, permission, || ask(calls, answer))
+            .await
+            .unwrap()
+    }
+
     #[tokio::test]
     async fn answers_are_remembered_for_their_time_only() {
         let cache = PermissionCache::new(Duration::from_millis(200));
         let calls = AtomicUsize::new(0);
-        assert!(
-            cache
-                .check("u1", "device:read", || ask(&calls, true))
-                .await
-                .unwrap()
-        );
-        assert!(
-            cache
-                .check("u1", "device:read", || ask(&calls, false))
-                .await
-                .unwrap()
-        );
+        assert!(allowed(&cache, &calls, "u1", "device:read", true).await);
+        assert!(allowed(&cache, &calls, "u1", "device:read", false).await);
         assert_eq!(
             calls.load(Ordering::SeqCst),
             1,
             "the second answer came from the cache"
         );
         // Another user or permission is asked separately.
-        assert!(
-            !cache
-                .check("u2", "device:read", || ask(&calls, false))
-                .await
-                .unwrap()
-        );
-        assert!(
-            !cache
-                .check("u1", "device:write", || ask(&calls, false))
-                .await
-                .unwrap()
-        );
+        assert!(!allowed(&cache, &calls, "u2", "device:read", false).await);
+        assert!(!allowed(&cache, &calls, "u1", "device:write", false).await);
         assert_eq!(calls.load(Ordering::SeqCst), 3);
         tokio::time::sleep(Duration::from_millis(250)).await;
-        assert!(
-            !cache
-                .check("u1", "device:read", || ask(&calls, false))
-                .await
-                .unwrap()
-        );
+        assert!(!allowed(&cache, &calls, "u1", "device:read", false).await);
         assert_eq!(
             calls.load(Ordering::SeqCst),
             4,
@@ -284,12 +274,7 @@ mod tests {
             .await;
         assert!(failed.is_err());
         let calls = AtomicUsize::new(0);
-        assert!(
-            cache
-                .check("u1", "device:read", || ask(&calls, true))
-                .await
-                .unwrap()
-        );
+        assert!(allowed(&cache, &calls, "u1", "device:read", true).await);
         assert_eq!(calls.load(Ordering::SeqCst), 1);
     }
 
@@ -301,18 +286,8 @@ mod tests {
             .await;
         assert!(!cache.is_shared());
         let calls = AtomicUsize::new(0);
-        assert!(
-            cache
-                .check("u1", "device:read", || ask(&calls, true))
-                .await
-                .unwrap()
-        );
-        assert!(
-            cache
-                .check("u1", "device:read", || ask(&calls, true))
-                .await
-                .unwrap()
-        );
+        assert!(allowed(&cache, &calls, "u1", "device:read", true).await);
+        assert!(allowed(&cache, &calls, "u1", "device:read", true).await);
         assert_eq!(calls.load(Ordering::SeqCst), 1);
     }
 
@@ -333,34 +308,14 @@ mod tests {
             .await;
         assert!(a.is_shared() && b.is_shared());
         let calls = AtomicUsize::new(0);
-        assert!(
-            a.check("u1", "firmware:deploy", || ask(&calls, true))
-                .await
-                .unwrap()
-        );
-        assert!(
-            b.check("u1", "firmware:deploy", || ask(&calls, false))
-                .await
-                .unwrap()
-        );
-        assert!(
-            !a.check("u2", "firmware:deploy", || ask(&calls, false))
-                .await
-                .unwrap()
-        );
-        assert!(
-            !b.check("u2", "firmware:deploy", || ask(&calls, true))
-                .await
-                .unwrap()
-        );
+        assert!(allowed(&a, &calls, "u1", "firmware:deploy", true).await);
+        assert!(allowed(&b, &calls, "u1", "firmware:deploy", false).await);
+        assert!(!allowed(&a, &calls, "u2", "firmware:deploy", false).await);
+        assert!(!allowed(&b, &calls, "u2", "firmware:deploy", true).await);
         assert_eq!(calls.load(Ordering::SeqCst), 2, "replica b asked nobody");
         // Redis forgets the answers with their time, like the process does.
         tokio::time::sleep(Duration::from_millis(3100)).await;
-        assert!(
-            !b.check("u1", "firmware:deploy", || ask(&calls, false))
-                .await
-                .unwrap()
-        );
+        assert!(!allowed(&b, &calls, "u1", "firmware:deploy", false).await);
         assert_eq!(calls.load(Ordering::SeqCst), 3);
     }
 }

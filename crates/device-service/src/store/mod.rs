@@ -85,3 +85,53 @@ impl Drop for Forget<'_> {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use wf_common::testing::TestDatabase;
+
+    use super::*;
+
+    /// The cache serves reads: a change made behind the store's back (as
+    /// only another process could make it) stays unseen until this store
+    /// writes the device.
+    #[tokio::test]
+    async fn a_cached_device_is_read_from_memory_until_the_store_writes_it() {
+        let test_db = TestDatabase::new("devices.db");
+        let db = Db::connect_retrying(&test_db.url, 2, "the test database")
+            .await
+            .unwrap();
+        db.migrate_up(&MIGRATIONS).await.unwrap();
+        let cached = Store::new(db.clone()).with_device_cache(8);
+        cached
+            .insert_device(&NewDevice {
+                id: "d-1".into(),
+                name: "one".into(),
+                device_type: "sensor".into(),
+                owner_id: "u-1".into(),
+                metadata: serde_json::json!({}),
+                tags: vec![],
+                secret_hash: String::new(),
+                created_at: 1,
+            })
+            .await
+            .unwrap();
+        let name = |store: &Store| {
+            let store = store.clone();
+            async move { store.get_device("d-1").await.unwrap().unwrap().name }
+        };
+        assert_eq!(name(&cached).await, "one");
+        sqlx::query("UPDATE devices SET name = 'behind' WHERE id = 'd-1'")
+            .execute(&db.pool)
+            .await
+            .unwrap();
+        assert_eq!(name(&cached).await, "one", "answered from memory");
+        assert_eq!(name(&Store::new(db.clone())).await, "behind");
+        cached.set_firmware_version("d-1", "2.0", 2).await.unwrap();
+        let device = cached.get_device("d-1").await.unwrap().unwrap();
+        assert_eq!(
+            (device.name.as_str(), device.firmware_version.as_str()),
+            ("behind", "2.0")
+        );
+    }
+}
