@@ -221,9 +221,12 @@ impl Application {
     /// start later.
     pub async fn build(config: Arc<Config>, bus: Arc<dyn EventBus>) -> anyhow::Result<Self> {
         let state = AppState::new(config.clone(), bus)?;
-        let http = TcpListener::bind(SocketAddr::new(config.host, config.http_port))
-            .await
-            .with_context(|| format!("binding api-gateway HTTP port {}", config.http_port))?;
+        let http = wf_common::listen::bind(
+            SocketAddr::new(config.host, config.http_port),
+            "api-gateway HTTP",
+            "gateway.http_port",
+        )
+        .await?;
         Ok(Self { state, http })
     }
 

@@ -58,6 +58,11 @@ pub struct Config {
     pub trusted_proxies: Vec<IpAddr>,
     /// Largest accepted request body.
     pub max_body_bytes: usize,
+    /// The secret every gRPC call between services carries. Not read from
+    /// this section: `wf-iot serve` sets one for the whole platform, and
+    /// services run apart take `internal.token`.
+    #[serde(skip)]
+    pub internal_token: wf_common::grpc::InternalToken,
 }
 
 impl Default for Config {
@@ -81,6 +86,7 @@ impl Default for Config {
                 IpAddr::V6(Ipv6Addr::LOCALHOST),
             ],
             max_body_bytes: 64 * 1024,
+            internal_token: Default::default(),
         }
     }
 }
@@ -172,12 +178,18 @@ impl Application {
     /// signing key and binds both listeners; port 0 picks free ports.
     pub async fn build(config: Arc<Config>) -> anyhow::Result<Self> {
         let state = open(config.clone()).await?;
-        let http = TcpListener::bind(SocketAddr::new(config.host, config.http_port))
-            .await
-            .with_context(|| format!("binding auth-service HTTP port {}", config.http_port))?;
-        let grpc = TcpListener::bind(SocketAddr::new(config.host, config.grpc_port))
-            .await
-            .with_context(|| format!("binding auth-service gRPC port {}", config.grpc_port))?;
+        let http = wf_common::listen::bind(
+            SocketAddr::new(config.host, config.http_port),
+            "auth-service HTTP",
+            "auth.http_port",
+        )
+        .await?;
+        let grpc = wf_common::listen::bind(
+            SocketAddr::new(config.host, config.grpc_port),
+            "auth-service gRPC",
+            "auth.grpc_port",
+        )
+        .await?;
         Ok(Self { state, http, grpc })
     }
 

@@ -1,7 +1,10 @@
 //! gRPC plumbing shared by every service: a tower layer that carries the
-//! request id from metadata into a span and the task, and an interceptor
-//! that forwards it on outgoing calls.
+//! request id from metadata into a span and the task, the shared secret
+//! that authenticates every call between services ([`InternalToken`]: a
+//! layer that checks it on the server, an interceptor that sends it with
+//! the request id on the client), and lazily connecting channels.
 
+use std::sync::Arc;
 use std::task::{Context, Poll};
 
 use futures_util::future::BoxFuture;
@@ -74,16 +77,227 @@ where
     }
 }
 
-/// A client interceptor that forwards the current request id.
-pub fn propagate_request_id(
-    mut req: tonic::Request<()>,
-) -> Result<tonic::Request<()>, tonic::Status> {
+/// Forwards the current request id on an outgoing call.
+fn propagate_request_id(req: &mut tonic::Request<()>) {
     if let Some(id) = telemetry::current_request_id() {
         if let Ok(v) = id.parse() {
             req.metadata_mut().insert(REQUEST_ID_HEADER, v);
         }
     }
-    Ok(req)
+}
+
+/// The metadata key internal calls carry their secret in.
+const INTERNAL_AUTH_HEADER: &str = "authorization";
+
+/// The secret that every gRPC call between services carries (as
+/// `authorization: Bearer <token>`) and every gRPC server checks, so that
+/// reaching a service's gRPC port is not enough to call it.
+///
+/// The default is a random token of this process: a service that is not
+/// told the shared token answers no other process. `wf-iot serve` hands
+/// one token to every service it runs; services run apart are given the
+/// same `internal.token`.
+#[derive(Clone)]
+pub struct InternalToken(Arc<str>);
+
+impl Default for InternalToken {
+    fn default() -> Self {
+        Self::generate()
+    }
+}
+
+impl std::fmt::Debug for InternalToken {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("InternalToken(***)")
+    }
+}
+
+impl InternalToken {
+    /// Shortest token accepted from the configuration.
+    pub const MIN_LEN: usize = 16;
+
+    pub fn generate() -> Self {
+        Self(crate::random::token().into())
+    }
+
+    /// A configured token: at least [`Self::MIN_LEN`] characters that can
+    /// travel in a header.
+    pub fn parse(token: &str) -> Result<Self, String> {
+        let token = token.trim();
+        if token.len() < Self::MIN_LEN {
+            return Err(format!(
+                "the internal token must have at least {} characters",
+                Self::MIN_LEN
+            ));
+        }
+        if !token.bytes().all(|b| b.is_ascii_graphic()) {
+            return Err("the internal token must be printable ASCII without spaces".into());
+        }
+        Ok(Self(token.into()))
+    }
+
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+
+    /// The server side: a layer refusing calls without this token.
+    pub fn layer(&self, service: &'static str) -> InternalAuthLayer {
+        InternalAuthLayer {
+            expected: format!("Bearer {}", self.0).into(),
+            service,
+        }
+    }
+
+    /// The client side: sends this token and the current request id.
+    pub fn interceptor(&self) -> Outgoing {
+        Outgoing {
+            authorization: format!("Bearer {}", self.0)
+                .parse()
+                .expect("a parsed token is a valid header value"),
+        }
+    }
+}
+
+/// The interceptor of every client of another service: the internal token
+/// and the current request id.
+#[derive(Clone)]
+pub struct Outgoing {
+    authorization: tonic::metadata::MetadataValue<tonic::metadata::Ascii>,
+}
+
+impl tonic::service::Interceptor for Outgoing {
+    fn call(&mut self, mut req: tonic::Request<()>) -> Result<tonic::Request<()>, tonic::Status> {
+        propagate_request_id(&mut req);
+        req.metadata_mut()
+            .insert(INTERNAL_AUTH_HEADER, self.authorization.clone());
+        Ok(req)
+    }
+}
+
+/// A client of another service, with the internal token and request ids.
+pub type InternalChannel =
+    tonic::service::interceptor::InterceptedService<tonic::transport::Channel, Outgoing>;
+
+/// Refuses gRPC calls that do not carry the internal token, except the
+/// standard health check (which reveals nothing and serves probes).
+#[derive(Clone)]
+pub struct InternalAuthLayer {
+    expected: Arc<str>,
+    service: &'static str,
+}
+
+impl<S> tower::Layer<S> for InternalAuthLayer {
+    type Service = InternalAuth<S>;
+    fn layer(&self, inner: S) -> Self::Service {
+        InternalAuth {
+            inner,
+            expected: self.expected.clone(),
+            service: self.service,
+        }
+    }
+}
+
+#[derive(Clone)]
+pub struct InternalAuth<S> {
+    inner: S,
+    expected: Arc<str>,
+    service: &'static str,
+}
+
+/// Refused internal calls are logged at most this often (each is counted).
+static REFUSED_LOG: telemetry::LogEvery =
+    telemetry::LogEvery::new(std::time::Duration::from_secs(10));
+
+impl<S, B, RB> tower::Service<http::Request<B>> for InternalAuth<S>
+where
+    S: tower::Service<http::Request<B>, Response = http::Response<RB>> + Clone + Send + 'static,
+    S::Future: Send + 'static,
+    B: Send + 'static,
+    RB: Default + Send + 'static,
+{
+    type Response = S::Response;
+    type Error = S::Error;
+    type Future = BoxFuture<'static, Result<S::Response, S::Error>>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, req: http::Request<B>) -> Self::Future {
+        let path = req.uri().path();
+        let presented = req
+            .headers()
+            .get(INTERNAL_AUTH_HEADER)
+            .map(|v| v.as_bytes())
+            .unwrap_or_default();
+        let allowed = path.starts_with("/grpc.health.v1.Health/")
+            || bool::from(subtle::ConstantTimeEq::ct_eq(
+                presented,
+                self.expected.as_bytes(),
+            ));
+        if !allowed {
+            metrics::counter!("wf_grpc_unauthenticated_total", "service" => self.service)
+                .increment(1);
+            if REFUSED_LOG.ready() {
+                tracing::warn!(
+                    service = self.service,
+                    method = path,
+                    "refused a gRPC call without the internal token \
+                     (wf_grpc_unauthenticated_total counts every one)"
+                );
+            }
+            let status = tonic::Status::unauthenticated(
+                "this is an internal service: calls must carry the internal token",
+            );
+            return Box::pin(async move { Ok(status.into_http()) });
+        }
+        let clone = self.inner.clone();
+        let mut inner = std::mem::replace(&mut self.inner, clone);
+        Box::pin(inner.call(req))
+    }
+}
+
+/// Serves a service's gRPC API on `listener` until `shutdown` resolves:
+/// with the standard health service (reporting `service` as serving) and
+/// reflection, every call in a span with its request id, and every call but
+/// the health check refused unless it carries `token`.
+pub async fn serve<S>(
+    name: &'static str,
+    token: &InternalToken,
+    service: S,
+    listener: tokio::net::TcpListener,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> anyhow::Result<()>
+where
+    S: tower::Service<
+            http::Request<tonic::body::Body>,
+            Response = http::Response<tonic::body::Body>,
+            Error = std::convert::Infallible,
+        > + tonic::server::NamedService
+        + Clone
+        + Send
+        + Sync
+        + 'static,
+    S::Future: Send + 'static,
+{
+    let (health, health_service) = tonic_health::server::health_reporter();
+    health.set_serving::<S>().await;
+    let reflection = tonic_reflection::server::Builder::configure()
+        .register_encoded_file_descriptor_set(wf_proto::FILE_DESCRIPTOR_SET)
+        .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+        .build_v1()?;
+    tonic::transport::Server::builder()
+        .layer(RequestContextLayer::new(name))
+        .layer(token.layer(name))
+        .add_service(health_service)
+        .add_service(reflection)
+        .add_service(service)
+        .serve_with_incoming_shutdown(
+            tokio_stream::wrappers::TcpListenerStream::new(listener),
+            shutdown,
+        )
+        .await?;
+    Ok(())
 }
 
 /// A page of a gRPC list call: `page_size` (0 means 100, at most 1000) and
@@ -128,13 +342,17 @@ impl Page {
 
 /// A channel to another service that connects on first use, so services
 /// can start in any order; calls fail after a short connect timeout rather
-/// than hang.
-pub fn lazy_channel(url: &str) -> anyhow::Result<tonic::transport::Channel> {
-    Ok(tonic::transport::Endpoint::from_shared(url.to_string())
+/// than hang. Every call carries `token` and the current request id.
+pub fn internal_channel(url: &str, token: &InternalToken) -> anyhow::Result<InternalChannel> {
+    let channel = tonic::transport::Endpoint::from_shared(url.to_string())
         .map_err(|e| anyhow::anyhow!("invalid service URL {url:?}: {e}"))?
         .connect_timeout(std::time::Duration::from_secs(2))
         .timeout(std::time::Duration::from_secs(10))
-        .connect_lazy())
+        .connect_lazy();
+    Ok(tonic::service::interceptor::InterceptedService::new(
+        channel,
+        token.interceptor(),
+    ))
 }
 
 #[cfg(test)]

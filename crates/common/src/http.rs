@@ -52,7 +52,18 @@ pub fn ops_routes(checks: Vec<(&'static str, ReadinessCheck)>) -> Router {
         )
         .route(
             "/metrics",
-            get(|| async {
+            get(|headers: axum::http::HeaderMap| async move {
+                let authorization = headers
+                    .get(axum::http::header::AUTHORIZATION)
+                    .map(|v| v.as_bytes());
+                if !telemetry::metrics_request_allowed(authorization) {
+                    return error::ApiError::new(
+                        StatusCode::UNAUTHORIZED,
+                        "unauthorized",
+                        "/metrics needs Authorization: Bearer <log.metrics_token>",
+                    )
+                    .into_response();
+                }
                 (
                     [(
                         axum::http::header::CONTENT_TYPE,
@@ -60,6 +71,7 @@ pub fn ops_routes(checks: Vec<(&'static str, ReadinessCheck)>) -> Router {
                     )],
                     telemetry::metrics_handle().render(),
                 )
+                    .into_response()
             }),
         )
 }

@@ -17,12 +17,10 @@ use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 use redis::AsyncCommands;
-use tonic::service::interceptor::InterceptedService;
-use tonic::transport::Channel;
-use wf_proto::auth::CheckPermissionRequest;
 use wf_proto::auth::auth_service_client::AuthServiceClient;
+use wf_proto::auth::{CheckPermissionRequest, GetUserByIdRequest};
 
-use crate::grpc::propagate_request_id;
+use crate::grpc::{InternalChannel, InternalToken};
 
 /// Above this many answers, expired ones are swept from the process.
 const SWEEP_ABOVE: usize = 10_000;
@@ -30,30 +28,30 @@ const SWEEP_ABOVE: usize = 10_000;
 /// How long a Redis call may take before the cache gives up on it.
 const REDIS_TIMEOUT: Duration = Duration::from_millis(250);
 
-type Interceptor = fn(tonic::Request<()>) -> Result<tonic::Request<()>, tonic::Status>;
-
 /// Asks auth-service whether a user holds a permission, through a
 /// [`PermissionCache`], so a hot endpoint does not pay a round trip per
 /// request. The request id of the caller goes along.
 pub struct PermissionClient {
-    client: AuthServiceClient<InterceptedService<Channel, Interceptor>>,
+    client: AuthServiceClient<InternalChannel>,
     cache: PermissionCache,
 }
 
 impl PermissionClient {
     /// auth-service's gRPC `url` (connected on first use); answers kept for
     /// `ttl`, in the process and, unless `redis_url` is empty, in Redis.
-    pub async fn new(url: &str, ttl: Duration, redis_url: &str) -> anyhow::Result<Self> {
-        let channel = crate::grpc::lazy_channel(url)?;
+    pub async fn new(
+        url: &str,
+        token: &InternalToken,
+        ttl: Duration,
+        redis_url: &str,
+    ) -> anyhow::Result<Self> {
+        let channel = crate::grpc::internal_channel(url, token)?;
         let mut cache = PermissionCache::new(ttl);
         if !redis_url.trim().is_empty() {
             cache = cache.with_redis(redis_url, "wf-iot:").await;
         }
         Ok(Self {
-            client: AuthServiceClient::with_interceptor(
-                channel,
-                propagate_request_id as Interceptor,
-            ),
+            client: AuthServiceClient::new(channel),
             cache,
         })
     }
@@ -82,6 +80,83 @@ impl PermissionClient {
                 }
             })
             .await
+    }
+}
+
+/// What auth-service says of the account behind an access token, now.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Session {
+    /// The account exists, is active, and the token was issued under its
+    /// current token version (no password change or disabling since).
+    pub valid: bool,
+    /// The account acts as an administrator: a superuser, or holding the
+    /// `admin` role.
+    pub admin: bool,
+}
+
+/// What a service answers when the session of an access token has ended.
+pub const SESSION_ENDED: &str = "the account is disabled or the token was revoked; log in again";
+
+impl PermissionClient {
+    /// For verified `claims`: whether the caller acts as an administrator
+    /// now, or `None` when the token's session has ended (see
+    /// [`PermissionClient::session`]).
+    pub async fn current_admin(
+        &self,
+        claims: &crate::jwt::AccessClaims,
+    ) -> Result<Option<bool>, tonic::Status> {
+        let session = self.session(&claims.sub, claims.ver).await?;
+        Ok(session.valid.then_some(session.admin))
+    }
+
+    /// Whether the session of `user_id`'s token issued under
+    /// `token_version` still stands, and whether the account is an
+    /// administrator, as auth-service sees it now (through the cache, so
+    /// a change reaches every service within the cache's time).
+    pub async fn session(
+        &self,
+        user_id: &str,
+        token_version: i64,
+    ) -> Result<Session, tonic::Status> {
+        let user = || async {
+            match self
+                .client
+                .clone()
+                .get_user_by_id(GetUserByIdRequest {
+                    user_id: user_id.to_string(),
+                })
+                .await
+            {
+                Ok(r) => Ok(Some(r.into_inner())),
+                Err(s) if s.code() == tonic::Code::NotFound => Ok(None),
+                Err(s) => Err(s),
+            }
+        };
+        let valid = self
+            .cache
+            .check(user_id, &format!("@session:{token_version}"), || async {
+                Ok::<_, tonic::Status>(
+                    user()
+                        .await?
+                        .is_some_and(|u| u.is_active && u.token_version == token_version),
+                )
+            })
+            .await?;
+        if !valid {
+            return Ok(Session {
+                valid,
+                admin: false,
+            });
+        }
+        let admin = self
+            .cache
+            .check(user_id, "@admin", || async {
+                Ok::<_, tonic::Status>(user().await?.is_some_and(|u| {
+                    u.is_active && (u.is_superuser || u.roles.iter().any(|r| r == "admin"))
+                }))
+            })
+            .await?;
+        Ok(Session { valid, admin })
     }
 }
 

@@ -62,6 +62,11 @@ pub struct LogConfig {
     /// services run apart (`auth-service`, `device-service`, ...), so log
     /// stores can tell the processes apart.
     pub service: String,
+    /// When set, `/metrics` on every HTTP port answers only requests with
+    /// `Authorization: Bearer <metrics_token>` (Prometheus:
+    /// `authorization: { credentials: ... }`); others get 401.
+    #[serde(serialize_with = "crate::config::redact_opt")]
+    pub metrics_token: Option<secrecy::SecretString>,
 }
 
 impl Default for LogConfig {
@@ -70,12 +75,48 @@ impl Default for LogConfig {
             level: "info,rmqtt=warn,rmqtt_net=warn".into(),
             format: LogFormat::Text,
             service: "wf-iot".into(),
+            metrics_token: None,
         }
     }
 }
 
-/// Installs the global log subscriber. Safe to call more than once.
+/// The token `/metrics` asks for, set once by [`init_logging`].
+static METRICS_TOKEN: OnceLock<Option<String>> = OnceLock::new();
+
+/// Whether a `/metrics` request with this `Authorization` header may read
+/// the metrics, when `expected` is the configured token.
+pub fn metrics_allowed(expected: Option<&str>, authorization: Option<&[u8]>) -> bool {
+    let Some(expected) = expected else {
+        return true;
+    };
+    let presented = authorization
+        .and_then(|v| v.strip_prefix(b"Bearer "))
+        .unwrap_or_default();
+    bool::from(subtle::ConstantTimeEq::ct_eq(
+        presented,
+        expected.as_bytes(),
+    ))
+}
+
+/// [`metrics_allowed`] with the token of this process.
+pub fn metrics_request_allowed(authorization: Option<&[u8]>) -> bool {
+    metrics_allowed(
+        METRICS_TOKEN.get().and_then(|t| t.as_deref()),
+        authorization,
+    )
+}
+
+/// Installs the global log subscriber, and the token `/metrics` asks for.
+/// Safe to call more than once; the first call decides.
 pub fn init_logging(config: &LogConfig) {
+    use secrecy::ExposeSecret;
+    let _ = METRICS_TOKEN.set(
+        config
+            .metrics_token
+            .as_ref()
+            .map(|t| t.expose_secret().trim().to_string())
+            .filter(|t| !t.is_empty()),
+    );
     let filter =
         EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(config.level.as_str()));
     let registry = tracing_subscriber::registry().with(filter);
@@ -262,6 +303,35 @@ impl tracing::field::Visit for FieldVisitor {
     }
 }
 
+/// A log line allowed at most once per interval, for events that can come
+/// by the thousand (every one is still counted in a metric).
+pub struct LogEvery {
+    interval_ms: i64,
+    last: std::sync::atomic::AtomicI64,
+}
+
+impl LogEvery {
+    pub const fn new(interval: std::time::Duration) -> Self {
+        Self {
+            interval_ms: interval.as_millis() as i64,
+            last: std::sync::atomic::AtomicI64::new(i64::MIN),
+        }
+    }
+
+    /// Whether a line may be logged now; at most one caller per interval
+    /// is told yes.
+    pub fn ready(&self) -> bool {
+        use std::sync::atomic::Ordering;
+        let now = crate::now_millis();
+        let last = self.last.load(Ordering::Relaxed);
+        now.saturating_sub(last) >= self.interval_ms
+            && self
+                .last
+                .compare_exchange(last, now, Ordering::Relaxed, Ordering::Relaxed)
+                .is_ok()
+    }
+}
+
 /// The process-wide Prometheus recorder, installed on first use.
 pub fn metrics_handle() -> &'static PrometheusHandle {
     static HANDLE: OnceLock<PrometheusHandle> = OnceLock::new();
@@ -441,5 +511,32 @@ mod tests {
         assert_ne!(request_id_from(Some("has space")), "has space");
         assert_ne!(request_id_from(Some(&"x".repeat(200))), "x".repeat(200));
         assert_eq!(request_id_from(None).len(), 36);
+    }
+}
+
+#[cfg(test)]
+mod metrics_token_tests {
+    use super::*;
+
+    #[test]
+    fn metrics_need_the_token_only_when_one_is_set() {
+        assert!(metrics_allowed(None, None));
+        assert!(metrics_allowed(None, Some(b"Bearer anything")));
+        assert!(metrics_allowed(Some("s3cret"), Some(b"Bearer s3cret")));
+        assert!(!metrics_allowed(Some("s3cret"), None));
+        assert!(!metrics_allowed(Some("s3cret"), Some(b"Bearer s3cre")));
+        assert!(!metrics_allowed(Some("s3cret"), Some(b"s3cret")));
+        assert!(!metrics_allowed(Some("s3cret"), Some(b"Bearer s3cret2")));
+    }
+
+    #[test]
+    fn a_burst_of_log_lines_is_cut_to_one_per_interval() {
+        let every = LogEvery::new(std::time::Duration::from_secs(60));
+        assert!(every.ready());
+        assert!(!every.ready());
+        assert!(!every.ready());
+        let always = LogEvery::new(std::time::Duration::ZERO);
+        assert!(always.ready());
+        assert!(always.ready());
     }
 }

@@ -22,6 +22,10 @@ const GROUP: &str = "device-service";
 /// The longest text value stored (bytes).
 const MAX_TEXT_VALUE: usize = 4096;
 
+/// Values refused by the store are logged at most this often (each is counted).
+static REFUSED_LOG: wf_common::telemetry::LogEvery =
+    wf_common::telemetry::LogEvery::new(Duration::from_secs(10));
+
 /// Runs every background worker until `stop` is triggered.
 pub async fn run(state: AppState, stop: Shutdown) {
     // Every outcome is on /metrics from the start, at 0, so that rates and
@@ -131,6 +135,14 @@ async fn store_telemetry(
                 && !matches!(value, MetricValue::Text(t) if t.len() > MAX_TEXT_VALUE);
             if !ok {
                 metrics::counter!("wf_telemetry_values_rejected_total").increment(1);
+                if REFUSED_LOG.ready() {
+                    tracing::warn!(
+                        device_id = %m.device_id,
+                        metric = %metric,
+                        "telemetry value not stored: invalid metric name or text over {MAX_TEXT_VALUE} bytes \
+                         (wf_telemetry_values_rejected_total counts every one)"
+                    );
+                }
             }
             ok
         });
@@ -139,9 +151,23 @@ async fn store_telemetry(
     if messages.is_empty() {
         return Ok(());
     }
+    let offered: u64 = messages.iter().map(|m| m.values.len() as u64).sum();
     let stored = state.store.insert_telemetry(&messages).await?;
     metrics::counter!("wf_telemetry_messages_stored_total").increment(messages.len() as u64);
     metrics::counter!("wf_telemetry_values_stored_total").increment(stored);
+    // A value whose (device, metric, ts) is stored already: a redelivered
+    // event, or a device that sent two values with the same `ts`.
+    let duplicates = offered.saturating_sub(stored);
+    if duplicates > 0 {
+        metrics::counter!("wf_telemetry_values_duplicate_total").increment(duplicates);
+        if REFUSED_LOG.ready() {
+            tracing::info!(
+                duplicates,
+                "telemetry values already stored under the same device, metric and ts were \
+                 not stored again (wf_telemetry_values_duplicate_total counts every one)"
+            );
+        }
+    }
     let now = wf_common::now_millis();
     if let Ok(mut seen) = last_seen.lock() {
         for m in &messages {

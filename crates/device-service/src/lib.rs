@@ -44,7 +44,9 @@ pub struct Config {
     pub issuer: String,
     /// mqtt-gateway's gRPC endpoint (commands to devices).
     pub mqtt_gateway_url: String,
-    /// How long a permission answer from auth-service is reused.
+    /// How long a permission answer from auth-service is reused. Also the
+    /// longest a disabled account, a revoked token or a changed role takes
+    /// to apply here (twice that with the Redis-shared cache).
     pub permission_cache_ttl_secs: u64,
     /// A Redis through which every replica shares the permission answers
     /// it got; empty: each process keeps its own. `wf-iot serve <service>`
@@ -72,6 +74,11 @@ pub struct Config {
     /// device-service writing to its database, as in the all-in-one
     /// platform, which sets it; replicas sharing a database must leave it 0.
     pub device_cache_capacity: usize,
+    /// The secret every gRPC call between services carries. Not read from
+    /// this section: `wf-iot serve` sets one for the whole platform, and
+    /// services run apart take `internal.token`.
+    #[serde(skip)]
+    pub internal_token: wf_common::grpc::InternalToken,
 }
 
 impl Default for Config {
@@ -87,7 +94,7 @@ impl Default for Config {
             auth_jwks_url: "http://127.0.0.1:8101/.well-known/jwks.json".into(),
             issuer: "wf-iot".into(),
             mqtt_gateway_url: "http://127.0.0.1:50054".into(),
-            permission_cache_ttl_secs: 10,
+            permission_cache_ttl_secs: 2,
             permission_cache_redis_url: String::new(),
             max_series_points: 10_000,
             command_default_timeout_secs: 30,
@@ -97,6 +104,7 @@ impl Default for Config {
             max_body_bytes: 64 * 1024,
             reset_status_on_start: false,
             device_cache_capacity: 0,
+            internal_token: Default::default(),
         }
     }
 }
@@ -149,11 +157,13 @@ impl Application {
             JwtVerifier::from_jwks_url(config.issuer.clone(), config.auth_jwks_url.clone());
         let auth = clients::AuthClient::new(
             &config.auth_grpc_url,
+            &config.internal_token,
             Duration::from_secs(config.permission_cache_ttl_secs),
             &config.permission_cache_redis_url,
         )
         .await?;
-        let gateway = clients::GatewayClient::new(&config.mqtt_gateway_url)?;
+        let gateway =
+            clients::GatewayClient::new(&config.mqtt_gateway_url, &config.internal_token)?;
         let state = AppState::new(
             config.clone(),
             store::Store::new(db).with_device_cache(config.device_cache_capacity),
@@ -162,12 +172,18 @@ impl Application {
             gateway,
             bus,
         );
-        let http = TcpListener::bind(SocketAddr::new(config.host, config.http_port))
-            .await
-            .with_context(|| format!("binding device-service HTTP port {}", config.http_port))?;
-        let grpc = TcpListener::bind(SocketAddr::new(config.host, config.grpc_port))
-            .await
-            .with_context(|| format!("binding device-service gRPC port {}", config.grpc_port))?;
+        let http = wf_common::listen::bind(
+            SocketAddr::new(config.host, config.http_port),
+            "device-service HTTP",
+            "device.http_port",
+        )
+        .await?;
+        let grpc = wf_common::listen::bind(
+            SocketAddr::new(config.host, config.grpc_port),
+            "device-service gRPC",
+            "device.grpc_port",
+        )
+        .await?;
         Ok(Self { state, http, grpc })
     }
 

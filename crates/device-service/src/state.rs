@@ -84,12 +84,22 @@ pub struct Caller {
 }
 
 impl Caller {
-    pub fn from_claims(claims: AccessClaims) -> Self {
-        Self {
-            is_admin: claims.su || claims.roles.iter().any(|r| r == "admin"),
+    /// The caller behind verified `claims`, as auth-service sees the
+    /// account now: a disabled account, or a token from before a password
+    /// change, is refused, and a role change applies, within the permission
+    /// cache's time rather than the token's lifetime.
+    pub async fn from_claims(state: &AppState, claims: AccessClaims) -> Result<Self> {
+        let is_admin = state
+            .auth
+            .current_admin(&claims)
+            .await
+            .map_err(|s| crate::clients::call_error("auth-service", s))?
+            .ok_or_else(|| Error::Unauthenticated(wf_common::permissions::SESSION_ENDED.into()))?;
+        Ok(Self {
+            is_admin,
             user_id: claims.sub,
             username: claims.username,
-        }
+        })
     }
 
     /// Asks auth-service (through the cache) whether the caller holds

@@ -69,7 +69,9 @@ pub struct Config {
     pub device_service_url: String,
     /// mqtt-gateway's gRPC endpoint (OTA notifications).
     pub mqtt_gateway_url: String,
-    /// How long a permission answer from auth-service is reused.
+    /// How long a permission answer from auth-service is reused. Also the
+    /// longest a disabled account, a revoked token or a changed role takes
+    /// to apply here (twice that with the Redis-shared cache).
     pub permission_cache_ttl_secs: u64,
     /// A Redis through which every replica shares the permission answers
     /// it got; empty: each process keeps its own. `wf-iot serve <service>`
@@ -100,6 +102,11 @@ pub struct Config {
     /// least the rollout's per-device timeout).
     pub download_link_ttl_secs: u64,
     pub worker: WorkerConfig,
+    /// The secret every gRPC call between services carries. Not read from
+    /// this section: `wf-iot serve` sets one for the whole platform, and
+    /// services run apart take `internal.token`.
+    #[serde(skip)]
+    pub internal_token: wf_common::grpc::InternalToken,
 }
 
 /// The rollout worker (`[firmware.worker]`).
@@ -152,7 +159,7 @@ impl Default for Config {
             issuer: "wf-iot".into(),
             device_service_url: "http://127.0.0.1:50052".into(),
             mqtt_gateway_url: "http://127.0.0.1:50054".into(),
-            permission_cache_ttl_secs: 10,
+            permission_cache_ttl_secs: 2,
             permission_cache_redis_url: String::new(),
             public_url: "http://127.0.0.1:8103".into(),
             max_firmware_bytes: 256 * 1024 * 1024,
@@ -164,6 +171,7 @@ impl Default for Config {
             download_link_key: None,
             download_link_ttl_secs: 3600,
             worker: WorkerConfig::default(),
+            internal_token: Default::default(),
         }
     }
 }
@@ -253,11 +261,13 @@ impl Application {
             JwtVerifier::from_jwks_url(config.issuer.clone(), config.auth_jwks_url.clone());
         let auth = clients::AuthClient::new(
             &config.auth_grpc_url,
+            &config.internal_token,
             Duration::from_secs(config.permission_cache_ttl_secs),
             &config.permission_cache_redis_url,
         )
         .await?;
-        let devices = clients::DeviceClient::new(&config.device_service_url)?;
+        let devices =
+            clients::DeviceClient::new(&config.device_service_url, &config.internal_token)?;
         let state = AppState::new(state::Parts {
             config: config.clone(),
             store,
@@ -269,12 +279,18 @@ impl Application {
             signing_keys,
             bus,
         });
-        let http = TcpListener::bind(SocketAddr::new(config.host, config.http_port))
-            .await
-            .with_context(|| format!("binding firmware-service HTTP port {}", config.http_port))?;
-        let grpc = TcpListener::bind(SocketAddr::new(config.host, config.grpc_port))
-            .await
-            .with_context(|| format!("binding firmware-service gRPC port {}", config.grpc_port))?;
+        let http = wf_common::listen::bind(
+            SocketAddr::new(config.host, config.http_port),
+            "firmware-service HTTP",
+            "firmware.http_port",
+        )
+        .await?;
+        let grpc = wf_common::listen::bind(
+            SocketAddr::new(config.host, config.grpc_port),
+            "firmware-service gRPC",
+            "firmware.grpc_port",
+        )
+        .await?;
         Ok(Self { state, http, grpc })
     }
 

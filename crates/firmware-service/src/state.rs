@@ -71,14 +71,27 @@ impl Permission {
 pub struct Caller {
     pub user_id: String,
     pub username: String,
+    /// A superuser or a holder of the admin role, as auth-service sees
+    /// the account now.
+    pub is_admin: bool,
 }
 
 impl Caller {
-    pub fn from_claims(claims: AccessClaims) -> Self {
-        Self {
+    /// The caller behind verified `claims`, as auth-service sees the
+    /// account now: a disabled account, or a token from before a password
+    /// change, is refused within the permission cache's time.
+    pub async fn from_claims(state: &AppState, claims: AccessClaims) -> Result<Self> {
+        let is_admin = state
+            .auth
+            .current_admin(&claims)
+            .await
+            .map_err(|s| crate::clients::call_error("auth-service", s))?
+            .ok_or_else(|| Error::Unauthenticated(wf_common::permissions::SESSION_ENDED.into()))?;
+        Ok(Self {
+            is_admin,
             user_id: claims.sub,
             username: claims.username,
-        }
+        })
     }
 
     /// Asks auth-service (through the cache) whether the caller holds

@@ -99,13 +99,16 @@ impl Worker {
             "firmware.worker.name must not be empty"
         );
         let (store, links) = crate::open_store(&config).await?;
-        let gateway =
-            GatewayClient::new(&config.mqtt_gateway_url).context("the mqtt-gateway URL")?;
+        let gateway = GatewayClient::new(&config.mqtt_gateway_url, &config.internal_token)
+            .context("the mqtt-gateway URL")?;
         let http = match config.worker.http_port {
             Some(port) => Some(
-                tokio::net::TcpListener::bind(std::net::SocketAddr::new(config.host, port))
-                    .await
-                    .with_context(|| format!("binding the worker's HTTP port {port}"))?,
+                wf_common::listen::bind(
+                    std::net::SocketAddr::new(config.host, port),
+                    "the worker's HTTP",
+                    "firmware.worker.http_port",
+                )
+                .await?,
             ),
             None => None,
         };

@@ -25,6 +25,7 @@ use wf_common::events::{
 use wf_common::shutdown::Shutdown;
 
 use crate::Config;
+use crate::domain::message::{ReceiptClock, TsSource, TsWindow};
 use crate::domain::topic::DEVICES_ROOT;
 use crate::domain::{Decoded, Incoming, Malformed, Route, TopicName, decode};
 
@@ -91,6 +92,9 @@ pub struct Ingest {
     presence: Mutex<HashMap<String, Presence>>,
     malformed_logged: Mutex<HashMap<String, Instant>>,
     malformed_log_interval: Duration,
+    /// Unique receive-time stamps for telemetry without `ts`.
+    receipt_clock: ReceiptClock,
+    ts_window: TsWindow,
 }
 
 impl Ingest {
@@ -106,6 +110,8 @@ impl Ingest {
             presence: Mutex::new(HashMap::new()),
             malformed_logged: Mutex::new(HashMap::new()),
             malformed_log_interval: Duration::from_secs(config.malformed_log_interval_secs),
+            receipt_clock: ReceiptClock::default(),
+            ts_window: config.ts_window(),
         });
         let batcher = Batcher {
             rx,
@@ -167,7 +173,19 @@ impl Ingest {
             last_will,
         };
         match decode(&incoming, self.max_payload_bytes) {
-            Ok(Decoded::Telemetry(t)) => self.enqueue_acked(Event::Telemetry(t), ack),
+            Ok(Decoded::Telemetry(mut t, TsSource::Receipt)) => {
+                t.ts = self.receipt_clock.stamp(device, received_at);
+                self.enqueue_acked(Event::Telemetry(t), ack);
+            }
+            Ok(Decoded::Telemetry(t, TsSource::Device)) => {
+                match self.ts_window.check(t.ts, received_at) {
+                    Ok(()) => self.enqueue_acked(Event::Telemetry(t), ack),
+                    Err(reason) => {
+                        run_ack(ack);
+                        self.malformed(device, topic, reason);
+                    }
+                }
+            }
             Ok(Decoded::Status(s)) if last_will => {
                 run_ack(ack);
                 if s.online {

@@ -51,8 +51,11 @@ use crate::state::AppState;
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(default)]
 pub struct Config {
-    /// Address to listen on.
+    /// Address the MQTT and MQTT-over-WebSocket listeners bind to.
     pub host: IpAddr,
+    /// Address the HTTP (health, metrics, broker hooks) and gRPC listeners
+    /// bind to; unset: `host`. The all-in-one platform sets 127.0.0.1.
+    pub service_host: Option<IpAddr>,
     /// Which broker devices connect to: `embedded` or `mosquitto`.
     pub broker: BrokerMode,
     /// The external broker, used when `broker = "mosquitto"`.
@@ -81,12 +84,41 @@ pub struct Config {
     /// Malformed messages are logged at most once per device per interval
     /// (every one is counted).
     pub malformed_log_interval_secs: u64,
+    /// The oldest telemetry `ts` accepted, in seconds before the time the
+    /// gateway receives the message; older values are refused and counted
+    /// (`wf_mqtt_malformed_messages_total{reason="ts_out_of_range"}`).
+    pub telemetry_max_age_secs: u64,
+    /// The newest telemetry `ts` accepted, in seconds after the receive
+    /// time (device clock skew); newer values are refused and counted.
+    pub telemetry_max_ahead_secs: u64,
+    /// The secret every gRPC call between services carries. Not read from
+    /// this section: `wf-iot serve` sets one for the whole platform, and
+    /// services run apart take `internal.token`.
+    #[serde(skip)]
+    pub internal_token: wf_common::grpc::InternalToken,
+}
+
+impl Config {
+    /// Where the HTTP and gRPC listeners bind.
+    pub fn service_host(&self) -> IpAddr {
+        self.service_host.unwrap_or(self.host)
+    }
+
+    /// The accepted window for a device's own telemetry timestamp.
+    pub fn ts_window(&self) -> domain::message::TsWindow {
+        let ms = |secs: u64| i64::try_from(secs).unwrap_or(i64::MAX).saturating_mul(1000);
+        domain::message::TsWindow {
+            max_age_ms: ms(self.telemetry_max_age_secs),
+            max_ahead_ms: ms(self.telemetry_max_ahead_secs),
+        }
+    }
 }
 
 impl Default for Config {
     fn default() -> Self {
         Self {
             host: IpAddr::V4(Ipv4Addr::UNSPECIFIED),
+            service_host: None,
             broker: BrokerMode::default(),
             mosquitto: MosquittoConfig::default(),
             mqtt_port: 1883,
@@ -101,6 +133,10 @@ impl Default for Config {
             ingest_queue_capacity: 65_536,
             auth_cache_ttl_secs: 60,
             malformed_log_interval_secs: 60,
+            // Devices that buffer while offline may send a year late.
+            telemetry_max_age_secs: 366 * 24 * 3600,
+            telemetry_max_ahead_secs: 300,
+            internal_token: Default::default(),
         }
     }
 }
@@ -228,6 +264,7 @@ impl Application {
         let authenticator = Arc::new(
             DeviceServiceAuthenticator::new(
                 &config.device_service_url,
+                &config.internal_token,
                 Duration::from_secs(config.auth_cache_ttl_secs),
             )
             .with_context(|| format!("device_service_url {:?}", config.device_service_url))?,
@@ -251,12 +288,18 @@ impl Application {
                     .context("[mqtt_gateway.mosquitto]")?,
             )),
         };
-        let http = TcpListener::bind(SocketAddr::new(config.host, config.http_port))
-            .await
-            .with_context(|| format!("binding mqtt-gateway HTTP port {}", config.http_port))?;
-        let grpc = TcpListener::bind(SocketAddr::new(config.host, config.grpc_port))
-            .await
-            .with_context(|| format!("binding mqtt-gateway gRPC port {}", config.grpc_port))?;
+        let http = wf_common::listen::bind(
+            SocketAddr::new(config.service_host(), config.http_port),
+            "mqtt-gateway HTTP",
+            "mqtt_gateway.http_port",
+        )
+        .await?;
+        let grpc = wf_common::listen::bind(
+            SocketAddr::new(config.service_host(), config.grpc_port),
+            "mqtt-gateway gRPC",
+            "mqtt_gateway.grpc_port",
+        )
+        .await?;
         let state = AppState {
             config,
             authenticator,

@@ -19,6 +19,7 @@ pub struct PlatformConfig {
     pub admin_password: Option<SecretString>,
     pub log: LogConfig,
     pub events: EventsConfig,
+    pub internal: InternalConfig,
     pub auth: auth_service::Config,
     pub device: device_service::Config,
     pub mqtt_gateway: mqtt_gateway::Config,
@@ -37,6 +38,52 @@ pub struct EventsConfig {
     pub redis: wf_common::events::RedisBusConfig,
 }
 
+/// How the services reach one another.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(default)]
+pub struct InternalConfig {
+    /// The secret every gRPC call between services carries
+    /// (`WF_IOT_INTERNAL__TOKEN`, at least 16 printable characters). Services
+    /// run apart need the same value on each; the all-in-one platform makes
+    /// one of its own when it is empty.
+    #[serde(serialize_with = "wf_common::config::redact_opt")]
+    pub token: Option<SecretString>,
+    /// All-in-one only: bind the services' own HTTP and gRPC listeners to
+    /// the `host` of their sections. By default they listen on 127.0.0.1
+    /// only, and the gRPC ports are free ports chosen at start; the
+    /// api-gateway (console and API) and the MQTT listeners are public
+    /// either way.
+    pub expose_services: bool,
+}
+
+impl InternalConfig {
+    /// The configured token, if any.
+    pub fn token(&self) -> anyhow::Result<Option<wf_common::grpc::InternalToken>> {
+        match self
+            .token
+            .as_ref()
+            .map(|t| t.expose_secret().trim().to_string())
+        {
+            Some(t) if !t.is_empty() => wf_common::grpc::InternalToken::parse(&t)
+                .map(Some)
+                .map_err(|e| anyhow::anyhow!("internal.token (WF_IOT_INTERNAL__TOKEN): {e}")),
+            _ => Ok(None),
+        }
+    }
+
+    /// The configured token, which a service running on its own needs.
+    pub fn required_token(&self) -> anyhow::Result<wf_common::grpc::InternalToken> {
+        self.token()?.ok_or_else(|| {
+            anyhow::anyhow!(
+                "a service running on its own needs internal.token (WF_IOT_INTERNAL__TOKEN): \
+                 the same secret of at least {} characters on every service, for example \
+                 the output of `openssl rand -hex 32`",
+                wf_common::grpc::InternalToken::MIN_LEN
+            )
+        })
+    }
+}
+
 impl Default for PlatformConfig {
     fn default() -> Self {
         Self {
@@ -44,6 +91,7 @@ impl Default for PlatformConfig {
             admin_password: None,
             log: LogConfig::default(),
             events: EventsConfig::default(),
+            internal: InternalConfig::default(),
             auth: auth_service::Config::default(),
             device: device_service::Config::default(),
             mqtt_gateway: mqtt_gateway::Config::default(),
@@ -93,6 +141,7 @@ mod tests {
         figment::Jail::expect_with(|jail| {
             jail.set_env("WF_IOT_AUTH__ACCESS_TOKEN_TTL_SECS", "120");
             jail.set_env("WF_IOT_ADMIN_PASSWORD", "s3cret-pass");
+            jail.set_env("WF_IOT_INTERNAL__TOKEN", "internal-s3cret-token");
             let config = PlatformConfig::load(Some(&file)).unwrap();
             assert_eq!(config.auth.http_port, 9101);
             assert_eq!(config.auth.access_token_ttl_secs, 120);
@@ -100,9 +149,26 @@ mod tests {
             assert_eq!(config.admin_password().as_deref(), Some("s3cret-pass"));
             let printed = config.to_toml().unwrap();
             assert!(!printed.contains("s3cret-pass"));
+            assert_eq!(
+                config.internal.required_token().unwrap().expose(),
+                "internal-s3cret-token"
+            );
+            assert!(!printed.contains("internal-s3cret-token"));
             assert!(printed.contains("http_port = 9101"));
             Ok(())
         });
+    }
+
+    #[test]
+    fn a_service_alone_needs_a_usable_internal_token() {
+        let mut internal = InternalConfig::default();
+        let err = internal.required_token().unwrap_err().to_string();
+        assert!(err.contains("WF_IOT_INTERNAL__TOKEN"), "{err}");
+        internal.token = Some("short".to_string().into());
+        let err = internal.required_token().unwrap_err().to_string();
+        assert!(err.contains("at least 16"), "{err}");
+        internal.token = Some("has a space in the middle".to_string().into());
+        assert!(internal.required_token().is_err());
     }
 
     #[test]

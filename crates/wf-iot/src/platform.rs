@@ -2,7 +2,7 @@
 //! In all-in-one mode the services still call each other over gRPC, on the
 //! ports this process bound.
 
-use std::net::TcpListener as StdListener;
+use std::net::{IpAddr, Ipv4Addr, TcpListener as StdListener};
 use std::sync::Arc;
 
 use anyhow::Context;
@@ -41,6 +41,53 @@ fn concrete(port: u16) -> anyhow::Result<u16> {
     Ok(listener.local_addr()?.port())
 }
 
+/// In the all-in-one platform nothing outside the process needs the
+/// services' own ports: unless `internal.expose_services` is set, their
+/// HTTP and gRPC listeners left on the wildcard address listen on 127.0.0.1
+/// only, and gRPC ports left at the distributed defaults (50051-50054,
+/// inside the kernel's range of source ports) become free ports. The
+/// api-gateway and the MQTT listeners stay where they are configured.
+fn keep_services_internal(config: &mut PlatformConfig) {
+    if config.internal.expose_services {
+        return;
+    }
+    let loopback = IpAddr::V4(Ipv4Addr::LOCALHOST);
+    let internal = |host: &mut IpAddr| {
+        if host.is_unspecified() {
+            *host = loopback;
+        }
+    };
+    internal(&mut config.auth.host);
+    internal(&mut config.device.host);
+    internal(&mut config.firmware.host);
+    if config.mqtt_gateway.service_host.is_none() {
+        let mut host = config.mqtt_gateway.host;
+        internal(&mut host);
+        config.mqtt_gateway.service_host = Some(host);
+    }
+    let ephemeral = |port: &mut u16, default: u16| {
+        if *port == default {
+            *port = 0;
+        }
+    };
+    ephemeral(
+        &mut config.auth.grpc_port,
+        auth_service::Config::default().grpc_port,
+    );
+    ephemeral(
+        &mut config.device.grpc_port,
+        device_service::Config::default().grpc_port,
+    );
+    ephemeral(
+        &mut config.mqtt_gateway.grpc_port,
+        mqtt_gateway::Config::default().grpc_port,
+    );
+    ephemeral(
+        &mut config.firmware.grpc_port,
+        firmware_service::Config::default().grpc_port,
+    );
+}
+
 /// The ports the running platform listens on.
 #[derive(Debug, Clone, Copy)]
 pub struct Ports {
@@ -72,30 +119,32 @@ pub struct Platform {
 }
 
 impl Platform {
-    /// Starts every service. Ports configured as 0 are chosen here first,
-    /// so each service can be told where the others are.
+    /// Starts every service. Every listener is bound before anything is
+    /// created or served, so a port that is taken stops the start before
+    /// the first administrator exists. Ports configured as 0 are chosen
+    /// here first, so each service can be told where the others are.
     pub async fn start(mut config: PlatformConfig) -> anyhow::Result<Self> {
         std::fs::create_dir_all(&config.data_dir).with_context(|| {
             format!("creating the data directory {}", config.data_dir.display())
         })?;
+        keep_services_internal(&mut config);
+        let token = match config.internal.token()? {
+            Some(token) => token,
+            None => wf_common::grpc::InternalToken::generate(),
+        };
+        config.auth.internal_token = token.clone();
+        config.device.internal_token = token.clone();
+        config.mqtt_gateway.internal_token = token.clone();
+        config.firmware.internal_token = token;
         config.device.grpc_port = concrete(config.device.grpc_port)?;
         config.mqtt_gateway.grpc_port = concrete(config.mqtt_gateway.grpc_port)?;
         config.firmware.http_port = concrete(config.firmware.http_port)?;
         let bus = event_bus(&config).await?;
         let stop = Shutdown::new();
         let edge_stop = Shutdown::new();
-        let mut tasks = Vec::new();
 
         let auth = auth_service::Application::build(Arc::new(config.auth.clone())).await?;
         let (auth_http, auth_grpc) = (auth.http_port(), auth.grpc_port());
-        if let auth_service::AdminBootstrap::Created {
-            username,
-            generated_password,
-        } = auth.ensure_admin(config.admin_password()).await?
-        {
-            print_admin_banner(&username, generated_password.as_deref(), auth_http);
-        }
-        tasks.push(tokio::spawn(auth.run_until_stopped(stop.wait())));
 
         config.device.auth_grpc_url = format!("http://127.0.0.1:{auth_grpc}");
         config.device.issuer = config.auth.issuer.clone();
@@ -113,7 +162,6 @@ impl Platform {
             device_service::Application::build(Arc::new(config.device.clone()), bus.clone())
                 .await?;
         let (device_http, device_grpc) = (device.http_port(), device.grpc_port());
-        tasks.push(tokio::spawn(device.run_until_stopped(stop.wait())));
 
         config.mqtt_gateway.device_service_url = format!("http://127.0.0.1:{device_grpc}");
         let mqtt =
@@ -125,7 +173,6 @@ impl Platform {
             mqtt.http_port(),
             mqtt.grpc_port(),
         );
-        let mut edge_tasks = vec![tokio::spawn(mqtt.run_until_stopped(edge_stop.wait()))];
 
         config.firmware.auth_grpc_url = config.device.auth_grpc_url.clone();
         config.firmware.auth_jwks_url = config.device.auth_jwks_url.clone();
@@ -139,11 +186,9 @@ impl Platform {
             firmware_service::Application::build(Arc::new(config.firmware.clone()), bus.clone())
                 .await?;
         let (firmware_http, firmware_grpc) = (firmware.http_port(), firmware.grpc_port());
-        tasks.push(tokio::spawn(firmware.run_until_stopped(stop.wait())));
         let worker =
             firmware_service::worker::Worker::build(Arc::new(config.firmware.clone()), bus.clone())
                 .await?;
-        tasks.push(tokio::spawn(worker.run_until_stopped(stop.wait())));
 
         config.gateway.auth_url = format!("http://127.0.0.1:{auth_http}");
         config.gateway.device_url = format!("http://127.0.0.1:{device_http}");
@@ -155,7 +200,25 @@ impl Platform {
         let gateway =
             api_gateway::Application::build(Arc::new(config.gateway.clone()), bus.clone()).await?;
         let gateway_http = gateway.http_port();
-        edge_tasks.push(tokio::spawn(gateway.run_until_stopped(edge_stop.wait())));
+
+        // Every port is bound: only now is the first administrator made.
+        if let auth_service::AdminBootstrap::Created {
+            username,
+            generated_password,
+        } = auth.ensure_admin(config.admin_password()).await?
+        {
+            print_admin_banner(&username, generated_password.as_deref(), gateway_http);
+        }
+        let mut tasks = vec![
+            tokio::spawn(auth.run_until_stopped(stop.wait())),
+            tokio::spawn(device.run_until_stopped(stop.wait())),
+            tokio::spawn(firmware.run_until_stopped(stop.wait())),
+            tokio::spawn(worker.run_until_stopped(stop.wait())),
+        ];
+        let edge_tasks = vec![
+            tokio::spawn(mqtt.run_until_stopped(edge_stop.wait())),
+            tokio::spawn(gateway.run_until_stopped(edge_stop.wait())),
+        ];
         let edge_count = edge_tasks.len();
         tasks.extend(edge_tasks);
         let ports = Ports {
@@ -301,4 +364,38 @@ fn print_admin_banner(username: &str, generated: Option<&str>, http_port: u16) {
          -H 'content-type: application/json' -d '{{\"username\":\"{username}\",\"password\":\"...\"}}'"
     );
     println!();
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_services_own_ports_stay_on_this_machine_by_default() {
+        let mut config = PlatformConfig::default();
+        config.device.host = "10.1.2.3".parse().unwrap();
+        config.firmware.grpc_port = 6000;
+        keep_services_internal(&mut config);
+        let loopback = IpAddr::V4(Ipv4Addr::LOCALHOST);
+        assert_eq!(config.auth.host, loopback);
+        assert_eq!(config.firmware.host, loopback);
+        assert_eq!(config.mqtt_gateway.service_host, Some(loopback));
+        // A host chosen on purpose is kept, and the public listeners stay public.
+        assert_eq!(config.device.host, "10.1.2.3".parse::<IpAddr>().unwrap());
+        assert!(config.mqtt_gateway.host.is_unspecified());
+        assert!(config.gateway.host.is_unspecified());
+        // gRPC ports at the distributed defaults become free ports; a
+        // configured one is kept.
+        assert_eq!(config.auth.grpc_port, 0);
+        assert_eq!(config.device.grpc_port, 0);
+        assert_eq!(config.mqtt_gateway.grpc_port, 0);
+        assert_eq!(config.firmware.grpc_port, 6000);
+
+        let mut exposed = PlatformConfig::default();
+        exposed.internal.expose_services = true;
+        keep_services_internal(&mut exposed);
+        assert!(exposed.auth.host.is_unspecified());
+        assert_eq!(exposed.auth.grpc_port, 50051);
+        assert_eq!(exposed.mqtt_gateway.service_host, None);
+    }
 }

@@ -33,7 +33,9 @@ pub async fn run(config: PlatformConfig, target: Target) -> anyhow::Result<()> {
     match target {
         Target::All => Platform::start(config).await?.run_until_signal().await,
         Target::Auth => {
-            let app = auth_service::Application::build(Arc::new(config.auth)).await?;
+            let mut auth = config.auth;
+            auth.internal_token = config.internal.required_token()?;
+            let app = auth_service::Application::build(Arc::new(auth)).await?;
             tracing::info!(
                 http_port = app.http_port(),
                 grpc_port = app.grpc_port(),
@@ -44,6 +46,7 @@ pub async fn run(config: PlatformConfig, target: Target) -> anyhow::Result<()> {
         Target::Device => {
             let bus = distributed_bus(&config).await?;
             let mut device = config.device;
+            device.internal_token = config.internal.required_token()?;
             // Replicas share the permission answers they get.
             if device.permission_cache_redis_url.trim().is_empty() {
                 device.permission_cache_redis_url = config.events.redis_url.clone();
@@ -58,7 +61,9 @@ pub async fn run(config: PlatformConfig, target: Target) -> anyhow::Result<()> {
         }
         Target::MqttGateway => {
             let bus = distributed_bus(&config).await?;
-            let app = mqtt_gateway::Application::build(Arc::new(config.mqtt_gateway), bus).await?;
+            let mut gateway = config.mqtt_gateway;
+            gateway.internal_token = config.internal.required_token()?;
+            let app = mqtt_gateway::Application::build(Arc::new(gateway), bus).await?;
             tracing::info!(
                 mqtt_port = app.mqtt_port(),
                 http_port = app.http_port(),
@@ -70,6 +75,7 @@ pub async fn run(config: PlatformConfig, target: Target) -> anyhow::Result<()> {
         Target::Firmware => {
             let bus = distributed_bus(&config).await?;
             let mut firmware = config.firmware;
+            firmware.internal_token = config.internal.required_token()?;
             if firmware.permission_cache_redis_url.trim().is_empty() {
                 firmware.permission_cache_redis_url = config.events.redis_url.clone();
             }
@@ -84,6 +90,7 @@ pub async fn run(config: PlatformConfig, target: Target) -> anyhow::Result<()> {
         Target::Worker => {
             let bus = distributed_bus(&config).await?;
             let mut firmware = config.firmware;
+            firmware.internal_token = config.internal.required_token()?;
             // Alone, the worker answers its own health and readiness probes.
             firmware.worker.http_port = firmware.worker.http_port.or(Some(WORKER_HTTP_PORT));
             let worker = firmware_service::worker::Worker::build(Arc::new(firmware), bus).await?;

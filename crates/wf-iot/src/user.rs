@@ -1,5 +1,6 @@
-//! `wf-iot user create`: accounts made from the command line, for the first
-//! admin of a distributed deployment or for recovery.
+//! `wf-iot user create` and `wf-iot user reset-password`: accounts made and
+//! recovered from the command line, for the first admin of a distributed
+//! deployment or when the administrator's password is lost.
 
 use std::sync::Arc;
 
@@ -27,6 +28,16 @@ pub enum Action {
         /// Role names (repeatable); defaults to viewer, or admin with --admin.
         #[arg(long = "role")]
         roles: Vec<String>,
+    },
+    /// Set a new password for an account (by username or e-mail), ending
+    /// its sessions: the way back in when the password is lost.
+    ResetPassword {
+        /// The account's username or e-mail.
+        login: String,
+        /// The new password; read from WF_IOT_USER_PASSWORD when not given,
+        /// and generated (and printed) when neither is set.
+        #[arg(long, env = "WF_IOT_USER_PASSWORD", hide_env_values = true)]
+        password: Option<String>,
     },
 }
 
@@ -59,6 +70,52 @@ pub async fn run(config: PlatformConfig, action: Action) -> anyhow::Result<()> {
                 .await
                 .map_err(|e| anyhow::anyhow!("{e}"))?;
             println!("created user {username} ({id})");
+            if let Some(p) = generated {
+                println!("password: {p}");
+            }
+        }
+        Action::ResetPassword { login, password } => {
+            let user = state
+                .store
+                .find_user_by_login(&login.trim().to_ascii_lowercase())
+                .await
+                .map_err(|e| anyhow::anyhow!("{e}"))?
+                .ok_or_else(|| {
+                    anyhow::anyhow!("no account with the username or e-mail {login:?}")
+                })?;
+            let generated = password.is_none().then(wf_common::random::password);
+            let password = password.or_else(|| generated.clone()).unwrap_or_default();
+            let new = auth_service::domain::NewPassword::parse(password)
+                .map_err(|e| anyhow::anyhow!("the new password: {e}"))?;
+            let hash = state
+                .hasher
+                .hash(new.expose().to_string())
+                .await
+                .map_err(|e| anyhow::anyhow!("{e}"))?;
+            let now = wf_common::now_millis();
+            let store = &state.store;
+            async {
+                store.set_password(&user.id, &hash, now).await?;
+                store.revoke_user_tokens(&user.id, now).await?;
+                store
+                    .insert_audit(
+                        auth_service::store::AuditEntry {
+                            action: "user.password_reset",
+                            target: Some(user.id.clone()),
+                            outcome: "success",
+                            details: Some(serde_json::json!({ "via": "command line" })),
+                            ..Default::default()
+                        },
+                        now,
+                    )
+                    .await
+            }
+            .await
+            .map_err(|e| anyhow::anyhow!("{e}"))?;
+            println!(
+                "new password set for {}; its sessions are ended",
+                user.username
+            );
             if let Some(p) = generated {
                 println!("password: {p}");
             }

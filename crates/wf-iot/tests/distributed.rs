@@ -54,6 +54,7 @@ use wf_iot::simulate::{Api, Credentials, Device, Stats, connect_with_ota};
 const BIN: &str = env!("CARGO_BIN_EXE_wf-iot");
 const ADMIN_PASSWORD: &str = "e2e-admin-password";
 const OPERATOR_PASSWORD: &str = "e2e-operator-password";
+const INTERNAL_TOKEN: &str = "e2e-internal-token-0123456789";
 const DEVICE_TYPE: &str = "e2e-sensor";
 const DEVICES: usize = 10;
 /// Metrics in every telemetry message, so rows per message.
@@ -135,6 +136,8 @@ struct Cluster {
     mysql_proxy: TcpProxy,
     redis_proxy: TcpProxy,
     services: Vec<Service>,
+    /// device-service's gRPC, through its balancer.
+    device_grpc_url: String,
     /// Balancers in front of the replicas: device-service HTTP and gRPC,
     /// mqtt-gateway gRPC.
     _proxies: Vec<TcpProxy>,
@@ -172,6 +175,8 @@ impl Cluster {
                 "info,rmqtt=warn,sqlx=warn".into(),
             ),
             ("WF_IOT_EVENTS__REDIS_URL".into(), self.redis_url()),
+            // The secret of the calls between the services.
+            ("WF_IOT_INTERNAL__TOKEN".into(), INTERNAL_TOKEN.into()),
             (
                 "WF_IOT_EVENTS__REDIS__STREAM_PREFIX".into(),
                 self.stream_prefix(),
@@ -358,6 +363,7 @@ impl Cluster {
             mysql_proxy,
             redis_proxy,
             services: Vec::new(),
+            device_grpc_url: String::new(),
             _proxies: Vec::new(),
         };
         eprintln!(
@@ -414,6 +420,7 @@ impl Cluster {
         let mqtt_grpc_lb = TcpProxy::start(mqtt_grpc.map(localhost).to_vec()).await;
         let device_http_url = device_http_lb.url("http");
         let device_grpc_url = device_grpc_lb.url("http");
+        cluster.device_grpc_url = device_grpc_url.clone();
         let mqtt_grpc_url = mqtt_grpc_lb.url("http");
         cluster._proxies = vec![device_http_lb, device_grpc_lb, mqtt_grpc_lb];
 
@@ -1197,5 +1204,43 @@ async fn services_run_apart_and_survive_losing_replicas() {
     for d in &devices {
         let _ = d.client.disconnect().await;
     }
+
+    // A disabled account loses access on every service and replica within
+    // seconds, not when its token expires.
+    let user_id = user["id"].as_str().unwrap();
+    let (status, _) = admin
+        .post(&format!("/api/v1/users/{user_id}/disable"), json!({}))
+        .await;
+    assert!(status.is_success(), "disable: {status}");
+    let disabled = Instant::now();
+    for path in ["/api/v1/devices", "/api/v1/firmware", "/api/v1/rollouts"] {
+        // Several requests, so that both device-service replicas answer.
+        for _ in 0..4 {
+            eventually(
+                &format!("{path} refused to the disabled account"),
+                Duration::from_secs(10),
+                || async { (operator.get(path).await.0 == StatusCode::UNAUTHORIZED).then_some(()) },
+            )
+            .await;
+        }
+    }
+    assert!(
+        disabled.elapsed() < Duration::from_secs(8),
+        "the disabled account kept access for {:?}",
+        disabled.elapsed()
+    );
+    // The services' gRPC ports answer nobody without the internal token.
+    let mut grpc = wf_proto::device::device_service_client::DeviceServiceClient::connect(
+        cluster.device_grpc_url.clone(),
+    )
+    .await
+    .unwrap();
+    let refused = grpc
+        .get_device(wf_proto::device::GetDeviceRequest {
+            device_id: creds[0].id.clone(),
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(refused.code(), tonic::Code::Unauthenticated, "{refused:?}");
     eprintln!("done in {:.1} s", started.elapsed().as_secs_f64());
 }

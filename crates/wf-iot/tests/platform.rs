@@ -240,3 +240,225 @@ async fn devices_connect_publish_and_answer_commands_end_to_end() {
 
     fx.platform.stop().await.unwrap();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_burst_without_timestamps_is_stored_whole() {
+    let fx = Fixture::start().await;
+    let creds = fx.api.provision("burst", 1, "meter").await.unwrap();
+    let device = &creds[0];
+    let stats = std::sync::Arc::new(Stats::default());
+    let client = connect_device(device, fx.platform.ports.mqtt, &stats, 0.0).await;
+    let before = wf_common::now_millis();
+    // Back to back, without `ts`: many land in the same millisecond.
+    for i in 0..50 {
+        client
+            .client
+            .publish(
+                format!("devices/{}/telemetry", device.id),
+                QoS::AtLeastOnce,
+                false,
+                json!({ "reading": i }).to_string(),
+            )
+            .await
+            .unwrap();
+    }
+    let path = format!(
+        "/api/v1/devices/{}/telemetry?metric=reading&from={}&to={}",
+        device.id,
+        before - 1,
+        before + 600_000
+    );
+    let points = eventually("50 stored readings", || async {
+        let s = fx.get(&path).await;
+        let points = s["points"].as_array().unwrap().clone();
+        (points.len() == 50).then_some(points)
+    })
+    .await;
+    let mut readings: Vec<i64> = points
+        .iter()
+        .map(|p| p["value"].as_f64().unwrap() as i64)
+        .collect();
+    readings.sort_unstable();
+    assert_eq!(readings, (0..50).collect::<Vec<_>>(), "every reading once");
+}
+
+/// Logs `username` in at auth-service; the access token.
+async fn login(fx: &Fixture, username: &str, password: &str) -> String {
+    let auth = format!("http://127.0.0.1:{}", fx.platform.ports.auth_http);
+    let body: Value = fx
+        .http
+        .post(format!("{auth}/api/v1/auth/login"))
+        .json(&json!({ "username": username, "password": password }))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    body["access_token"]
+        .as_str()
+        .unwrap_or_else(|| panic!("login of {username}: {body}"))
+        .to_string()
+}
+
+/// The status of `GET url` with `token`.
+async fn status_with(fx: &Fixture, url: &str, token: &str) -> StatusCode {
+    fx.http
+        .get(url)
+        .bearer_auth(token)
+        .send()
+        .await
+        .unwrap()
+        .status()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_disabled_account_or_changed_password_ends_access_on_every_service_within_seconds() {
+    let fx = Fixture::start().await;
+    let auth = format!("http://127.0.0.1:{}", fx.platform.ports.auth_http);
+    let devices = format!("{}/api/v1/devices", self_device_url(&fx.platform));
+    let firmware = format!(
+        "http://127.0.0.1:{}/api/v1/firmware",
+        fx.platform.ports.firmware_http
+    );
+    let gateway_devices = format!(
+        "http://127.0.0.1:{}/api/v1/devices",
+        fx.platform.ports.gateway_http
+    );
+    for name in ["olga", "paul"] {
+        let created = fx
+            .http
+            .post(format!("{auth}/api/v1/users"))
+            .bearer_auth(&fx.token)
+            .json(&json!({
+                "username": name,
+                "email": format!("{name}@example.com"),
+                "password": "operator-password-1",
+                "roles": ["operator"],
+            }))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(created.status(), StatusCode::CREATED, "create {name}");
+    }
+    let users: Value = fx
+        .http
+        .get(format!("{auth}/api/v1/users?q=o"))
+        .bearer_auth(&fx.token)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let id_of = |name: &str| {
+        users["items"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|u| u["username"] == name)
+            .unwrap_or_else(|| panic!("{name} in {users}"))["id"]
+            .as_str()
+            .unwrap()
+            .to_string()
+    };
+    let (olga, paul) = (id_of("olga"), id_of("paul"));
+    let olga_token = login(&fx, "olga", "operator-password-1").await;
+    let paul_token = login(&fx, "paul", "operator-password-1").await;
+    for url in [&devices, &firmware, &gateway_devices] {
+        assert_eq!(
+            status_with(&fx, url, &olga_token).await,
+            StatusCode::OK,
+            "{url}"
+        );
+        assert_eq!(
+            status_with(&fx, url, &paul_token).await,
+            StatusCode::OK,
+            "{url}"
+        );
+    }
+
+    // An administrator disables one account and resets the other's password.
+    let disabled = fx
+        .http
+        .post(format!("{auth}/api/v1/users/{olga}/disable"))
+        .bearer_auth(&fx.token)
+        .send()
+        .await
+        .unwrap();
+    assert!(disabled.status().is_success(), "{}", disabled.status());
+    let reset = fx
+        .http
+        .put(format!("{auth}/api/v1/users/{paul}/password"))
+        .bearer_auth(&fx.token)
+        .json(&json!({ "new_password": "operator-password-2" }))
+        .send()
+        .await
+        .unwrap();
+    assert!(reset.status().is_success(), "{}", reset.status());
+
+    // Within a few seconds every service refuses both old tokens.
+    let changed = std::time::Instant::now();
+    for url in [&devices, &firmware, &gateway_devices] {
+        for token in [&olga_token, &paul_token] {
+            eventually("the old token refused", || async {
+                (status_with(&fx, url, token).await == StatusCode::UNAUTHORIZED).then_some(())
+            })
+            .await;
+        }
+    }
+    assert!(
+        changed.elapsed() < Duration::from_secs(6),
+        "took {:?}",
+        changed.elapsed()
+    );
+    // The new password works everywhere at once.
+    let fresh = login(&fx, "paul", "operator-password-2").await;
+    for url in [&devices, &firmware, &gateway_devices] {
+        assert_eq!(status_with(&fx, url, &fresh).await, StatusCode::OK, "{url}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_lost_admin_password_is_reset_from_the_command_line() {
+    let fx = Fixture::start().await;
+    let devices = format!("{}/api/v1/devices", self_device_url(&fx.platform));
+    assert_eq!(status_with(&fx, &devices, &fx.token).await, StatusCode::OK);
+
+    wf_iot::user::run(
+        fx.platform.config.clone(),
+        wf_iot::user::Action::ResetPassword {
+            login: "admin".into(),
+            password: Some("a-new-admin-password".into()),
+        },
+    )
+    .await
+    .unwrap();
+    let unknown = wf_iot::user::run(
+        fx.platform.config.clone(),
+        wf_iot::user::Action::ResetPassword {
+            login: "nobody".into(),
+            password: Some("a-new-admin-password".into()),
+        },
+    )
+    .await
+    .unwrap_err();
+    assert!(unknown.to_string().contains("nobody"), "{unknown}");
+
+    let auth = format!("http://127.0.0.1:{}", fx.platform.ports.auth_http);
+    let old = fx
+        .http
+        .post(format!("{auth}/api/v1/auth/login"))
+        .json(&json!({ "username": "admin", "password": PASSWORD }))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(old.status(), StatusCode::UNAUTHORIZED);
+    let fresh = login(&fx, "admin", "a-new-admin-password").await;
+    assert_eq!(status_with(&fx, &devices, &fresh).await, StatusCode::OK);
+    // The sessions from before the reset end.
+    eventually("the old session refused", || async {
+        (status_with(&fx, &devices, &fx.token).await == StatusCode::UNAUTHORIZED).then_some(())
+    })
+    .await;
+}

@@ -231,10 +231,13 @@ impl TestApp {
         let shutdown = Shutdown::new();
         let dir = tempfile::tempdir().unwrap();
         let localhost = "127.0.0.1".parse().unwrap();
+        // One secret for the calls between the services of this test.
+        let internal_token = wf_common::grpc::InternalToken::generate();
 
         let auth_db = TestDatabase::new("auth.db");
         let signing_key_file = dir.path().join("key.pem");
         let auth = auth_service::Application::build(Arc::new(auth_service::Config {
+            internal_token: internal_token.clone(),
             host: localhost,
             http_port: 0,
             grpc_port: 0,
@@ -268,6 +271,7 @@ impl TestApp {
         let device_db = TestDatabase::new("devices.db");
         let device = device_service::Application::build(
             Arc::new(device_service::Config {
+                internal_token: internal_token.clone(),
                 host: localhost,
                 http_port: 0,
                 grpc_port: 0,

@@ -2,7 +2,6 @@
 //! grpc.health.v1 and reflection.
 
 use tokio::net::TcpListener;
-use tokio_stream::wrappers::TcpListenerStream;
 use tonic::{Request, Response, Status};
 use wf_proto::auth::auth_service_server::{AuthService, AuthServiceServer};
 use wf_proto::auth::{
@@ -18,20 +17,15 @@ pub async fn serve(
     listener: TcpListener,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> anyhow::Result<()> {
-    let (health, health_service) = tonic_health::server::health_reporter();
-    health.set_serving::<AuthServiceServer<AuthGrpc>>().await;
-    let reflection = tonic_reflection::server::Builder::configure()
-        .register_encoded_file_descriptor_set(wf_proto::FILE_DESCRIPTOR_SET)
-        .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
-        .build_v1()?;
-    tonic::transport::Server::builder()
-        .layer(wf_common::grpc::RequestContextLayer::new("auth-service"))
-        .add_service(health_service)
-        .add_service(reflection)
-        .add_service(AuthServiceServer::new(AuthGrpc { state }))
-        .serve_with_incoming_shutdown(TcpListenerStream::new(listener), shutdown)
-        .await?;
-    Ok(())
+    let token = state.config.internal_token.clone();
+    wf_common::grpc::serve(
+        "auth-service",
+        &token,
+        AuthServiceServer::new(AuthGrpc { state }),
+        listener,
+        shutdown,
+    )
+    .await
 }
 
 pub struct AuthGrpc {
@@ -99,6 +93,7 @@ impl AuthService for AuthGrpc {
             is_superuser: user.is_superuser,
             roles: roles.into_iter().map(|r| r.name).collect(),
             created_at: user.created_at,
+            token_version: user.token_version,
         }))
     }
 }

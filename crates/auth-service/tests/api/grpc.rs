@@ -21,10 +21,8 @@ async fn channel(app: &TestApp) -> tonic::transport::Channel {
         .expect("gRPC connects")
 }
 
-async fn client(app: &TestApp) -> AuthServiceClient<tonic::transport::Channel> {
-    AuthServiceClient::connect(app.grpc_url())
-        .await
-        .expect("gRPC connects")
+async fn client(app: &TestApp) -> AuthServiceClient<wf_common::grpc::InternalChannel> {
+    AuthServiceClient::new(app.grpc_channel())
 }
 
 #[tokio::test]
@@ -175,7 +173,7 @@ async fn health_and_reflection_are_served() {
         );
     }
 
-    let mut reflection = ServerReflectionClient::new(channel(&app).await);
+    let mut reflection = ServerReflectionClient::new(app.grpc_channel());
     let request = ServerReflectionRequest {
         host: String::new(),
         message_request: Some(MessageRequest::ListServices(String::new())),
@@ -197,5 +195,54 @@ async fn health_and_reflection_are_served() {
     assert!(
         names.contains(&"grpc.health.v1.Health".to_string()),
         "{names:?}"
+    );
+}
+
+#[tokio::test]
+async fn calls_without_the_internal_token_are_refused() {
+    let app = TestApp::spawn().await;
+    let id = app
+        .create_user("mira", "mira-password", &["operator"])
+        .await;
+    let check = || CheckPermissionRequest {
+        user_id: id.clone(),
+        permission: "device:read".into(),
+    };
+    // No token at all: the port alone is not enough.
+    let err = AuthServiceClient::new(channel(&app).await)
+        .check_permission(check())
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Code::Unauthenticated, "{err:?}");
+    // A token of another deployment.
+    let forged = wf_common::grpc::InternalToken::parse("not-this-platforms-token").unwrap();
+    let err = AuthServiceClient::new(
+        wf_common::grpc::internal_channel(&app.grpc_url(), &forged).unwrap(),
+    )
+    .get_user_by_id(GetUserByIdRequest {
+        user_id: id.clone(),
+    })
+    .await
+    .unwrap_err();
+    assert_eq!(err.code(), Code::Unauthenticated, "{err:?}");
+    // Reflection tells nothing either.
+    let request = ServerReflectionRequest {
+        host: String::new(),
+        message_request: Some(MessageRequest::ListServices(String::new())),
+    };
+    let err = ServerReflectionClient::new(channel(&app).await)
+        .server_reflection_info(tokio_stream::iter([request]))
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Code::Unauthenticated, "{err:?}");
+    // With the platform's token the same call is answered.
+    assert!(
+        client(&app)
+            .await
+            .check_permission(check())
+            .await
+            .unwrap()
+            .into_inner()
+            .allowed
     );
 }

@@ -111,6 +111,12 @@ impl TestApp {
         format!("http://127.0.0.1:{}", self.grpc_port)
     }
 
+    /// A channel to this service's gRPC API carrying the internal token,
+    /// as the other services call it.
+    pub fn grpc_channel(&self) -> wf_common::grpc::InternalChannel {
+        wf_common::grpc::internal_channel(&self.grpc_url(), &self.config.internal_token).unwrap()
+    }
+
     /// The key the service signs with, read from its key file.
     pub fn signing_key(&self) -> SigningKey {
         let pem = std::fs::read_to_string(&self.config.signing_key_file).expect("key file");

@@ -1,27 +1,20 @@
-use tonic::service::interceptor::InterceptedService;
-use tonic::transport::Channel;
-use wf_common::grpc::propagate_request_id;
+use wf_common::grpc::{InternalChannel, InternalToken};
 use wf_proto::mqtt::mqtt_gateway_client::MqttGatewayClient;
 use wf_proto::mqtt::{PublishMessageRequest, SyncDeviceCredentialsRequest};
 
 use super::{call_error, lazy_channel};
 use crate::error::Result;
 
-type Interceptor = fn(tonic::Request<()>) -> Result<tonic::Request<()>, tonic::Status>;
-
 /// mqtt-gateway: how commands reach devices, and how an external broker
 /// learns device credentials.
 pub struct GatewayClient {
-    client: MqttGatewayClient<InterceptedService<Channel, Interceptor>>,
+    client: MqttGatewayClient<InternalChannel>,
 }
 
 impl GatewayClient {
-    pub fn new(url: &str) -> Result<Self> {
+    pub fn new(url: &str, token: &InternalToken) -> Result<Self> {
         Ok(Self {
-            client: MqttGatewayClient::with_interceptor(
-                lazy_channel(url)?,
-                propagate_request_id as Interceptor,
-            ),
+            client: MqttGatewayClient::new(lazy_channel(url, token)?),
         })
     }
 

@@ -5,13 +5,14 @@ mod gateway;
 pub use gateway::GatewayClient;
 pub use wf_common::permissions::PermissionClient as AuthClient;
 
-use tonic::transport::Channel;
+use wf_common::grpc::{InternalChannel, InternalToken};
 
 use crate::error::{Error, Result};
 
-/// A lazily connecting channel, so services can start in any order.
-fn lazy_channel(url: &str) -> Result<Channel> {
-    Ok(wf_common::grpc::lazy_channel(url)?)
+/// A lazily connecting channel, so services can start in any order, whose
+/// calls carry the internal token.
+fn lazy_channel(url: &str, token: &InternalToken) -> Result<InternalChannel> {
+    Ok(wf_common::grpc::internal_channel(url, token)?)
 }
 
 /// Maps a failed call to another service: unreachable → `Unavailable`.

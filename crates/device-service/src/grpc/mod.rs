@@ -2,7 +2,6 @@
 //! grpc.health.v1 and reflection.
 
 use tokio::net::TcpListener;
-use tokio_stream::wrappers::TcpListenerStream;
 use tonic::{Request, Response, Status};
 use wf_proto::device::device_service_server::{DeviceService, DeviceServiceServer};
 use wf_proto::device::{
@@ -19,22 +18,15 @@ pub async fn serve(
     listener: TcpListener,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> anyhow::Result<()> {
-    let (health, health_service) = tonic_health::server::health_reporter();
-    health
-        .set_serving::<DeviceServiceServer<DeviceGrpc>>()
-        .await;
-    let reflection = tonic_reflection::server::Builder::configure()
-        .register_encoded_file_descriptor_set(wf_proto::FILE_DESCRIPTOR_SET)
-        .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
-        .build_v1()?;
-    tonic::transport::Server::builder()
-        .layer(wf_common::grpc::RequestContextLayer::new("device-service"))
-        .add_service(health_service)
-        .add_service(reflection)
-        .add_service(DeviceServiceServer::new(DeviceGrpc { state }))
-        .serve_with_incoming_shutdown(TcpListenerStream::new(listener), shutdown)
-        .await?;
-    Ok(())
+    let token = state.config.internal_token.clone();
+    wf_common::grpc::serve(
+        "device-service",
+        &token,
+        DeviceServiceServer::new(DeviceGrpc { state }),
+        listener,
+        shutdown,
+    )
+    .await
 }
 
 pub struct DeviceGrpc {

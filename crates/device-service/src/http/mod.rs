@@ -96,7 +96,7 @@ impl FromRequestParts<AppState> for Caller {
                 Error::Unauthenticated("expected Authorization: Bearer <token>".into())
             })?;
         let claims = state.verifier.verify(token).await?;
-        Ok(Caller::from_claims(claims))
+        Caller::from_claims(state, claims).await
     }
 }
 

@@ -360,7 +360,7 @@ async fn credentials_authenticate_over_grpc_and_rotate() {
         .as_str()
         .unwrap()
         .to_string();
-    let mut grpc = DeviceServiceClient::connect(app.grpc_url()).await.unwrap();
+    let mut grpc = DeviceServiceClient::new(app.grpc_channel());
     let auth = |device_id: &str, secret: &str| AuthenticateDeviceRequest {
         device_id: device_id.into(),
         secret: secret.into(),
@@ -460,7 +460,7 @@ async fn grpc_lists_devices_by_page_and_filter() {
         )
         .await;
     }
-    let mut grpc = DeviceServiceClient::connect(app.grpc_url()).await.unwrap();
+    let mut grpc = DeviceServiceClient::new(app.grpc_channel());
     let first = grpc
         .list_devices(ListDevicesRequest {
             page_size: 2,

@@ -76,6 +76,7 @@ pub struct TestApp {
     pub base: String,
     pub auth_base: String,
     pub grpc_port: u16,
+    pub internal_token: wf_common::grpc::InternalToken,
     pub client: reqwest::Client,
     pub bus: Arc<InProcessBus>,
     pub gateway: RecordingGateway,
@@ -96,9 +97,12 @@ impl TestApp {
         let shutdown = Shutdown::new();
         let dir = tempfile::tempdir().unwrap();
         let localhost = "127.0.0.1".parse().unwrap();
+        // One secret for the calls between the services of this test.
+        let internal_token = wf_common::grpc::InternalToken::generate();
 
         let auth_db = TestDatabase::new("auth.db");
         let auth = auth_service::Application::build(Arc::new(auth_service::Config {
+            internal_token: internal_token.clone(),
             host: localhost,
             http_port: 0,
             grpc_port: 0,
@@ -131,6 +135,7 @@ impl TestApp {
         let bus = Arc::new(InProcessBus::new());
         let device_db = TestDatabase::new("devices.db");
         let mut config = device_service::Config {
+            internal_token: internal_token.clone(),
             host: localhost,
             http_port: 0,
             grpc_port: 0,
@@ -156,6 +161,7 @@ impl TestApp {
             base,
             auth_base,
             grpc_port,
+            internal_token,
             client: reqwest::Client::new(),
             bus,
             gateway,
@@ -240,6 +246,12 @@ impl TestApp {
 
     pub fn grpc_url(&self) -> String {
         format!("http://127.0.0.1:{}", self.grpc_port)
+    }
+
+    /// A channel to this service's gRPC API carrying the internal token,
+    /// as the other services call it.
+    pub fn grpc_channel(&self) -> wf_common::grpc::InternalChannel {
+        wf_common::grpc::internal_channel(&self.grpc_url(), &self.internal_token).unwrap()
     }
 }
 

@@ -1,13 +1,9 @@
-use tonic::service::interceptor::InterceptedService;
-use tonic::transport::Channel;
-use wf_common::grpc::propagate_request_id;
+use wf_common::grpc::{InternalChannel, InternalToken};
 use wf_proto::device::device_service_client::DeviceServiceClient;
 use wf_proto::device::{AuthenticateDeviceRequest, Device, GetDeviceRequest, ListDevicesRequest};
 
 use super::{call_error, lazy_channel};
 use crate::error::{Error, Result};
-
-type Interceptor = fn(tonic::Request<()>) -> Result<tonic::Request<()>, tonic::Status>;
 
 /// Devices per page when resolving a rollout's targets.
 const PAGE: u32 = 1000;
@@ -43,16 +39,13 @@ pub struct DeviceQuery {
 /// device-service: the registry rollouts are resolved against, and device
 /// credentials for downloads.
 pub struct DeviceClient {
-    client: DeviceServiceClient<InterceptedService<Channel, Interceptor>>,
+    client: DeviceServiceClient<InternalChannel>,
 }
 
 impl DeviceClient {
-    pub fn new(url: &str) -> Result<Self> {
+    pub fn new(url: &str, token: &InternalToken) -> Result<Self> {
         Ok(Self {
-            client: DeviceServiceClient::with_interceptor(
-                lazy_channel(url)?,
-                propagate_request_id as Interceptor,
-            ),
+            client: DeviceServiceClient::new(lazy_channel(url, token)?),
         })
     }
 

@@ -115,9 +115,7 @@ async fn upload_list_read_and_download_with_ranges() {
     .await;
 
     // The gRPC view of the same store.
-    let mut grpc = FirmwareServiceClient::connect(app.grpc_url())
-        .await
-        .unwrap();
+    let mut grpc = FirmwareServiceClient::new(app.grpc_channel());
     let got = grpc
         .get_firmware(GetFirmwareRequest {
             firmware_id: id.clone(),

@@ -291,9 +291,12 @@ impl TestApp {
         let shutdown = Shutdown::new();
         let dir = tempfile::tempdir().unwrap();
         let localhost = "127.0.0.1".parse().unwrap();
+        // One secret for the calls between the services of this test.
+        let internal_token = wf_common::grpc::InternalToken::generate();
 
         let auth_db = TestDatabase::new("auth.db");
         let auth = auth_service::Application::build(Arc::new(auth_service::Config {
+            internal_token: internal_token.clone(),
             host: localhost,
             http_port: 0,
             grpc_port: 0,
@@ -331,6 +334,7 @@ impl TestApp {
         let device_db = TestDatabase::new("devices.db");
         let device = device_service::Application::build(
             Arc::new(device_service::Config {
+                internal_token: internal_token.clone(),
                 host: localhost,
                 http_port: 0,
                 grpc_port: 0,
@@ -352,6 +356,7 @@ impl TestApp {
 
         let firmware_db = TestDatabase::new("firmware.db");
         let mut config = firmware_service::Config {
+            internal_token: internal_token.clone(),
             host: localhost,
             http_port: 0,
             grpc_port: 0,
@@ -617,6 +622,12 @@ impl TestApp {
 
     pub fn grpc_url(&self) -> String {
         format!("http://127.0.0.1:{}", self.grpc_port)
+    }
+
+    /// A channel to this service's gRPC API carrying the internal token,
+    /// as the other services call it.
+    pub fn grpc_channel(&self) -> wf_common::grpc::InternalChannel {
+        wf_common::grpc::internal_channel(&self.grpc_url(), &self.config.internal_token).unwrap()
     }
 
     /// Files in the firmware storage directory.

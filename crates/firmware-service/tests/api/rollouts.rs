@@ -118,9 +118,7 @@ async fn a_rollout_over_300_devices_completes() {
     .await;
 
     // The same over gRPC.
-    let mut grpc = FirmwareServiceClient::connect(app.grpc_url())
-        .await
-        .unwrap();
+    let mut grpc = FirmwareServiceClient::new(app.grpc_channel());
     let r = grpc
         .get_rollout(GetRolloutRequest {
             rollout_id: id.clone(),

@@ -7,8 +7,6 @@ use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
 use sha2::{Digest, Sha256};
-use tonic::service::interceptor::InterceptedService;
-use tonic::transport::{Channel, Endpoint};
 use wf_proto::device::AuthenticateDeviceRequest;
 use wf_proto::device::device_service_client::DeviceServiceClient;
 
@@ -29,28 +27,25 @@ pub trait DeviceAuthenticator: Send + Sync + 'static {
 /// Cached entries at which expired ones are swept out.
 const CACHE_SWEEP_AT: usize = 10_000;
 
-type Interceptor = fn(tonic::Request<()>) -> Result<tonic::Request<()>, tonic::Status>;
-
 /// Asks device-service, and remembers successful answers for a while so a
 /// fleet reconnecting at once does not hammer it. Only successes are
 /// cached, keyed on the device id and a SHA-256 of the secret, so a changed
 /// secret or a revoked device is refused once the entry expires.
 pub struct DeviceServiceAuthenticator {
-    client: DeviceServiceClient<InterceptedService<Channel, Interceptor>>,
+    client: DeviceServiceClient<wf_common::grpc::InternalChannel>,
     ttl: Duration,
     cache: Mutex<HashMap<(String, [u8; 32]), Instant>>,
 }
 
 impl DeviceServiceAuthenticator {
     /// Connects lazily: the gateway starts before device-service answers.
-    pub fn new(url: &str, cache_ttl: Duration) -> anyhow::Result<Self> {
-        let channel = Endpoint::from_shared(url.to_string())?
-            .connect_timeout(Duration::from_secs(3))
-            .timeout(Duration::from_secs(5))
-            .connect_lazy();
-        let interceptor: Interceptor = wf_common::grpc::propagate_request_id;
+    pub fn new(
+        url: &str,
+        token: &wf_common::grpc::InternalToken,
+        cache_ttl: Duration,
+    ) -> anyhow::Result<Self> {
         Ok(Self {
-            client: DeviceServiceClient::with_interceptor(channel, interceptor),
+            client: DeviceServiceClient::new(wf_common::grpc::internal_channel(url, token)?),
             ttl: cache_ttl,
             cache: Mutex::new(HashMap::new()),
         })
@@ -126,16 +121,24 @@ mod tests {
     #[tokio::test]
     async fn an_unreachable_device_service_is_unavailable_not_a_refusal() {
         // Nothing listens on port 9 of the loopback interface.
-        let auth = DeviceServiceAuthenticator::new("http://127.0.0.1:9", Duration::from_secs(60))
-            .expect("valid url");
+        let auth = DeviceServiceAuthenticator::new(
+            "http://127.0.0.1:9",
+            &Default::default(),
+            Duration::from_secs(60),
+        )
+        .expect("valid url");
         let err = auth.authenticate("d1", "secret").await.unwrap_err();
         assert!(matches!(err, Error::Unavailable(_)), "{err:?}");
     }
 
     #[tokio::test]
     async fn the_cache_remembers_successes_for_its_ttl_only() {
-        let auth = DeviceServiceAuthenticator::new("http://127.0.0.1:9", Duration::from_millis(50))
-            .expect("valid url");
+        let auth = DeviceServiceAuthenticator::new(
+            "http://127.0.0.1:9",
+            &Default::default(),
+            Duration::from_millis(50),
+        )
+        .expect("valid url");
         let key = DeviceServiceAuthenticator::key("d1", "s1");
         assert!(!auth.cached(&key));
         auth.remember(key.clone());
@@ -147,8 +150,12 @@ mod tests {
 
     #[tokio::test]
     async fn forgetting_a_device_drops_its_entries_only() {
-        let auth = DeviceServiceAuthenticator::new("http://127.0.0.1:9", Duration::from_secs(60))
-            .expect("valid url");
+        let auth = DeviceServiceAuthenticator::new(
+            "http://127.0.0.1:9",
+            &Default::default(),
+            Duration::from_secs(60),
+        )
+        .expect("valid url");
         let d1 = DeviceServiceAuthenticator::key("d1", "s1");
         let d2 = DeviceServiceAuthenticator::key("d2", "s2");
         auth.remember(d1.clone());

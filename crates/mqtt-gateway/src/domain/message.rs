@@ -72,6 +72,8 @@ pub enum Malformed {
     MissingField,
     BadStatus,
     UnknownTopic,
+    /// A device timestamp outside the accepted window around the receive time.
+    TsOutOfRange,
 }
 
 impl Malformed {
@@ -86,14 +88,25 @@ impl Malformed {
             Self::MissingField => "missing_field",
             Self::BadStatus => "bad_status",
             Self::UnknownTopic => "unknown_topic",
+            Self::TsOutOfRange => "ts_out_of_range",
         }
     }
+}
+
+/// Where a telemetry message's timestamp came from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TsSource {
+    /// The device sent `ts`: a redelivered message keeps its key.
+    Device,
+    /// No `ts`: the receive time stands in, to be made unique per device
+    /// with a [`ReceiptClock`] before the message is stored.
+    Receipt,
 }
 
 /// A device message decoded for the event bus.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Decoded {
-    Telemetry(TelemetryMessage),
+    Telemetry(TelemetryMessage, TsSource),
     Status(StatusChanged),
     CommandResponded(CommandResponded),
     OtaProgress(OtaProgress),
@@ -120,7 +133,8 @@ pub fn decode(msg: &Incoming<'_>, max_payload_bytes: usize) -> Result<Decoded, M
     let at = msg.received_at;
     let device_id = msg.device_id.to_string();
     match msg.route {
-        Route::Telemetry => telemetry(device_id, msg.payload, at).map(Decoded::Telemetry),
+        Route::Telemetry => telemetry(device_id, msg.payload, at)
+            .map(|(message, source)| Decoded::Telemetry(message, source)),
         Route::Status => {
             let online = status(msg.payload)?;
             Ok(Decoded::Status(StatusChanged {
@@ -202,12 +216,13 @@ fn telemetry(
     device_id: String,
     payload: &[u8],
     received_at: i64,
-) -> Result<TelemetryMessage, Malformed> {
+) -> Result<(TelemetryMessage, TsSource), Malformed> {
     let Value::Object(map) = serde_json::from_slice(payload).map_err(|_| Malformed::NotJson)?
     else {
         return Err(Malformed::NotObject);
     };
     let mut ts = received_at;
+    let mut source = TsSource::Receipt;
     let mut values = Vec::with_capacity(map.len());
     for (key, value) in map {
         if key == "ts" {
@@ -215,6 +230,7 @@ fn telemetry(
                 Some(ms) if ms.is_finite() && ms >= 0.0 && ms <= i64::MAX as f64 => ms as i64,
                 _ => return Err(Malformed::BadValue),
             };
+            source = TsSource::Device;
             continue;
         }
         let value = match value {
@@ -228,11 +244,103 @@ fn telemetry(
     if values.is_empty() {
         return Err(Malformed::NoValues);
     }
-    Ok(TelemetryMessage {
-        device_id,
-        ts,
-        values,
-    })
+    Ok((
+        TelemetryMessage {
+            device_id,
+            ts,
+            values,
+        },
+        source,
+    ))
+}
+
+/// How far a device's own `ts` may lie from the time the gateway received
+/// the message. Values outside are refused: a far-future `ts` would
+/// otherwise hold a metric's latest value for good.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct TsWindow {
+    /// The oldest accepted `ts`, in ms before the receive time.
+    pub max_age_ms: i64,
+    /// The newest accepted `ts`, in ms after the receive time (clock skew).
+    pub max_ahead_ms: i64,
+}
+
+impl TsWindow {
+    pub fn check(&self, ts: i64, received_at: i64) -> Result<(), Malformed> {
+        let oldest = received_at.saturating_sub(self.max_age_ms);
+        let newest = received_at.saturating_add(self.max_ahead_ms);
+        if (oldest..=newest).contains(&ts) {
+            Ok(())
+        } else {
+            Err(Malformed::TsOutOfRange)
+        }
+    }
+}
+
+/// Shards of the [`ReceiptClock`], so that connections on different
+/// threads rarely wait for each other.
+const CLOCK_SHARDS: usize = 16;
+
+/// Receive-time stamps that never repeat for a device: a message without
+/// `ts` is stamped with the receive time, or 1 ms after the device's
+/// previous stamp when that is not earlier. A burst of messages in one
+/// millisecond is thus stored whole instead of collapsing onto one
+/// (device, metric, ts) key.
+///
+/// Only devices stamped within the last millisecond need remembering (an
+/// older stamp is below any new receive time), so the memory stays bounded
+/// by the devices publishing right now.
+pub struct ReceiptClock {
+    shards: Vec<std::sync::Mutex<std::collections::HashMap<String, i64>>>,
+    /// Entries a shard holds before it forgets the stale ones.
+    shard_capacity: usize,
+}
+
+impl Default for ReceiptClock {
+    fn default() -> Self {
+        Self::new(4096)
+    }
+}
+
+impl ReceiptClock {
+    pub fn new(shard_capacity: usize) -> Self {
+        Self {
+            shards: (0..CLOCK_SHARDS).map(|_| Default::default()).collect(),
+            shard_capacity: shard_capacity.max(1),
+        }
+    }
+
+    /// The stamp for a message of `device` received at `now` (ms).
+    pub fn stamp(&self, device: &str, now: i64) -> i64 {
+        use std::hash::{BuildHasher, BuildHasherDefault, DefaultHasher};
+        let shard =
+            BuildHasherDefault::<DefaultHasher>::default().hash_one(device) as usize % CLOCK_SHARDS;
+        let Ok(mut last) = self.shards[shard].lock() else {
+            return now;
+        };
+        if let Some(previous) = last.get_mut(device) {
+            let ts = now.max(previous.saturating_add(1));
+            *previous = ts;
+            return ts;
+        }
+        if last.len() >= self.shard_capacity {
+            last.retain(|_, previous| *previous >= now);
+        }
+        last.insert(device.to_string(), now);
+        now
+    }
+
+    /// Devices remembered (for tests and metrics).
+    pub fn len(&self) -> usize {
+        self.shards
+            .iter()
+            .map(|s| s.lock().map(|m| m.len()).unwrap_or_default())
+            .sum()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
 }
 
 /// `online` or `offline`, surrounding whitespace ignored.
@@ -298,11 +406,11 @@ mod tests {
 
     #[test]
     fn telemetry_keeps_flat_values_and_the_device_timestamp() {
-        let Ok(Decoded::Telemetry(t)) = decode_json(
+        let Ok(Decoded::Telemetry(t, TsSource::Device)) = decode_json(
             Route::Telemetry,
             json!({"temp": 21.5, "door": "open", "ok": true, "count": 3, "ts": 1_735_689_600_000_i64}),
         ) else {
-            panic!("not telemetry")
+            panic!("not telemetry with the device's ts")
         };
         assert_eq!(t.device_id, "d1");
         assert_eq!(t.ts, 1_735_689_600_000);
@@ -319,10 +427,73 @@ mod tests {
 
     #[test]
     fn telemetry_without_ts_is_stamped_on_receipt() {
-        let Ok(Decoded::Telemetry(t)) = decode_json(Route::Telemetry, json!({"temp": 1})) else {
-            panic!("not telemetry")
+        let Ok(Decoded::Telemetry(t, TsSource::Receipt)) =
+            decode_json(Route::Telemetry, json!({"temp": 1}))
+        else {
+            panic!("not telemetry stamped on receipt")
         };
         assert_eq!(t.ts, 1_000);
+    }
+
+    #[test]
+    fn receipt_stamps_never_repeat_for_a_device() {
+        let clock = ReceiptClock::new(8);
+        let burst: Vec<i64> = (0..50).map(|_| clock.stamp("d1", 1_000)).collect();
+        assert_eq!(burst, (1_000..1_050).collect::<Vec<_>>());
+        // Another device has a clock of its own.
+        assert_eq!(clock.stamp("d2", 1_000), 1_000);
+        // Time catching up with the stamps takes over again.
+        assert_eq!(clock.stamp("d1", 1_049), 1_050);
+        assert_eq!(clock.stamp("d1", 5_000), 5_000);
+        // A clock stepping back never repeats a stamp either.
+        assert_eq!(clock.stamp("d1", 4_000), 5_001);
+    }
+
+    #[test]
+    fn the_receipt_clock_forgets_only_stale_devices() {
+        let clock = ReceiptClock::new(4);
+        for i in 0..200 {
+            clock.stamp(&format!("old-{i}"), 1_000);
+        }
+        // Stamped in the current millisecond: each may need its next stamp.
+        assert_eq!(clock.len(), 200);
+        for i in 0..200 {
+            clock.stamp(&format!("new-{i}"), 2_000);
+        }
+        // The old stamps lie behind the clock now and are forgotten as the
+        // shards fill up.
+        assert!(clock.len() < 250, "{}", clock.len());
+        // A device stamped ahead of the receive time is never forgotten,
+        // however many others come by.
+        for _ in 0..10 {
+            clock.stamp("fast", 3_000);
+        }
+        for i in 0..200 {
+            clock.stamp(&format!("later-{i}"), 3_001);
+        }
+        assert_eq!(clock.stamp("fast", 3_001), 3_010);
+    }
+
+    #[test]
+    fn device_timestamps_outside_the_window_are_refused() {
+        let window = TsWindow {
+            max_age_ms: 1_000,
+            max_ahead_ms: 100,
+        };
+        let now = 10_000;
+        assert_eq!(window.check(now, now), Ok(()));
+        assert_eq!(window.check(now - 1_000, now), Ok(()));
+        assert_eq!(window.check(now + 100, now), Ok(()));
+        assert_eq!(window.check(now - 1_001, now), Err(Malformed::TsOutOfRange));
+        assert_eq!(window.check(now + 101, now), Err(Malformed::TsOutOfRange));
+        assert_eq!(window.check(i64::MAX, now), Err(Malformed::TsOutOfRange));
+        assert_eq!(window.check(0, now), Err(Malformed::TsOutOfRange));
+        let wide = TsWindow {
+            max_age_ms: i64::MAX,
+            max_ahead_ms: i64::MAX,
+        };
+        assert_eq!(wide.check(0, now), Ok(()));
+        assert_eq!(wide.check(i64::MAX, now), Ok(()));
     }
 
     #[test]

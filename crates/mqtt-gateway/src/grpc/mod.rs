@@ -5,7 +5,7 @@ use std::sync::Arc;
 
 use tokio::net::TcpListener;
 use tokio::sync::{broadcast, mpsc};
-use tokio_stream::wrappers::{ReceiverStream, TcpListenerStream};
+use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status};
 use wf_common::shutdown::Shutdown;
 use wf_proto::mqtt::mqtt_gateway_server::{MqttGateway, MqttGatewayServer};
@@ -24,21 +24,16 @@ const STREAM_BUFFER: usize = 256;
 
 /// Serves until `stop` is triggered; open `SubscribeTopic` streams end then.
 pub async fn serve(state: AppState, listener: TcpListener, stop: Shutdown) -> anyhow::Result<()> {
-    let (health, health_service) = tonic_health::server::health_reporter();
-    health.set_serving::<MqttGatewayServer<MqttGrpc>>().await;
-    let reflection = tonic_reflection::server::Builder::configure()
-        .register_encoded_file_descriptor_set(wf_proto::FILE_DESCRIPTOR_SET)
-        .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
-        .build_v1()?;
+    let token = state.config.internal_token.clone();
     let shutdown = stop.wait();
-    tonic::transport::Server::builder()
-        .layer(wf_common::grpc::RequestContextLayer::new("mqtt-gateway"))
-        .add_service(health_service)
-        .add_service(reflection)
-        .add_service(MqttGatewayServer::new(MqttGrpc { state, stop }))
-        .serve_with_incoming_shutdown(TcpListenerStream::new(listener), shutdown)
-        .await?;
-    Ok(())
+    wf_common::grpc::serve(
+        "mqtt-gateway",
+        &token,
+        MqttGatewayServer::new(MqttGrpc { state, stop }),
+        listener,
+        shutdown,
+    )
+    .await
 }
 
 pub struct MqttGrpc {

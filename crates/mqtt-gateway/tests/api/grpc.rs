@@ -13,10 +13,8 @@ use wf_proto::mqtt::{PublishMessageRequest, SubscribeTopicRequest, SyncDeviceCre
 
 use crate::helpers::{TestApp, WAIT};
 
-async fn client(app: &TestApp) -> MqttGatewayClient<tonic::transport::Channel> {
-    MqttGatewayClient::connect(app.grpc_url())
-        .await
-        .expect("gRPC connects")
+async fn client(app: &TestApp) -> MqttGatewayClient<wf_common::grpc::InternalChannel> {
+    MqttGatewayClient::new(app.grpc_channel())
 }
 
 fn publish(topic: &str, payload: &str, qos: u32) -> PublishMessageRequest {
@@ -42,6 +40,58 @@ async fn publish_message_reaches_the_subscribed_device() {
     let delivered = d1.next_message().await;
     assert_eq!(delivered.topic, "devices/d1/commands");
     assert_eq!(&delivered.payload[..], command.as_bytes());
+}
+
+#[tokio::test]
+async fn a_caller_without_the_internal_token_cannot_command_devices() {
+    let app = TestApp::spawn().await;
+    let mut d1 = app.device("d1", "s1").await;
+    assert!(d1.subscribe("devices/d1/commands").await);
+    let refused = |text: &str| {
+        crate::helpers::metric(
+            text,
+            "wf_grpc_unauthenticated_total{service=\"mqtt-gateway\"}",
+        )
+    };
+    let refused_before = refused(&app.metrics().await);
+    let plain = tonic::transport::Endpoint::from_shared(app.grpc_url())
+        .unwrap()
+        .connect()
+        .await
+        .unwrap();
+    let command = r#"{"id":"c1","name":"unlock","params":{}}"#;
+    let err = MqttGatewayClient::new(plain.clone())
+        .publish_message(publish("devices/d1/commands", command, 1))
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Code::Unauthenticated, "{err:?}");
+    let forged = wf_common::grpc::InternalToken::parse("guessed-internal-token").unwrap();
+    let err = MqttGatewayClient::new(
+        wf_common::grpc::internal_channel(&app.grpc_url(), &forged).unwrap(),
+    )
+    .subscribe_topic(SubscribeTopicRequest {
+        topic_filter: "devices/+/telemetry".into(),
+    })
+    .await
+    .unwrap_err();
+    assert_eq!(err.code(), Code::Unauthenticated, "{err:?}");
+    assert!(
+        tokio::time::timeout(std::time::Duration::from_millis(500), d1.next_message())
+            .await
+            .is_err(),
+        "the refused command reached the device"
+    );
+    // Health checks stay open to probes.
+    let status = HealthClient::new(plain)
+        .check(HealthCheckRequest {
+            service: String::new(),
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .status;
+    assert_eq!(status, ServingStatus::Serving as i32);
+    assert_eq!(refused(&app.metrics().await) - refused_before, 2.0);
 }
 
 #[tokio::test]

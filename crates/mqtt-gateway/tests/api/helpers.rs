@@ -70,6 +70,7 @@ pub struct TestApp {
     pub ws_port: u16,
     pub http_port: u16,
     pub grpc_port: u16,
+    pub internal_token: wf_common::grpc::InternalToken,
     pub bus: Arc<InProcessBus>,
     /// `AuthenticateDevice` calls device-service has answered.
     pub auth_calls: Arc<AtomicUsize>,
@@ -177,6 +178,7 @@ impl TestAppBuilder {
             }),
             None => bus.clone(),
         };
+        let internal_token = self.config.internal_token.clone();
         let app = Application::build(Arc::new(self.config), app_bus)
             .await
             .expect("mqtt-gateway starts");
@@ -190,6 +192,7 @@ impl TestAppBuilder {
             ws_port: app.ws_port(),
             http_port: app.http_port(),
             grpc_port: app.grpc_port(),
+            internal_token,
             bus,
             auth_calls,
             shutdown: shutdown.clone(),
@@ -237,6 +240,12 @@ impl TestApp {
 
     pub fn grpc_url(&self) -> String {
         format!("http://127.0.0.1:{}", self.grpc_port)
+    }
+
+    /// A channel to this service's gRPC API carrying the internal token,
+    /// as the other services call it.
+    pub fn grpc_channel(&self) -> wf_common::grpc::InternalChannel {
+        wf_common::grpc::internal_channel(&self.grpc_url(), &self.internal_token).unwrap()
     }
 
     /// MQTT options for a device connecting over TCP as `id`/`secret`.
@@ -290,10 +299,8 @@ impl TestApp {
     }
 
     /// The gateway's gRPC client.
-    pub async fn grpc(&self) -> MqttGatewayClient<tonic::transport::Channel> {
-        MqttGatewayClient::connect(self.grpc_url())
-            .await
-            .expect("gRPC connects")
+    pub async fn grpc(&self) -> MqttGatewayClient<wf_common::grpc::InternalChannel> {
+        MqttGatewayClient::new(self.grpc_channel())
     }
 
     /// `SyncDeviceCredentials`, as device-service calls it.

@@ -13,17 +13,17 @@ async fn telemetry_arrives_on_the_bus_with_its_values_and_timestamp() {
     let d1 = app.device("d1", "s1").await;
 
     let before = wf_common::now_millis();
+    let an_hour_ago = before - 3_600_000;
     d1.publish(
         "devices/d1/telemetry",
-        json!({"temp": 21.5, "door": "open", "alarm": false, "ts": 1_735_689_600_000_i64})
-            .to_string(),
+        json!({"temp": 21.5, "door": "open", "alarm": false, "ts": an_hour_ago}).to_string(),
     )
     .await;
     d1.publish("devices/d1/telemetry", r#"{"temp": 22}"#).await;
 
     let first = telemetry.next().await;
     assert_eq!(first.device_id, "d1");
-    assert_eq!(first.ts, 1_735_689_600_000);
+    assert_eq!(first.ts, an_hour_ago);
     assert_eq!(
         first.values,
         vec![
@@ -179,4 +179,76 @@ async fn ota_progress_becomes_ota_progress_events() {
     assert_eq!(p.progress, Some(40.0));
     assert_eq!(p.version.as_deref(), Some("1.2.0"));
     assert_eq!(p.error, None);
+}
+
+#[tokio::test]
+async fn a_burst_without_timestamps_gets_a_distinct_stamp_per_message() {
+    let app = TestApp::spawn().await;
+    let mut telemetry = app.telemetry().await;
+    let d1 = app.device("d1", "s1").await;
+    let before = wf_common::now_millis();
+    for i in 0..50 {
+        d1.publish("devices/d1/telemetry", format!(r#"{{"n": {i}}}"#))
+            .await;
+    }
+    let mut stamps = Vec::new();
+    for _ in 0..50 {
+        stamps.push(telemetry.next().await.ts);
+    }
+    let after = wf_common::now_millis();
+    assert!(
+        stamps.windows(2).all(|w| w[0] < w[1]),
+        "receive stamps must grow strictly per device: {stamps:?}"
+    );
+    assert!(stamps[0] >= before, "stamped on receipt");
+    assert!(
+        stamps[49] <= after + 50,
+        "stamps stay close to the receive time: {stamps:?}"
+    );
+}
+
+#[tokio::test]
+async fn timestamps_outside_the_accepted_window_are_refused_and_counted() {
+    let app = TestApp::spawn().await;
+    let mut telemetry = app.telemetry().await;
+    let d1 = app.device("d1", "s1").await;
+    // Metrics are the process's: other tests count too.
+    let refused = |text: &str| {
+        metric(
+            text,
+            "wf_mqtt_malformed_messages_total{reason=\"ts_out_of_range\"}",
+        )
+    };
+    let refused_before = refused(&app.metrics().await);
+    let now = wf_common::now_millis();
+    let far_future = now + 3_600_000;
+    let ancient = 1_000_i64;
+    d1.publish(
+        "devices/d1/telemetry",
+        json!({"t": 1, "ts": far_future}).to_string(),
+    )
+    .await;
+    d1.publish(
+        "devices/d1/telemetry",
+        json!({"t": 2, "ts": ancient}).to_string(),
+    )
+    .await;
+    d1.publish(
+        "devices/d1/telemetry",
+        json!({"t": 3, "ts": i64::MAX}).to_string(),
+    )
+    .await;
+    d1.publish(
+        "devices/d1/telemetry",
+        json!({"t": 4, "ts": now}).to_string(),
+    )
+    .await;
+    let accepted = telemetry.next().await;
+    assert_eq!(
+        accepted.values,
+        vec![("t".to_string(), MetricValue::Number(4.0))],
+        "only the value inside the window reaches the bus"
+    );
+    assert_eq!(accepted.ts, now);
+    assert_eq!(refused(&app.metrics().await) - refused_before, 3.0);
 }
