@@ -10,6 +10,7 @@ pub mod extract;
 pub mod grpc;
 pub mod http;
 pub mod jwt;
+pub mod net;
 pub mod openapi;
 pub mod permissions;
 pub mod random;
