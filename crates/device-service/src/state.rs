@@ -86,7 +86,7 @@ pub struct Caller {
 impl Caller {
     pub fn from_claims(claims: AccessClaims) -> Self {
         Self {
-            is_admin: claims.su || claims.roles.iter().any(|r| r == "admin"),
+            is_admin: claims.sees_every_owner(),
             user_id: claims.sub,
             username: claims.username,
         }

@@ -128,7 +128,8 @@ pub struct CreateRequest {
 #[utoipa::path(post, path = "/api/v1/users", tag = "users", security(("bearer" = [])), request_body = CreateRequest,
     responses((status = 201, body = UserDto),
         (status = 403, description = "No `user:manage`, or the roles carry permissions the caller does not hold", body = ErrorEnvelope),
-        (status = 409, body = ErrorEnvelope), (status = 422, body = ErrorEnvelope)))]
+        (status = 409, body = ErrorEnvelope), (status = 422, body = ErrorEnvelope),
+        (status = 503, description = "Password hashing is saturated; see Retry-After", body = ErrorEnvelope)))]
 pub async fn create(
     State(state): State<AppState>,
     Caller(caller): Caller,
@@ -348,7 +349,8 @@ pub struct ResetPasswordRequest {
 #[utoipa::path(put, path = "/api/v1/users/{id}/password", tag = "users", security(("bearer" = [])), params(("id" = String, Path)), request_body = ResetPasswordRequest,
     responses((status = 204, description = "Reset; the user's sessions end"),
         (status = 403, description = "No `user:manage`, or the account holds privileges beyond the caller's", body = ErrorEnvelope),
-        (status = 404, body = ErrorEnvelope), (status = 422, body = ErrorEnvelope)))]
+        (status = 404, body = ErrorEnvelope), (status = 422, body = ErrorEnvelope),
+        (status = 503, description = "Password hashing is saturated; see Retry-After", body = ErrorEnvelope)))]
 pub async fn reset_password(
     State(state): State<AppState>,
     Caller(caller): Caller,
