@@ -61,8 +61,9 @@ pub struct Config {
     /// need distinct, restart-stable ids; when empty, the host name.
     pub instance_id: String,
     /// Peers whose `X-Forwarded-For` / `X-Forwarded-Proto` are believed (a
-    /// load balancer or nginx in front). Empty: the peer is the client.
-    pub trusted_proxies: Vec<IpAddr>,
+    /// load balancer or nginx in front): addresses or CIDR ranges such as
+    /// `10.0.0.0/8`. Empty: the peer is the client.
+    pub trusted_proxies: Vec<wf_common::net::IpRange>,
     /// `redis://host:6379` to share rate limits between replicas; empty for
     /// in-process limits.
     #[serde(serialize_with = "wf_common::config::redact_db_url")]

@@ -73,21 +73,11 @@ impl AppState {
 
     /// Whether `peer`'s forwarding headers are believed.
     pub fn trusts(&self, peer: IpAddr) -> bool {
-        let peer = canonical(peer);
-        self.config
-            .trusted_proxies
-            .iter()
-            .any(|p| canonical(*p) == peer)
+        wf_common::net::in_any(&self.config.trusted_proxies, peer)
     }
 }
 
-/// IPv4-mapped IPv6 addresses as plain IPv4.
-pub(crate) fn canonical(ip: IpAddr) -> IpAddr {
-    match ip {
-        IpAddr::V6(v6) => v6.to_ipv4_mapped().map_or(ip, IpAddr::V4),
-        v4 => v4,
-    }
-}
+pub(crate) use wf_common::net::canonical;
 
 /// The verified caller of a request.
 #[derive(Debug, Clone)]
@@ -106,7 +96,7 @@ pub struct Identity {
 impl Identity {
     fn from_claims(claims: AccessClaims, token: Arc<str>) -> Self {
         Self {
-            is_admin: claims.su || claims.roles.iter().any(|r| r == "admin"),
+            is_admin: claims.sees_every_owner(),
             user_id: claims.sub,
             username: claims.username,
             expires_at: claims.exp,

@@ -20,6 +20,8 @@ pub enum Error {
     Conflict(String),
     #[error("too many failed attempts; retry in {retry_after_secs} s")]
     Throttled { retry_after_secs: u64 },
+    #[error("the service is busy; retry in {retry_after_secs} s")]
+    Busy { retry_after_secs: u64 },
     #[error(transparent)]
     Internal(#[from] anyhow::Error),
 }
@@ -53,6 +55,10 @@ impl From<Error> for ApiError {
             e @ Error::Throttled { retry_after_secs } => {
                 ApiError::too_many_requests(e.to_string(), retry_after_secs)
             }
+            e @ Error::Busy { retry_after_secs } => ApiError {
+                retry_after: Some(retry_after_secs.max(1)),
+                ..ApiError::unavailable(e.to_string())
+            },
             Error::Internal(cause) => {
                 tracing::error!(error = ?cause, "internal error");
                 ApiError::internal()
@@ -76,6 +82,7 @@ impl From<Error> for tonic::Status {
             Error::NotFound(m) => tonic::Status::not_found(m),
             Error::Conflict(m) => tonic::Status::already_exists(m),
             e @ Error::Throttled { .. } => tonic::Status::resource_exhausted(e.to_string()),
+            e @ Error::Busy { .. } => tonic::Status::unavailable(e.to_string()),
             Error::Internal(cause) => {
                 tracing::error!(error = ?cause, "internal error");
                 tonic::Status::internal("internal error")
@@ -121,6 +128,13 @@ mod tests {
                 Error::Conflict("x".into()),
                 StatusCode::CONFLICT,
                 Code::AlreadyExists,
+            ),
+            (
+                Error::Busy {
+                    retry_after_secs: 1,
+                },
+                StatusCode::SERVICE_UNAVAILABLE,
+                Code::Unavailable,
             ),
             (
                 Error::Throttled {

@@ -1,6 +1,7 @@
 //! auth-service: users, roles and permissions, JWT login with refresh-token
 //! rotation, RBAC checks for the other services (gRPC), and the audit log.
 
+mod access;
 pub mod domain;
 pub mod error;
 mod grpc;
@@ -21,8 +22,9 @@ use serde::{Deserialize, Serialize};
 use tokio::net::TcpListener;
 use wf_common::db::Db;
 use wf_common::jwt::{JwtVerifier, SigningKey};
+use wf_common::net::IpRange;
 
-pub use passwords::PasswordHashing;
+pub use passwords::{HashingLimit, PasswordHashing};
 pub use state::{AppState, CreateUser};
 pub use throttle::LoginThrottleConfig;
 
@@ -45,6 +47,10 @@ pub struct Config {
     pub issuer: String,
     pub access_token_ttl_secs: i64,
     pub refresh_token_ttl_secs: i64,
+    /// A spent refresh token presented again within this many seconds of
+    /// its first use gets a new pair instead of revoking its family, so
+    /// that a client's parallel refreshes do not log it out; 0 disables.
+    pub refresh_reuse_grace_secs: i64,
     /// PKCS#8 PEM Ed25519 key file, created on first start when absent;
     /// when empty, `jwt-signing-key.pem` in the platform's data directory.
     pub signing_key_file: PathBuf,
@@ -53,9 +59,11 @@ pub struct Config {
     #[serde(serialize_with = "wf_common::config::redact_opt")]
     pub signing_key_pem: Option<SecretString>,
     pub password_hashing: PasswordHashing,
+    pub password_hashing_limit: HashingLimit,
     pub login_throttle: LoginThrottleConfig,
-    /// Peers whose `X-Forwarded-For` is believed (the api-gateway, a proxy).
-    pub trusted_proxies: Vec<IpAddr>,
+    /// Peers whose `X-Forwarded-For` is believed (the api-gateway, a
+    /// proxy): addresses or CIDR ranges. Everyone else's is ignored.
+    pub trusted_proxies: Vec<IpRange>,
     /// Largest accepted request body.
     pub max_body_bytes: usize,
     /// The secret every gRPC call between services carries. Not read from
@@ -77,13 +85,15 @@ impl Default for Config {
             issuer: "wf-iot".into(),
             access_token_ttl_secs: 15 * 60,
             refresh_token_ttl_secs: 7 * 24 * 3600,
+            refresh_reuse_grace_secs: 10,
             signing_key_file: PathBuf::new(),
             signing_key_pem: None,
             password_hashing: PasswordHashing::default(),
+            password_hashing_limit: HashingLimit::default(),
             login_throttle: LoginThrottleConfig::default(),
             trusted_proxies: vec![
-                IpAddr::V4(Ipv4Addr::LOCALHOST),
-                IpAddr::V6(Ipv6Addr::LOCALHOST),
+                IpAddr::V4(Ipv4Addr::LOCALHOST).into(),
+                IpAddr::V6(Ipv6Addr::LOCALHOST).into(),
             ],
             max_body_bytes: 64 * 1024,
             internal_token: Default::default(),

@@ -1,7 +1,13 @@
 //! argon2id password hashing, run on the blocking pool so a burst of logins
-//! never stalls the async executor.
+//! never stalls the async executor, and bounded: at most
+//! `max_concurrent` hashes run at once (each holds `memory_kib`), others
+//! wait up to `queue_timeout_ms` and are then refused with 503, so a login
+//! flood cannot exhaust memory.
 
 use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
 use argon2::password_hash::{PasswordHash, PasswordHasher as _, PasswordVerifier, SaltString};
 use argon2::{Algorithm, Argon2, Params, Version};
@@ -29,16 +35,39 @@ impl Default for PasswordHashing {
     }
 }
 
+/// How many hashes run at once, and how long a request waits for its turn
+/// (`[auth.password_hashing_limit]`).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default)]
+pub struct HashingLimit {
+    /// Hashes (logins, password changes) computed at once; at least 1.
+    pub max_concurrent: usize,
+    /// How long a request waits for a free slot before it is answered 503
+    /// with `Retry-After`.
+    pub queue_timeout_ms: u64,
+}
+
+impl Default for HashingLimit {
+    fn default() -> Self {
+        Self {
+            max_concurrent: 4,
+            queue_timeout_ms: 2_000,
+        }
+    }
+}
+
 #[derive(Clone)]
 pub struct Hasher {
     params: Params,
+    permits: Arc<Semaphore>,
+    queue_timeout: Duration,
     /// Verified against when a login names no account, so that answering
     /// "no such user" takes as long as "wrong password".
     dummy_hash: Arc<String>,
 }
 
 impl Hasher {
-    pub fn new(config: &PasswordHashing) -> Result<Self> {
+    pub fn new(config: &PasswordHashing, limit: &HashingLimit) -> Result<Self> {
         let params = Params::new(
             config.memory_kib,
             config.iterations,
@@ -49,14 +78,38 @@ impl Hasher {
             Error::Internal(anyhow::anyhow!("invalid password hashing parameters: {e}"))
         })?;
         let dummy_hash = Arc::new(hash_with(&params, "not a real password")?);
-        Ok(Self { params, dummy_hash })
+        Ok(Self {
+            params,
+            permits: Arc::new(Semaphore::new(limit.max_concurrent.max(1))),
+            queue_timeout: Duration::from_millis(limit.queue_timeout_ms),
+            dummy_hash,
+        })
+    }
+
+    /// A slot to hash in, waited for up to the queue timeout.
+    async fn slot(&self) -> Result<OwnedSemaphorePermit> {
+        match tokio::time::timeout(self.queue_timeout, self.permits.clone().acquire_owned()).await {
+            Ok(Ok(permit)) => Ok(permit),
+            Ok(Err(closed)) => Err(Error::Internal(closed.into())),
+            Err(_) => {
+                metrics::counter!("wf_auth_hashing_refused_total").increment(1);
+                tracing::warn!("password hashing is saturated; a request was refused");
+                Err(Error::Busy {
+                    retry_after_secs: 1,
+                })
+            }
+        }
     }
 
     pub async fn hash(&self, password: String) -> Result<String> {
+        let permit = self.slot().await?;
         let params = self.params.clone();
-        tokio::task::spawn_blocking(move || hash_with(&params, &password))
-            .await
-            .map_err(|e| Error::Internal(e.into()))?
+        tokio::task::spawn_blocking(move || {
+            let _permit = permit;
+            hash_with(&params, &password)
+        })
+        .await
+        .map_err(|e| Error::Internal(e.into()))?
     }
 
     /// Checks `password` against `hash`; with no hash, burns the same time
@@ -64,7 +117,9 @@ impl Hasher {
     pub async fn verify(&self, password: String, hash: Option<String>) -> Result<bool> {
         let known = hash.is_some();
         let hash = hash.unwrap_or_else(|| self.dummy_hash.as_ref().clone());
+        let permit = self.slot().await?;
         let ok = tokio::task::spawn_blocking(move || {
+            let _permit = permit;
             PasswordHash::new(&hash)
                 .map(|parsed| {
                     Argon2::default()
@@ -94,11 +149,14 @@ mod tests {
 
     #[tokio::test]
     async fn hash_and_verify() {
-        let hasher = Hasher::new(&PasswordHashing {
-            memory_kib: 1024,
-            iterations: 1,
-            parallelism: 1,
-        })
+        let hasher = Hasher::new(
+            &PasswordHashing {
+                memory_kib: 1024,
+                iterations: 1,
+                parallelism: 1,
+            },
+            &HashingLimit::default(),
+        )
         .unwrap();
         let hash = hasher.hash("correct horse".into()).await.unwrap();
         assert!(hash.starts_with("$argon2id$"));
@@ -115,5 +173,31 @@ mod tests {
                 .unwrap()
         );
         assert!(!hasher.verify("correct horse".into(), None).await.unwrap());
+    }
+}
+
+#[cfg(test)]
+mod limit_tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn a_saturated_hasher_refuses_after_the_queue_timeout() {
+        let hasher = Hasher::new(
+            &PasswordHashing {
+                memory_kib: 1024,
+                iterations: 1,
+                parallelism: 1,
+            },
+            &HashingLimit {
+                max_concurrent: 1,
+                queue_timeout_ms: 50,
+            },
+        )
+        .unwrap();
+        let held = hasher.slot().await.unwrap();
+        let refused = hasher.verify("x".into(), None).await.unwrap_err();
+        assert!(matches!(refused, Error::Busy { .. }), "{refused:?}");
+        drop(held);
+        assert!(!hasher.verify("x".into(), None).await.unwrap());
     }
 }

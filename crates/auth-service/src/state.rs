@@ -14,7 +14,9 @@ use crate::Config;
 use crate::domain::{Email, NewPassword, Permission, RoleName, Username};
 use crate::error::{Error, Result};
 use crate::passwords::Hasher;
-use crate::store::{AuditEntry, NewUser, RefreshTokenRecord, RoleRef, Store, UserRecord};
+use crate::store::{
+    AuditEntry, NewUser, RefreshTokenRecord, RoleRecord, RoleRef, Store, UserRecord,
+};
 use crate::throttle::LoginThrottle;
 
 #[derive(Clone)]
@@ -132,7 +134,7 @@ impl AppState {
         signer: SigningKey,
         verifier: JwtVerifier,
     ) -> Result<Self> {
-        let hasher = Hasher::new(&config.password_hashing)?;
+        let hasher = Hasher::new(&config.password_hashing, &config.password_hashing_limit)?;
         let throttle = LoginThrottle::new(config.login_throttle.clone());
         Ok(Self(Arc::new(Inner {
             config,
@@ -212,8 +214,9 @@ impl AppState {
             .any(|c| c == code))
     }
 
-    /// Username-or-email and password in, tokens out. Failed attempts are
-    /// throttled per account and per client, and audited.
+    /// Username-or-email and password in, tokens out. Attempts are
+    /// throttled per (account, client) and per client before any hashing
+    /// (a username and its e-mail count as one account), and audited.
     pub async fn login(
         &self,
         login: &str,
@@ -232,34 +235,47 @@ impl AppState {
             request_id: client.request_id.clone(),
             details,
         };
-        if let Err(throttled) = self.throttle.check(&login, &client.ip) {
-            let scope = if throttled.by_account {
-                "account"
-            } else {
-                "client"
-            };
-            self.audit(audit(
-                "auth.login_throttled",
-                "denied",
-                None,
-                Some(serde_json::json!({ "limit": scope })),
-            ))
-            .await;
-            return Err(Error::Throttled {
-                retry_after_secs: throttled.retry_after.as_secs().max(1),
-            });
-        }
         if password.len() > NewPassword::MAX_LEN * 4 {
             return Err(Error::Validation("password is too long".into()));
         }
         let user = self.store.find_user_by_login(&login).await?;
-        let ok = self
+        // Failures count per account, whichever name it was addressed by.
+        let account = user
+            .as_ref()
+            .map_or_else(|| format!("login:{login}"), |u| format!("user:{}", u.id));
+        let attempt = match self.throttle.begin(&account, &client.ip) {
+            Ok(attempt) => attempt,
+            Err(throttled) => {
+                metrics::counter!("wf_auth_logins_throttled_total", "scope" => throttled.scope)
+                    .increment(1);
+                self.audit(audit(
+                    "auth.login_throttled",
+                    "denied",
+                    None,
+                    Some(serde_json::json!({ "limit": throttled.scope })),
+                ))
+                .await;
+                return Err(Error::Throttled {
+                    retry_after_secs: throttled.retry_after.as_secs().max(1),
+                });
+            }
+        };
+        let ok = match self
             .hasher
             .verify(password, user.as_ref().map(|u| u.password_hash.clone()))
-            .await?;
+            .await
+        {
+            Ok(ok) => ok,
+            Err(e) => {
+                // Not checked (too busy): not the client's failure.
+                self.throttle.forgive(attempt);
+                return Err(e);
+            }
+        };
         let user = match user {
             Some(user) if ok && user.is_active => user,
             Some(user) if ok => {
+                self.throttle.forgive(attempt);
                 self.audit(audit(
                     "auth.login_failed",
                     "denied",
@@ -270,7 +286,6 @@ impl AppState {
                 return Err(Error::Unauthenticated("the account is disabled".into()));
             }
             user => {
-                self.throttle.record_failure(&login, &client.ip);
                 let reason = if user.is_some() {
                     "bad_password"
                 } else {
@@ -288,7 +303,7 @@ impl AppState {
                 ));
             }
         };
-        self.throttle.record_success(&login);
+        self.throttle.forgive(attempt);
         let now = now_millis();
         self.store.record_login(&user.id, now).await?;
         let tokens = self.issue_tokens(&user, None).await?;
@@ -343,7 +358,10 @@ impl AppState {
     }
 
     /// Exchanges a refresh token for a new pair. A token is good once: using
-    /// a spent one again means it leaked, so its whole family is revoked.
+    /// a spent one again means it leaked, so its whole family is revoked;
+    /// except within `refresh_reuse_grace_secs` of its first use, when
+    /// concurrent or retried refreshes (a client's parallel requests) each
+    /// get a pair of their own in the same family.
     pub async fn refresh(&self, refresh_token: &str, client: &ClientInfo) -> Result<TokenPair> {
         let invalid = || Error::Unauthenticated("the refresh token is invalid or expired".into());
         let Some(record) = self
@@ -357,7 +375,9 @@ impl AppState {
         if record.revoked_at.is_some() || record.expires_at <= now {
             return Err(invalid());
         }
-        if record.used_at.is_some() || !self.store.spend_refresh_token(&record.id, now).await? {
+        let spent_now =
+            record.used_at.is_none() && self.store.spend_refresh_token(&record.id, now).await?;
+        if !spent_now && !self.within_reuse_grace(refresh_token, now).await? {
             let revoked = self
                 .store
                 .revoke_token_family(&record.family_id, now)
@@ -390,6 +410,29 @@ impl AppState {
             return Err(Error::Unauthenticated("the account is disabled".into()));
         }
         self.issue_tokens(&user, Some(record.family_id)).await
+    }
+
+    /// Whether a spent refresh token was spent so recently, and its family
+    /// is still live, that presenting it again is a concurrent refresh and
+    /// not a theft.
+    async fn within_reuse_grace(&self, refresh_token: &str, now: i64) -> Result<bool> {
+        let grace_ms = self.config.refresh_reuse_grace_secs.saturating_mul(1000);
+        let Some(fresh) = self
+            .store
+            .find_refresh_token(&hash_refresh_token(refresh_token))
+            .await?
+        else {
+            return Ok(false);
+        };
+        let within = fresh.revoked_at.is_none()
+            && fresh
+                .used_at
+                .is_some_and(|used| now.saturating_sub(used) <= grace_ms);
+        if within {
+            metrics::counter!("wf_auth_refresh_grace_total").increment(1);
+            tracing::debug!(family = %fresh.family_id, "refresh token presented again within the grace window");
+        }
+        Ok(within)
     }
 
     /// Revokes the refresh token's family. Unknown tokens are ignored, so
@@ -429,6 +472,17 @@ impl AppState {
 
     /// Resolves role names to ids, refusing unknown names.
     pub async fn role_ids_by_name(&self, names: &[String]) -> Result<Vec<String>> {
+        Ok(self
+            .roles_by_name(names)
+            .await?
+            .into_iter()
+            .map(|r| r.id)
+            .collect())
+    }
+
+    /// Resolves role names to roles with their permissions, refusing
+    /// unknown names.
+    pub async fn roles_by_name(&self, names: &[String]) -> Result<Vec<RoleRecord>> {
         let mut wanted: Vec<String> = names
             .iter()
             .map(|n| {
@@ -443,7 +497,7 @@ impl AppState {
         if let Some(missing) = wanted.iter().find(|n| !found.iter().any(|r| &r.name == *n)) {
             return Err(Error::Validation(format!("no role named {missing:?}")));
         }
-        Ok(found.into_iter().map(|r| r.id).collect())
+        Ok(found)
     }
 
     /// Audits an action taken by an authenticated caller.

@@ -11,6 +11,7 @@ pub mod grpc;
 pub mod http;
 pub mod jwt;
 pub mod listen;
+pub mod net;
 pub mod openapi;
 pub mod permissions;
 pub mod random;

@@ -71,8 +71,9 @@ impl Permission {
 pub struct Caller {
     pub user_id: String,
     pub username: String,
-    /// A superuser or a holder of the admin role, as auth-service sees
-    /// the account now.
+    /// Superusers and holders of the admin role see every owner's
+    /// rollouts, tasks and devices (the rule device-service applies), as
+    /// auth-service sees the account now.
     pub is_admin: bool,
 }
 
@@ -92,6 +93,16 @@ impl Caller {
             user_id: claims.sub,
             username: claims.username,
         })
+    }
+
+    /// Whether the caller may see and control what `owner_id` created.
+    pub fn owns(&self, owner_id: &str) -> bool {
+        self.is_admin || owner_id == self.user_id
+    }
+
+    /// The owner filter for listings and device lookups: none for admins.
+    pub fn owner_filter(&self) -> Option<&str> {
+        (!self.is_admin).then_some(self.user_id.as_str())
     }
 
     /// Asks auth-service (through the cache) whether the caller holds

@@ -148,7 +148,14 @@ async fn admit(
         limit(state, route, forwarded.client_ip, None).await?;
         return Err(Error::NotFound);
     }
-    if route.is_limited() {
+    if is_login(route, req) {
+        let login = login_name(req).await?;
+        state
+            .limiter
+            .check_login(forwarded.client_ip, &login)
+            .await
+            .map_err(|denied| refused(route, denied))?;
+    } else if route.is_limited() {
         limit(
             state,
             route,
@@ -172,15 +179,48 @@ async fn limit(state: &AppState, route: Route, ip: IpAddr, user: Option<&str>) -
         .limiter
         .check(route.group, ip, user)
         .await
-        .map_err(|denied| {
-            metrics::counter!(
-                "wf_gateway_rate_limited_total",
-                "group" => route.group.name(),
-                "scope" => denied.scope.name()
-            )
-            .increment(1);
-            Error::RateLimited(denied)
+        .map_err(|denied| refused(route, denied))
+}
+
+/// Counts a refusal by the rate limits.
+fn refused(route: Route, denied: crate::ratelimit::Denied) -> Error {
+    metrics::counter!(
+        "wf_gateway_rate_limited_total",
+        "group" => route.group.name(),
+        "scope" => denied.scope.name()
+    )
+    .increment(1);
+    Error::RateLimited(denied)
+}
+
+/// The largest login body the gateway reads to learn the account's name.
+const MAX_LOGIN_BODY: usize = 64 * 1024;
+
+/// `POST /api/v1/auth/login`.
+fn is_login(route: Route, req: &Request) -> bool {
+    route.group == crate::domain::routes::RouteGroup::Auth
+        && req.method() == axum::http::Method::POST
+        && req.uri().path() == "/api/v1/auth/login"
+}
+
+/// The account a login names (`username`, or its aliases `email` and
+/// `login`), read from the body, which is put back for the upstream. A
+/// body that is not JSON names none: auth-service answers it.
+async fn login_name(req: &mut Request) -> Result<String> {
+    let body = std::mem::take(req.body_mut());
+    let bytes = axum::body::to_bytes(body, MAX_LOGIN_BODY)
+        .await
+        .map_err(|_| Error::PayloadTooLarge)?;
+    let name = serde_json::from_slice::<serde_json::Value>(&bytes)
+        .ok()
+        .and_then(|v| {
+            ["username", "email", "login"]
+                .iter()
+                .find_map(|k| v.get(k).and_then(|n| n.as_str()).map(str::to_string))
         })
+        .unwrap_or_default();
+    *req.body_mut() = axum::body::Body::from(bytes);
+    Ok(name)
 }
 
 /// The client's address and the forwarding headers for the upstream.

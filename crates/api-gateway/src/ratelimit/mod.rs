@@ -160,6 +160,32 @@ impl RateLimiter {
         self.redis.is_some()
     }
 
+    /// Takes a token for a login attempt on the account named `login` from
+    /// `ip`: the `auth` group's per-address limit applies to each (address,
+    /// account) pair, so that a flood of guesses from one address at other
+    /// accounts does not refuse the right password of an account that
+    /// address has not been guessing at. auth-service throttles the failures
+    /// themselves (per account and client, and per client).
+    pub async fn check_login(&self, ip: IpAddr, login: &str) -> Result<(), Denied> {
+        let limit = self.limits.auth.per_ip;
+        if !self.limits.enabled || !limit.is_enforced() {
+            return Ok(());
+        }
+        let login: String = login
+            .trim()
+            .to_lowercase()
+            .chars()
+            .filter(|c| !c.is_control())
+            .take(256)
+            .collect();
+        self.decide(&[Check {
+            scope: Scope::Ip,
+            key: format!("auth:login:{}:{login}", client_key(ip)),
+            limit,
+        }])
+        .await
+    }
+
     /// Takes a token for a request in `group` from `ip` (and `user`, when
     /// authenticated).
     pub async fn check(
@@ -190,8 +216,14 @@ impl RateLimiter {
         if checks.is_empty() {
             return Ok(());
         }
+        self.decide(&checks).await
+    }
+
+    /// Takes a token from every bucket of `checks`, shared through Redis
+    /// when configured.
+    async fn decide(&self, checks: &[Check]) -> Result<(), Denied> {
         if let Some(redis) = &self.redis {
-            match redis.take(&checks).await {
+            match redis.take(checks).await {
                 Ok(verdict) => return verdict,
                 Err(e) => {
                     metrics::counter!("wf_gateway_rate_limit_backend_errors_total").increment(1);
@@ -199,7 +231,7 @@ impl RateLimiter {
                 }
             }
         }
-        self.local.take(&checks)
+        self.local.take(checks)
     }
 }
 

@@ -115,6 +115,56 @@ async fn each_address_has_a_bucket_of_its_own() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_flood_of_guesses_does_not_refuse_another_accounts_login() {
+    let app = TestApp::spawn().await;
+    let gateway = app
+        .gateway_with(|c| {
+            c.rate_limits.enabled = true;
+            c.rate_limits.auth = GroupLimits::new(Limit::UNLIMITED, tight(2));
+        })
+        .await;
+    let login = |username: &'static str, password: &'static str| {
+        let client = app.client.clone();
+        let url = format!("{gateway}/api/v1/auth/login");
+        async move {
+            client
+                .post(url)
+                .json(&json!({"username": username, "password": password}))
+                .send()
+                .await
+                .unwrap()
+        }
+    };
+    // Guesses at one account from this address meet the limit...
+    assert_eq!(
+        login("victim", "guess-1").await.status(),
+        StatusCode::UNAUTHORIZED
+    );
+    assert_eq!(
+        login("victim", "guess-2").await.status(),
+        StatusCode::UNAUTHORIZED
+    );
+    assert_eq!(
+        login("victim", "guess-3").await.status(),
+        StatusCode::TOO_MANY_REQUESTS
+    );
+    // ...but the administrator's right password from the same address
+    // still goes through, twice.
+    assert_eq!(
+        login("admin", ADMIN_PASSWORD).await.status(),
+        StatusCode::OK
+    );
+    assert_eq!(
+        login("ADMIN", ADMIN_PASSWORD).await.status(),
+        StatusCode::OK
+    );
+    assert_eq!(
+        login("admin", ADMIN_PASSWORD).await.status(),
+        StatusCode::TOO_MANY_REQUESTS
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn untrusted_peers_cannot_pick_their_address() {
     let app = TestApp::spawn().await;
     let gateway = app

@@ -25,8 +25,15 @@ pub struct LoginRequest {
     password: String,
 }
 
+/// Logs in. Failures are throttled per (account, client address) with
+/// growing delays and per client address, never by locking the account; a
+/// username and its e-mail count as one account.
 #[utoipa::path(post, path = "/api/v1/auth/login", tag = "auth", request_body = LoginRequest,
-    responses((status = 200, body = TokenPair), (status = 401, body = ErrorEnvelope), (status = 422, body = ErrorEnvelope), (status = 429, body = ErrorEnvelope)))]
+    responses((status = 200, body = TokenPair), (status = 401, body = ErrorEnvelope), (status = 422, body = ErrorEnvelope),
+        (status = 429, description = "This client failed too often for this account, or too often overall; see Retry-After", body = ErrorEnvelope,
+            headers(("Retry-After" = u64, description = "Seconds to wait"))),
+        (status = 503, description = "Password hashing is saturated; see Retry-After", body = ErrorEnvelope,
+            headers(("Retry-After" = u64, description = "Seconds to wait")))))]
 pub async fn login(
     State(state): State<AppState>,
     Client(client): Client,
@@ -48,6 +55,9 @@ pub struct RefreshRequest {
     refresh_token: String,
 }
 
+/// Rotates a refresh token. A spent token presented again revokes its
+/// family (401), except within `refresh_reuse_grace_secs` of its first use,
+/// when it is answered with a new pair of the same family.
 #[utoipa::path(post, path = "/api/v1/auth/refresh", tag = "auth", request_body = RefreshRequest,
     responses((status = 200, body = TokenPair), (status = 401, body = ErrorEnvelope)))]
 pub async fn refresh(
@@ -97,7 +107,8 @@ pub struct ChangePasswordRequest {
 /// Changes the caller's password. Every token issued before stops working,
 /// so other sessions are logged out.
 #[utoipa::path(put, path = "/api/v1/auth/me/password", tag = "auth", security(("bearer" = [])), request_body = ChangePasswordRequest,
-    responses((status = 204, description = "Changed; other sessions end"), (status = 403, body = ErrorEnvelope), (status = 422, body = ErrorEnvelope)))]
+    responses((status = 204, description = "Changed; other sessions end"), (status = 403, body = ErrorEnvelope), (status = 422, body = ErrorEnvelope),
+        (status = 503, description = "Password hashing is saturated; see Retry-After", body = ErrorEnvelope)))]
 pub async fn change_password(
     State(state): State<AppState>,
     Caller(caller): Caller,

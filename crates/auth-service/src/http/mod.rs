@@ -122,7 +122,11 @@ impl FromRequestParts<AppState> for Client {
             .and_then(|v| v.rsplit(',').next())
             .and_then(|v| v.trim().parse::<IpAddr>().ok());
         let ip = match (peer, forwarded) {
-            (Some(peer), Some(fwd)) if state.config.trusted_proxies.contains(&peer) => Some(fwd),
+            (Some(peer), Some(fwd))
+                if wf_common::net::in_any(&state.config.trusted_proxies, peer) =>
+            {
+                Some(fwd)
+            }
             (peer, _) => peer,
         };
         Ok(Client(ClientInfo {

@@ -1,5 +1,8 @@
 //! Roles and their permissions. Reading needs `role:manage` or
-//! `user:manage` (to assign roles); changing needs `role:manage`.
+//! `user:manage` (to assign roles); changing needs `role:manage`, and is
+//! further bound by [`crate::access`]: nobody grants a permission they do
+//! not hold or changes a role they hold, and built-in roles change only
+//! by a superuser.
 
 use axum::Json;
 use axum::extract::State;
@@ -120,8 +123,11 @@ async fn known_permissions(state: &AppState, codes: Vec<PermissionCode>) -> Resu
     Ok(out)
 }
 
+/// Creates a role; its permissions must all be held by the caller.
 #[utoipa::path(post, path = "/api/v1/roles", tag = "roles", security(("bearer" = [])), request_body = CreateRequest,
-    responses((status = 201, body = RoleDto), (status = 409, body = ErrorEnvelope), (status = 422, body = ErrorEnvelope)))]
+    responses((status = 201, body = RoleDto),
+        (status = 403, description = "No `role:manage`, or permissions the caller does not hold", body = ErrorEnvelope),
+        (status = 409, body = ErrorEnvelope), (status = 422, body = ErrorEnvelope)))]
 pub async fn create(
     State(state): State<AppState>,
     Caller(caller): Caller,
@@ -132,6 +138,7 @@ pub async fn create(
     let name = RoleName::parse(&req.name).map_err(Error::Validation)?;
     check_description(&req.description)?;
     let permissions = known_permissions(&state, req.permissions).await?;
+    caller.guard_holds_all(&permissions, "grant_permission", "you would grant")?;
     let id = uuid::Uuid::now_v7().to_string();
     state
         .store
@@ -163,8 +170,13 @@ pub struct UpdateRequest {
     description: Option<String>,
 }
 
+/// Renames or describes a role. Built-in roles change only by a superuser;
+/// nobody changes a role they hold or one carrying permissions they lack.
 #[utoipa::path(patch, path = "/api/v1/roles/{id}", tag = "roles", security(("bearer" = [])), params(("id" = String, Path)), request_body = UpdateRequest,
-    responses((status = 200, body = RoleDto), (status = 404, body = ErrorEnvelope), (status = 409, body = ErrorEnvelope)))]
+    responses((status = 200, body = RoleDto),
+        (status = 403, description = "No `role:manage`, a built-in role (superusers only), a role the caller holds, \
+            or one carrying permissions the caller does not hold", body = ErrorEnvelope),
+        (status = 404, body = ErrorEnvelope), (status = 409, body = ErrorEnvelope)))]
 pub async fn update(
     State(state): State<AppState>,
     Caller(caller): Caller,
@@ -174,6 +186,7 @@ pub async fn update(
 ) -> Result<Json<RoleDto>> {
     caller.require(Permission::RoleManage)?;
     let role = load(&state, &id).await?;
+    caller.guard_manage_role(&role)?;
     let name = req
         .name
         .as_deref()
@@ -204,8 +217,11 @@ pub async fn update(
     Ok(Json(load(&state, &id).await?.into()))
 }
 
+/// Deletes a custom role the caller may change (see update).
 #[utoipa::path(delete, path = "/api/v1/roles/{id}", tag = "roles", security(("bearer" = [])), params(("id" = String, Path)),
-    responses((status = 204, description = "Deleted"), (status = 404, body = ErrorEnvelope), (status = 409, body = ErrorEnvelope)))]
+    responses((status = 204, description = "Deleted"),
+        (status = 403, description = "No `role:manage`, a role the caller holds, or one carrying permissions the caller does not hold", body = ErrorEnvelope),
+        (status = 404, body = ErrorEnvelope), (status = 409, body = ErrorEnvelope)))]
 pub async fn delete(
     State(state): State<AppState>,
     Caller(caller): Caller,
@@ -220,6 +236,7 @@ pub async fn delete(
             role.name
         )));
     }
+    caller.guard_manage_role(&role)?;
     state.store.delete_role(&id).await?;
     state
         .audit_action(
@@ -240,9 +257,14 @@ pub struct SetPermissionsRequest {
     permissions: Vec<PermissionCode>,
 }
 
-/// Replaces a role's permissions. The admin role always keeps all of them.
+/// Replaces a role's permissions. The admin role always keeps all of them;
+/// other built-in roles change only by a superuser; nobody changes a role
+/// they hold, and every permission given (and taken) must be the caller's.
 #[utoipa::path(put, path = "/api/v1/roles/{id}/permissions", tag = "roles", security(("bearer" = [])), params(("id" = String, Path)), request_body = SetPermissionsRequest,
-    responses((status = 200, body = RoleDto), (status = 404, body = ErrorEnvelope), (status = 409, body = ErrorEnvelope), (status = 422, body = ErrorEnvelope)))]
+    responses((status = 200, body = RoleDto),
+        (status = 403, description = "No `role:manage`, a built-in role (superusers only), a role the caller holds, \
+            or permissions the caller does not hold", body = ErrorEnvelope),
+        (status = 404, body = ErrorEnvelope), (status = 409, body = ErrorEnvelope), (status = 422, body = ErrorEnvelope)))]
 pub async fn set_permissions(
     State(state): State<AppState>,
     Caller(caller): Caller,
@@ -257,7 +279,9 @@ pub async fn set_permissions(
             "the admin role always holds every permission".into(),
         ));
     }
+    caller.guard_manage_role(&role)?;
     let permissions = known_permissions(&state, req.permissions).await?;
+    caller.guard_holds_all(&permissions, "grant_permission", "you would grant")?;
     state.store.set_role_permissions(&id, &permissions).await?;
     state
         .audit_action(

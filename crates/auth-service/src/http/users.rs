@@ -1,5 +1,7 @@
 //! Users: create, list, read, update, enable/disable, reset password,
-//! assign roles, delete. Every endpoint needs `user:manage`.
+//! assign roles, delete. Every endpoint needs `user:manage`; changes are
+//! further bound by the rules in [`crate::access`]: nobody grants or
+//! manages privileges beyond their own.
 
 use axum::Json;
 use axum::extract::State;
@@ -121,8 +123,13 @@ pub struct CreateRequest {
     roles: Option<Vec<String>>,
 }
 
+/// Creates an account. The roles given must carry only permissions the
+/// caller holds, and only an admin grants the `admin` role (403 otherwise).
 #[utoipa::path(post, path = "/api/v1/users", tag = "users", security(("bearer" = [])), request_body = CreateRequest,
-    responses((status = 201, body = UserDto), (status = 409, body = ErrorEnvelope), (status = 422, body = ErrorEnvelope)))]
+    responses((status = 201, body = UserDto),
+        (status = 403, description = "No `user:manage`, or the roles carry permissions the caller does not hold", body = ErrorEnvelope),
+        (status = 409, body = ErrorEnvelope), (status = 422, body = ErrorEnvelope),
+        (status = 503, description = "Password hashing is saturated; see Retry-After", body = ErrorEnvelope)))]
 pub async fn create(
     State(state): State<AppState>,
     Caller(caller): Caller,
@@ -136,6 +143,7 @@ pub async fn create(
         ));
     }
     let roles = req.roles.unwrap_or_else(|| vec!["viewer".into()]);
+    caller.guard_grant_roles(&state.roles_by_name(&roles).await?)?;
     let id = state
         .create_user(CreateUser {
             username: req.username,
@@ -178,8 +186,12 @@ pub struct UpdateRequest {
     is_superuser: Option<bool>,
 }
 
+/// Updates an account the caller may manage (see the module rules: 403
+/// for an account holding permissions the caller does not).
 #[utoipa::path(patch, path = "/api/v1/users/{id}", tag = "users", security(("bearer" = [])), params(("id" = String, Path)), request_body = UpdateRequest,
-    responses((status = 200, body = UserDto), (status = 404, body = ErrorEnvelope), (status = 409, body = ErrorEnvelope)))]
+    responses((status = 200, body = UserDto),
+        (status = 403, description = "No `user:manage`, or the account holds privileges beyond the caller's", body = ErrorEnvelope),
+        (status = 404, body = ErrorEnvelope), (status = 409, body = ErrorEnvelope)))]
 pub async fn update(
     State(state): State<AppState>,
     Caller(caller): Caller,
@@ -198,6 +210,7 @@ pub async fn update(
             "you cannot remove your own superuser flag".into(),
         ));
     }
+    state.user_to_manage(&caller, &id).await?;
     let email = req
         .email
         .as_deref()
@@ -244,8 +257,11 @@ async fn guard_last_superuser(state: &AppState, id: &str) -> Result<()> {
     Ok(())
 }
 
+/// Deletes an account the caller may manage.
 #[utoipa::path(delete, path = "/api/v1/users/{id}", tag = "users", security(("bearer" = [])), params(("id" = String, Path)),
-    responses((status = 204, description = "Deleted"), (status = 404, body = ErrorEnvelope), (status = 409, body = ErrorEnvelope)))]
+    responses((status = 204, description = "Deleted"),
+        (status = 403, description = "No `user:manage`, or the account holds privileges beyond the caller's", body = ErrorEnvelope),
+        (status = 404, body = ErrorEnvelope), (status = 409, body = ErrorEnvelope)))]
 pub async fn delete(
     State(state): State<AppState>,
     Caller(caller): Caller,
@@ -256,6 +272,7 @@ pub async fn delete(
     if caller.user.id == id {
         return Err(Error::Conflict("you cannot delete your own account".into()));
     }
+    state.user_to_manage(&caller, &id).await?;
     guard_last_superuser(&state, &id).await?;
     if !state.store.delete_user(&id).await? {
         return Err(Error::NotFound(format!("no user with id {id:?}")));
@@ -266,8 +283,11 @@ pub async fn delete(
     Ok(StatusCode::NO_CONTENT)
 }
 
+/// Enables an account the caller may manage.
 #[utoipa::path(post, path = "/api/v1/users/{id}/enable", tag = "users", security(("bearer" = [])), params(("id" = String, Path)),
-    responses((status = 200, body = UserDto), (status = 404, body = ErrorEnvelope)))]
+    responses((status = 200, body = UserDto),
+        (status = 403, description = "No `user:manage`, or the account holds privileges beyond the caller's", body = ErrorEnvelope),
+        (status = 404, body = ErrorEnvelope)))]
 pub async fn enable(
     State(state): State<AppState>,
     Caller(caller): Caller,
@@ -275,6 +295,7 @@ pub async fn enable(
     Path(id): Path<String>,
 ) -> Result<Json<UserDto>> {
     caller.require(Permission::UserManage)?;
+    state.user_to_manage(&caller, &id).await?;
     if !state
         .store
         .set_user_active(&id, true, wf_common::now_millis())
@@ -288,9 +309,12 @@ pub async fn enable(
     load(&state, &id).await.map(Json)
 }
 
-/// Disables an account: it can no longer log in, and its tokens stop working.
+/// Disables an account the caller may manage: it can no longer log in, and
+/// its tokens stop working.
 #[utoipa::path(post, path = "/api/v1/users/{id}/disable", tag = "users", security(("bearer" = [])), params(("id" = String, Path)),
-    responses((status = 200, body = UserDto), (status = 404, body = ErrorEnvelope), (status = 409, body = ErrorEnvelope)))]
+    responses((status = 200, body = UserDto),
+        (status = 403, description = "No `user:manage`, or the account holds privileges beyond the caller's", body = ErrorEnvelope),
+        (status = 404, body = ErrorEnvelope), (status = 409, body = ErrorEnvelope)))]
 pub async fn disable(
     State(state): State<AppState>,
     Caller(caller): Caller,
@@ -303,6 +327,7 @@ pub async fn disable(
             "you cannot disable your own account".into(),
         ));
     }
+    state.user_to_manage(&caller, &id).await?;
     guard_last_superuser(&state, &id).await?;
     let now = wf_common::now_millis();
     if !state.store.set_user_active(&id, false, now).await? {
@@ -320,9 +345,12 @@ pub struct ResetPasswordRequest {
     new_password: String,
 }
 
-/// Sets a user's password; their sessions end.
+/// Sets the password of an account the caller may manage; its sessions end.
 #[utoipa::path(put, path = "/api/v1/users/{id}/password", tag = "users", security(("bearer" = [])), params(("id" = String, Path)), request_body = ResetPasswordRequest,
-    responses((status = 204, description = "Reset; the user's sessions end"), (status = 404, body = ErrorEnvelope), (status = 422, body = ErrorEnvelope)))]
+    responses((status = 204, description = "Reset; the user's sessions end"),
+        (status = 403, description = "No `user:manage`, or the account holds privileges beyond the caller's", body = ErrorEnvelope),
+        (status = 404, body = ErrorEnvelope), (status = 422, body = ErrorEnvelope),
+        (status = 503, description = "Password hashing is saturated; see Retry-After", body = ErrorEnvelope)))]
 pub async fn reset_password(
     State(state): State<AppState>,
     Caller(caller): Caller,
@@ -332,16 +360,7 @@ pub async fn reset_password(
 ) -> Result<StatusCode> {
     caller.require(Permission::UserManage)?;
     let new = NewPassword::parse(req.new_password).map_err(Error::Validation)?;
-    let target = state
-        .store
-        .get_user(&id)
-        .await?
-        .ok_or_else(|| Error::NotFound(format!("no user with id {id:?}")))?;
-    if target.is_superuser && !caller.user.is_superuser {
-        return Err(Error::Forbidden(
-            "only a superuser can reset a superuser's password".into(),
-        ));
-    }
+    state.user_to_manage(&caller, &id).await?;
     let hash = state.hasher.hash(new.expose().to_string()).await?;
     let now = wf_common::now_millis();
     state.store.set_password(&id, &hash, now).await?;
@@ -359,9 +378,14 @@ pub struct SetRolesRequest {
     roles: Vec<String>,
 }
 
-/// Replaces a user's roles.
+/// Replaces the roles of an account the caller may manage. Nobody changes
+/// their own roles; the new roles must carry only permissions the caller
+/// holds, and only an admin grants the `admin` role.
 #[utoipa::path(put, path = "/api/v1/users/{id}/roles", tag = "users", security(("bearer" = [])), params(("id" = String, Path)), request_body = SetRolesRequest,
-    responses((status = 200, body = UserDto), (status = 404, body = ErrorEnvelope), (status = 422, body = ErrorEnvelope)))]
+    responses((status = 200, body = UserDto),
+        (status = 403, description = "No `user:manage`, the caller's own account, an account holding privileges beyond \
+            the caller's, or roles carrying permissions the caller does not hold", body = ErrorEnvelope),
+        (status = 404, body = ErrorEnvelope), (status = 422, body = ErrorEnvelope)))]
 pub async fn set_roles(
     State(state): State<AppState>,
     Caller(caller): Caller,
@@ -370,18 +394,11 @@ pub async fn set_roles(
     extract::Json(req): extract::Json<SetRolesRequest>,
 ) -> Result<Json<UserDto>> {
     caller.require(Permission::UserManage)?;
-    if state.store.get_user(&id).await?.is_none() {
-        return Err(Error::NotFound(format!("no user with id {id:?}")));
-    }
-    let role_ids = state.role_ids_by_name(&req.roles).await?;
-    if req.roles.iter().any(|r| r.eq_ignore_ascii_case("admin"))
-        && !caller.user.is_superuser
-        && !caller.roles.iter().any(|r| r.name == "admin")
-    {
-        return Err(Error::Forbidden(
-            "only an admin can grant the admin role".into(),
-        ));
-    }
+    state.user_to_manage(&caller, &id).await?;
+    caller.guard_not_self(&id)?;
+    let roles = state.roles_by_name(&req.roles).await?;
+    caller.guard_grant_roles(&roles)?;
+    let role_ids: Vec<String> = roles.into_iter().map(|r| r.id).collect();
     state.store.set_user_roles(&id, &role_ids).await?;
     state
         .audit_action(

@@ -60,35 +60,109 @@ async fn wrong_password_and_unknown_user_get_the_same_401() {
     assert!(reasons.contains(&"bad_password") && reasons.contains(&"unknown_user"));
 }
 
+/// A login attempt from `ip` (the test client is a trusted proxy).
+async fn login_from(app: &TestApp, ip: &str, user: &str, password: &str) -> reqwest::Response {
+    app.client
+        .post(app.url("/api/v1/auth/login"))
+        .header("x-forwarded-for", ip)
+        .json(&json!({ "username": user, "password": password }))
+        .send()
+        .await
+        .unwrap()
+}
+
 #[tokio::test]
-async fn repeated_failures_for_one_account_are_throttled() {
+async fn failures_slow_down_the_failing_client_only() {
     let app = TestApp::builder().throttle(3, 100).spawn().await;
     app.create_user("mallory-target", "right-password", &["viewer"])
         .await;
-    for _ in 0..3 {
+    // A username and its e-mail count as one account: 2 + 1 failures.
+    for login in [
+        "mallory-target",
+        "Mallory-Target",
+        "mallory-target@example.com",
+    ] {
         assert_eq!(
-            app.login("mallory-target", "guess").await.status(),
+            app.login(login, "guess").await.status(),
             StatusCode::UNAUTHORIZED
         );
     }
-    // Even the right password is refused while the account is throttled.
+    assert_eq!(
+        app.login("mallory-target@example.com", "guess")
+            .await
+            .status(),
+        StatusCode::TOO_MANY_REQUESTS
+    );
+    // The failing client waits, even with the right password...
     let resp = app.login("mallory-target", "right-password").await;
     let retry_after: u64 = resp.headers()["retry-after"]
         .to_str()
         .unwrap()
         .parse()
         .unwrap();
-    assert!((1..=600).contains(&retry_after));
+    assert!((1..=60).contains(&retry_after));
     assert_error(resp, StatusCode::TOO_MANY_REQUESTS, "rate_limited").await;
-    // Other accounts are unaffected.
+    // ...but the account is not locked: a client that has not been
+    // failing logs in with the right password.
+    assert_eq!(
+        login_from(&app, "198.51.100.20", "mallory-target", "right-password")
+            .await
+            .status(),
+        StatusCode::OK
+    );
+    // Other accounts are unaffected from the failing client too.
     assert_eq!(
         app.login("admin", ADMIN_PASSWORD).await.status(),
         StatusCode::OK
     );
     let throttled = app.audit("auth.login_throttled").await;
-    assert_eq!(throttled.len(), 1);
+    assert_eq!(throttled.len(), 2);
     assert_eq!(throttled[0]["actor_username"], "mallory-target");
-    assert_eq!(throttled[0]["details"]["limit"], "account");
+    assert_eq!(throttled[0]["details"]["limit"], "account_client");
+}
+
+#[tokio::test]
+async fn forwarded_addresses_count_only_from_trusted_proxies() {
+    // The test client (127.0.0.1) is not a trusted proxy here: its
+    // X-Forwarded-For is ignored, so rotating it does not escape the limit.
+    let app = TestApp::builder()
+        .throttle(100, 5)
+        .trusted_proxies(&["10.0.0.0/8"])
+        .spawn()
+        .await;
+    for i in 0..5 {
+        assert_eq!(
+            login_from(&app, &format!("203.0.113.{i}"), &format!("u{i}"), "guess")
+                .await
+                .status(),
+            StatusCode::UNAUTHORIZED
+        );
+    }
+    assert_eq!(
+        login_from(&app, "203.0.113.99", "u99", "guess")
+            .await
+            .status(),
+        StatusCode::TOO_MANY_REQUESTS
+    );
+    let failures = app.audit("auth.login_failed").await;
+    assert!(failures.iter().all(|f| f["client_ip"] == "127.0.0.1"));
+
+    // A trusted range (CIDR) is believed.
+    let app = TestApp::builder()
+        .throttle(100, 5)
+        .trusted_proxies(&["127.0.0.0/8"])
+        .spawn()
+        .await;
+    for i in 0..8 {
+        assert_eq!(
+            login_from(&app, &format!("203.0.113.{i}"), &format!("u{i}"), "guess")
+                .await
+                .status(),
+            StatusCode::UNAUTHORIZED
+        );
+    }
+    let failures = app.audit("auth.login_failed").await;
+    assert!(failures.iter().any(|f| f["client_ip"] == "203.0.113.7"));
 }
 
 #[tokio::test]

@@ -4,7 +4,7 @@
 
 use std::sync::Arc;
 
-use auth_service::{Application, Config, LoginThrottleConfig, PasswordHashing};
+use auth_service::{Application, Config, HashingLimit, LoginThrottleConfig, PasswordHashing};
 use reqwest::{Method, Response, StatusCode};
 use serde_json::{Value, json};
 use wf_common::jwt::SigningKey;
@@ -31,12 +31,32 @@ pub struct TestAppBuilder {
 }
 
 impl TestAppBuilder {
-    pub fn throttle(mut self, per_account: usize, per_client: usize) -> Self {
+    /// `free` failures per (account, client) before a 60 s delay; at most
+    /// `per_client` failures per client.
+    pub fn throttle(mut self, free: usize, per_client: usize) -> Self {
         self.config.login_throttle = LoginThrottleConfig {
-            max_failures_per_account: per_account,
+            failures_before_delay: free,
+            delay_base_secs: 60,
+            delay_max_secs: 600,
             max_failures_per_client: per_client,
             window_secs: 600,
         };
+        self
+    }
+
+    pub fn hashing(mut self, hashing: PasswordHashing, limit: HashingLimit) -> Self {
+        self.config.password_hashing = hashing;
+        self.config.password_hashing_limit = limit;
+        self
+    }
+
+    pub fn refresh_grace(mut self, secs: i64) -> Self {
+        self.config.refresh_reuse_grace_secs = secs;
+        self
+    }
+
+    pub fn trusted_proxies(mut self, ranges: &[&str]) -> Self {
+        self.config.trusted_proxies = ranges.iter().map(|r| r.parse().expect("range")).collect();
         self
     }
 

@@ -2,7 +2,9 @@
 
 mod helpers;
 
+mod access;
 mod auth;
+mod flood;
 mod grpc;
 mod migrations;
 mod permissions;

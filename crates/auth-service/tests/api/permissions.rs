@@ -19,14 +19,17 @@ const ALL: [&str; 9] = [
 ];
 
 /// Method, path, body and the permissions that allow it. `{user}` and
-/// `{role}` are replaced by a fresh user and role for each call, `{n}` by a
+/// `{role}` are replaced by a fresh user and role (holding nothing, so that
+/// the single-permission holders may manage them) for each call, `{n}` by a
 /// unique number.
 const ENDPOINTS: &[(&str, &str, Option<&str>, &[&str])] = &[
     ("GET", "/api/v1/users", None, &["user:manage"]),
     (
         "POST",
         "/api/v1/users",
-        Some(r#"{"username":"new{n}","email":"new{n}@example.com","password":"password-{n}"}"#),
+        Some(
+            r#"{"username":"new{n}","email":"new{n}@example.com","password":"password-{n}","roles":[]}"#,
+        ),
         &["user:manage"],
     ),
     ("GET", "/api/v1/users/{user}", None, &["user:manage"]),
@@ -58,7 +61,7 @@ const ENDPOINTS: &[(&str, &str, Option<&str>, &[&str])] = &[
     (
         "PUT",
         "/api/v1/users/{user}/roles",
-        Some(r#"{"roles":["viewer"]}"#),
+        Some(r#"{"roles":[]}"#),
         &["user:manage"],
     ),
     (
@@ -88,7 +91,7 @@ const ENDPOINTS: &[(&str, &str, Option<&str>, &[&str])] = &[
     (
         "PUT",
         "/api/v1/roles/{role}/permissions",
-        Some(r#"{"permissions":["device:read"]}"#),
+        Some(r#"{"permissions":[]}"#),
         &["role:manage"],
     ),
     ("DELETE", "/api/v1/roles/{role}", None, &["role:manage"]),
@@ -119,7 +122,7 @@ impl Fixture<'_> {
         if path.contains("{user}") {
             let id = self
                 .app
-                .create_user(&format!("target{}", self.n), "target-password", &["viewer"])
+                .create_user(&format!("target{}", self.n), "target-password", &[])
                 .await;
             path = path.replace("{user}", &id);
         }

@@ -131,7 +131,7 @@ async fn refresh(app: &TestApp, token: &Value) -> reqwest::Response {
 
 #[tokio::test]
 async fn refresh_rotates_and_reuse_revokes_the_family() {
-    let app = TestApp::spawn().await;
+    let app = TestApp::builder().refresh_grace(0).spawn().await;
     let first = app.login_tokens("admin", ADMIN_PASSWORD).await;
     let other_session = app.login_tokens("admin", ADMIN_PASSWORD).await;
 
@@ -176,8 +176,8 @@ async fn refresh_rotates_and_reuse_revokes_the_family() {
 }
 
 #[tokio::test]
-async fn concurrent_use_of_one_refresh_token_yields_one_pair() {
-    let app = TestApp::spawn().await;
+async fn without_a_grace_window_concurrent_use_yields_one_pair() {
+    let app = TestApp::builder().refresh_grace(0).spawn().await;
     let tokens = app.login_tokens("admin", ADMIN_PASSWORD).await;
     let attempts = (0..6).map(|_| refresh(&app, &tokens["refresh_token"]));
     let statuses: Vec<StatusCode> = futures_util::future::join_all(attempts)
@@ -213,5 +213,76 @@ async fn an_expired_access_token_is_refused_and_refresh_still_works() {
     assert_eq!(
         refresh(&app, &tokens["refresh_token"]).await.status(),
         StatusCode::OK
+    );
+}
+
+#[tokio::test]
+async fn parallel_refreshes_within_the_grace_window_keep_the_session() {
+    let app = TestApp::spawn().await;
+    let tokens = app.login_tokens("admin", ADMIN_PASSWORD).await;
+    let attempts = (0..10).map(|_| refresh(&app, &tokens["refresh_token"]));
+    let responses = futures_util::future::join_all(attempts).await;
+    let mut pairs = Vec::new();
+    for resp in responses {
+        assert_eq!(resp.status(), StatusCode::OK);
+        pairs.push(resp.json::<Value>().await.unwrap());
+    }
+    // Nothing was revoked: every pair works, access and refresh.
+    for pair in &pairs {
+        assert_eq!(
+            app.get("/api/v1/auth/me", pair["access_token"].as_str().unwrap())
+                .await
+                .status(),
+            StatusCode::OK
+        );
+        assert_eq!(
+            refresh(&app, &pair["refresh_token"]).await.status(),
+            StatusCode::OK
+        );
+    }
+    assert!(app.audit("auth.refresh_reuse").await.is_empty());
+}
+
+#[tokio::test]
+async fn reuse_after_the_grace_window_still_revokes_the_family() {
+    let app = TestApp::builder().refresh_grace(1).spawn().await;
+    let first = app.login_tokens("admin", ADMIN_PASSWORD).await;
+    let resp = refresh(&app, &first["refresh_token"]).await;
+    assert_eq!(resp.status(), StatusCode::OK);
+    let second: Value = resp.json().await.unwrap();
+    tokio::time::sleep(std::time::Duration::from_millis(2100)).await;
+    assert_eq!(
+        refresh(&app, &first["refresh_token"]).await.status(),
+        StatusCode::UNAUTHORIZED
+    );
+    assert_eq!(
+        refresh(&app, &second["refresh_token"]).await.status(),
+        StatusCode::UNAUTHORIZED
+    );
+    assert_eq!(app.audit("auth.refresh_reuse").await.len(), 1);
+}
+
+#[tokio::test]
+async fn a_logged_out_token_gets_no_grace() {
+    let app = TestApp::spawn().await;
+    let first = app.login_tokens("admin", ADMIN_PASSWORD).await;
+    let second: Value = refresh(&app, &first["refresh_token"])
+        .await
+        .json()
+        .await
+        .unwrap();
+    let resp = app
+        .request(
+            Method::POST,
+            "/api/v1/auth/logout",
+            None,
+            Some(json!({ "refresh_token": second["refresh_token"] })),
+        )
+        .await;
+    assert_eq!(resp.status(), StatusCode::NO_CONTENT);
+    // Within the grace window, but the family is revoked.
+    assert_eq!(
+        refresh(&app, &first["refresh_token"]).await.status(),
+        StatusCode::UNAUTHORIZED
     );
 }

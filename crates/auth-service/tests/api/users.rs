@@ -332,7 +332,7 @@ async fn administrators_cannot_lock_themselves_out() {
     let resp = app
         .post(&format!("/api/v1/users/{my_id}/disable"), &judy, json!({}))
         .await;
-    assert_error(resp, StatusCode::CONFLICT, "conflict").await;
+    assert_error(resp, StatusCode::FORBIDDEN, "forbidden").await;
     let resp = app
         .post("/api/v1/users", &judy, json!({ "username": "root2", "email": "root2@example.com", "password": "password-1", "is_superuser": true }))
         .await;

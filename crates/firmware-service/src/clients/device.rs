@@ -34,6 +34,9 @@ pub struct DeviceQuery {
     pub ids: Vec<String>,
     pub tag: String,
     pub device_type: String,
+    /// Only this owner's devices (device-service's visibility rule for a
+    /// caller who is not an admin); `None` for every owner.
+    pub owner_id: Option<String>,
 }
 
 /// device-service: the registry rollouts are resolved against, and device
@@ -87,7 +90,7 @@ impl DeviceClient {
                         device_ids: ids.clone(),
                         tag: query.tag.clone(),
                         device_type: query.device_type.clone(),
-                        owner_id: String::new(),
+                        owner_id: query.owner_id.clone().unwrap_or_default(),
                         page_size: PAGE,
                         page_token: std::mem::take(&mut page_token),
                     })

@@ -4,9 +4,13 @@
 //! - a device holding a download link from its OTA notification
 //!   (`?token=…`, bound to the device, the image and an expiry),
 //! - a device presenting its own credentials (HTTP Basic
-//!   `device_id:secret`, checked by device-service) for an image of its
-//!   device type, or
+//!   `device_id:secret`, checked by device-service), or
 //! - a user with `firmware:read` (bearer token).
+//!
+//! A device (by link or by credentials) downloads only an image it has an
+//! open execution for: a rollout or upgrade task installing that image on
+//! it that is not finished or canceled. Canceling the task therefore
+//! revokes its links at once, whatever their expiry.
 
 use axum::body::Body;
 use axum::extract::State;
@@ -104,11 +108,38 @@ impl Downloader {
     }
 }
 
+/// Refuses a device's download of an image it has no open execution for.
+async fn require_open_execution(
+    state: &AppState,
+    device_id: &str,
+    firmware_id: &str,
+    how: &'static str,
+) -> Result<()> {
+    if state
+        .store
+        .device_has_open_execution(device_id, firmware_id)
+        .await?
+    {
+        return Ok(());
+    }
+    metrics::counter!("wf_firmware_downloads_refused_total", "reason" => "no_open_execution", "by" => how)
+        .increment(1);
+    tracing::warn!(
+        device_id,
+        firmware_id,
+        by = how,
+        "refused: a device download without an open upgrade"
+    );
+    Err(Error::Forbidden(
+        "this device has no open upgrade to this image (finished, canceled or never assigned)"
+            .into(),
+    ))
+}
+
 async fn authorize(
     state: &AppState,
     parts: &mut Parts,
     firmware_id: &str,
-    device_type: Option<&str>,
     token: Option<&str>,
 ) -> Result<Downloader> {
     if let Some(token) = token {
@@ -116,6 +147,7 @@ async fn authorize(
             .links
             .verify(firmware_id, token, chrono::Utc::now().timestamp())
             .map_err(Error::Forbidden)?;
+        require_open_execution(state, &grant.device_id, firmware_id, "link").await?;
         return Ok(Downloader::Link(grant.device_id));
     }
     let basic = parts
@@ -138,15 +170,8 @@ async fn authorize(
         if !state.devices.authenticate(device_id, secret).await? {
             return Err(refused());
         }
-        let device = state.devices.get(device_id).await?.ok_or_else(refused)?;
-        if let Some(t) = device_type
-            && device.device_type != t
-        {
-            return Err(Error::Forbidden(format!(
-                "this firmware is for {t:?} devices"
-            )));
-        }
-        return Ok(Downloader::Device(device.id));
+        require_open_execution(state, device_id, firmware_id, "device").await?;
+        return Ok(Downloader::Device(device_id.to_string()));
     }
     if bearer(parts).is_some() {
         let caller =
@@ -164,8 +189,10 @@ async fn authorize(
 
 /// The image, whole (200) or one byte range (`Range: bytes=…`, 206; 416
 /// when it lies past the end). Authorized by the signed link in `token`,
-/// by a device's own credentials (HTTP Basic `device_id:secret`, for an
-/// image of its device type), or by a bearer token with `firmware:read`.
+/// by a device's own credentials (HTTP Basic `device_id:secret`), or by a
+/// bearer token with `firmware:read`. A device (link or credentials) gets
+/// only an image it has an open rollout execution or upgrade task for; a
+/// link stops working as soon as its task is canceled or finished.
 #[utoipa::path(get, path = "/api/v1/firmware/{id}/download", operation_id = "download_firmware", tag = "firmware",
     security((), ("device_basic" = []), ("bearer" = [])),
     params(
@@ -189,8 +216,8 @@ async fn authorize(
                 ("Content-Length" = u64),
             )),
         (status = 401, description = "No or refused credentials", body = ErrorEnvelope),
-        (status = 403, description = "The link is invalid or expired, the device is of another type, \
-            or the user lacks `firmware:read`", body = ErrorEnvelope),
+        (status = 403, description = "The link is invalid or expired, the device has no open upgrade to this image \
+            (never assigned, finished or canceled), or the user lacks `firmware:read`", body = ErrorEnvelope),
         (status = 404, body = ErrorEnvelope),
         (status = 416, description = "The range starts past the end of the image", body = ErrorEnvelope,
             headers(("Content-Range" = String, description = "`bytes */size`"))),
@@ -204,8 +231,7 @@ pub async fn download(
 ) -> Result<Response> {
     // Unknown ids are answered after authorization, so they reveal nothing.
     let firmware = state.store.get_firmware(&id).await?;
-    let device_type = firmware.as_ref().map(|f| f.device_type.as_str());
-    let who = authorize(&state, &mut parts, &id, device_type, q.token.as_deref()).await?;
+    let who = authorize(&state, &mut parts, &id, q.token.as_deref()).await?;
     let Some(firmware) = firmware else {
         return Err(Error::NotFound(format!("no firmware with id {id:?}")));
     };

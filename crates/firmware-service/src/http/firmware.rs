@@ -473,13 +473,15 @@ pub async fn get(
 }
 
 /// Deletes an image and its file; refused with 409 while a rollout or
-/// upgrade task still uses it. Requires `firmware:write`.
+/// upgrade task still uses it. Images are a shared catalogue: every holder
+/// of `firmware:read` reads them, but only their uploader or an admin
+/// deletes one. Requires `firmware:write`.
 #[utoipa::path(delete, path = "/api/v1/firmware/{id}", operation_id = "delete_firmware", tag = "firmware", security(("bearer" = [])),
     params(("id" = String, Path, description = "The firmware id")),
     responses(
         (status = 204, description = "Deleted, with its file"),
         (status = 401, body = ErrorEnvelope),
-        (status = 403, body = ErrorEnvelope),
+        (status = 403, description = "No `firmware:write`, or another user's image (only its uploader or an admin deletes it)", body = ErrorEnvelope),
         (status = 404, body = ErrorEnvelope),
         (status = 409, description = "A rollout or upgrade task still uses it", body = ErrorEnvelope),
         (status = 503, body = ErrorEnvelope),
@@ -493,6 +495,13 @@ pub async fn delete(
     let Some(firmware) = state.store.get_firmware(&id).await? else {
         return Err(Error::NotFound(format!("no firmware with id {id:?}")));
     };
+    if !caller.owns(&firmware.created_by) {
+        metrics::counter!("wf_firmware_refused_total", "reason" => "not_owner").increment(1);
+        tracing::warn!(firmware_id = %id, by = %caller.username, "refused: deleting another user's firmware");
+        return Err(Error::Forbidden(
+            "only the image's uploader or an admin can delete it".into(),
+        ));
+    }
     if !state.store.delete_firmware(&id).await? {
         return Err(Error::NotFound(format!("no firmware with id {id:?}")));
     }

@@ -1,6 +1,12 @@
 //! Rollouts: create (targets resolved through device-service), list, read
 //! with counts per state, pause / resume / cancel, and their executions
 //! with each one's history.
+//!
+//! Ownership: a rollout (and an upgrade task) belongs to its creator and is
+//! seen and controlled by them and by admins only; another owner's is
+//! answered 404. Targets resolve through device-service with the caller's
+//! visibility (an admin reaches every device, anyone else their own), so a
+//! device of another owner is answered exactly like an unknown id.
 
 use std::collections::{BTreeMap, HashSet};
 
@@ -318,16 +324,24 @@ fn validate_knobs(spec: &Spec) -> Result<()> {
     Ok(())
 }
 
-/// Resolves the target to device ids through device-service. Explicit ids
-/// must all exist and be of the firmware's type; tags and types select
-/// devices of the firmware's type.
-async fn resolve(state: &AppState, target: &Target, device_type: &str) -> Result<Vec<String>> {
+/// Resolves the target to device ids through device-service, among the
+/// devices the caller may see. Explicit ids must all be visible and of the
+/// firmware's type (another owner's device is reported like an unknown
+/// one); tags and types select visible devices of the firmware's type.
+async fn resolve(
+    state: &AppState,
+    caller: &Caller,
+    target: &Target,
+    device_type: &str,
+) -> Result<Vec<String>> {
+    let owner_id = caller.owner_filter().map(str::to_string);
     match target {
         Target::DeviceIds(ids) => {
             let found = state
                 .devices
                 .list_all(&DeviceQuery {
                     ids: ids.clone(),
+                    owner_id,
                     ..DeviceQuery::default()
                 })
                 .await?;
@@ -371,6 +385,7 @@ async fn resolve(state: &AppState, target: &Target, device_type: &str) -> Result
             .list_all(&DeviceQuery {
                 tag: tag.clone(),
                 device_type: device_type.to_string(),
+                owner_id,
                 ..DeviceQuery::default()
             })
             .await?
@@ -387,6 +402,7 @@ async fn resolve(state: &AppState, target: &Target, device_type: &str) -> Result
                 .devices
                 .list_all(&DeviceQuery {
                     device_type: t.clone(),
+                    owner_id,
                     ..DeviceQuery::default()
                 })
                 .await?
@@ -418,7 +434,7 @@ pub async fn create_rollout(
             .max(now),
         None => now,
     };
-    let devices = resolve(state, &spec.target, &firmware.device_type).await?;
+    let devices = resolve(state, caller, &spec.target, &firmware.device_type).await?;
     if devices.is_empty() {
         return Err(Error::Validation(format!(
             "the target matches no {:?} device",
@@ -516,8 +532,8 @@ pub async fn create_rollout(
         (status = 409, description = "The devices are being upgraded by another rollout or upgrade task", body = ErrorEnvelope),
         (status = 413, body = ErrorEnvelope),
         (status = 415, description = "Not application/json", body = ErrorEnvelope),
-        (status = 422, description = "An invalid field, an unknown firmware or device, a device of another type, \
-            or a target matching no device", body = ErrorEnvelope),
+        (status = 422, description = "An invalid field, an unknown firmware, a device that is unknown or another \
+            owner's (answered alike), a device of another type, or a target matching no device of the caller's", body = ErrorEnvelope),
         (status = 503, body = ErrorEnvelope),
     ))]
 pub async fn create(
@@ -598,7 +614,8 @@ pub struct ListQuery {
 }
 
 /// Rollouts, newest first (upgrade tasks are listed under
-/// `/api/v1/upgrade-tasks`). Requires `firmware:read`.
+/// `/api/v1/upgrade-tasks`): the caller's own, every owner's for admins.
+/// Requires `firmware:read`.
 #[utoipa::path(get, path = "/api/v1/rollouts", operation_id = "list_rollouts", tag = "rollouts", security(("bearer" = [])), params(ListQuery),
     responses(
         (status = 200, body = Paged<RolloutDto>),
@@ -625,7 +642,7 @@ pub async fn list(
     };
     let (rollouts, total) = state
         .store
-        .list_rollouts(KIND_ROLLOUT, filter, limit, offset)
+        .list_rollouts(KIND_ROLLOUT, filter, caller.owner_filter(), limit, offset)
         .await?;
     let ids: Vec<String> = rollouts.iter().map(|r| r.id.clone()).collect();
     let mut counts = state.store.counts_of(&ids).await?;
@@ -643,9 +660,11 @@ pub async fn list(
     }))
 }
 
-async fn load(state: &AppState, id: &str) -> Result<RolloutRecord> {
+/// A rollout the caller may see: another owner's is answered like an
+/// unknown one.
+async fn load(state: &AppState, caller: &Caller, id: &str) -> Result<RolloutRecord> {
     match state.store.get_rollout(id).await? {
-        Some(r) if r.kind == KIND_ROLLOUT => Ok(r),
+        Some(r) if r.kind == KIND_ROLLOUT && caller.owns(&r.created_by) => Ok(r),
         _ => Err(Error::NotFound(format!("no rollout with id {id:?}"))),
     }
 }
@@ -663,7 +682,7 @@ async fn dto(state: &AppState, rollout: RolloutRecord) -> Result<Json<RolloutDto
         (status = 200, body = RolloutDto),
         (status = 401, body = ErrorEnvelope),
         (status = 403, body = ErrorEnvelope),
-        (status = 404, body = ErrorEnvelope),
+        (status = 404, description = "No such rollout among the caller's (another owner's is answered alike)", body = ErrorEnvelope),
         (status = 503, body = ErrorEnvelope),
     ))]
 pub async fn get(
@@ -672,25 +691,26 @@ pub async fn get(
     Path(id): Path<String>,
 ) -> Result<Json<RolloutDto>> {
     caller.require(&state, Permission::Read).await?;
-    let rollout = load(&state, &id).await?;
+    let rollout = load(&state, &caller, &id).await?;
     dto(&state, rollout).await
 }
 
 /// Moves a rollout by `step`, re-reading it once if it changed meanwhile.
 async fn control(
     state: &AppState,
+    caller: &Caller,
     id: &str,
     step: impl Fn(&RolloutRecord) -> Result<RolloutState, String>,
 ) -> Result<(RolloutRecord, RolloutRecord)> {
     for _ in 0..3 {
-        let current = load(state, id).await?;
+        let current = load(state, caller, id).await?;
         let next = step(&current).map_err(Error::Conflict)?;
         if state
             .store
             .set_rollout_state(id, current.state, next, None, wf_common::now_millis())
             .await?
         {
-            let updated = load(state, id).await?;
+            let updated = load(state, caller, id).await?;
             return Ok((current, updated));
         }
     }
@@ -707,7 +727,7 @@ async fn control(
         (status = 200, description = "Paused", body = RolloutDto),
         (status = 401, body = ErrorEnvelope),
         (status = 403, body = ErrorEnvelope),
-        (status = 404, body = ErrorEnvelope),
+        (status = 404, description = "No such rollout among the caller's (another owner's is answered alike)", body = ErrorEnvelope),
         (status = 409, description = "Only a scheduled or running rollout can be paused", body = ErrorEnvelope),
         (status = 503, body = ErrorEnvelope),
     ))]
@@ -717,7 +737,7 @@ pub async fn pause(
     Path(id): Path<String>,
 ) -> Result<Json<RolloutDto>> {
     caller.require(&state, Permission::Deploy).await?;
-    let (_, rollout) = control(&state, &id, |r| r.state.pause()).await?;
+    let (_, rollout) = control(&state, &caller, &id, |r| r.state.pause()).await?;
     tracing::info!(rollout_id = %id, by = %caller.username, "rollout paused");
     dto(&state, rollout).await
 }
@@ -730,7 +750,7 @@ pub async fn pause(
         (status = 200, description = "Resumed", body = RolloutDto),
         (status = 401, body = ErrorEnvelope),
         (status = 403, body = ErrorEnvelope),
-        (status = 404, body = ErrorEnvelope),
+        (status = 404, description = "No such rollout among the caller's (another owner's is answered alike)", body = ErrorEnvelope),
         (status = 409, description = "Only a paused rollout can be resumed", body = ErrorEnvelope),
         (status = 503, body = ErrorEnvelope),
     ))]
@@ -740,7 +760,7 @@ pub async fn resume(
     Path(id): Path<String>,
 ) -> Result<Json<RolloutDto>> {
     caller.require(&state, Permission::Deploy).await?;
-    let (_, rollout) = control(&state, &id, |r| {
+    let (_, rollout) = control(&state, &caller, &id, |r| {
         r.state.resume(r.start_at <= wf_common::now_millis())
     })
     .await?;
@@ -757,7 +777,7 @@ pub async fn resume(
         (status = 200, description = "Canceled", body = RolloutDto),
         (status = 401, body = ErrorEnvelope),
         (status = 403, body = ErrorEnvelope),
-        (status = 404, body = ErrorEnvelope),
+        (status = 404, description = "No such rollout among the caller's (another owner's is answered alike)", body = ErrorEnvelope),
         (status = 409, description = "The rollout is finished already", body = ErrorEnvelope),
         (status = 503, body = ErrorEnvelope),
     ))]
@@ -767,7 +787,7 @@ pub async fn cancel(
     Path(id): Path<String>,
 ) -> Result<Json<RolloutDto>> {
     caller.require(&state, Permission::Deploy).await?;
-    control(&state, &id, |r| r.state.cancel()).await?;
+    control(&state, &caller, &id, |r| r.state.cancel()).await?;
     let canceled = state
         .store
         .cancel_queued(
@@ -778,7 +798,7 @@ pub async fn cancel(
         )
         .await?;
     tracing::info!(rollout_id = %id, by = %caller.username, canceled, "rollout canceled");
-    let rollout = load(&state, &id).await?;
+    let rollout = load(&state, &caller, &id).await?;
     dto(&state, rollout).await
 }
 
@@ -804,7 +824,7 @@ pub struct ExecutionsQuery {
         (status = 400, description = "A query parameter is not of its type", body = ErrorEnvelope),
         (status = 401, body = ErrorEnvelope),
         (status = 403, body = ErrorEnvelope),
-        (status = 404, body = ErrorEnvelope),
+        (status = 404, description = "No such rollout among the caller's (another owner's is answered alike)", body = ErrorEnvelope),
         (status = 422, description = "An unknown state, or limit or offset out of range", body = ErrorEnvelope),
         (status = 503, body = ErrorEnvelope),
     ))]
@@ -815,7 +835,7 @@ pub async fn executions(
     Query(q): Query<ExecutionsQuery>,
 ) -> Result<Json<Paged<ExecutionDto>>> {
     caller.require(&state, Permission::Read).await?;
-    load(&state, &id).await?;
+    load(&state, &caller, &id).await?;
     let (limit, offset) = page(q.limit, q.offset)?;
     let filter =
         match q.state.as_deref().filter(|s| !s.is_empty()) {
@@ -843,7 +863,7 @@ pub async fn executions(
         (status = 200, body = ExecutionDto),
         (status = 401, body = ErrorEnvelope),
         (status = 403, body = ErrorEnvelope),
-        (status = 404, body = ErrorEnvelope),
+        (status = 404, description = "No such rollout among the caller's (another owner's is answered alike)", body = ErrorEnvelope),
         (status = 503, body = ErrorEnvelope),
     ))]
 pub async fn execution(
@@ -852,6 +872,7 @@ pub async fn execution(
     Path((id, execution_id)): Path<(String, String)>,
 ) -> Result<Json<ExecutionDto>> {
     caller.require(&state, Permission::Read).await?;
+    load(&state, &caller, &id).await?;
     let task = match state.store.get_task(&execution_id).await? {
         Some(t) if t.rollout_id == id => t,
         _ => {

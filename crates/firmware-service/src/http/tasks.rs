@@ -1,5 +1,6 @@
 //! Single-device upgrade tasks: a one-device rollout, addressed by its
-//! execution's id (the `task_id` the device sees).
+//! execution's id (the `task_id` the device sees). Owned like rollouts:
+//! seen and canceled by their creator and by admins only.
 
 use axum::Json;
 use axum::extract::State;
@@ -109,14 +110,16 @@ pub struct CreateRequest {
     start_at: Option<String>,
 }
 
-async fn load(state: &AppState, id: &str) -> Result<(TaskRecord, RolloutRecord)> {
+/// A task the caller may see: another owner's is answered like an unknown
+/// one.
+async fn load(state: &AppState, caller: &Caller, id: &str) -> Result<(TaskRecord, RolloutRecord)> {
     let not_found = || Error::NotFound(format!("no upgrade task with id {id:?}"));
     let task = state.store.get_task(id).await?.ok_or_else(not_found)?;
     let rollout = state
         .store
         .get_rollout(&task.rollout_id)
         .await?
-        .filter(|r| r.kind == KIND_TASK)
+        .filter(|r| r.kind == KIND_TASK && caller.owns(&r.created_by))
         .ok_or_else(not_found)?;
     Ok((task, rollout))
 }
@@ -134,7 +137,8 @@ async fn load(state: &AppState, id: &str) -> Result<(TaskRecord, RolloutRecord)>
         (status = 409, description = "Another rollout or upgrade task is upgrading the device", body = ErrorEnvelope),
         (status = 413, body = ErrorEnvelope),
         (status = 415, description = "Not application/json", body = ErrorEnvelope),
-        (status = 422, description = "An invalid field, an unknown firmware or device, or a device of another type", body = ErrorEnvelope),
+        (status = 422, description = "An invalid field, an unknown firmware, a device that is unknown or another owner's \
+            (answered alike), or a device of another type", body = ErrorEnvelope),
         (status = 503, body = ErrorEnvelope),
     ))]
 pub async fn create(
@@ -186,7 +190,8 @@ pub struct ListQuery {
     offset: Option<i64>,
 }
 
-/// Upgrade tasks, newest first. Requires `firmware:read`.
+/// Upgrade tasks, newest first: the caller's own, every owner's for
+/// admins. Requires `firmware:read`.
 #[utoipa::path(get, path = "/api/v1/upgrade-tasks", operation_id = "list_upgrade_tasks", tag = "upgrade-tasks", security(("bearer" = [])), params(ListQuery),
     responses(
         (status = 200, body = Paged<TaskDto>),
@@ -206,7 +211,7 @@ pub async fn list(
     let device = q.device_id.filter(|d| !d.trim().is_empty());
     let (rows, total) = state
         .store
-        .list_upgrade_tasks(device.as_deref(), limit, offset)
+        .list_upgrade_tasks(device.as_deref(), caller.owner_filter(), limit, offset)
         .await?;
     Ok(Json(Paged {
         items: rows.into_iter().map(|(t, r)| to_dto(t, &r, None)).collect(),
@@ -223,7 +228,7 @@ pub async fn list(
         (status = 200, body = TaskDto),
         (status = 401, body = ErrorEnvelope),
         (status = 403, body = ErrorEnvelope),
-        (status = 404, body = ErrorEnvelope),
+        (status = 404, description = "No such upgrade task among the caller's (another owner's is answered alike)", body = ErrorEnvelope),
         (status = 503, body = ErrorEnvelope),
     ))]
 pub async fn get(
@@ -232,20 +237,21 @@ pub async fn get(
     Path(id): Path<String>,
 ) -> Result<Json<TaskDto>> {
     caller.require(&state, Permission::Read).await?;
-    let (task, rollout) = load(&state, &id).await?;
+    let (task, rollout) = load(&state, &caller, &id).await?;
     let history = state.store.history(&task.id).await?;
     Ok(Json(to_dto(task, &rollout, Some(history))))
 }
 
 /// Cancels the task, even while the device works on it (its later
-/// reports are ignored). Requires `firmware:deploy`.
+/// reports are ignored, and its download link stops working). Requires
+/// `firmware:deploy`.
 #[utoipa::path(post, path = "/api/v1/upgrade-tasks/{id}/cancel", operation_id = "cancel_upgrade_task", tag = "upgrade-tasks", security(("bearer" = [])),
     params(("id" = String, Path, description = "The upgrade task id (the device's `task_id`)")),
     responses(
         (status = 200, body = TaskDto),
         (status = 401, body = ErrorEnvelope),
         (status = 403, body = ErrorEnvelope),
-        (status = 404, body = ErrorEnvelope),
+        (status = 404, description = "No such upgrade task among the caller's (another owner's is answered alike)", body = ErrorEnvelope),
         (status = 409, description = "The task is finished already", body = ErrorEnvelope),
         (status = 503, body = ErrorEnvelope),
     ))]
@@ -255,7 +261,7 @@ pub async fn cancel(
     Path(id): Path<String>,
 ) -> Result<Json<TaskDto>> {
     caller.require(&state, Permission::Deploy).await?;
-    let (task, rollout) = load(&state, &id).await?;
+    let (task, rollout) = load(&state, &caller, &id).await?;
     if task.state.is_final() {
         return Err(Error::Conflict(format!(
             "the upgrade task is {} already",
@@ -285,7 +291,7 @@ pub async fn cancel(
         None,
     )
     .await?;
-    let (task, rollout) = load(&state, &id).await?;
+    let (task, rollout) = load(&state, &caller, &id).await?;
     if task.state != ExecutionState::Canceled && rollout.state == RolloutState::Canceled {
         tracing::info!(task_id = %id, state = task.state.as_str(), "upgrade task finished before it was canceled");
     }

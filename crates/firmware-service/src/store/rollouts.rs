@@ -158,19 +158,29 @@ impl Store {
         Ok(row.as_ref().map(from_row).transpose()?)
     }
 
-    /// Newest first, of one kind, optionally in one state.
+    /// Newest first, of one kind, optionally in one state and of one
+    /// creator.
     pub async fn list_rollouts(
         &self,
         kind: &str,
         state: Option<RolloutState>,
+        owner: Option<&str>,
         limit: i64,
         offset: i64,
     ) -> Result<(Vec<RolloutRecord>, i64)> {
-        let filter = if state.is_some() {
-            "WHERE kind = ? AND state = ?"
-        } else {
-            "WHERE kind = ?"
-        };
+        let filter = format!(
+            "WHERE kind = ?{}{}",
+            if state.is_some() {
+                " AND state = ?"
+            } else {
+                ""
+            },
+            if owner.is_some() {
+                " AND created_by = ?"
+            } else {
+                ""
+            },
+        );
         let mut count = sqlx::query(sqlx::AssertSqlSafe(format!(
             "SELECT COUNT(*) AS n FROM rollouts {filter}"
         )))
@@ -182,6 +192,10 @@ impl Store {
         if let Some(s) = state {
             count = count.bind(s.as_str());
             list = list.bind(s.as_str());
+        }
+        if let Some(o) = owner {
+            count = count.bind(o.to_string());
+            list = list.bind(o.to_string());
         }
         let total: i64 = count.fetch_one(&self.db.pool).await?.try_get("n")?;
         let rows = list

@@ -391,18 +391,53 @@ impl Store {
 }
 
 impl Store {
-    /// Single-device upgrade tasks with their rollouts, newest first.
+    /// Whether `device_id` has an execution still open (not finished or
+    /// canceled) of a rollout or task installing `firmware_id`: what a
+    /// device's download of that image needs.
+    pub async fn device_has_open_execution(
+        &self,
+        device_id: &str,
+        firmware_id: &str,
+    ) -> Result<bool> {
+        let open = super::firmware::state_list(
+            crate::domain::ExecutionState::ALL
+                .into_iter()
+                .filter(|s| !s.is_final()),
+        );
+        let row = sqlx::query(sqlx::AssertSqlSafe(format!(
+            "SELECT COUNT(*) AS n FROM firmware_upgrade_tasks t \
+             JOIN rollouts r ON r.id = t.rollout_id \
+             WHERE t.device_id = ? AND r.firmware_id = ? AND t.state IN ({open})"
+        )))
+        .bind(device_id)
+        .bind(firmware_id)
+        .fetch_one(&self.db.pool)
+        .await?;
+        Ok(row.try_get::<i64, _>("n")? > 0)
+    }
+
+    /// Single-device upgrade tasks with their rollouts, newest first,
+    /// optionally of one device and of one creator.
     pub async fn list_upgrade_tasks(
         &self,
         device_id: Option<&str>,
+        owner: Option<&str>,
         limit: i64,
         offset: i64,
     ) -> Result<(Vec<(TaskRecord, super::RolloutRecord)>, i64)> {
-        let filter = if device_id.is_some() {
-            "WHERE r.kind = 'task' AND t.device_id = ?"
-        } else {
-            "WHERE r.kind = 'task'"
-        };
+        let filter = format!(
+            "WHERE r.kind = 'task'{}{}",
+            if device_id.is_some() {
+                " AND t.device_id = ?"
+            } else {
+                ""
+            },
+            if owner.is_some() {
+                " AND r.created_by = ?"
+            } else {
+                ""
+            },
+        );
         let mut count = sqlx::query(sqlx::AssertSqlSafe(format!(
             "SELECT COUNT(*) AS n FROM firmware_upgrade_tasks t \
              JOIN rollouts r ON r.id = t.rollout_id {filter}"
@@ -414,6 +449,10 @@ impl Store {
         if let Some(d) = device_id {
             count = count.bind(d.to_string());
             list = list.bind(d.to_string());
+        }
+        if let Some(o) = owner {
+            count = count.bind(o.to_string());
+            list = list.bind(o.to_string());
         }
         let total: i64 = count.fetch_one(&self.db.pool).await?.try_get("n")?;
         let ids: Vec<String> = list

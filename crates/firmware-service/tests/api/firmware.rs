@@ -158,13 +158,39 @@ async fn devices_download_with_their_credentials_or_their_link() {
     let url = format!("{}/api/v1/firmware/{id}/download", app.base);
 
     let (dev, secret) = &devices[0];
-    let resp = app
-        .client
-        .get(&url)
-        .basic_auth(dev, Some(secret))
-        .send()
-        .await
-        .unwrap();
+    let with_credentials = |user: &str, pass: &str| {
+        app.client
+            .get(&url)
+            .basic_auth(user.to_string(), Some(pass.to_string()))
+            .send()
+    };
+    // A device downloads only an image it has an open upgrade to.
+    assert_error(
+        with_credentials(dev, secret).await.unwrap(),
+        StatusCode::FORBIDDEN,
+        "forbidden",
+    )
+    .await;
+    app.fleet.script(|d, _| {
+        if d.ends_with("0001") {
+            Behaviour::Hang
+        } else {
+            Behaviour::Download
+        }
+    });
+    let open = app
+        .post_json(
+            "/api/v1/upgrade-tasks",
+            json!({ "firmware_id": id, "device_id": dev }),
+        )
+        .await;
+    let open_id = open["id"].as_str().unwrap().to_string();
+    let notice = eventually("the device to be notified", 20, || async {
+        app.fleet.notifications_of(dev).first().cloned()
+    })
+    .await;
+    let open_link = notice["url"].as_str().unwrap().to_string();
+    let resp = with_credentials(dev, secret).await.unwrap();
     assert_eq!(resp.status(), StatusCode::OK);
     assert_eq!(resp.bytes().await.unwrap().as_ref(), data.as_slice());
     // A range with device credentials too.
@@ -178,29 +204,24 @@ async fn devices_download_with_their_credentials_or_their_link() {
         .unwrap();
     assert_eq!(resp.status(), StatusCode::PARTIAL_CONTENT);
     assert_eq!(resp.bytes().await.unwrap().as_ref(), &data[100..200]);
+    assert_eq!(
+        app.client.get(&open_link).send().await.unwrap().status(),
+        StatusCode::OK
+    );
     assert_error(
-        app.client
-            .get(&url)
-            .basic_auth(dev, Some("wrong"))
-            .send()
-            .await
-            .unwrap(),
+        with_credentials(dev, "wrong").await.unwrap(),
         StatusCode::UNAUTHORIZED,
         "unauthorized",
     )
     .await;
     assert_error(
-        app.client
-            .get(&url)
-            .basic_auth("ghost", Some(secret))
-            .send()
-            .await
-            .unwrap(),
+        with_credentials("ghost", secret).await.unwrap(),
         StatusCode::UNAUTHORIZED,
         "unauthorized",
     )
     .await;
-    // Good credentials for an image that does not exist.
+    // Good credentials for an image that does not exist, or that the
+    // device has no upgrade to, reveal nothing either way.
     assert_error(
         app.client
             .get(format!("{}/api/v1/firmware/fw-missing/download", app.base))
@@ -208,26 +229,42 @@ async fn devices_download_with_their_credentials_or_their_link() {
             .send()
             .await
             .unwrap(),
-        StatusCode::NOT_FOUND,
-        "not_found",
+        StatusCode::FORBIDDEN,
+        "forbidden",
     )
     .await;
-    // A device of another type may not fetch this image.
     let (valve, valve_secret) = &others[0];
     assert_error(
-        app.client
-            .get(&url)
-            .basic_auth(valve, Some(valve_secret))
-            .send()
-            .await
-            .unwrap(),
+        with_credentials(valve, valve_secret).await.unwrap(),
+        StatusCode::FORBIDDEN,
+        "forbidden",
+    )
+    .await;
+    // Canceling the task revokes its link and the device's access at once,
+    // long before the link's expiry.
+    let resp = app
+        .request(
+            Method::POST,
+            &format!("/api/v1/upgrade-tasks/{open_id}/cancel"),
+            Some(&app.admin_token),
+            None,
+        )
+        .await;
+    assert_eq!(resp.status(), StatusCode::OK);
+    assert_error(
+        app.client.get(&open_link).send().await.unwrap(),
+        StatusCode::FORBIDDEN,
+        "forbidden",
+    )
+    .await;
+    assert_error(
+        with_credentials(dev, secret).await.unwrap(),
         StatusCode::FORBIDDEN,
         "forbidden",
     )
     .await;
 
     // An upgrade task: the device downloads through the link it was sent.
-    app.fleet.script(|_, _| Behaviour::Download);
     let task = app
         .post_json(
             "/api/v1/upgrade-tasks",
@@ -251,6 +288,13 @@ async fn devices_download_with_their_credentials_or_their_link() {
     assert_eq!(notice["signature"], Value::Null);
     let link = notice["url"].as_str().unwrap().to_string();
     assert!(link.starts_with(&format!("{url}?token=")), "{link}");
+    // The task is finished: its link no longer works.
+    assert_error(
+        app.client.get(&link).send().await.unwrap(),
+        StatusCode::FORBIDDEN,
+        "forbidden",
+    )
+    .await;
 
     // The link is bound to its image and cannot be altered.
     let other = app.firmware("meter", "2.0.1", image(10, 1)).await;

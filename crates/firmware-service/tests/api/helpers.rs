@@ -483,6 +483,25 @@ impl TestApp {
         self.login(username, "user-password-1").await
     }
 
+    /// Creates a user holding the roles named; logs in.
+    pub async fn user_in_roles(&self, username: &str, roles: &[&str]) -> String {
+        let resp = self
+            .client
+            .post(format!("{}/api/v1/users", self.auth_base))
+            .bearer_auth(&self.admin_token)
+            .json(&json!({
+                "username": username,
+                "email": format!("{username}@example.com"),
+                "password": "user-password-1",
+                "roles": roles,
+            }))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(resp.status(), StatusCode::CREATED);
+        self.login(username, "user-password-1").await
+    }
+
     pub async fn request(
         &self,
         method: Method,
@@ -567,9 +586,23 @@ impl TestApp {
     }
 
     /// Registers devices `{prefix}-NNNN` of `device_type` with `tags`
-    /// through device-service; returns their ids and secrets.
+    /// through device-service, owned by the administrator; returns their
+    /// ids and secrets.
     pub async fn devices(
         &self,
+        prefix: &str,
+        count: usize,
+        device_type: &str,
+        tags: &[&str],
+    ) -> Vec<(String, String)> {
+        self.devices_as(&self.admin_token, prefix, count, device_type, tags)
+            .await
+    }
+
+    /// Like `devices`, owned by the holder of `token`.
+    pub async fn devices_as(
+        &self,
+        token: &str,
         prefix: &str,
         count: usize,
         device_type: &str,
@@ -581,7 +614,7 @@ impl TestApp {
                 let resp = self
                     .client
                     .post(format!("{}/api/v1/devices", self.device_base))
-                    .bearer_auth(&self.admin_token)
+                    .bearer_auth(token)
                     .json(
                         &json!({ "id": id, "name": id, "device_type": device_type, "tags": tags }),
                     )

@@ -5,6 +5,7 @@ mod helpers;
 
 mod firmware;
 mod openapi;
+mod ownership;
 mod permissions;
 mod rollouts;
 mod schema;
