@@ -247,6 +247,25 @@ pub fn is_unique_violation(err: &sqlx::Error) -> bool {
     matches!(err, sqlx::Error::Database(db) if db.kind() == sqlx::error::ErrorKind::UniqueViolation)
 }
 
+/// Whether an error says the database's storage is full: SQLite's
+/// `SQLITE_FULL` ("database or disk is full"), MySQL/MariaDB's full table
+/// or disk (1114, 1021, errno 28), or an I/O error `ENOSPC`.
+pub fn is_storage_full(err: &sqlx::Error) -> bool {
+    const ENOSPC: i32 = 28;
+    match err {
+        sqlx::Error::Io(e) => e.raw_os_error() == Some(ENOSPC),
+        sqlx::Error::Database(db) => {
+            let message = db.message();
+            db.code().as_deref() == Some("13")
+                || message.contains("disk is full")
+                || message.contains("No space left on device")
+                || message.contains("Errcode: 28")
+                || (message.starts_with("The table") && message.ends_with("is full"))
+        }
+        _ => false,
+    }
+}
+
 /// Whether an error is a foreign-key violation.
 pub fn is_foreign_key_violation(err: &sqlx::Error) -> bool {
     matches!(err, sqlx::Error::Database(db) if db.kind() == sqlx::error::ErrorKind::ForeignKeyViolation)
