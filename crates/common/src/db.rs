@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use sqlx::any::{AnyPoolOptions, install_default_drivers};
 use sqlx::migrate::{Migrate, MigrateDatabase, Migrator};
-use sqlx::{Any, AnyPool, Executor};
+use sqlx::{Any, AnyPool, Connection, Executor};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Dialect {
@@ -105,6 +105,19 @@ impl Db {
                         .await?;
                     }
                     Ok(())
+                })
+            })
+            // A connection whose transaction could not be rolled back is
+            // closed, not reused: SQLite rolls a transaction back by itself
+            // on some errors (a full disk), the driver's own ROLLBACK then
+            // fails and it would count the transaction as still open, so
+            // the next `begin` would only open a savepoint and its "commit"
+            // would commit nothing. (The ping first runs the rollback the
+            // driver queued when the transaction was dropped.)
+            .after_release(|conn, _| {
+                Box::pin(async move {
+                    conn.ping().await?;
+                    Ok(!conn.is_in_transaction())
                 })
             })
             .connect(&url)

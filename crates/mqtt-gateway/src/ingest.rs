@@ -478,33 +478,35 @@ impl Batcher {
         self.flush(&mut batch, &stop).await;
     }
 
-    /// Publishes the batch; then, once the bus confirms every event of it
-    /// (see [`EventBus::publish_confirmed`]), acknowledges its messages to
-    /// the broker, without holding up the next batch. Messages whose events
+    /// Publishes the batch; then, once the bus confirms a topic's events
+    /// (see [`EventBus::publish_confirmed`]), acknowledges the messages that
+    /// made them to the broker, without holding up the next batch. Messages whose events
     /// are not confirmed are never acknowledged: an external broker's
     /// durable session delivers them again, and a device on the embedded
     /// broker sends them again.
     async fn flush(&self, batch: &mut Vec<Queued>, stop: &Shutdown) {
-        let mut acks = Vec::new();
         let mut telemetry = Vec::new();
-        let mut by_topic: [(&'static str, Vec<Vec<u8>>); 4] = [
-            (topics::DEVICE_DATA_RECEIVED, Vec::new()),
-            (topics::DEVICE_STATUS_CHANGED, Vec::new()),
-            (topics::DEVICE_COMMAND_RESPONDED, Vec::new()),
-            (topics::DEVICE_OTA_PROGRESS, Vec::new()),
+        // Per topic: its events, and the acknowledgements they release.
+        let mut by_topic: [(&'static str, Vec<Vec<u8>>, Vec<Ack>); 4] = [
+            (topics::DEVICE_DATA_RECEIVED, Vec::new(), Vec::new()),
+            (topics::DEVICE_STATUS_CHANGED, Vec::new(), Vec::new()),
+            (topics::DEVICE_COMMAND_RESPONDED, Vec::new(), Vec::new()),
+            (topics::DEVICE_OTA_PROGRESS, Vec::new(), Vec::new()),
         ];
         for Queued { event, ack, .. } in batch.drain(..) {
-            acks.extend(ack);
             let encoded = match event {
                 Event::Telemetry(t) => {
                     telemetry.push(t);
+                    by_topic[0].2.extend(ack);
                     continue;
                 }
                 Event::Status(s) => (1, serde_json::to_vec(&s)),
                 Event::CommandResponded(c) => (2, serde_json::to_vec(&c)),
                 Event::OtaProgress(p) => (3, serde_json::to_vec(&p)),
             };
-            if let (i, Ok(payload)) = encoded {
+            let (i, payload) = encoded;
+            by_topic[i].2.extend(ack);
+            if let Ok(payload) = payload {
                 by_topic[i].1.push(payload);
             }
         }
@@ -513,30 +515,30 @@ impl Batcher {
                 by_topic[0].1.push(payload);
             }
         }
-        let mut confirmations = Vec::new();
-        let mut published = true;
-        for (topic, payloads) in by_topic {
-            if !payloads.is_empty() {
-                match self.publish(topic, payloads, stop).await {
-                    Some(confirmation) => confirmations.push(confirmation),
-                    None => published = false,
+        for (topic, payloads, acks) in by_topic {
+            if payloads.is_empty() {
+                // Nothing to pass on (an event that did not encode).
+                acks.into_iter().for_each(|ack| ack());
+                continue;
+            }
+            let Some(confirmation) = self.publish(topic, payloads, stop).await else {
+                continue;
+            };
+            if acks.is_empty() {
+                continue;
+            }
+            tokio::spawn(async move {
+                match confirmation.wait().await {
+                    Ok(()) => acks.into_iter().for_each(|ack| ack()),
+                    Err(e) => tracing::warn!(
+                        topic,
+                        error = %e,
+                        messages = acks.len(),
+                        "events not confirmed; their messages stay unacknowledged"
+                    ),
                 }
-            }
+            });
         }
-        if acks.is_empty() || !published {
-            return;
-        }
-        tokio::spawn(async move {
-            for confirmation in confirmations {
-                if let Err(e) = confirmation.wait().await {
-                    tracing::warn!(error = %e, messages = acks.len(), "events not confirmed; their messages stay unacknowledged");
-                    return;
-                }
-            }
-            for ack in acks {
-                ack();
-            }
-        });
     }
 
     /// Publishes, retrying with backoff while the bus is unavailable; once
