@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use sqlx::any::{AnyPoolOptions, install_default_drivers};
 use sqlx::migrate::{Migrate, MigrateDatabase, Migrator};
-use sqlx::{Any, AnyPool, Executor};
+use sqlx::{Any, AnyPool, Connection, Executor};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Dialect {
@@ -105,6 +105,19 @@ impl Db {
                         .await?;
                     }
                     Ok(())
+                })
+            })
+            // A connection whose transaction could not be rolled back is
+            // closed, not reused: SQLite rolls a transaction back by itself
+            // on some errors (a full disk), the driver's own ROLLBACK then
+            // fails and it would count the transaction as still open, so
+            // the next `begin` would only open a savepoint and its "commit"
+            // would commit nothing. (The ping first runs the rollback the
+            // driver queued when the transaction was dropped.)
+            .after_release(|conn, _| {
+                Box::pin(async move {
+                    conn.ping().await?;
+                    Ok(!conn.is_in_transaction())
                 })
             })
             .connect(&url)
@@ -245,6 +258,25 @@ pub fn flag(v: i64) -> bool {
 /// Whether an error is a unique-constraint violation.
 pub fn is_unique_violation(err: &sqlx::Error) -> bool {
     matches!(err, sqlx::Error::Database(db) if db.kind() == sqlx::error::ErrorKind::UniqueViolation)
+}
+
+/// Whether an error says the database's storage is full: SQLite's
+/// `SQLITE_FULL` ("database or disk is full"), MySQL/MariaDB's full table
+/// or disk (1114, 1021, errno 28), or an I/O error `ENOSPC`.
+pub fn is_storage_full(err: &sqlx::Error) -> bool {
+    const ENOSPC: i32 = 28;
+    match err {
+        sqlx::Error::Io(e) => e.raw_os_error() == Some(ENOSPC),
+        sqlx::Error::Database(db) => {
+            let message = db.message();
+            db.code().as_deref() == Some("13")
+                || message.contains("disk is full")
+                || message.contains("No space left on device")
+                || message.contains("Errcode: 28")
+                || (message.starts_with("The table") && message.ends_with("is full"))
+        }
+        _ => false,
+    }
 }
 
 /// Whether an error is a foreign-key violation.

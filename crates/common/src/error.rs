@@ -85,6 +85,16 @@ impl ApiError {
         Self::new(StatusCode::SERVICE_UNAVAILABLE, "unavailable", message)
     }
 
+    /// 507: the request was valid but could not be saved because storage
+    /// is full; retrying once space is freed succeeds.
+    pub fn insufficient_storage(message: impl Into<String>) -> Self {
+        Self::new(
+            StatusCode::INSUFFICIENT_STORAGE,
+            "insufficient_storage",
+            message,
+        )
+    }
+
     /// A 500 whose body says nothing about the cause.
     pub fn internal() -> Self {
         Self::new(
@@ -97,12 +107,14 @@ impl ApiError {
 
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
-        let message =
-            if self.status.is_server_error() && self.status != StatusCode::SERVICE_UNAVAILABLE {
-                "internal server error".to_string()
-            } else {
-                self.message
-            };
+        let message = if self.status.is_server_error()
+            && self.status != StatusCode::SERVICE_UNAVAILABLE
+            && self.status != StatusCode::INSUFFICIENT_STORAGE
+        {
+            "internal server error".to_string()
+        } else {
+            self.message
+        };
         let body = ErrorEnvelope {
             error: ErrorBody {
                 code: self.code.into_owned(),

@@ -12,13 +12,14 @@
 //! Handlers must be idempotent: a delivery can arrive twice.
 
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, oneshot};
 
 /// Topic names, as DESIGN.md fixes them.
 pub mod topics {
@@ -91,10 +92,48 @@ fn record_lag(topic: &'static str, group: &str, batch: &[Delivery]) {
     }
 }
 
+/// Tells when the events of one publish are safe: resolved at once on the
+/// Redis bus (the events are in the stream when `XADD` returns), and on the
+/// in-process bus once every consumer group has acknowledged every event,
+/// that is, once each group's handler has finished with it (device-service
+/// has committed the telemetry to its database).
+#[must_use]
+pub struct Confirmation(Option<oneshot::Receiver<()>>);
+
+impl Confirmation {
+    /// Already confirmed.
+    pub fn now() -> Self {
+        Self(None)
+    }
+
+    /// Waits for the confirmation. `Err` when the events were dropped
+    /// before every group had handled them (the bus went away, or there
+    /// was no room to keep them for a group yet to come).
+    pub async fn wait(self) -> Result<(), BusError> {
+        match self.0 {
+            None => Ok(()),
+            Some(rx) => rx.await.map_err(|_| {
+                BusError::Unavailable("the events were dropped before they were handled".into())
+            }),
+        }
+    }
+}
+
 #[async_trait]
 pub trait EventBus: Send + Sync + 'static {
     /// Publishes events in order.
     async fn publish(&self, topic: &str, payloads: Vec<Vec<u8>>) -> Result<(), BusError>;
+    /// Publishes events in order, and tells when they are safe (see
+    /// [`Confirmation`]). By default, once [`EventBus::publish`] returned:
+    /// right for a bus that stores what it accepts.
+    async fn publish_confirmed(
+        &self,
+        topic: &str,
+        payloads: Vec<Vec<u8>>,
+    ) -> Result<Confirmation, BusError> {
+        self.publish(topic, payloads).await?;
+        Ok(Confirmation::now())
+    }
     /// Joins `group` as `consumer` (a name stable across restarts of the
     /// same replica lets it resume its unacknowledged events).
     async fn subscribe(
@@ -296,9 +335,39 @@ pub struct DeviceDeleted {
 /// Events queued per group before publishers wait.
 const IN_PROCESS_QUEUE: usize = 16_384;
 
+/// An event in a group's queue, with the receipt of its publish when the
+/// publisher waits for a confirmation.
+#[derive(Clone)]
+struct Entry {
+    delivery: Delivery,
+    receipt: Option<Arc<Receipt>>,
+}
+
+/// Counts the acknowledgements one confirmed publish still waits for.
+struct Receipt {
+    remaining: AtomicUsize,
+    done: Mutex<Option<oneshot::Sender<()>>>,
+}
+
+impl Receipt {
+    fn acknowledged(&self) {
+        if self.remaining.fetch_sub(1, Ordering::AcqRel) == 1 {
+            self.give_up(true);
+        }
+    }
+
+    /// Resolves the confirmation: confirmed, or failed (the sender dropped).
+    fn give_up(&self, confirmed: bool) {
+        let sender = self.done.lock().ok().and_then(|mut d| d.take());
+        if let (Some(tx), true) = (sender, confirmed) {
+            let _ = tx.send(());
+        }
+    }
+}
+
 type Queue = (
-    mpsc::Sender<Delivery>,
-    Arc<tokio::sync::Mutex<mpsc::Receiver<Delivery>>>,
+    mpsc::Sender<Entry>,
+    Arc<tokio::sync::Mutex<mpsc::Receiver<Entry>>>,
 );
 
 /// The all-in-one bus. Events published before any group subscribed to a
@@ -306,64 +375,106 @@ type Queue = (
 #[derive(Default)]
 pub struct InProcessBus {
     topics: Mutex<HashMap<String, TopicState>>,
-    next_id: std::sync::atomic::AtomicU64,
+    next_id: AtomicU64,
 }
 
 #[derive(Default)]
 struct TopicState {
     groups: HashMap<String, Queue>,
-    backlog: Vec<Delivery>,
+    backlog: Vec<Entry>,
 }
 
 impl InProcessBus {
     pub fn new() -> Self {
         Self::default()
     }
-}
 
-#[async_trait]
-impl EventBus for InProcessBus {
-    async fn publish(&self, topic: &str, payloads: Vec<Vec<u8>>) -> Result<(), BusError> {
+    /// Publishes; with `confirm`, every event carries a receipt that every
+    /// group present (or the first to come) must acknowledge.
+    async fn publish_entries(
+        &self,
+        topic: &str,
+        payloads: Vec<Vec<u8>>,
+        confirm: bool,
+    ) -> Result<Confirmation, BusError> {
+        if payloads.is_empty() {
+            return Ok(Confirmation::now());
+        }
         let deliveries: Vec<Delivery> = payloads
             .into_iter()
             .map(|p| Delivery {
                 id: format!(
                     "{}-{}",
                     crate::now_millis(),
-                    self.next_id
-                        .fetch_add(1, std::sync::atomic::Ordering::Relaxed)
+                    self.next_id.fetch_add(1, Ordering::Relaxed)
                 ),
                 payload: p.into(),
             })
             .collect();
-        let senders: Vec<mpsc::Sender<Delivery>> = {
+        let mut confirmation = Confirmation::now();
+        let (entries, senders) = {
             let mut topics = self
                 .topics
                 .lock()
                 .map_err(|_| BusError::Unavailable("poisoned".into()))?;
             let state = topics.entry(topic.to_string()).or_default();
+            let receipt = confirm.then(|| {
+                let (tx, rx) = oneshot::channel();
+                confirmation = Confirmation(Some(rx));
+                Arc::new(Receipt {
+                    remaining: AtomicUsize::new(deliveries.len() * state.groups.len().max(1)),
+                    done: Mutex::new(Some(tx)),
+                })
+            });
+            let entries = deliveries.into_iter().map(|delivery| Entry {
+                delivery,
+                receipt: receipt.clone(),
+            });
             if state.groups.is_empty() {
                 let room = IN_PROCESS_QUEUE.saturating_sub(state.backlog.len());
-                if deliveries.len() > room {
+                let count = entries.len();
+                if count > room {
                     tracing::warn!(
                         topic,
-                        dropped = deliveries.len() - room,
+                        dropped = count - room,
                         "no consumer for topic; backlog full"
                     );
+                    if let Some(receipt) = &receipt {
+                        receipt.give_up(false);
+                    }
                 }
-                state.backlog.extend(deliveries.into_iter().take(room));
-                return Ok(());
+                state.backlog.extend(entries.take(room));
+                return Ok(confirmation);
             }
-            state.groups.values().map(|(tx, _)| tx.clone()).collect()
+            let senders: Vec<mpsc::Sender<Entry>> =
+                state.groups.values().map(|(tx, _)| tx.clone()).collect();
+            (entries.collect::<Vec<_>>(), senders)
         };
         for tx in senders {
-            for d in &deliveries {
-                tx.send(d.clone())
+            for e in &entries {
+                tx.send(e.clone())
                     .await
                     .map_err(|_| BusError::Unavailable("consumer group closed".into()))?;
             }
         }
-        Ok(())
+        Ok(confirmation)
+    }
+}
+
+#[async_trait]
+impl EventBus for InProcessBus {
+    async fn publish(&self, topic: &str, payloads: Vec<Vec<u8>>) -> Result<(), BusError> {
+        self.publish_entries(topic, payloads, false).await.map(drop)
+    }
+
+    /// Confirmed once every consumer group has acknowledged every event:
+    /// nothing in memory is left to lose.
+    async fn publish_confirmed(
+        &self,
+        topic: &str,
+        payloads: Vec<Vec<u8>>,
+    ) -> Result<Confirmation, BusError> {
+        self.publish_entries(topic, payloads, true).await
     }
 
     async fn subscribe(
@@ -387,8 +498,8 @@ impl EventBus for InProcessBus {
             })
             .clone();
         if first_group {
-            for d in std::mem::take(&mut state.backlog) {
-                let _ = tx.try_send(d);
+            for e in std::mem::take(&mut state.backlog) {
+                let _ = tx.try_send(e);
             }
         }
         Ok(Box::new(InProcessSubscription {
@@ -404,9 +515,9 @@ impl EventBus for InProcessBus {
 }
 
 struct InProcessSubscription {
-    tx: mpsc::Sender<Delivery>,
-    rx: Arc<tokio::sync::Mutex<mpsc::Receiver<Delivery>>>,
-    in_flight: HashMap<String, Delivery>,
+    tx: mpsc::Sender<Entry>,
+    rx: Arc<tokio::sync::Mutex<mpsc::Receiver<Entry>>>,
+    in_flight: HashMap<String, Entry>,
 }
 
 #[async_trait]
@@ -416,20 +527,28 @@ impl Subscription for InProcessSubscription {
             Ok(rx) => rx,
             Err(_) => return Ok(Vec::new()),
         };
-        let mut out = Vec::new();
-        match tokio::time::timeout(wait, rx.recv_many(&mut out, max.max(1))).await {
+        let mut entries = Vec::new();
+        match tokio::time::timeout(wait, rx.recv_many(&mut entries, max.max(1))).await {
             Ok(0) => return Err(BusError::Unavailable("bus closed".into())),
             Ok(_) | Err(_) => {}
         }
-        for d in &out {
-            self.in_flight.insert(d.id.clone(), d.clone());
+        let mut out = Vec::with_capacity(entries.len());
+        for e in entries {
+            out.push(e.delivery.clone());
+            self.in_flight.insert(e.delivery.id.clone(), e);
         }
         Ok(out)
     }
 
     async fn ack(&mut self, ids: &[String]) -> Result<(), BusError> {
         for id in ids {
-            self.in_flight.remove(id);
+            if let Some(Entry {
+                receipt: Some(receipt),
+                ..
+            }) = self.in_flight.remove(id)
+            {
+                receipt.acknowledged();
+            }
         }
         Ok(())
     }
@@ -438,16 +557,16 @@ impl Subscription for InProcessSubscription {
 impl Drop for InProcessSubscription {
     /// Unacknowledged deliveries go back to the group.
     fn drop(&mut self) {
-        let mut pending: Vec<Delivery> = self.in_flight.drain().map(|(_, d)| d).collect();
+        let mut pending: Vec<Entry> = self.in_flight.drain().map(|(_, e)| e).collect();
         if pending.is_empty() {
             return;
         }
-        pending.sort_by_key(Delivery::sequence);
+        pending.sort_by_key(|e| e.delivery.sequence());
         let tx = self.tx.clone();
         if let Ok(handle) = tokio::runtime::Handle::try_current() {
             handle.spawn(async move {
-                for d in pending {
-                    let _ = tx.send(d).await;
+                for e in pending {
+                    let _ = tx.send(e).await;
                 }
             });
         }
@@ -827,6 +946,60 @@ mod tests {
         };
         assert_eq!(d.published_at(), Some(1_795_651_234_567));
         assert_eq!(d.sequence(), 12);
+    }
+
+    #[tokio::test]
+    async fn in_process_confirmation_waits_for_every_group_to_acknowledge() {
+        let bus = InProcessBus::new();
+        let mut a = bus.subscribe("c", "a", "a1").await.unwrap();
+        let mut b = bus.subscribe("c", "b", "b1").await.unwrap();
+        let confirmation = bus.publish_confirmed("c", payloads(0..3)).await.unwrap();
+        let waiting = tokio::spawn(confirmation.wait());
+
+        let got_a = drain(&mut a, 3).await;
+        a.ack(&got_a.iter().map(|d| d.id.clone()).collect::<Vec<_>>())
+            .await
+            .unwrap();
+        let got_b = drain(&mut b, 3).await;
+        b.ack(&[got_b[0].id.clone(), got_b[1].id.clone()])
+            .await
+            .unwrap();
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        assert!(!waiting.is_finished(), "confirmed before b handled all");
+
+        // b goes away without acknowledging the last one: it comes back,
+        // and the confirmation follows the acknowledgement of it.
+        drop(b);
+        let mut b = bus.subscribe("c", "b", "b2").await.unwrap();
+        let again = drain(&mut b, 1).await;
+        assert_eq!(numbers(&again), vec![2]);
+        assert!(!waiting.is_finished());
+        b.ack(&[again[0].id.clone()]).await.unwrap();
+        tokio::time::timeout(Duration::from_secs(2), waiting)
+            .await
+            .expect("confirmed")
+            .unwrap()
+            .unwrap();
+
+        // Kept for the first group to come, confirmed when it handles it.
+        let early = bus
+            .publish_confirmed("later", payloads(0..1))
+            .await
+            .unwrap();
+        let mut g = bus.subscribe("later", "g", "g1").await.unwrap();
+        let got = drain(&mut g, 1).await;
+        g.ack(&[got[0].id.clone()]).await.unwrap();
+        early.wait().await.unwrap();
+    }
+
+    #[tokio::test]
+    async fn in_process_confirmation_fails_when_the_events_are_dropped() {
+        let bus = InProcessBus::new();
+        bus.publish("full", payloads(0..IN_PROCESS_QUEUE as u32))
+            .await
+            .unwrap();
+        let dropped = bus.publish_confirmed("full", payloads(0..1)).await.unwrap();
+        assert!(dropped.wait().await.is_err());
     }
 
     #[tokio::test]

@@ -21,6 +21,9 @@ pub enum Error {
     /// A service this one depends on (auth-service, mqtt-gateway) did not answer.
     #[error("{0}")]
     Unavailable(String),
+    /// The database refused a write because its storage is full.
+    #[error("{0}")]
+    StorageFull(String),
     #[error(transparent)]
     Internal(#[from] anyhow::Error),
 }
@@ -29,6 +32,9 @@ pub type Result<T, E = Error> = std::result::Result<T, E>;
 
 impl From<sqlx::Error> for Error {
     fn from(e: sqlx::Error) -> Self {
+        if wf_common::db::is_storage_full(&e) {
+            return Self::StorageFull(e.to_string());
+        }
         Self::Internal(e.into())
     }
 }
@@ -57,6 +63,14 @@ impl From<Error> for ApiError {
                 tracing::warn!(cause = %m, "dependency unavailable");
                 ApiError::unavailable("a service this request needs is unavailable; retry shortly")
             }
+            Error::StorageFull(m) => {
+                metrics::counter!("wf_storage_full_refusals_total", "service" => "device-service")
+                    .increment(1);
+                tracing::error!(cause = %m, "write refused: the database's storage is full");
+                ApiError::insufficient_storage(
+                    "the platform's storage is full: nothing was saved; retry once space is freed",
+                )
+            }
             Error::Internal(cause) => {
                 tracing::error!(error = ?cause, "internal error");
                 ApiError::internal()
@@ -80,6 +94,10 @@ impl From<Error> for tonic::Status {
             Error::NotFound(m) => tonic::Status::not_found(m),
             Error::Conflict(m) => tonic::Status::already_exists(m),
             Error::Unavailable(m) => tonic::Status::unavailable(m),
+            Error::StorageFull(m) => {
+                tracing::error!(cause = %m, "write refused: the database's storage is full");
+                tonic::Status::resource_exhausted("storage is full; retry once space is freed")
+            }
             Error::Internal(cause) => {
                 tracing::error!(error = ?cause, "internal error");
                 tonic::Status::internal("internal error")
@@ -130,6 +148,11 @@ mod tests {
                 Error::Unavailable("auth down".into()),
                 StatusCode::SERVICE_UNAVAILABLE,
                 Code::Unavailable,
+            ),
+            (
+                Error::StorageFull("secret detail: database or disk is full".into()),
+                StatusCode::INSUFFICIENT_STORAGE,
+                Code::ResourceExhausted,
             ),
             (
                 Error::Internal(anyhow::anyhow!("secret detail")),

@@ -7,20 +7,24 @@
 //! Mosquitto bridge from its shared subscriptions
 //! ([`Ingest::accept_brokered`]).
 //!
-//! The broker calls [`Ingest`] from its connection tasks, so nothing here
-//! waits on the bus: events go through a bounded queue to the [`Batcher`],
-//! and when that queue is full they are dropped and counted
-//! (`wf_mqtt_events_dropped_total{reason="queue_full"}`) rather than
-//! stalling the devices' connections.
+//! Events go through a bounded queue to the [`Batcher`]. A device's QoS 1
+//! or 2 message on the embedded broker is acknowledged only once it is
+//! stored ([`Ingest::accept_durable`]): the broker's publish hook waits for
+//! the bus's confirmation ([`EventBus::publish_confirmed`]: in the
+//! all-in-one mode, device-service has committed it; on Redis, it is in the
+//! stream). Everything else (QoS 0, connections, last wills, messages from
+//! an external broker) never waits: when the queue is full it is dropped
+//! and counted (`wf_mqtt_events_dropped_total{reason="queue_full"}`) rather
+//! than stalling the broker.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use tokio::sync::{broadcast, mpsc};
+use tokio::sync::{broadcast, mpsc, oneshot};
 use wf_common::events::{
-    CommandResponded, EventBus, OtaProgress, StatusChanged, TelemetryMessage, topics,
+    CommandResponded, Confirmation, EventBus, OtaProgress, StatusChanged, TelemetryMessage, topics,
 };
 use wf_common::shutdown::Shutdown;
 
@@ -51,10 +55,32 @@ pub struct DeviceMessage {
 pub type Ack = Box<dyn FnOnce() + Send>;
 
 /// An event waiting for the bus, with the broker acknowledgement it
-/// releases once published.
+/// releases once published (and confirmed).
 struct Queued {
     event: Event,
     ack: Option<Ack>,
+    /// A device connection waits on `ack`: flush without lingering.
+    waiting: bool,
+}
+
+/// Why a device's message was not acknowledged.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum NotStored {
+    /// Not stored within `durable_ack_timeout_ms` (the database may be
+    /// full or unreachable); it may still be stored later.
+    TimedOut,
+    /// Dropped before it was stored: the gateway is stopping, or the bus
+    /// lost it.
+    Dropped,
+}
+
+impl NotStored {
+    pub fn reason(self) -> &'static str {
+        match self {
+            Self::TimedOut => "timeout",
+            Self::Dropped => "dropped",
+        }
+    }
 }
 
 /// An event waiting for the bus.
@@ -91,10 +117,12 @@ pub struct Ingest {
     max_payload_bytes: usize,
     presence: Mutex<HashMap<String, Presence>>,
     malformed_logged: Mutex<HashMap<String, Instant>>,
+    unstored_logged: Mutex<HashMap<String, Instant>>,
     malformed_log_interval: Duration,
     /// Unique receive-time stamps for telemetry without `ts`.
     receipt_clock: ReceiptClock,
     ts_window: TsWindow,
+    durable_ack_timeout: Duration,
 }
 
 impl Ingest {
@@ -109,9 +137,11 @@ impl Ingest {
             max_payload_bytes: config.max_payload_bytes,
             presence: Mutex::new(HashMap::new()),
             malformed_logged: Mutex::new(HashMap::new()),
+            unstored_logged: Mutex::new(HashMap::new()),
             malformed_log_interval: Duration::from_secs(config.malformed_log_interval_secs),
             receipt_clock: ReceiptClock::default(),
             ts_window: config.ts_window(),
+            durable_ack_timeout: Duration::from_millis(config.durable_ack_timeout_ms.max(1)),
         });
         let batcher = Batcher {
             rx,
@@ -138,6 +168,56 @@ impl Ingest {
         self.accept_acked(device, topic, payload, qos, last_will, None);
     }
 
+    /// [`Ingest::accept`] for a device that waits for its acknowledgement
+    /// (QoS 1 and 2 on the embedded broker): resolves once the message is
+    /// stored (its event confirmed by the bus), at once when it makes no
+    /// event (malformed, relayed only), or with the reason it was not
+    /// stored, counted in `wf_mqtt_messages_unacknowledged_total{reason}`.
+    /// Waits for room in the ingest queue rather than dropping.
+    pub async fn accept_durable(
+        &self,
+        device: &str,
+        topic: &str,
+        payload: &Bytes,
+        qos: u8,
+    ) -> Result<(), NotStored> {
+        let Some(event) = self.prepare(device, topic, payload, qos, false) else {
+            return Ok(());
+        };
+        let (tx, rx) = oneshot::channel();
+        let queued = Queued {
+            event,
+            ack: Some(Box::new(move || {
+                let _ = tx.send(());
+            })),
+            waiting: true,
+        };
+        let stored = tokio::time::timeout(self.durable_ack_timeout, async {
+            self.events
+                .send(queued)
+                .await
+                .map_err(|_| NotStored::Dropped)?;
+            rx.await.map_err(|_| NotStored::Dropped)
+        })
+        .await
+        .unwrap_or(Err(NotStored::TimedOut));
+        if let Err(why) = stored {
+            metrics::counter!("wf_mqtt_messages_unacknowledged_total", "reason" => why.reason())
+                .increment(1);
+            if should_log(&self.unstored_logged, self.malformed_log_interval, device) {
+                tracing::warn!(
+                    device_id = device,
+                    topic,
+                    reason = why.reason(),
+                    "device message not stored; closing the connection without acknowledging it \
+                     (the device sends it again; more from this device are not logged for {} s)",
+                    self.malformed_log_interval.as_secs()
+                );
+            }
+        }
+        stored
+    }
+
     /// [`Ingest::accept`], running `ack` once the message's event is on the
     /// bus, or at once when the message makes no event (malformed, relayed
     /// only, or dropped because the queue is full).
@@ -150,10 +230,24 @@ impl Ingest {
         last_will: bool,
         ack: Option<Ack>,
     ) {
-        let Some(suffix) = device_suffix(device, topic) else {
-            run_ack(ack);
-            return;
-        };
+        match self.prepare(device, topic, payload, qos, last_will) {
+            Some(event) => self.enqueue_acked(event, ack),
+            None => run_ack(ack),
+        }
+    }
+
+    /// Counts the message, passes it to the live feed and decodes it: the
+    /// event it makes, or `None` when it makes none (malformed messages are
+    /// counted and logged here, last wills noted).
+    fn prepare(
+        &self,
+        device: &str,
+        topic: &str,
+        payload: &Bytes,
+        qos: u8,
+        last_will: bool,
+    ) -> Option<Event> {
+        let suffix = device_suffix(device, topic)?;
         let route = Route::of(suffix);
         metrics::counter!("wf_mqtt_messages_received_total", "kind" => route.kind()).increment(1);
         let received_at = wf_common::now_millis();
@@ -175,34 +269,32 @@ impl Ingest {
         match decode(&incoming, self.max_payload_bytes) {
             Ok(Decoded::Telemetry(mut t, TsSource::Receipt)) => {
                 t.ts = self.receipt_clock.stamp(device, received_at);
-                self.enqueue_acked(Event::Telemetry(t), ack);
+                Some(Event::Telemetry(t))
             }
             Ok(Decoded::Telemetry(t, TsSource::Device)) => {
                 match self.ts_window.check(t.ts, received_at) {
-                    Ok(()) => self.enqueue_acked(Event::Telemetry(t), ack),
+                    Ok(()) => Some(Event::Telemetry(t)),
                     Err(reason) => {
-                        run_ack(ack);
                         self.malformed(device, topic, reason);
+                        None
                     }
                 }
             }
             Ok(Decoded::Status(s)) if last_will => {
-                run_ack(ack);
                 if s.online {
                     self.malformed(device, topic, Malformed::BadStatus);
                 } else {
                     self.will_sent(device, s);
                 }
+                None
             }
-            Ok(Decoded::Status(s)) => self.enqueue_acked(Event::Status(s), ack),
-            Ok(Decoded::CommandResponded(c)) => {
-                self.enqueue_acked(Event::CommandResponded(c), ack);
-            }
-            Ok(Decoded::OtaProgress(p)) => self.enqueue_acked(Event::OtaProgress(p), ack),
-            Ok(Decoded::Relayed) => run_ack(ack),
+            Ok(Decoded::Status(s)) => Some(Event::Status(s)),
+            Ok(Decoded::CommandResponded(c)) => Some(Event::CommandResponded(c)),
+            Ok(Decoded::OtaProgress(p)) => Some(Event::OtaProgress(p)),
+            Ok(Decoded::Relayed) => None,
             Err(reason) => {
-                run_ack(ack);
                 self.malformed(device, topic, reason);
+                None
             }
         }
     }
@@ -280,7 +372,12 @@ impl Ingest {
     }
 
     fn enqueue_acked(&self, event: Event, ack: Option<Ack>) {
-        if let Err(e) = self.events.try_send(Queued { event, ack }) {
+        let queued = Queued {
+            event,
+            ack,
+            waiting: false,
+        };
+        if let Err(e) = self.events.try_send(queued) {
             let (reason, queued) = match e {
                 mpsc::error::TrySendError::Full(q) => ("queue_full", q),
                 mpsc::error::TrySendError::Closed(q) => ("stopped", q),
@@ -300,7 +397,7 @@ impl Ingest {
     fn malformed(&self, device: &str, topic: &str, reason: Malformed) {
         metrics::counter!("wf_mqtt_malformed_messages_total", "reason" => reason.reason())
             .increment(1);
-        if self.should_log(device) {
+        if should_log(&self.malformed_logged, self.malformed_log_interval, device) {
             tracing::warn!(
                 device_id = device,
                 topic,
@@ -310,26 +407,25 @@ impl Ingest {
             );
         }
     }
+}
 
-    /// At most one log line per device per interval.
-    fn should_log(&self, device: &str) -> bool {
-        let Ok(mut logged) = self.malformed_logged.lock() else {
-            return false;
-        };
-        let now = Instant::now();
-        let interval = self.malformed_log_interval;
-        if logged
-            .get(device)
-            .is_some_and(|at| now.duration_since(*at) < interval)
-        {
-            return false;
-        }
-        if logged.len() >= LOG_MEMORY {
-            logged.retain(|_, at| now.duration_since(*at) < interval);
-        }
-        logged.insert(device.to_string(), now);
-        true
+/// At most one log line per device per interval.
+fn should_log(logged: &Mutex<HashMap<String, Instant>>, interval: Duration, device: &str) -> bool {
+    let Ok(mut logged) = logged.lock() else {
+        return false;
+    };
+    let now = Instant::now();
+    if logged
+        .get(device)
+        .is_some_and(|at| now.duration_since(*at) < interval)
+    {
+        return false;
     }
+    if logged.len() >= LOG_MEMORY {
+        logged.retain(|_, at| now.duration_since(*at) < interval);
+    }
+    logged.insert(device.to_string(), now);
+    true
 }
 
 fn run_ack(ack: Option<Ack>) {
@@ -378,8 +474,10 @@ impl Batcher {
                 n = self.rx.recv_many(&mut batch, self.max_messages) => if n == 0 { break },
                 () = &mut stopped => break,
             }
+            // A device waiting for its acknowledgement sends nothing more
+            // until it has it: lingering would only add to its wait.
             let deadline = tokio::time::Instant::now() + self.linger;
-            while batch.len() < self.max_messages {
+            while batch.len() < self.max_messages && !batch.iter().any(|q| q.waiting) {
                 let room = self.max_messages - batch.len();
                 match tokio::time::timeout_at(deadline, self.rx.recv_many(&mut batch, room)).await {
                     Ok(n) if n > 0 => {}
@@ -398,31 +496,35 @@ impl Batcher {
         self.flush(&mut batch, &stop).await;
     }
 
-    /// Publishes the batch; then, when every event of it is on the bus,
-    /// acknowledges its messages to the broker. (At shutdown with the bus
-    /// unreachable they stay unacknowledged, so a durable session gets them
-    /// again.)
+    /// Publishes the batch; then, once the bus confirms a topic's events
+    /// (see [`EventBus::publish_confirmed`]), acknowledges the messages that
+    /// made them to the broker, without holding up the next batch. Messages whose events
+    /// are not confirmed are never acknowledged: an external broker's
+    /// durable session delivers them again, and a device on the embedded
+    /// broker sends them again.
     async fn flush(&self, batch: &mut Vec<Queued>, stop: &Shutdown) {
-        let mut acks = Vec::new();
         let mut telemetry = Vec::new();
-        let mut by_topic: [(&'static str, Vec<Vec<u8>>); 4] = [
-            (topics::DEVICE_DATA_RECEIVED, Vec::new()),
-            (topics::DEVICE_STATUS_CHANGED, Vec::new()),
-            (topics::DEVICE_COMMAND_RESPONDED, Vec::new()),
-            (topics::DEVICE_OTA_PROGRESS, Vec::new()),
+        // Per topic: its events, and the acknowledgements they release.
+        let mut by_topic: [(&'static str, Vec<Vec<u8>>, Vec<Ack>); 4] = [
+            (topics::DEVICE_DATA_RECEIVED, Vec::new(), Vec::new()),
+            (topics::DEVICE_STATUS_CHANGED, Vec::new(), Vec::new()),
+            (topics::DEVICE_COMMAND_RESPONDED, Vec::new(), Vec::new()),
+            (topics::DEVICE_OTA_PROGRESS, Vec::new(), Vec::new()),
         ];
-        for Queued { event, ack } in batch.drain(..) {
-            acks.extend(ack);
+        for Queued { event, ack, .. } in batch.drain(..) {
             let encoded = match event {
                 Event::Telemetry(t) => {
                     telemetry.push(t);
+                    by_topic[0].2.extend(ack);
                     continue;
                 }
                 Event::Status(s) => (1, serde_json::to_vec(&s)),
                 Event::CommandResponded(c) => (2, serde_json::to_vec(&c)),
                 Event::OtaProgress(p) => (3, serde_json::to_vec(&p)),
             };
-            if let (i, Ok(payload)) = encoded {
+            let (i, payload) = encoded;
+            by_topic[i].2.extend(ack);
+            if let Ok(payload) = payload {
                 by_topic[i].1.push(payload);
             }
         }
@@ -431,31 +533,49 @@ impl Batcher {
                 by_topic[0].1.push(payload);
             }
         }
-        let mut published = true;
-        for (topic, payloads) in by_topic {
-            if !payloads.is_empty() {
-                published &= self.publish(topic, payloads, stop).await;
+        for (topic, payloads, acks) in by_topic {
+            if payloads.is_empty() {
+                // Nothing to pass on (an event that did not encode).
+                acks.into_iter().for_each(|ack| ack());
+                continue;
             }
-        }
-        if published {
-            for ack in acks {
-                ack();
+            let Some(confirmation) = self.publish(topic, payloads, stop).await else {
+                continue;
+            };
+            if acks.is_empty() {
+                continue;
             }
+            tokio::spawn(async move {
+                match confirmation.wait().await {
+                    Ok(()) => acks.into_iter().for_each(|ack| ack()),
+                    Err(e) => tracing::warn!(
+                        topic,
+                        error = %e,
+                        messages = acks.len(),
+                        "events not confirmed; their messages stay unacknowledged"
+                    ),
+                }
+            });
         }
     }
 
     /// Publishes, retrying with backoff while the bus is unavailable; once
     /// shutdown is under way a failed publish is dropped and counted.
-    /// Whether the events are on the bus.
-    async fn publish(&self, topic: &'static str, payloads: Vec<Vec<u8>>, stop: &Shutdown) -> bool {
+    /// The bus's confirmation, or `None` when the events are not on it.
+    async fn publish(
+        &self,
+        topic: &'static str,
+        payloads: Vec<Vec<u8>>,
+        stop: &Shutdown,
+    ) -> Option<Confirmation> {
         let count = payloads.len() as u64;
         let mut backoff = Duration::from_millis(50);
         loop {
-            match self.bus.publish(topic, payloads.clone()).await {
-                Ok(()) => {
+            match self.bus.publish_confirmed(topic, payloads.clone()).await {
+                Ok(confirmation) => {
                     metrics::counter!("wf_mqtt_events_published_total", "topic" => topic)
                         .increment(count);
-                    return true;
+                    return Some(confirmation);
                 }
                 Err(e) => {
                     tracing::warn!(topic, events = count, error = %e, "publishing events failed; retrying");
@@ -469,7 +589,7 @@ impl Batcher {
                                 "topic" => topic
                             )
                             .increment(count);
-                            return false;
+                            return None;
                         }
                     }
                     backoff = (backoff * 2).min(Duration::from_secs(5));

@@ -75,8 +75,16 @@ pub struct Config {
     pub max_payload_bytes: usize,
     /// Telemetry messages per `device.data.received` event at most.
     pub batch_max_messages: usize,
-    /// How long a batch waits for more messages after its first one.
+    /// How long a batch waits for more messages after its first one. A
+    /// batch holding a message whose device waits for its acknowledgement
+    /// (QoS 1 and 2 on the embedded broker) does not wait.
     pub batch_linger_ms: u64,
+    /// Embedded broker: how long a device's QoS 1 or 2 message may wait to
+    /// be stored before the broker gives up on it. The broker acknowledges
+    /// (PUBACK, PUBREC) only once the message is stored; past this, or when
+    /// it cannot be stored, it closes the connection without acknowledging,
+    /// and the device sends the message again when it reconnects.
+    pub durable_ack_timeout_ms: u64,
     /// Events waiting for the bus before new ones are dropped (and counted).
     pub ingest_queue_capacity: usize,
     /// How long a successful device authentication is remembered.
@@ -130,6 +138,7 @@ impl Default for Config {
             max_payload_bytes: 64 * 1024,
             batch_max_messages: 500,
             batch_linger_ms: 20,
+            durable_ack_timeout_ms: 10_000,
             ingest_queue_capacity: 65_536,
             auth_cache_ttl_secs: 60,
             malformed_log_interval_secs: 60,

@@ -86,7 +86,7 @@ pub struct CreateQuery {
     params(("id" = String, Path), CreateQuery, ("Idempotency-Key" = Option<String>, Header, description = "Makes a retried request return the first one's command")),
     responses((status = 201, body = CommandDto), (status = 200, description = "A retry with a used Idempotency-Key", body = CommandDto),
         (status = 202, description = "With ?wait=true: the longest wait ended before the command did; it stays open", body = CommandDto),
-        (status = 404, body = ErrorEnvelope), (status = 422, body = ErrorEnvelope)))]
+        (status = 404, body = ErrorEnvelope), (status = 422, body = ErrorEnvelope), (status = 507, description = "Storage is full: nothing was saved; retry once space is freed", body = ErrorEnvelope)))]
 pub async fn create(
     State(state): State<AppState>,
     caller: Caller,

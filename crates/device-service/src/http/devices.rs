@@ -130,7 +130,7 @@ fn empty_object() -> serde_json::Value {
 }
 
 #[utoipa::path(post, path = "/api/v1/devices", tag = "devices", security(("bearer" = [])), request_body = CreateRequest,
-    responses((status = 201, body = DeviceWithSecret), (status = 409, body = ErrorEnvelope), (status = 422, body = ErrorEnvelope)))]
+    responses((status = 201, body = DeviceWithSecret), (status = 409, body = ErrorEnvelope), (status = 422, body = ErrorEnvelope), (status = 507, description = "Storage is full: nothing was saved; retry once space is freed", body = ErrorEnvelope)))]
 pub async fn create(
     State(state): State<AppState>,
     caller: Caller,
@@ -271,7 +271,7 @@ pub struct UpdateRequest {
 }
 
 #[utoipa::path(patch, path = "/api/v1/devices/{id}", tag = "devices", security(("bearer" = [])), params(("id" = String, Path)), request_body = UpdateRequest,
-    responses((status = 200, body = DeviceDto), (status = 404, body = ErrorEnvelope), (status = 422, body = ErrorEnvelope)))]
+    responses((status = 200, body = DeviceDto), (status = 404, body = ErrorEnvelope), (status = 422, body = ErrorEnvelope), (status = 507, description = "Storage is full: nothing was saved; retry once space is freed", body = ErrorEnvelope)))]
 pub async fn update(
     State(state): State<AppState>,
     caller: Caller,
@@ -304,7 +304,7 @@ pub async fn update(
 /// Deletes a device and everything stored about it, and announces
 /// `device.deleted` so other services (rollouts) let go of it.
 #[utoipa::path(delete, path = "/api/v1/devices/{id}", tag = "devices", security(("bearer" = [])), params(("id" = String, Path)),
-    responses((status = 204, description = "Deleted, with its telemetry and commands"), (status = 404, body = ErrorEnvelope)))]
+    responses((status = 204, description = "Deleted, with its telemetry and commands"), (status = 404, body = ErrorEnvelope), (status = 507, description = "Storage is full: nothing was saved; retry once space is freed", body = ErrorEnvelope)))]
 pub async fn delete(
     State(state): State<AppState>,
     caller: Caller,
@@ -329,7 +329,7 @@ pub async fn delete(
 
 /// Issues a new secret; the old one stops working.
 #[utoipa::path(post, path = "/api/v1/devices/{id}/secret", tag = "devices", security(("bearer" = [])), params(("id" = String, Path)),
-    responses((status = 200, body = DeviceWithSecret), (status = 404, body = ErrorEnvelope)))]
+    responses((status = 200, body = DeviceWithSecret), (status = 404, body = ErrorEnvelope), (status = 507, description = "Storage is full: nothing was saved; retry once space is freed", body = ErrorEnvelope)))]
 pub async fn rotate_secret(
     State(state): State<AppState>,
     caller: Caller,

@@ -16,7 +16,12 @@
 //!   keep-alive expiry and dropped sockets too, not only polite clients;
 //! - listeners set `SO_REUSEADDR`, so a restart can bind again at once;
 //! - the busy check, which refuses connections under load, is off;
-//! - every handler keeps a refusal decided before it (`acc`).
+//! - every handler keeps a refusal decided before it (`acc`);
+//! - rmqtt acknowledges a QoS 1 or 2 PUBLISH (PUBACK, PUBREC) as soon as
+//!   the publish hooks return, and handles one PUBLISH of a connection at a
+//!   time: the ingest tap returns only once the message is stored, so an
+//!   acknowledgement means stored, and refuses it with a disconnection
+//!   when it cannot be stored (an MQTT 3 PUBACK cannot say "refused").
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -378,7 +383,10 @@ impl Handler for IngestHook {
     async fn hook(&self, param: &Parameter, acc: Option<HookResult>) -> ReturnType {
         match param {
             Parameter::MessagePublishCheckAcl(session, publish) => {
-                if matches!(&acc, Some(HookResult::PublishAclResult(r)) if r.is_allow()) {
+                if !matches!(&acc, Some(HookResult::PublishAclResult(r)) if r.is_allow()) {
+                    return (true, acc);
+                }
+                if publish.qos == QoS::AtMostOnce {
                     self.ingest.accept(
                         &session.id.client_id,
                         &publish.topic,
@@ -386,6 +394,24 @@ impl Handler for IngestHook {
                         publish.qos.value(),
                         false,
                     );
+                    return (true, acc);
+                }
+                // rmqtt sends the PUBACK (PUBREC) when this hook returns:
+                // only once the message is stored. Not stored: the
+                // connection is closed without it, and the device sends the
+                // message again.
+                let stored = self
+                    .ingest
+                    .accept_durable(
+                        &session.id.client_id,
+                        &publish.topic,
+                        &publish.payload,
+                        publish.qos.value(),
+                    )
+                    .await;
+                if stored.is_err() {
+                    let refused = PublishAclResult::rejected(true, Some("not stored".into()));
+                    return (false, Some(HookResult::PublishAclResult(refused)));
                 }
             }
             Parameter::MessagePublish(_, from, publish)

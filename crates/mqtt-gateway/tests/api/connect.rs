@@ -91,9 +91,10 @@ async fn publishing_on_another_devices_topic_reaches_neither_the_bus_nor_that_de
     assert_eq!(first.values[0].0, "genuine");
 
     // d2 sees its own message first: the forged one was never routed.
-    d2.publish("devices/d2/status", "online").await;
+    d2.publish("devices/d2/telemetry", r#"{"own": 1}"#).await;
+    assert_eq!(telemetry.next().await.device_id, "d2");
     let seen = d2.next_message().await;
-    assert_eq!(seen.topic, "devices/d2/status");
+    assert_eq!(seen.topic, "devices/d2/telemetry");
 }
 
 #[tokio::test]

@@ -153,6 +153,11 @@ impl TestAppBuilder {
         self
     }
 
+    pub fn durable_ack_timeout_ms(mut self, ms: u64) -> Self {
+        self.config.durable_ack_timeout_ms = ms;
+        self
+    }
+
     pub async fn spawn(mut self) -> TestApp {
         let auth_calls = Arc::new(AtomicUsize::new(0));
         let device_service = FakeDeviceService {
@@ -412,10 +417,30 @@ impl TestDevice {
     }
 
     pub async fn publish(&self, topic: &str, payload: impl Into<Vec<u8>>) {
+        self.publish_qos(topic, payload, QoS::AtLeastOnce).await;
+    }
+
+    pub async fn publish_qos(&self, topic: &str, payload: impl Into<Vec<u8>>, qos: QoS) {
         self.client
-            .publish(topic, QoS::AtLeastOnce, false, payload.into())
+            .publish(topic, qos, false, payload.into())
             .await
             .expect("publish queued");
+    }
+
+    /// Whether the broker acknowledges a QoS 1 message (PUBACK) within
+    /// `wait`; other packets are skipped.
+    pub async fn puback_within(&mut self, wait: Duration) -> bool {
+        tokio::time::timeout(wait, async {
+            loop {
+                match self.incoming.recv().await {
+                    Some(Packet::PubAck(_)) => return true,
+                    Some(_) => {}
+                    None => return false,
+                }
+            }
+        })
+        .await
+        .unwrap_or(false)
     }
 
     /// Subscribes and returns whether the broker granted it.

@@ -4,6 +4,9 @@
 use serde_json::json;
 use wf_common::events::{CommandResponded, MetricValue, OtaProgress, topics};
 
+use rumqttc::QoS;
+use std::time::Duration;
+
 use crate::helpers::{TestApp, metric};
 
 #[tokio::test]
@@ -50,9 +53,15 @@ async fn telemetry_is_batched_into_arrays() {
     let mut events = app
         .events::<Vec<wf_common::events::TelemetryMessage>>(topics::DEVICE_DATA_RECEIVED)
         .await;
+    // At QoS 0 nobody waits for an acknowledgement, so batches linger
+    // and fill up.
     for i in 0..200 {
-        d1.publish("devices/d1/telemetry", format!(r#"{{"n": {i}}}"#))
-            .await;
+        d1.publish_qos(
+            "devices/d1/telemetry",
+            format!(r#"{{"n": {i}}}"#),
+            QoS::AtMostOnce,
+        )
+        .await;
     }
     let mut received = Vec::new();
     let mut event_count = 0;
@@ -179,6 +188,59 @@ async fn ota_progress_becomes_ota_progress_events() {
     assert_eq!(p.progress, Some(40.0));
     assert_eq!(p.version.as_deref(), Some("1.2.0"));
     assert_eq!(p.error, None);
+}
+
+#[tokio::test]
+async fn a_qos1_message_is_acknowledged_only_once_every_consumer_has_handled_it() {
+    let app = TestApp::spawn().await;
+    // Two consumer groups: device-service and another reader, say.
+    let mut telemetry = app.telemetry().await;
+    let mut other = app.telemetry().await;
+    let mut d1 = app.device("d1", "s1").await;
+
+    d1.publish("devices/d1/telemetry", r#"{"t": 1}"#).await;
+    assert!(
+        !d1.puback_within(Duration::from_millis(500)).await,
+        "acknowledged before anyone handled it"
+    );
+    // One group handled (and acknowledged) it; the other has not yet.
+    assert_eq!(telemetry.next().await.device_id, "d1");
+    assert!(
+        !d1.puback_within(Duration::from_millis(500)).await,
+        "acknowledged before every group handled it"
+    );
+    assert_eq!(other.next().await.device_id, "d1");
+    assert!(
+        d1.puback_within(Duration::from_secs(5)).await,
+        "never acknowledged"
+    );
+}
+
+#[tokio::test]
+async fn a_message_that_is_not_stored_in_time_is_never_acknowledged() {
+    let app = TestApp::builder()
+        .with_device("d1", "s1")
+        .durable_ack_timeout_ms(300)
+        .spawn()
+        .await;
+    // A consumer group that never handles what it is given.
+    let _stuck = app.telemetry().await;
+    let mut d1 = app.device("d1", "s1").await;
+
+    d1.publish("devices/d1/telemetry", r#"{"t": 1}"#).await;
+    assert!(
+        !d1.puback_within(Duration::from_secs(2)).await,
+        "acknowledged although never stored"
+    );
+    assert!(d1.closed().await, "the connection was not closed");
+    let metrics = app.metrics().await;
+    assert!(
+        metric(
+            &metrics,
+            "wf_mqtt_messages_unacknowledged_total{reason=\"timeout\"}"
+        ) >= 1.0,
+        "not counted: {metrics}"
+    );
 }
 
 #[tokio::test]
