@@ -58,6 +58,9 @@ pub struct Config {
     pub trusted_proxies: Vec<IpAddr>,
     /// Largest accepted request body.
     pub max_body_bytes: usize,
+    /// Limits of the HTTP listener: header timeout and size, connections
+    /// per client address, the file-descriptor reserve.
+    pub http_limits: wf_common::http::HttpLimits,
 }
 
 impl Default for Config {
@@ -81,6 +84,7 @@ impl Default for Config {
                 IpAddr::V6(Ipv6Addr::LOCALHOST),
             ],
             max_body_bytes: 64 * 1024,
+            http_limits: wf_common::http::HttpLimits::default(),
         }
     }
 }
@@ -226,11 +230,13 @@ impl Application {
         let stop = wf_common::shutdown::Shutdown::new();
         let router = http::router(self.state.clone());
         let http_stop = stop.wait();
-        let http = axum::serve(
+        let http = wf_common::http::serve(
+            "auth-service",
             self.http,
-            router.into_make_service_with_connect_info::<SocketAddr>(),
-        )
-        .with_graceful_shutdown(http_stop);
+            router,
+            self.state.config.http_limits.clone(),
+            http_stop,
+        );
         let grpc = grpc::serve(self.state.clone(), self.grpc, stop.wait());
         let housekeeping = housekeeping(self.state.clone(), stop.wait());
         let trigger = stop.clone();

@@ -81,6 +81,9 @@ pub struct Config {
     /// Malformed messages are logged at most once per device per interval
     /// (every one is counted).
     pub malformed_log_interval_secs: u64,
+    /// Limits of the HTTP listener: header timeout and size, connections
+    /// per client address, the file-descriptor reserve.
+    pub http_limits: wf_common::http::HttpLimits,
 }
 
 impl Default for Config {
@@ -101,6 +104,7 @@ impl Default for Config {
             ingest_queue_capacity: 65_536,
             auth_cache_ttl_secs: 60,
             malformed_log_interval_secs: 60,
+            http_limits: wf_common::http::HttpLimits::default(),
         }
     }
 }
@@ -316,8 +320,13 @@ impl Application {
         };
         // A server that fails stops the others too.
         let http = {
-            let serving = axum::serve(self.http, http::router(self.state.clone()))
-                .with_graceful_shutdown(stop.wait());
+            let serving = wf_common::http::serve(
+                "mqtt-gateway",
+                self.http,
+                http::router(self.state.clone()),
+                self.state.config.http_limits.clone(),
+                stop.wait(),
+            );
             let stop = stop.clone();
             async move {
                 let result = serving.await;
