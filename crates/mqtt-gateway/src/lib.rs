@@ -84,6 +84,8 @@ pub struct Config {
     /// Limits of the HTTP listener: header timeout and size, connections
     /// per client address, the file-descriptor reserve.
     pub http_limits: wf_common::http::HttpLimits,
+    /// The EMQX HTTP hooks `/mqtt/auth` and `/mqtt/acl` (`[mqtt_gateway.hooks]`).
+    pub hooks: HookConfig,
 }
 
 impl Default for Config {
@@ -105,6 +107,7 @@ impl Default for Config {
             auth_cache_ttl_secs: 60,
             malformed_log_interval_secs: 60,
             http_limits: wf_common::http::HttpLimits::default(),
+            hooks: HookConfig::default(),
         }
     }
 }
@@ -118,6 +121,31 @@ pub enum BrokerMode {
     Embedded,
     /// An external Mosquitto 2 (`[mqtt_gateway.mosquitto]`).
     Mosquitto,
+}
+
+/// The EMQX HTTP authentication and authorization hooks on the HTTP port.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default)]
+pub struct HookConfig {
+    /// The shared secret EMQX sends in the `x-wf-iot-hook-secret` header.
+    /// Empty (the default): the hooks answer `403` to every call.
+    #[serde(serialize_with = "wf_common::config::redact")]
+    pub secret: SecretString,
+    /// Calls with a missing or wrong secret from one address before that
+    /// address is answered `429` ...
+    pub max_failures: u32,
+    /// ... for the rest of this many seconds from its first failure.
+    pub failure_window_secs: u64,
+}
+
+impl Default for HookConfig {
+    fn default() -> Self {
+        Self {
+            secret: SecretString::from(""),
+            max_failures: 10,
+            failure_window_secs: 60,
+        }
+    }
 }
 
 /// An external Mosquitto 2 (`[mqtt_gateway.mosquitto]`), used when
