@@ -28,7 +28,6 @@ use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::sync::Arc;
 
 use anyhow::Context;
-use axum::serve::ListenerExt;
 use serde::{Deserialize, Serialize};
 use state::AppState;
 use tokio::net::TcpListener;
@@ -83,6 +82,9 @@ pub struct Config {
     pub upstream_timeout_secs: u64,
     /// Largest request body, except on firmware routes.
     pub max_body_bytes: u64,
+    /// Limits of the HTTP listener: header timeout and size, connections
+    /// per client address, the file-descriptor reserve.
+    pub http_limits: wf_common::http::HttpLimits,
     /// Largest request body on firmware routes (image uploads).
     pub max_upload_bytes: u64,
     /// Events buffered per live-stream subscriber before it is told it lagged.
@@ -139,6 +141,7 @@ impl Default for Config {
             upstream_connect_timeout_ms: 2_000,
             upstream_timeout_secs: 60,
             max_body_bytes: 1024 * 1024,
+            http_limits: wf_common::http::HttpLimits::default(),
             max_upload_bytes: 1024 * 1024 * 1024,
             stream_buffer: 1024,
             stream_keep_alive_secs: 15,
@@ -249,16 +252,13 @@ impl Application {
             trigger.trigger();
         });
         let router = http::router(self.state.clone())?;
-        let listener = self.http.tap_io(|tcp| {
-            if let Err(e) = tcp.set_nodelay(true) {
-                tracing::trace!(error = %e, "setting TCP_NODELAY failed");
-            }
-        });
-        let server = axum::serve(
-            listener,
-            router.into_make_service_with_connect_info::<SocketAddr>(),
-        )
-        .with_graceful_shutdown(stop.wait());
+        let server = wf_common::http::serve(
+            "api-gateway",
+            self.http,
+            router,
+            self.state.config.http_limits.clone(),
+            stop.wait(),
+        );
         let feed = streams::feed(self.state.clone());
         tracing::info!(
             instance = %self.state.instance_id,

@@ -71,6 +71,9 @@ pub struct Config {
     /// services run apart take `internal.token`.
     #[serde(skip)]
     pub internal_token: wf_common::grpc::InternalToken,
+    /// Limits of the HTTP listener: header timeout and size, connections
+    /// per client address, the file-descriptor reserve.
+    pub http_limits: wf_common::http::HttpLimits,
 }
 
 impl Default for Config {
@@ -97,6 +100,7 @@ impl Default for Config {
             ],
             max_body_bytes: 64 * 1024,
             internal_token: Default::default(),
+            http_limits: wf_common::http::HttpLimits::default(),
         }
     }
 }
@@ -248,11 +252,13 @@ impl Application {
         let stop = wf_common::shutdown::Shutdown::new();
         let router = http::router(self.state.clone());
         let http_stop = stop.wait();
-        let http = axum::serve(
+        let http = wf_common::http::serve(
+            "auth-service",
             self.http,
-            router.into_make_service_with_connect_info::<SocketAddr>(),
-        )
-        .with_graceful_shutdown(http_stop);
+            router,
+            self.state.config.http_limits.clone(),
+            http_stop,
+        );
         let grpc = grpc::serve(self.state.clone(), self.grpc, stop.wait());
         let housekeeping = housekeeping(self.state.clone(), stop.wait());
         let trigger = stop.clone();

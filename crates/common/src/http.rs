@@ -15,6 +15,9 @@ use serde_json::json;
 use crate::error;
 use crate::telemetry;
 
+mod serve;
+pub use serve::{HttpLimits, serve};
+
 /// A dependency whose reachability decides readiness.
 pub type ReadinessCheck = Arc<dyn Fn() -> BoxFuture<'static, Result<(), String>> + Send + Sync>;
 

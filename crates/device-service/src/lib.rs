@@ -65,6 +65,9 @@ pub struct Config {
     /// so a replica resumes the events it had not finished.
     pub consumer_name: String,
     pub max_body_bytes: usize,
+    /// Limits of the HTTP listener: header timeout and size, connections
+    /// per client address, the file-descriptor reserve.
+    pub http_limits: wf_common::http::HttpLimits,
     /// Mark every device offline on start. Right when the broker runs in
     /// the same process (all-in-one), where no device can be connected yet;
     /// wrong for a replica joining a running deployment.
@@ -102,6 +105,7 @@ impl Default for Config {
             command_max_wait_secs: 30,
             consumer_name: "device-service-1".into(),
             max_body_bytes: 64 * 1024,
+            http_limits: wf_common::http::HttpLimits::default(),
             reset_status_on_start: false,
             device_cache_capacity: 0,
             internal_token: Default::default(),
@@ -203,7 +207,13 @@ impl Application {
     ) -> anyhow::Result<()> {
         let stop = wf_common::shutdown::Shutdown::new();
         let router = http::router(self.state.clone());
-        let http = axum::serve(self.http, router).with_graceful_shutdown(stop.wait());
+        let http = wf_common::http::serve(
+            "device-service",
+            self.http,
+            router,
+            self.state.config.http_limits.clone(),
+            stop.wait(),
+        );
         let grpc = grpc::serve(self.state.clone(), self.grpc, stop.wait());
         let workers = ingest::run(self.state.clone(), stop.clone());
         let trigger = stop.clone();

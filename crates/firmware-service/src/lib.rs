@@ -84,6 +84,9 @@ pub struct Config {
     pub max_firmware_bytes: u64,
     /// The largest JSON request body.
     pub max_body_bytes: usize,
+    /// Limits of the HTTP listener: header timeout and size, connections
+    /// per client address, the file-descriptor reserve.
+    pub http_limits: wf_common::http::HttpLimits,
     /// Where firmware images are kept.
     pub storage: StorageConfig,
     /// Where uploads are written while they arrive; when empty,
@@ -164,6 +167,7 @@ impl Default for Config {
             public_url: "http://127.0.0.1:8103".into(),
             max_firmware_bytes: 256 * 1024 * 1024,
             max_body_bytes: 64 * 1024,
+            http_limits: wf_common::http::HttpLimits::default(),
             storage: StorageConfig::default(),
             upload_dir: PathBuf::new(),
             signing_public_keys: Vec::new(),
@@ -310,7 +314,13 @@ impl Application {
     ) -> anyhow::Result<()> {
         let stop = wf_common::shutdown::Shutdown::new();
         let router = http::router(self.state.clone());
-        let http = axum::serve(self.http, router).with_graceful_shutdown(stop.wait());
+        let http = wf_common::http::serve(
+            "firmware-service",
+            self.http,
+            router,
+            self.state.config.http_limits.clone(),
+            stop.wait(),
+        );
         let grpc = grpc::serve(self.state.clone(), self.grpc, stop.wait());
         let trigger = stop.clone();
         tokio::spawn(async move {

@@ -160,8 +160,13 @@ impl Worker {
         });
         let ops = match self.http.take() {
             Some(listener) => {
-                let serving =
-                    axum::serve(listener, self.ops_router()).with_graceful_shutdown(stop.wait());
+                let serving = wf_common::http::serve(
+                    "firmware-worker",
+                    listener,
+                    self.ops_router(),
+                    self.config.http_limits.clone(),
+                    stop.wait(),
+                );
                 Some(tokio::spawn(async move { serving.await }))
             }
             None => None,

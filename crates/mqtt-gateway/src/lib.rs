@@ -104,6 +104,11 @@ pub struct Config {
     /// services run apart take `internal.token`.
     #[serde(skip)]
     pub internal_token: wf_common::grpc::InternalToken,
+    /// Limits of the HTTP listener: header timeout and size, connections
+    /// per client address, the file-descriptor reserve.
+    pub http_limits: wf_common::http::HttpLimits,
+    /// The EMQX HTTP hooks `/mqtt/auth` and `/mqtt/acl` (`[mqtt_gateway.hooks]`).
+    pub hooks: HookConfig,
 }
 
 impl Config {
@@ -146,6 +151,8 @@ impl Default for Config {
             telemetry_max_age_secs: 366 * 24 * 3600,
             telemetry_max_ahead_secs: 300,
             internal_token: Default::default(),
+            http_limits: wf_common::http::HttpLimits::default(),
+            hooks: HookConfig::default(),
         }
     }
 }
@@ -159,6 +166,31 @@ pub enum BrokerMode {
     Embedded,
     /// An external Mosquitto 2 (`[mqtt_gateway.mosquitto]`).
     Mosquitto,
+}
+
+/// The EMQX HTTP authentication and authorization hooks on the HTTP port.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default)]
+pub struct HookConfig {
+    /// The shared secret EMQX sends in the `x-wf-iot-hook-secret` header.
+    /// Empty (the default): the hooks answer `403` to every call.
+    #[serde(serialize_with = "wf_common::config::redact")]
+    pub secret: SecretString,
+    /// Calls with a missing or wrong secret from one address before that
+    /// address is answered `429` ...
+    pub max_failures: u32,
+    /// ... for the rest of this many seconds from its first failure.
+    pub failure_window_secs: u64,
+}
+
+impl Default for HookConfig {
+    fn default() -> Self {
+        Self {
+            secret: SecretString::from(""),
+            max_failures: 10,
+            failure_window_secs: 60,
+        }
+    }
 }
 
 /// An external Mosquitto 2 (`[mqtt_gateway.mosquitto]`), used when
@@ -368,8 +400,13 @@ impl Application {
         };
         // A server that fails stops the others too.
         let http = {
-            let serving = axum::serve(self.http, http::router(self.state.clone()))
-                .with_graceful_shutdown(stop.wait());
+            let serving = wf_common::http::serve(
+                "mqtt-gateway",
+                self.http,
+                http::router(self.state.clone()),
+                self.state.config.http_limits.clone(),
+                stop.wait(),
+            );
             let stop = stop.clone();
             async move {
                 let result = serving.await;

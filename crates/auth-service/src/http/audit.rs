@@ -16,9 +16,12 @@ use crate::store::{AuditFilter, AuditRecord};
 #[derive(Deserialize, utoipa::IntoParams)]
 #[into_params(parameter_in = Query)]
 pub struct ListQuery {
+    #[param(max_length = 256)]
     action: Option<String>,
     /// A username or user id.
+    #[param(max_length = 256)]
     actor: Option<String>,
+    #[param(max_length = 256)]
     outcome: Option<String>,
     /// RFC 3339 bounds.
     since: Option<String>,
@@ -57,6 +60,13 @@ pub async fn list(
 ) -> Result<Json<Paged<AuditDto>>> {
     caller.require(Permission::AuditRead)?;
     let page = Page::from_query(query.limit, query.offset)?;
+    for (field, value) in [
+        ("action", &query.action),
+        ("actor", &query.actor),
+        ("outcome", &query.outcome),
+    ] {
+        wf_common::text::check_filter(field, value.as_deref()).map_err(Error::Validation)?;
+    }
     let filter = AuditFilter {
         action: query.action,
         actor: query.actor,

@@ -67,6 +67,7 @@ async fn load(state: &AppState, id: &str) -> Result<UserDto> {
 #[derive(Deserialize, utoipa::IntoParams)]
 #[into_params(parameter_in = Query)]
 pub struct ListQuery {
+    #[param(max_length = 256)]
     q: Option<String>,
     is_active: Option<bool>,
     limit: Option<i64>,
@@ -74,7 +75,7 @@ pub struct ListQuery {
 }
 
 #[utoipa::path(get, path = "/api/v1/users", tag = "users", security(("bearer" = [])), params(ListQuery),
-    responses((status = 200, body = Paged<UserDto>), (status = 403, body = ErrorEnvelope)))]
+    responses((status = 200, body = Paged<UserDto>), (status = 403, body = ErrorEnvelope), (status = 422, body = ErrorEnvelope)))]
 pub async fn list(
     State(state): State<AppState>,
     Caller(caller): Caller,
@@ -82,6 +83,7 @@ pub async fn list(
 ) -> Result<Json<Paged<UserDto>>> {
     caller.require(Permission::UserManage)?;
     let page = Page::from_query(query.limit, query.offset)?;
+    wf_common::text::check_filter("q", query.q.as_deref()).map_err(Error::Validation)?;
     let (users, total) = state
         .store
         .list_users(&UserFilter {

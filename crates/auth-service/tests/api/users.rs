@@ -351,3 +351,35 @@ async fn administrators_cannot_lock_themselves_out() {
         StatusCode::OK
     );
 }
+
+#[tokio::test]
+async fn overlong_user_and_audit_filters_are_refused_with_422() {
+    let app = TestApp::spawn().await;
+    let admin = app.admin_token.clone();
+    let long = "a".repeat(1_000);
+    for path in [
+        format!("/api/v1/users?q={long}"),
+        format!("/api/v1/audit-logs?action={long}"),
+        format!("/api/v1/audit-logs?actor={long}"),
+        format!("/api/v1/audit-logs?outcome={long}"),
+    ] {
+        let resp = app.request(Method::GET, &path, Some(&admin), None).await;
+        let body = assert_error(resp, StatusCode::UNPROCESSABLE_ENTITY, "validation_failed").await;
+        assert!(
+            body["error"]["message"]
+                .as_str()
+                .unwrap()
+                .contains("at most 256"),
+            "{body}"
+        );
+    }
+    let resp = app
+        .request(
+            Method::GET,
+            &format!("/api/v1/users?q={}", "a".repeat(256)),
+            Some(&admin),
+            None,
+        )
+        .await;
+    assert_eq!(resp.status(), StatusCode::OK);
+}

@@ -101,11 +101,32 @@ impl Interval {
     pub fn millis(self) -> i64 {
         self.0
     }
+
+    /// How many buckets of this width the range `[from, to)` spans (at most
+    /// one more for the alignment of the first). Exact for any two `i64`
+    /// times: the arithmetic is done in `i128`, so extreme ranges count as
+    /// many buckets instead of wrapping around.
+    pub fn buckets(self, from: i64, to: i64) -> i128 {
+        let span = i128::from(to) - i128::from(from);
+        let width = i128::from(self.0);
+        (span + width - 1).div_euclid(width) + 1
+    }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn extreme_ranges_count_buckets_without_overflow() {
+        let day = Interval::parse("1d").unwrap();
+        let buckets = day.buckets(i64::MIN, i64::MAX);
+        assert!(buckets > 200_000_000_000, "{buckets}");
+        assert_eq!(day.buckets(0, 86_400_000), 2);
+        assert_eq!(Interval::parse("1ms").unwrap().buckets(0, 10), 11);
+        let max = Interval::parse(&format!("{}ms", i64::MAX)).unwrap();
+        assert_eq!(max.buckets(i64::MIN, i64::MAX), 4);
+    }
 
     #[test]
     fn intervals() {

@@ -82,6 +82,7 @@ fn check_name(name: &str) -> Result<String> {
     if name.is_empty() || name.chars().count() > 200 {
         return Err(Error::Validation("name must be 1 to 200 characters".into()));
     }
+    wf_common::text::check_printable("name", name).map_err(Error::Validation)?;
     Ok(name.to_string())
 }
 
@@ -105,6 +106,11 @@ fn check_metadata(metadata: serde_json::Value) -> Result<serde_json::Value> {
     }
     if metadata.to_string().len() > 16 * 1024 {
         return Err(Error::Validation("metadata must be at most 16 KiB".into()));
+    }
+    if let Some(map) = metadata.as_object() {
+        for key in map.keys() {
+            wf_common::text::check_printable("a metadata key", key).map_err(Error::Validation)?;
+        }
     }
     Ok(metadata)
 }
@@ -171,9 +177,12 @@ async fn sync_credentials(state: &AppState, device_id: &str, secret: &str) {
 #[into_params(parameter_in = Query)]
 pub struct ListQuery {
     /// Substring of the name.
+    #[param(max_length = 256)]
     name: Option<String>,
     #[serde(rename = "type")]
+    #[param(max_length = 256)]
     device_type: Option<String>,
+    #[param(max_length = 256)]
     tag: Option<String>,
     /// `online` or `offline`.
     status: Option<String>,
@@ -193,6 +202,15 @@ pub async fn list(
 ) -> Result<Json<Paged<DeviceDto>>> {
     caller.require(&state, Permission::DeviceRead).await?;
     let (limit, offset) = page(q.limit, q.offset)?;
+    for (field, value) in [
+        ("name", &q.name),
+        ("type", &q.device_type),
+        ("tag", &q.tag),
+        ("status", &q.status),
+        ("sort", &q.sort),
+    ] {
+        wf_common::text::check_filter(field, value.as_deref()).map_err(Error::Validation)?;
+    }
     let online = match q.status.as_deref() {
         None | Some("") => None,
         Some("online") => Some(true),

@@ -101,7 +101,7 @@ pub async fn series(
         .ok_or_else(|| Error::Validation("metric is required".into()))
         .and_then(|m| MetricName::parse(m).map_err(Error::Validation))?;
     let to = parse_time("to", q.to.as_deref())?.unwrap_or_else(wf_common::now_millis);
-    let from = parse_time("from", q.from.as_deref())?.unwrap_or(to - 3_600_000);
+    let from = parse_time("from", q.from.as_deref())?.unwrap_or(to.saturating_sub(3_600_000));
     if from >= to {
         return Err(Error::Validation("from must be before to".into()));
     }
@@ -135,8 +135,8 @@ pub async fn series(
     let interval = Interval::parse(interval).map_err(Error::Validation)?;
     let aggregation =
         Aggregation::parse(q.agg.as_deref().unwrap_or("avg")).map_err(Error::Validation)?;
-    let buckets = (to - from + interval.millis() - 1) / interval.millis() + 1;
-    if buckets > max_points {
+    let buckets = interval.buckets(from, to);
+    if buckets > i128::from(max_points) {
         return Err(Error::Validation(format!(
             "this range and interval make {buckets} buckets; the limit is {max_points}: \
              use a wider interval or a shorter range"

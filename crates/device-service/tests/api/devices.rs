@@ -809,3 +809,106 @@ async fn reads_through_the_device_cache_follow_every_write() {
     )
     .await;
 }
+
+#[tokio::test]
+async fn names_tags_and_metadata_keys_refuse_control_and_bidi_characters() {
+    let app = TestApp::spawn().await;
+    let admin = app.admin_token.clone();
+    for (body, field) in [
+        (json!({ "id": "cc-1", "name": "pump\u{0}room" }), "name"),
+        (
+            json!({ "id": "cc-1", "name": "invoice\u{202E}fdp.exe" }),
+            "name",
+        ),
+        (json!({ "id": "cc-1", "name": "a\u{2067}b" }), "name"),
+        (
+            json!({ "id": "cc-1", "name": "ok", "metadata": { "k\u{0}ey": 1 } }),
+            "metadata key",
+        ),
+        (
+            json!({ "id": "cc-1", "name": "ok", "metadata": { "\u{202A}x": 1 } }),
+            "metadata key",
+        ),
+        (
+            json!({ "id": "cc-1", "name": "ok", "tags": ["a\u{0}b"] }),
+            "tag",
+        ),
+        (
+            json!({ "id": "cc-1", "name": "ok", "tags": ["\u{2066}x"] }),
+            "tag",
+        ),
+    ] {
+        let resp = app
+            .request(
+                Method::POST,
+                "/api/v1/devices",
+                Some(&admin),
+                Some(body.clone()),
+            )
+            .await;
+        let err = assert_error(resp, StatusCode::UNPROCESSABLE_ENTITY, "validation_failed").await;
+        let message = err["error"]["message"].as_str().unwrap();
+        assert!(message.contains(field), "{body}: {message}");
+    }
+    // Nothing was created; readable names in any script still are.
+    app.device(
+        &admin,
+        json!({ "id": "cc-1", "name": "Capteur « cuisine » — 2ᵉ" }),
+    )
+    .await;
+    let resp = app
+        .request(
+            Method::PATCH,
+            "/api/v1/devices/cc-1",
+            Some(&admin),
+            Some(json!({ "name": "x\u{1b}[2J" })),
+        )
+        .await;
+    assert_error(resp, StatusCode::UNPROCESSABLE_ENTITY, "validation_failed").await;
+    let device = app.get_json("/api/v1/devices/cc-1", &admin).await;
+    assert_eq!(device["name"], "Capteur « cuisine » — 2ᵉ");
+}
+
+#[tokio::test]
+async fn overlong_list_filters_are_refused_with_422() {
+    let app = TestApp::spawn().await;
+    let admin = app.admin_token.clone();
+    // 60,000 characters do not even fit the request-head limit (16 KiB).
+    let resp = app
+        .request(
+            Method::GET,
+            &format!("/api/v1/devices?name={}", "a".repeat(60_000)),
+            Some(&admin),
+            None,
+        )
+        .await;
+    assert_eq!(resp.status(), StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE);
+    let long = "a".repeat(1_000);
+    for filter in ["name", "type", "tag", "sort"] {
+        let resp = app
+            .request(
+                Method::GET,
+                &format!("/api/v1/devices?{filter}={long}"),
+                Some(&admin),
+                None,
+            )
+            .await;
+        let err = assert_error(resp, StatusCode::UNPROCESSABLE_ENTITY, "validation_failed").await;
+        assert!(
+            err["error"]["message"]
+                .as_str()
+                .unwrap()
+                .contains("at most 256"),
+            "{filter}: {err}"
+        );
+    }
+    let resp = app
+        .request(
+            Method::GET,
+            &format!("/api/v1/devices?name={}", "a".repeat(256)),
+            Some(&admin),
+            None,
+        )
+        .await;
+    assert_eq!(resp.status(), StatusCode::OK);
+}

@@ -319,3 +319,43 @@ async fn values_that_cannot_be_stored_are_dropped_and_the_rest_kept() {
         .collect();
     assert_eq!(metrics, ["after", "ok"]);
 }
+
+#[tokio::test]
+async fn the_widest_possible_range_is_refused_as_too_many_buckets() {
+    let app = TestApp::spawn().await;
+    let admin = app.admin_token.clone();
+    app.device(&admin, json!({ "id": "wide-1", "name": "Wide" }))
+        .await;
+    for q in [
+        "metric=t&from=-9223372036854775808&to=9223372036854775807&interval=1d&agg=count",
+        "metric=t&from=-9223372036854775808&to=9223372036854775807&interval=1ms",
+    ] {
+        let resp = app
+            .request(
+                Method::GET,
+                &format!("/api/v1/devices/wide-1/telemetry?{q}"),
+                Some(&admin),
+                None,
+            )
+            .await;
+        let body = assert_error(resp, StatusCode::UNPROCESSABLE_ENTITY, "validation_failed").await;
+        assert!(
+            body["error"]["message"]
+                .as_str()
+                .unwrap()
+                .contains("the limit is 1000"),
+            "{q}: {body}"
+        );
+    }
+    // Only `to` at the bottom of the range: the default `from` an hour
+    // before it must not wrap around.
+    let resp = app
+        .request(
+            Method::GET,
+            "/api/v1/devices/wide-1/telemetry?metric=t&to=-9223372036854775800",
+            Some(&admin),
+            None,
+        )
+        .await;
+    assert_eq!(resp.status(), StatusCode::OK);
+}

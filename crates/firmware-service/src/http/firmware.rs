@@ -413,6 +413,7 @@ pub async fn upload(
 #[into_params(parameter_in = Query)]
 pub struct ListQuery {
     /// Only images for this device type.
+    #[param(max_length = 256)]
     device_type: Option<String>,
     #[param(minimum = 1, maximum = 500, default = 50)]
     limit: Option<i64>,
@@ -427,7 +428,7 @@ pub struct ListQuery {
         (status = 400, description = "A query parameter is not of its type", body = ErrorEnvelope),
         (status = 401, body = ErrorEnvelope),
         (status = 403, body = ErrorEnvelope),
-        (status = 422, description = "limit or offset out of range", body = ErrorEnvelope),
+        (status = 422, description = "limit or offset out of range, or a filter longer than 256 characters", body = ErrorEnvelope),
         (status = 503, body = ErrorEnvelope),
     ))]
 pub async fn list(
@@ -437,6 +438,8 @@ pub async fn list(
 ) -> Result<Json<Paged<FirmwareDto>>> {
     caller.require(&state, Permission::Read).await?;
     let (limit, offset) = page(q.limit, q.offset)?;
+    wf_common::text::check_filter("device_type", q.device_type.as_deref())
+        .map_err(Error::Validation)?;
     let device_type = q.device_type.filter(|t| !t.trim().is_empty());
     let (items, total) = state
         .store

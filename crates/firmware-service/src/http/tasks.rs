@@ -183,6 +183,7 @@ pub async fn create(
 #[into_params(parameter_in = Query)]
 pub struct ListQuery {
     /// Only this device's tasks.
+    #[param(max_length = 256)]
     device_id: Option<String>,
     #[param(minimum = 1, maximum = 500, default = 50)]
     limit: Option<i64>,
@@ -198,7 +199,7 @@ pub struct ListQuery {
         (status = 400, description = "A query parameter is not of its type", body = ErrorEnvelope),
         (status = 401, body = ErrorEnvelope),
         (status = 403, body = ErrorEnvelope),
-        (status = 422, description = "limit or offset out of range", body = ErrorEnvelope),
+        (status = 422, description = "limit or offset out of range, or a filter longer than 256 characters", body = ErrorEnvelope),
         (status = 503, body = ErrorEnvelope),
     ))]
 pub async fn list(
@@ -208,6 +209,8 @@ pub async fn list(
 ) -> Result<Json<Paged<TaskDto>>> {
     caller.require(&state, Permission::Read).await?;
     let (limit, offset) = page(q.limit, q.offset)?;
+    wf_common::text::check_filter("device_id", q.device_id.as_deref())
+        .map_err(Error::Validation)?;
     let device = q.device_id.filter(|d| !d.trim().is_empty());
     let (rows, total) = state
         .store

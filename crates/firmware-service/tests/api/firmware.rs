@@ -829,3 +829,25 @@ async fn an_s3_bucket_stores_and_serves_images() {
         .unwrap();
     assert_eq!(ready.status(), StatusCode::OK);
 }
+
+#[tokio::test]
+async fn overlong_list_filters_are_refused_with_422() {
+    let app = TestApp::spawn().await;
+    let long = "a".repeat(1_000);
+    for path in [
+        format!("/api/v1/firmware?device_type={long}"),
+        format!("/api/v1/upgrade-tasks?device_id={long}"),
+    ] {
+        let resp = app
+            .request(Method::GET, &path, Some(&app.admin_token), None)
+            .await;
+        let body = assert_error(resp, StatusCode::UNPROCESSABLE_ENTITY, "validation_failed").await;
+        assert!(
+            body["error"]["message"]
+                .as_str()
+                .unwrap()
+                .contains("at most 256"),
+            "{body}"
+        );
+    }
+}

@@ -2,6 +2,7 @@
 //! authentication and authorization hooks an external EMQX broker calls.
 
 mod emqx;
+mod guard;
 
 use std::sync::Arc;
 
@@ -24,6 +25,10 @@ pub fn router(state: AppState) -> Router {
     let hooks = Router::new()
         .route("/mqtt/auth", post(emqx::auth))
         .route("/mqtt/acl", post(emqx::acl))
+        .route_layer(axum::middleware::from_fn({
+            let guard = guard::HookGuard::new(state.config.hooks.clone());
+            move |peer, req, next| guard::check(guard.clone(), peer, req, next)
+        }))
         .with_state(state);
     finish(
         hooks.merge(ops_routes(vec![

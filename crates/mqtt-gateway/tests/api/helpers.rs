@@ -65,6 +65,9 @@ impl DeviceService for FakeDeviceService {
     }
 }
 
+/// The EMQX hooks' shared secret in tests.
+pub const HOOK_SECRET: &str = "test-hook-secret";
+
 pub struct TestApp {
     pub mqtt_port: u16,
     pub ws_port: u16,
@@ -148,6 +151,12 @@ impl TestAppBuilder {
         self
     }
 
+    /// The EMQX hooks' shared secret; empty turns the hooks off.
+    pub fn hook_secret(mut self, secret: &str) -> Self {
+        self.config.hooks.secret = secret.into();
+        self
+    }
+
     pub fn max_payload_bytes(mut self, n: usize) -> Self {
         self.config.max_payload_bytes = n;
         self
@@ -220,6 +229,10 @@ impl TestApp {
                 http_port: 0,
                 grpc_port: 0,
                 batch_linger_ms: 5,
+                hooks: mqtt_gateway::HookConfig {
+                    secret: HOOK_SECRET.into(),
+                    ..Default::default()
+                },
                 ..Config::default()
             },
             secrets: HashMap::new(),

@@ -3,15 +3,23 @@
 use reqwest::StatusCode;
 use serde_json::{Value, json};
 
-use crate::helpers::TestApp;
+use crate::helpers::{HOOK_SECRET, TestApp};
 
 async fn post(app: &TestApp, path: &str, body: Value) -> (StatusCode, Value) {
-    let resp = reqwest::Client::new()
-        .post(app.http(path))
-        .json(&body)
-        .send()
-        .await
-        .unwrap();
+    post_with(app, path, body, Some(HOOK_SECRET)).await
+}
+
+async fn post_with(
+    app: &TestApp,
+    path: &str,
+    body: Value,
+    secret: Option<&str>,
+) -> (StatusCode, Value) {
+    let mut req = reqwest::Client::new().post(app.http(path));
+    if let Some(secret) = secret {
+        req = req.header("x-wf-iot-hook-secret", secret);
+    }
+    let resp = req.json(&body).send().await.unwrap();
     let status = resp.status();
     (status, resp.json().await.unwrap_or(Value::Null))
 }
@@ -67,4 +75,90 @@ async fn ops_endpoints_answer() {
     }
     let _d1 = app.device("d1", "s1").await;
     assert!(app.metrics().await.contains("wf_mqtt_connected_devices"));
+}
+
+fn metric(app_body: &str, line_prefix: &str) -> u64 {
+    app_body
+        .lines()
+        .find_map(|l| l.strip_prefix(line_prefix))
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap_or(0)
+}
+
+#[tokio::test]
+async fn the_hooks_need_the_shared_secret_and_wrong_guesses_are_throttled() {
+    let app = TestApp::builder().with_device("d1", "s1").spawn().await;
+    let good = json!({"clientid": "d1", "username": "d1", "password": "s1"});
+    let acl = json!({"clientid": "d1", "username": "d1", "topic": "devices/d1/telemetry", "action": "publish"});
+    // Without the header, or with a wrong one: 401, nothing answered.
+    let (status, reply) = post_with(&app, "/mqtt/auth", good.clone(), None).await;
+    assert_eq!(status, StatusCode::UNAUTHORIZED);
+    assert_eq!(reply["error"]["code"], "unauthorized");
+    let (status, _) = post_with(&app, "/mqtt/acl", acl.clone(), Some("guess")).await;
+    assert_eq!(status, StatusCode::UNAUTHORIZED);
+    // With it: answered.
+    let (status, reply) = post(&app, "/mqtt/auth", good.clone()).await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(reply, json!({"result": "allow"}));
+    // Ten failures in the window (two above, eight more), then this address
+    // is answered 429, the right secret included.
+    for i in 0..8 {
+        let (status, _) = post_with(
+            &app,
+            "/mqtt/auth",
+            good.clone(),
+            Some(&format!("guess-{i}")),
+        )
+        .await;
+        assert_eq!(status, StatusCode::UNAUTHORIZED, "guess {i}");
+    }
+    let (status, reply) = post(&app, "/mqtt/auth", good.clone()).await;
+    assert_eq!(status, StatusCode::TOO_MANY_REQUESTS, "{reply}");
+    let (status, _) = post(&app, "/mqtt/acl", acl).await;
+    assert_eq!(status, StatusCode::TOO_MANY_REQUESTS);
+    let metrics = reqwest::get(app.http("/metrics"))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(
+        metric(
+            &metrics,
+            "wf_mqtt_hook_refused_total{reason=\"wrong_secret\"} "
+        ) >= 10,
+        "{metrics}"
+    );
+    assert!(
+        metric(
+            &metrics,
+            "wf_mqtt_hook_refused_total{reason=\"throttled\"} "
+        ) >= 2,
+        "{metrics}"
+    );
+}
+
+#[tokio::test]
+async fn without_a_configured_secret_the_hooks_are_off() {
+    let app = TestApp::builder()
+        .with_device("d1", "s1")
+        .hook_secret("")
+        .spawn()
+        .await;
+    let good = json!({"clientid": "d1", "username": "d1", "password": "s1"});
+    for secret in [None, Some(""), Some("anything")] {
+        let (status, reply) = post_with(&app, "/mqtt/auth", good.clone(), secret).await;
+        assert_eq!(status, StatusCode::FORBIDDEN, "{reply}");
+        assert!(
+            reply["error"]["message"]
+                .as_str()
+                .unwrap()
+                .contains("hooks.secret")
+        );
+    }
+    // The ops endpoints on the same port need no secret.
+    assert_eq!(
+        reqwest::get(app.http("/healthz")).await.unwrap().status(),
+        StatusCode::OK
+    );
 }
