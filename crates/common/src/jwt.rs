@@ -598,9 +598,10 @@ mod tests {
         assert_eq!(v.verify(&fresh).await, Err(JwtError::UnknownKey));
     }
 
-    /// Found by fuzzing: the lifetime checks added the leeway to `exp` and
-    /// took it from `iat` unchecked, so a signed token with a time at either
-    /// end of i64 overflowed (a panic in debug builds).
+    /// The lifetime checks added the leeway to `exp` and took it from `iat`
+    /// unchecked, so a signed token with a time at either end of i64
+    /// overflowed (a panic in debug builds; the `jwt_verify` fuzz target
+    /// signs such claims).
     #[tokio::test]
     async fn times_at_the_ends_of_i64_are_checked_without_overflow() {
         let key = SigningKey::generate();

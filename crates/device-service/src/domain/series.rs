@@ -312,9 +312,9 @@ mod tests {
         }
     }
 
-    /// Found by fuzzing: the bucket count was computed in i64, so a range
-    /// across most of i64 overflowed (a panic in debug builds, a wrapped
-    /// count that slipped under the point limit in release builds).
+    /// The bucket count was computed in i64, so a range across most of i64
+    /// overflowed: a panic in debug builds, and in release builds a wrapped
+    /// count that slipped under the point limit.
     #[test]
     fn a_range_across_all_of_time_cannot_wrap_under_the_bucket_limit() {
         let err = spec(SeriesParams {
@@ -336,8 +336,8 @@ mod tests {
         assert_eq!((s.from, s.to), (i64::MIN, i64::MAX));
     }
 
-    /// Found by fuzzing: the default start an hour before `to` overflowed
-    /// when `to` was within an hour of the smallest time.
+    /// The default start an hour before `to` overflowed when `to` was
+    /// within an hour of the smallest time.
     #[test]
     fn the_default_start_stops_at_the_smallest_time() {
         let s = spec(SeriesParams {

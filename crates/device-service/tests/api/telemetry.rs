@@ -193,9 +193,8 @@ async fn oversized_and_malformed_queries_get_422() {
         "{body}"
     );
     // A range across all of i64 in one-millisecond buckets: refused by the
-    // same limit (found by fuzzing: the count overflowed, which dropped the
-    // connection in debug builds and wrapped under the limit in release
-    // builds).
+    // same limit (the count used to overflow, which dropped the connection
+    // in debug builds and wrapped under the limit in release builds).
     let body = assert_error(
         get(format!(
             "metric=t&from={}&to={}&interval=1ms",
