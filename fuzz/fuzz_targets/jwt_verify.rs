@@ -11,11 +11,11 @@
 
 use std::sync::LazyLock;
 
-use base64::Engine;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use base64::Engine;
 use ed25519_dalek::Signer;
 use libfuzzer_sys::fuzz_target;
-use wf_common::jwt::{ACCESS_TOKEN_TYPE, AccessClaims, JwtVerifier, key_id};
+use wf_common::jwt::{key_id, AccessClaims, JwtVerifier, ACCESS_TOKEN_TYPE};
 
 const ISSUER: &str = "wf-iot";
 

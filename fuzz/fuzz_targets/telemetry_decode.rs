@@ -6,7 +6,7 @@
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
-use mqtt_gateway::domain::{Decoded, Incoming, Route, decode};
+use mqtt_gateway::domain::{decode, Decoded, Incoming, Route};
 use wf_common::events::{MetricValue, TelemetryMessage};
 
 /// The gateway's default payload limit.

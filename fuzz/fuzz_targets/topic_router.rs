@@ -7,8 +7,8 @@
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
-use mqtt_gateway::access::{Action, authorize_topic};
-use mqtt_gateway::domain::{DeviceId, Route, TopicFilter, TopicName, may_publish, may_subscribe};
+use mqtt_gateway::access::{authorize_topic, Action};
+use mqtt_gateway::domain::{may_publish, may_subscribe, DeviceId, Route, TopicFilter, TopicName};
 
 fuzz_target!(|data: &[u8]| {
     let Ok(text) = std::str::from_utf8(data) else {
