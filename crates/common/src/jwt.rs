@@ -461,10 +461,11 @@ impl JwtVerifier {
         if claims.typ != ACCESS_TOKEN_TYPE {
             return Err(JwtError::WrongType);
         }
-        if claims.exp + self.leeway_secs <= now {
+        // Saturating: a signed token may carry any i64 here.
+        if claims.exp.saturating_add(self.leeway_secs) <= now {
             return Err(JwtError::Expired);
         }
-        if claims.iat - self.leeway_secs > now {
+        if claims.iat.saturating_sub(self.leeway_secs) > now {
             return Err(JwtError::NotYetValid);
         }
         Ok(claims)
@@ -603,6 +604,29 @@ mod tests {
         assert!(v.verify(&fresh).await.is_ok());
         v.keys = Keys::Static(HashMap::new());
         assert_eq!(v.verify(&fresh).await, Err(JwtError::UnknownKey));
+    }
+
+    /// The lifetime checks added the leeway to `exp` and took it from `iat`
+    /// unchecked, so a signed token with a time at either end of i64
+    /// overflowed (a panic in debug builds; the `jwt_verify` fuzz target
+    /// signs such claims).
+    #[tokio::test]
+    async fn times_at_the_ends_of_i64_are_checked_without_overflow() {
+        let key = SigningKey::generate();
+        let v = verifier(&key);
+        let mut forever = claims(60);
+        forever.exp = i64::MAX;
+        forever.iat = i64::MIN;
+        assert_eq!(v.verify(&key.sign(&forever)).await, Ok(forever));
+        let mut never = claims(60);
+        never.exp = i64::MIN;
+        assert_eq!(v.verify(&key.sign(&never)).await, Err(JwtError::Expired));
+        let mut future = claims(60);
+        future.iat = i64::MAX;
+        assert_eq!(
+            v.verify(&key.sign(&future)).await,
+            Err(JwtError::NotYetValid)
+        );
     }
 
     #[tokio::test]

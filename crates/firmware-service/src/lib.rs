@@ -29,6 +29,12 @@ pub mod storage;
 pub mod store;
 pub mod worker;
 
+/// Entry points for the fuzz targets under `fuzz/`; not part of the API.
+#[doc(hidden)]
+pub mod fuzzing {
+    pub use crate::http::read_upload_body;
+}
+
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::path::PathBuf;
 use std::sync::Arc;

@@ -6,4 +6,4 @@ mod series;
 
 pub use command::{CommandName, CommandStatus};
 pub use device::{DeviceId, DeviceSecret, Tag, normalize_tags, secret_matches};
-pub use series::{Aggregation, Interval, MetricName};
+pub use series::{Aggregation, Interval, MetricName, SeriesParams, SeriesShape, SeriesSpec};

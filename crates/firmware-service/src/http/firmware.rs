@@ -263,6 +263,97 @@ async fn refuse_existing(state: &AppState, checked: &Checked) -> Result<()> {
     }
 }
 
+/// What an upload form brought: its text fields and the file.
+struct Upload {
+    form: Form,
+    received: Received,
+}
+
+/// Reads an upload form: the text fields in any order and one file part,
+/// streamed to a temporary file in `dir` and refused past `max` bytes. When
+/// the fields come before the file (the recommended order), they are
+/// checked, and with `state` an existing version refused, before the image
+/// is received; fields that follow the file are left to the caller.
+async fn read_upload(
+    multipart: &mut Multipart,
+    dir: &std::path::Path,
+    max: u64,
+    state: Option<&AppState>,
+) -> Result<Upload> {
+    let mut form = Form::default();
+    let mut received: Option<Received> = None;
+    while let Some(mut field) = multipart
+        .next_field()
+        .await
+        .map_err(|e| multipart_error(e, max))?
+    {
+        let name = field.name().unwrap_or_default().to_string();
+        let slot = match name.as_str() {
+            "name" => &mut form.name,
+            "device_type" => &mut form.device_type,
+            "version" => &mut form.version,
+            "release_notes" => &mut form.release_notes,
+            "sha256" => &mut form.sha256,
+            "signature" => &mut form.signature,
+            "file" => {
+                if received.is_some() {
+                    return Err(Error::Validation("only one file part is accepted".into()));
+                }
+                if form.name.is_some() && form.device_type.is_some() && form.version.is_some() {
+                    let early = check_form(form.clone())?;
+                    if let Some(state) = state {
+                        refuse_existing(state, &early).await?;
+                    }
+                }
+                received = Some(receive_file(&mut field, dir, max).await?);
+                continue;
+            }
+            other => {
+                return Err(Error::Validation(format!(
+                    "unexpected field {other:?} (expected name, device_type, version, \
+                     release_notes, sha256, signature and file)"
+                )));
+            }
+        };
+        *slot = Some(text_field(&mut field, &name, max).await?);
+    }
+    let Some(received) = received else {
+        return Err(Error::Validation("the file part is missing".into()));
+    };
+    Ok(Upload { form, received })
+}
+
+/// Reads an upload request's body as `POST /api/v1/firmware` does, without
+/// the store: the multipart form with its file (to a temporary file in
+/// `dir`, at most `max` bytes) and the checks of its fields. Answers the
+/// size of the file, or the error the request is refused with. For the
+/// fuzz targets.
+pub async fn read_upload_body(
+    content_type: &str,
+    body: Bytes,
+    dir: &std::path::Path,
+    max: u64,
+) -> Result<u64> {
+    use axum::extract::FromRequest;
+    let request = axum::http::Request::builder()
+        .header(header::CONTENT_TYPE, content_type)
+        .body(axum::body::Body::from(body))
+        .map_err(|e| Error::BadRequest(e.to_string()))?;
+    let mut multipart = Multipart::from_request(request, &())
+        .await
+        .map_err(multipart_rejection)?;
+    let Upload { form, received } = read_upload(&mut multipart, dir, max, None).await?;
+    check_form(form)?;
+    Ok(received.size)
+}
+
+fn multipart_rejection(e: MultipartRejection) -> Error {
+    Error::BadRequest(format!(
+        "expected a multipart/form-data body: {}",
+        e.body_text()
+    ))
+}
+
 /// `POST /api/v1/firmware`, `multipart/form-data` with the fields `name`,
 /// `device_type`, `version`, optional `release_notes`, `sha256` (hex) and
 /// `signature` (base64 Ed25519 over the SHA-256 digest), and the `file`
@@ -291,12 +382,7 @@ pub async fn upload(
     multipart: std::result::Result<Multipart, MultipartRejection>,
 ) -> Result<(StatusCode, Json<FirmwareDto>)> {
     caller.require(&state, Permission::Write).await?;
-    let mut multipart = multipart.map_err(|e| {
-        Error::BadRequest(format!(
-            "expected a multipart/form-data body: {}",
-            e.body_text()
-        ))
-    })?;
+    let mut multipart = multipart.map_err(multipart_rejection)?;
     let max = state.config.max_firmware_bytes;
     let declared = headers
         .get(header::CONTENT_LENGTH)
@@ -305,47 +391,8 @@ pub async fn upload(
     if declared.is_some_and(|len| len > max.saturating_add(FORM_OVERHEAD)) {
         return Err(too_large(max));
     }
-    let mut form = Form::default();
-    let mut received: Option<Received> = None;
-    while let Some(mut field) = multipart
-        .next_field()
-        .await
-        .map_err(|e| multipart_error(e, max))?
-    {
-        let name = field.name().unwrap_or_default().to_string();
-        let slot = match name.as_str() {
-            "name" => &mut form.name,
-            "device_type" => &mut form.device_type,
-            "version" => &mut form.version,
-            "release_notes" => &mut form.release_notes,
-            "sha256" => &mut form.sha256,
-            "signature" => &mut form.signature,
-            "file" => {
-                if received.is_some() {
-                    return Err(Error::Validation("only one file part is accepted".into()));
-                }
-                // With the fields first (the recommended order), a bad form
-                // or an existing version is refused before the image is
-                // received; fields that follow the file are checked below.
-                if form.name.is_some() && form.device_type.is_some() && form.version.is_some() {
-                    let early = check_form(form.clone())?;
-                    refuse_existing(&state, &early).await?;
-                }
-                received = Some(receive_file(&mut field, &state.config.upload_dir, max).await?);
-                continue;
-            }
-            other => {
-                return Err(Error::Validation(format!(
-                    "unexpected field {other:?} (expected name, device_type, version, \
-                     release_notes, sha256, signature and file)"
-                )));
-            }
-        };
-        *slot = Some(text_field(&mut field, &name, max).await?);
-    }
-    let Some(received) = received else {
-        return Err(Error::Validation("the file part is missing".into()));
-    };
+    let Upload { form, received } =
+        read_upload(&mut multipart, &state.config.upload_dir, max, Some(&state)).await?;
     let checked = check_form(form)?;
     refuse_existing(&state, &checked).await?;
     if received.size == 0 {

@@ -6,6 +6,8 @@ mod firmware;
 mod rollouts;
 mod tasks;
 
+pub use firmware::read_upload_body;
+
 use std::sync::Arc;
 
 use axum::Router;

@@ -1,0 +1,76 @@
+//! The telemetry decoder: what a device publishes on its topics, decoded
+//! into events. Input: the topic suffix after `devices/{id}/` on the first
+//! line (`telemetry`, `status`, `commands/response`, ...; a trailing
+//! ` will` marks a last will), the payload after it.
+
+#![no_main]
+
+use libfuzzer_sys::fuzz_target;
+use mqtt_gateway::domain::{decode, Decoded, Incoming, Route};
+use wf_common::events::{MetricValue, TelemetryMessage};
+
+/// The gateway's default payload limit.
+const MAX_PAYLOAD: usize = 64 * 1024;
+const RECEIVED_AT: i64 = 1_735_689_600_000;
+
+fuzz_target!(|data: &[u8]| {
+    let (head, payload) = match data.iter().position(|&b| b == b'\n') {
+        Some(i) => (&data[..i], &data[i + 1..]),
+        None => (data, &b""[..]),
+    };
+    let Ok(head) = std::str::from_utf8(head) else {
+        return;
+    };
+    let (suffix, last_will) = match head.strip_suffix(" will") {
+        Some(suffix) => (suffix, true),
+        None => (head, false),
+    };
+    let route = Route::of(suffix);
+    let msg = Incoming {
+        device_id: "d1",
+        route,
+        payload,
+        received_at: RECEIVED_AT,
+        last_will,
+    };
+    let Ok(decoded) = decode(&msg, MAX_PAYLOAD) else {
+        return;
+    };
+    assert!(route.is_upstream(), "{suffix:?} decoded");
+    match decoded {
+        Decoded::Telemetry(t) => {
+            assert_eq!(route, Route::Telemetry);
+            assert_eq!(t.device_id, "d1");
+            assert!(t.ts >= 0, "negative ts {}", t.ts);
+            assert!(!t.values.is_empty(), "telemetry without values");
+            for (name, value) in &t.values {
+                assert_ne!(name, "ts", "ts stored as a metric");
+                if let MetricValue::Number(n) = value {
+                    assert!(n.is_finite(), "{name} = {n}");
+                }
+            }
+            // It crosses the event bus as JSON and must arrive unchanged.
+            let json = serde_json::to_vec(&t).expect("telemetry encodes");
+            let back: TelemetryMessage = serde_json::from_slice(&json).expect("telemetry decodes");
+            assert_eq!(back, t);
+        }
+        Decoded::Status(s) => {
+            assert_eq!(route, Route::Status);
+            assert_eq!(s.reason == "last_will", last_will);
+        }
+        Decoded::CommandResponded(c) => {
+            assert_eq!(route, Route::CommandResponse);
+            assert!(!c.command_id.is_empty());
+            assert!(
+                c.status == "succeeded" || c.status == "failed",
+                "{}",
+                c.status
+            );
+        }
+        Decoded::OtaProgress(p) => {
+            assert_eq!(route, Route::OtaProgress);
+            assert!(!p.task_id.is_empty() && !p.state.is_empty());
+        }
+        Decoded::Relayed => assert_eq!(route, Route::ShadowReported),
+    }
+});
