@@ -171,8 +171,9 @@ impl Ingest {
     /// [`Ingest::accept`] for a device that waits for its acknowledgement
     /// (QoS 1 and 2 on the embedded broker): resolves once the message is
     /// stored (its event confirmed by the bus), at once when it makes no
-    /// event (malformed, relayed only), or with the reason it was not
-    /// stored, counted in `wf_mqtt_messages_unacknowledged_total{reason}`.
+    /// event (relayed only; or malformed, with the reason), or with the
+    /// reason it was not stored, counted in
+    /// `wf_mqtt_messages_unacknowledged_total{reason}`.
     /// Waits for room in the ingest queue rather than dropping.
     pub async fn accept_durable(
         &self,
@@ -180,9 +181,11 @@ impl Ingest {
         topic: &str,
         payload: &Bytes,
         qos: u8,
-    ) -> Result<(), NotStored> {
-        let Some(event) = self.prepare(device, topic, payload, qos, false) else {
-            return Ok(());
+    ) -> Result<Option<Malformed>, NotStored> {
+        let event = match self.prepare(device, topic, payload, qos, false) {
+            Ok(Some(event)) => event,
+            Ok(None) => return Ok(None),
+            Err(reason) => return Ok(Some(reason)),
         };
         let (tx, rx) = oneshot::channel();
         let queued = Queued {
@@ -215,7 +218,7 @@ impl Ingest {
                 );
             }
         }
-        stored
+        stored.map(|()| None)
     }
 
     /// [`Ingest::accept`], running `ack` once the message's event is on the
@@ -231,14 +234,14 @@ impl Ingest {
         ack: Option<Ack>,
     ) {
         match self.prepare(device, topic, payload, qos, last_will) {
-            Some(event) => self.enqueue_acked(event, ack),
-            None => run_ack(ack),
+            Ok(Some(event)) => self.enqueue_acked(event, ack),
+            Ok(None) | Err(_) => run_ack(ack),
         }
     }
 
     /// Counts the message, passes it to the live feed and decodes it: the
-    /// event it makes, or `None` when it makes none (malformed messages are
-    /// counted and logged here, last wills noted).
+    /// event it makes, `None` when it makes none (last wills are noted), or
+    /// why it is malformed (counted and logged here).
     fn prepare(
         &self,
         device: &str,
@@ -246,8 +249,10 @@ impl Ingest {
         payload: &Bytes,
         qos: u8,
         last_will: bool,
-    ) -> Option<Event> {
-        let suffix = device_suffix(device, topic)?;
+    ) -> Result<Option<Event>, Malformed> {
+        let Some(suffix) = device_suffix(device, topic) else {
+            return Ok(None);
+        };
         let route = Route::of(suffix);
         metrics::counter!("wf_mqtt_messages_received_total", "kind" => route.kind()).increment(1);
         let received_at = wf_common::now_millis();
@@ -266,19 +271,16 @@ impl Ingest {
             received_at,
             last_will,
         };
-        match decode(&incoming, self.max_payload_bytes) {
+        let event = match decode(&incoming, self.max_payload_bytes) {
             Ok(Decoded::Telemetry(mut t, TsSource::Receipt)) => {
                 t.ts = self.receipt_clock.stamp(device, received_at);
                 Some(Event::Telemetry(t))
             }
             Ok(Decoded::Telemetry(t, TsSource::Device)) => {
-                match self.ts_window.check(t.ts, received_at) {
-                    Ok(()) => Some(Event::Telemetry(t)),
-                    Err(reason) => {
-                        self.malformed(device, topic, reason);
-                        None
-                    }
-                }
+                self.ts_window
+                    .check(t.ts, received_at)
+                    .inspect_err(|reason| self.malformed(device, topic, *reason))?;
+                Some(Event::Telemetry(t))
             }
             Ok(Decoded::Status(s)) if last_will => {
                 if s.online {
@@ -294,9 +296,10 @@ impl Ingest {
             Ok(Decoded::Relayed) => None,
             Err(reason) => {
                 self.malformed(device, topic, reason);
-                None
+                return Err(reason);
             }
-        }
+        };
+        Ok(event)
     }
 
     /// A message an external broker delivered on a device topic. The

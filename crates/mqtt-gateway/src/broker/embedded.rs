@@ -31,7 +31,7 @@ use anyhow::Context;
 use async_trait::async_trait;
 use bytes::Bytes;
 use rmqtt::codec::types::{Publish as CodecPublish, QoS};
-use rmqtt::codec::v5::SubscribeAckReason;
+use rmqtt::codec::v5::{PublishAckReason, SubscribeAckReason};
 use rmqtt::context::ServerContext;
 use rmqtt::hook::{Handler, HookResult, Parameter, ReturnType, Type};
 use rmqtt::net::{Builder, Listener};
@@ -39,14 +39,14 @@ use rmqtt::server::MqttServer;
 use rmqtt::session::SessionState;
 use rmqtt::types::{
     AuthResult, ClientId, ConnectInfo, From, FromType, Id, LastWill, Message, Publish,
-    PublishAclResult, Reason, SubscribeAclResult,
+    PublishAclResult, PublishResult, Reason, SubscribeAclResult,
 };
 use tracing::Instrument;
 
 use super::BrokerLink;
 use crate::access::{self, ConnectRequest, Refusal};
 use crate::clients::DeviceAuthenticator;
-use crate::domain::{DeviceId, TopicName, may_publish, may_subscribe};
+use crate::domain::{DeviceId, Malformed, TopicName, may_publish, may_subscribe};
 use crate::error::{Error, Result};
 use crate::ingest::Ingest;
 
@@ -409,9 +409,23 @@ impl Handler for IngestHook {
                         publish.qos.value(),
                     )
                     .await;
-                if stored.is_err() {
-                    let refused = PublishAclResult::rejected(true, Some("not stored".into()));
-                    return (false, Some(HookResult::PublishAclResult(refused)));
+                match stored {
+                    Ok(None) => {}
+                    // MQTT 5 devices learn why in the PUBACK's reason code;
+                    // MQTT 3.1.1 has no codes: they get a plain PUBACK, and
+                    // the refusal is counted and logged.
+                    Ok(Some(malformed)) => {
+                        let refused = PublishAclResult(PublishResult::reason_code(
+                            puback_reason(malformed),
+                            Some(malformed.reason().into()),
+                            false,
+                        ));
+                        return (false, Some(HookResult::PublishAclResult(refused)));
+                    }
+                    Err(_) => {
+                        let refused = PublishAclResult::rejected(true, Some("not stored".into()));
+                        return (false, Some(HookResult::PublishAclResult(refused)));
+                    }
                 }
             }
             Parameter::MessagePublish(_, from, publish)
@@ -432,5 +446,15 @@ impl Handler for IngestHook {
             _ => {}
         }
         (true, acc)
+    }
+}
+
+/// The MQTT 5 PUBACK reason code for a message refused as malformed. MQTT 5
+/// has no "packet too large" among PUBACK codes: an oversized payload is
+/// answered "quota exceeded".
+fn puback_reason(malformed: Malformed) -> PublishAckReason {
+    match malformed {
+        Malformed::Oversized => PublishAckReason::QuotaExceeded,
+        _ => PublishAckReason::PayloadFormatInvalid,
     }
 }

@@ -314,3 +314,90 @@ async fn timestamps_outside_the_accepted_window_are_refused_and_counted() {
     assert_eq!(accepted.ts, now);
     assert_eq!(refused(&app.metrics().await) - refused_before, 3.0);
 }
+
+/// The PUBACK an MQTT 5 device gets for one QoS 1 message.
+async fn v5_puback(
+    app: &TestApp,
+    topic: &str,
+    payload: Vec<u8>,
+) -> rumqttc::v5::mqttbytes::v5::PubAck {
+    use rumqttc::v5::mqttbytes::v5::{ConnectReturnCode, Packet};
+    use rumqttc::v5::{AsyncClient, Event, MqttOptions};
+    // A reconnect right after the previous connection may find the old
+    // session still being retired: try again, as a device would.
+    for _ in 0..10 {
+        let mut options = MqttOptions::new("d1", "127.0.0.1", app.mqtt_port);
+        options.set_credentials("d1", "s1");
+        options.set_max_packet_size(Some(16 * 1024 * 1024));
+        let (client, mut events) = AsyncClient::new(options, 10);
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+        loop {
+            let event = tokio::time::timeout_at(deadline, events.poll())
+                .await
+                .expect("an answer in time");
+            match event {
+                Ok(Event::Incoming(Packet::ConnAck(ack))) => {
+                    if ack.code != ConnectReturnCode::Success {
+                        break;
+                    }
+                    client
+                        .publish(
+                            topic,
+                            rumqttc::v5::mqttbytes::QoS::AtLeastOnce,
+                            false,
+                            payload.clone(),
+                        )
+                        .await
+                        .unwrap();
+                }
+                Ok(Event::Incoming(Packet::PubAck(ack))) => return ack,
+                Ok(_) => {}
+                Err(_) => break,
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    panic!("no PUBACK for {topic}");
+}
+
+#[tokio::test]
+async fn mqtt5_devices_learn_why_a_message_was_refused() {
+    use rumqttc::v5::mqttbytes::v5::PubAckReason;
+    let app = TestApp::builder()
+        .with_device("d1", "s1")
+        .max_payload_bytes(1024)
+        .spawn()
+        .await;
+    let mut telemetry = app.telemetry().await;
+    let cases = [
+        (
+            "devices/d1/telemetry",
+            b"not json".to_vec(),
+            PubAckReason::PayloadFormatInvalid,
+        ),
+        (
+            "devices/d1/telemetry",
+            br#"{"a": {"deep": 1}}"#.to_vec(),
+            PubAckReason::PayloadFormatInvalid,
+        ),
+        (
+            "devices/d1/telemetry",
+            vec![b'1'; 2048],
+            PubAckReason::QuotaExceeded,
+        ),
+        (
+            "devices/d2/telemetry",
+            br#"{"a": 1}"#.to_vec(),
+            PubAckReason::NotAuthorized,
+        ),
+    ];
+    for (topic, payload, reason) in cases {
+        let ack = v5_puback(&app, topic, payload).await;
+        assert_eq!(ack.reason, reason, "{topic}");
+    }
+    // A good message is still stored and acknowledged with success.
+    let good = tokio::spawn(async move { telemetry.next().await });
+    let ack = v5_puback(&app, "devices/d1/telemetry", br#"{"a": 1}"#.to_vec()).await;
+    assert_eq!(ack.reason, PubAckReason::Success);
+    assert_eq!(good.await.unwrap().device_id, "d1");
+}
