@@ -6,6 +6,7 @@
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
+use mqtt_gateway::domain::message::TsSource;
 use mqtt_gateway::domain::{decode, Decoded, Incoming, Route};
 use wf_common::events::{MetricValue, TelemetryMessage};
 
@@ -38,10 +39,15 @@ fuzz_target!(|data: &[u8]| {
     };
     assert!(route.is_upstream(), "{suffix:?} decoded");
     match decoded {
-        Decoded::Telemetry(t) => {
+        Decoded::Telemetry(t, source) => {
             assert_eq!(route, Route::Telemetry);
             assert_eq!(t.device_id, "d1");
             assert!(t.ts >= 0, "negative ts {}", t.ts);
+            // Without a `ts` of its own, a message carries the receive time
+            // (made unique per device later, by the ingest's clock).
+            if source == TsSource::Receipt {
+                assert_eq!(t.ts, RECEIVED_AT);
+            }
             assert!(!t.values.is_empty(), "telemetry without values");
             for (name, value) in &t.values {
                 assert_ne!(name, "ts", "ts stored as a metric");
