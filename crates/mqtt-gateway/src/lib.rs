@@ -73,6 +73,9 @@ pub struct Config {
     /// Largest device message payload ingested, and largest platform
     /// publish accepted.
     pub max_payload_bytes: usize,
+    /// Embedded broker: a connection that has not completed its CONNECT
+    /// within this many seconds of being opened is closed.
+    pub connect_timeout_secs: u64,
     /// Telemetry messages per `device.data.received` event at most.
     pub batch_max_messages: usize,
     /// How long a batch waits for more messages after its first one. A
@@ -141,6 +144,7 @@ impl Default for Config {
             grpc_port: 50054,
             device_service_url: "http://127.0.0.1:50052".into(),
             max_payload_bytes: 64 * 1024,
+            connect_timeout_secs: 10,
             batch_max_messages: 500,
             batch_linger_ms: 20,
             durable_ack_timeout_ms: 10_000,
@@ -319,6 +323,7 @@ impl Application {
                         .ws_enabled
                         .then(|| SocketAddr::new(config.host, config.ws_port)),
                     max_payload_bytes: config.max_payload_bytes,
+                    connect_timeout: Duration::from_secs(config.connect_timeout_secs.max(1)),
                 };
                 Backend::Embedded(
                     EmbeddedBroker::bind(&settings, authenticator.clone(), ingest.clone()).await?,

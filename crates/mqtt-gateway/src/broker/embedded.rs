@@ -15,6 +15,9 @@
 //! - offline status comes from the disconnect hook, which fires for
 //!   keep-alive expiry and dropped sockets too, not only polite clients;
 //! - listeners set `SO_REUSEADDR`, so a restart can bind again at once;
+//! - a connection that sends no CONNECT within `connect_timeout` is closed
+//!   (the handshake timeout; third_party/rmqtt-net applies it to the first
+//!   bytes too);
 //! - the busy check, which refuses connections under load, is off;
 //! - every handler keeps a refusal decided before it (`acc`);
 //! - rmqtt acknowledges a QoS 1 or 2 PUBLISH (PUBACK, PUBREC) as soon as
@@ -65,6 +68,8 @@ pub struct BrokerSettings {
     /// `None` disables MQTT over WebSocket.
     pub ws_addr: Option<SocketAddr>,
     pub max_payload_bytes: usize,
+    /// A connection must complete its CONNECT within this time.
+    pub connect_timeout: Duration,
 }
 
 /// The broker with its listeners bound and its hooks started.
@@ -123,6 +128,7 @@ impl EmbeddedBroker {
                 .nodelay(true)
                 .max_clientid_len(crate::domain::topic::MAX_DEVICE_ID_LEN)
                 .max_packet_size(max_packet)
+                .handshake_timeout(settings.connect_timeout)
                 .bind()
         };
         let tcp = listener("mqtt/tcp", settings.mqtt_addr)

@@ -1,10 +1,50 @@
 //! Who may connect, and where a device may publish and subscribe.
 
 use std::sync::atomic::Ordering;
+use std::time::Duration;
 
 use rumqttc::ConnectReturnCode;
 
 use crate::helpers::{TestApp, TestDevice, with_will};
+
+#[tokio::test]
+async fn connections_that_never_complete_their_connect_are_closed() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    let app = TestApp::builder()
+        .with_device("d1", "s1")
+        .connect_timeout_secs(1)
+        .spawn()
+        .await;
+    let addr = format!("127.0.0.1:{}", app.mqtt_port);
+    // Silent sockets, and sockets that stop in the middle of a CONNECT
+    // (fixed header, then part of the protocol name).
+    let mut idle = Vec::new();
+    for i in 0..20 {
+        let mut s = tokio::net::TcpStream::connect(&addr).await.unwrap();
+        if i % 2 == 1 {
+            s.write_all(&[0x10, 0x10, 0x00, 0x04, b'M']).await.unwrap();
+        }
+        idle.push(s);
+    }
+    // A device connecting meanwhile is served.
+    let mut d1 = app.device("d1", "s1").await;
+    assert!(d1.subscribe("devices/d1/commands").await);
+    let started = std::time::Instant::now();
+    for (i, mut s) in idle.into_iter().enumerate() {
+        let mut buf = [0u8; 16];
+        let read = tokio::time::timeout(Duration::from_secs(10), s.read(&mut buf))
+            .await
+            .unwrap_or_else(|_| panic!("socket {i} still open after 10 s"));
+        // Closed (EOF), possibly after a refusing CONNACK, or reset.
+        if let Ok(n) = read {
+            assert!(n == 0 || buf[0] == 0x20, "socket {i} got {:?}", &buf[..n]);
+        }
+    }
+    assert!(started.elapsed() < Duration::from_secs(10));
+    // The device that did connect is not affected.
+    assert!(d1.subscribe("devices/d1/commands").await);
+}
 
 #[tokio::test]
 async fn a_device_connects_with_its_id_and_secret() {

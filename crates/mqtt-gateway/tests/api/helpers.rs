@@ -162,6 +162,11 @@ impl TestAppBuilder {
         self
     }
 
+    pub fn connect_timeout_secs(mut self, secs: u64) -> Self {
+        self.config.connect_timeout_secs = secs;
+        self
+    }
+
     pub fn durable_ack_timeout_ms(mut self, ms: u64) -> Self {
         self.config.durable_ack_timeout_ms = ms;
         self
