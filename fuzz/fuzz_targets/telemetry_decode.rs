@@ -8,7 +8,7 @@
 use libfuzzer_sys::fuzz_target;
 use mqtt_gateway::domain::message::TsSource;
 use mqtt_gateway::domain::{decode, Decoded, Incoming, Route};
-use wf_common::events::{MetricValue, TelemetryMessage};
+use wf_common::events::{MetricValue, TelemetryMessage, is_metric_name};
 
 /// The gateway's default payload limit.
 const MAX_PAYLOAD: usize = 64 * 1024;
@@ -51,6 +51,9 @@ fuzz_target!(|data: &[u8]| {
             assert!(!t.values.is_empty(), "telemetry without values");
             for (name, value) in &t.values {
                 assert_ne!(name, "ts", "ts stored as a metric");
+                // What is acknowledged can be stored.
+                assert!(is_metric_name(name), "{name:?} acknowledged");
+                assert!(value.is_storable(), "{name} acknowledged with an unstorable value");
                 if let MetricValue::Number(n) = value {
                     assert!(n.is_finite(), "{name} = {n}");
                 }

@@ -274,6 +274,27 @@ pub enum MetricValue {
     Text(String),
 }
 
+/// The longest text value stored, in bytes.
+pub const MAX_TEXT_VALUE_BYTES: usize = 4096;
+
+/// Whether `name` can name a metric: 1 to 64 letters, digits, `.`, `_` or
+/// `-`. The gateway refuses telemetry with any other name, so that what it
+/// acknowledges can be stored.
+pub fn is_metric_name(name: &str) -> bool {
+    (1..=64).contains(&name.len())
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'))
+}
+
+impl MetricValue {
+    /// Whether the store takes the value (text up to
+    /// [`MAX_TEXT_VALUE_BYTES`]).
+    pub fn is_storable(&self) -> bool {
+        !matches!(self, Self::Text(t) if t.len() > MAX_TEXT_VALUE_BYTES)
+    }
+}
+
 /// One telemetry message from one device (`devices/{id}/telemetry`).
 /// `device.data.received` carries a JSON array of these.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -847,6 +868,38 @@ impl Subscription for RedisSubscription {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn telemetry_values_cross_the_bus_bit_for_bit() {
+        // Doubles whose shortest decimal form the default JSON parser reads
+        // back one unit in the last place off.
+        let values = [
+            1.0715660391465826e-75,
+            -1.81996730402717e-179,
+            -1.603964615428183e143,
+        ];
+        let msg = TelemetryMessage {
+            device_id: "d1".into(),
+            ts: 1,
+            values: values
+                .iter()
+                .enumerate()
+                .map(|(i, v)| (format!("m{i}"), MetricValue::Number(*v)))
+                .collect(),
+        };
+        let back: TelemetryMessage =
+            serde_json::from_slice(&serde_json::to_vec(&msg).unwrap()).unwrap();
+        for ((_, got), want) in back.values.iter().zip(values) {
+            let MetricValue::Number(got) = got else {
+                panic!("{got:?} is not a number")
+            };
+            assert_eq!(
+                got.to_bits(),
+                want.to_bits(),
+                "{want:e} came back as {got:e}"
+            );
+        }
+    }
 
     async fn drain(sub: &mut Box<dyn Subscription>, n: usize) -> Vec<Delivery> {
         let mut got = Vec::new();

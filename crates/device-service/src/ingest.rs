@@ -8,19 +8,18 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use wf_common::events::{
-    CommandResponded, Delivery, MetricValue, OtaProgress, StatusChanged, TelemetryMessage,
-    run_consumer, topics,
+    CommandResponded, Delivery, MAX_TEXT_VALUE_BYTES, OtaProgress, StatusChanged, TelemetryMessage,
+    is_metric_name, run_consumer, topics,
 };
 use wf_common::shutdown::Shutdown;
 
-use crate::domain::{CommandStatus, MetricName};
+use crate::domain::CommandStatus;
 use crate::state::AppState;
 
 /// The consumer group of every device-service replica.
 const GROUP: &str = "device-service";
 
 /// The longest text value stored (bytes).
-const MAX_TEXT_VALUE: usize = 4096;
 
 /// Values refused by the store are logged at most this often (each is counted).
 static REFUSED_LOG: wf_common::telemetry::LogEvery =
@@ -131,15 +130,14 @@ async fn store_telemetry(
     // dropped here, so one bad value can never hold up the batch forever.
     for m in &mut messages {
         m.values.retain(|(metric, value)| {
-            let ok = MetricName::parse(metric).is_ok()
-                && !matches!(value, MetricValue::Text(t) if t.len() > MAX_TEXT_VALUE);
+            let ok = is_metric_name(metric) && value.is_storable();
             if !ok {
                 metrics::counter!("wf_telemetry_values_rejected_total").increment(1);
                 if REFUSED_LOG.ready() {
                     tracing::warn!(
                         device_id = %m.device_id,
                         metric = %metric,
-                        "telemetry value not stored: invalid metric name or text over {MAX_TEXT_VALUE} bytes \
+                        "telemetry value not stored: invalid metric name or text over {MAX_TEXT_VALUE_BYTES} bytes \
                          (wf_telemetry_values_rejected_total counts every one)"
                     );
                 }

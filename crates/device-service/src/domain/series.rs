@@ -4,10 +4,7 @@ pub struct MetricName(String);
 
 impl MetricName {
     pub fn parse(s: &str) -> Result<Self, String> {
-        if (1..=64).contains(&s.len())
-            && s.bytes()
-                .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'))
-        {
+        if wf_common::events::is_metric_name(s) {
             Ok(Self(s.to_string()))
         } else {
             Err(format!(

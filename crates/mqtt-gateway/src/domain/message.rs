@@ -5,7 +5,7 @@
 use serde::Deserialize;
 use serde_json::Value;
 use wf_common::events::{
-    CommandResponded, MetricValue, OtaProgress, StatusChanged, TelemetryMessage,
+    CommandResponded, MetricValue, OtaProgress, StatusChanged, TelemetryMessage, is_metric_name,
 };
 
 /// The device topics (`devices/{id}/{suffix}`) the gateway understands.
@@ -68,6 +68,8 @@ pub enum Malformed {
     NotJson,
     NotObject,
     BadValue,
+    /// A telemetry key that cannot name a metric.
+    BadMetricName,
     NoValues,
     MissingField,
     BadStatus,
@@ -84,6 +86,7 @@ impl Malformed {
             Self::NotJson => "not_json",
             Self::NotObject => "not_object",
             Self::BadValue => "bad_value",
+            Self::BadMetricName => "bad_metric_name",
             Self::NoValues => "no_values",
             Self::MissingField => "missing_field",
             Self::BadStatus => "bad_status",
@@ -233,12 +236,19 @@ fn telemetry(
             source = TsSource::Device;
             continue;
         }
+        if !is_metric_name(&key) {
+            return Err(Malformed::BadMetricName);
+        }
         let value = match value {
             Value::Bool(b) => MetricValue::Bool(b),
             Value::String(s) => MetricValue::Text(s),
             Value::Number(n) => MetricValue::Number(n.as_f64().ok_or(Malformed::BadValue)?),
             Value::Null | Value::Array(_) | Value::Object(_) => return Err(Malformed::BadValue),
         };
+        // Refused whole: what is acknowledged is stored in full.
+        if !value.is_storable() {
+            return Err(Malformed::BadValue);
+        }
         values.push((key, value));
     }
     if values.is_empty() {
@@ -423,6 +433,29 @@ mod tests {
                 ("temp".to_string(), MetricValue::Number(21.5)),
             ]
         );
+    }
+
+    #[test]
+    fn telemetry_the_store_would_not_take_is_refused_whole() {
+        let long_text = "x".repeat(wf_common::events::MAX_TEXT_VALUE_BYTES + 1);
+        for (payload, refused) in [
+            (
+                json!({"fine": 1, "bad metric": 2}),
+                Malformed::BadMetricName,
+            ),
+            (json!({"temp/C": 1}), Malformed::BadMetricName),
+            (json!({"m".repeat(65): 1}), Malformed::BadMetricName),
+            (json!({"": 1}), Malformed::BadMetricName),
+            (json!({"fine": 1, "note": long_text}), Malformed::BadValue),
+        ] {
+            assert_eq!(
+                decode_json(Route::Telemetry, payload.clone()).err(),
+                Some(refused),
+                "{payload}"
+            );
+        }
+        let longest = "x".repeat(wf_common::events::MAX_TEXT_VALUE_BYTES);
+        assert!(decode_json(Route::Telemetry, json!({"m".repeat(64): longest})).is_ok());
     }
 
     #[test]
