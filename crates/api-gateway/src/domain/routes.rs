@@ -173,7 +173,9 @@ pub fn classify(method: &Method, path: &str) -> Route {
         ["devices", id, "stream"] if is_get && !id.is_empty() => {
             Route::new(Target::DeviceStream, G::Streams, BearerOrQuery)
         }
-        ["devices", ..] => Route::new(Target::Upstream(Upstream::Device), G::Devices, Bearer),
+        ["devices" | "commands", ..] => {
+            Route::new(Target::Upstream(Upstream::Device), G::Devices, Bearer)
+        }
         // Devices download images with their own credentials.
         ["firmware", id, "download"] if is_get && !id.is_empty() => {
             Route::new(firmware, G::Firmware, Public)
@@ -213,6 +215,7 @@ mod tests {
             "/api/v1/devices",
             "/api/v1/devices/d1",
             "/api/v1/devices/d1/telemetry",
+            "/api/v1/commands",
         ] {
             assert_eq!(
                 route(Method::GET, path),

@@ -16,7 +16,7 @@ use super::{Paged, page};
 use crate::domain::{CommandName, CommandStatus};
 use crate::error::{Error, Result};
 use crate::state::{AppState, Caller, Permission};
-use crate::store::{CommandRecord, NewCommand};
+use crate::store::{CommandFilter, CommandRecord, NewCommand};
 
 #[derive(Debug, Serialize, utoipa::ToSchema)]
 pub struct CommandDto {
@@ -307,13 +307,57 @@ async fn wait_for(
 #[derive(Deserialize, utoipa::IntoParams)]
 #[into_params(parameter_in = Query)]
 pub struct ListQuery {
+    /// Only commands in this status: pending, sent, succeeded, failed or
+    /// timed_out.
     status: Option<String>,
+    /// 1 to 500; default 50.
     limit: Option<i64>,
     offset: Option<i64>,
 }
 
+#[derive(Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
+pub struct FleetListQuery {
+    /// Only commands to this device.
+    device: Option<String>,
+    /// Only commands in this status: pending, sent, succeeded, failed or
+    /// timed_out.
+    status: Option<String>,
+    /// 1 to 500; default 50.
+    limit: Option<i64>,
+    offset: Option<i64>,
+}
+
+fn status_filter(status: Option<String>) -> Result<Option<CommandStatus>> {
+    wf_common::text::check_filter("status", status.as_deref()).map_err(Error::Validation)?;
+    status
+        .filter(|s| !s.is_empty())
+        .map(|s| {
+            CommandStatus::parse(&s)
+                .ok_or_else(|| Error::Validation(format!("unknown status {s:?}")))
+        })
+        .transpose()
+}
+
+async fn listing(
+    state: &AppState,
+    filter: CommandFilter,
+    limit: Option<i64>,
+    offset: Option<i64>,
+) -> Result<Json<Paged<CommandDto>>> {
+    let (limit, offset) = page(limit, offset)?;
+    let (commands, total) = state.store.list_commands(&filter, limit, offset).await?;
+    Ok(Json(Paged {
+        items: commands.into_iter().map(CommandDto::from).collect(),
+        total,
+        limit,
+        offset,
+    }))
+}
+
+/// A device's commands, newest first.
 #[utoipa::path(get, path = "/api/v1/devices/{id}/commands", tag = "commands", security(("bearer" = [])), params(("id" = String, Path), ListQuery),
-    responses((status = 200, body = Paged<CommandDto>), (status = 404, body = ErrorEnvelope)))]
+    responses((status = 200, body = Paged<CommandDto>), (status = 404, body = ErrorEnvelope), (status = 422, body = ErrorEnvelope)))]
 pub async fn list(
     State(state): State<AppState>,
     caller: Caller,
@@ -322,25 +366,32 @@ pub async fn list(
 ) -> Result<Json<Paged<CommandDto>>> {
     caller.require(&state, Permission::DeviceRead).await?;
     state.device_for(&caller, &device_id).await?;
-    let (limit, offset) = page(q.limit, q.offset)?;
-    let status = q
-        .status
-        .filter(|s| !s.is_empty())
-        .map(|s| {
-            CommandStatus::parse(&s)
-                .ok_or_else(|| Error::Validation(format!("unknown status {s:?}")))
-        })
-        .transpose()?;
-    let (commands, total) = state
-        .store
-        .list_commands(&device_id, status, limit, offset)
-        .await?;
-    Ok(Json(Paged {
-        items: commands.into_iter().map(CommandDto::from).collect(),
-        total,
-        limit,
-        offset,
-    }))
+    let filter = CommandFilter {
+        device_id: Some(device_id),
+        status: status_filter(q.status)?,
+        ..CommandFilter::default()
+    };
+    listing(&state, filter, q.limit, q.offset).await
+}
+
+/// Commands across the fleet, newest first: those to every device the
+/// caller may see (all devices for an administrator, their own for
+/// anyone else).
+#[utoipa::path(get, path = "/api/v1/commands", tag = "commands", security(("bearer" = [])), params(FleetListQuery),
+    responses((status = 200, body = Paged<CommandDto>), (status = 401, body = ErrorEnvelope), (status = 403, body = ErrorEnvelope), (status = 422, body = ErrorEnvelope)))]
+pub async fn list_all(
+    State(state): State<AppState>,
+    caller: Caller,
+    Query(q): Query<FleetListQuery>,
+) -> Result<Json<Paged<CommandDto>>> {
+    caller.require(&state, Permission::DeviceRead).await?;
+    wf_common::text::check_filter("device", q.device.as_deref()).map_err(Error::Validation)?;
+    let filter = CommandFilter {
+        device_id: q.device.filter(|d| !d.is_empty()),
+        owner_id: caller.owner_filter(),
+        status: status_filter(q.status)?,
+    };
+    listing(&state, filter, q.limit, q.offset).await
 }
 
 #[utoipa::path(get, path = "/api/v1/devices/{id}/commands/{command_id}", tag = "commands", security(("bearer" = [])), params(("id" = String, Path), ("command_id" = String, Path)),

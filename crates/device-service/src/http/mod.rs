@@ -46,6 +46,7 @@ pub fn router(state: AppState) -> Router {
             "/api/v1/devices/{id}/commands/{command_id}",
             get(commands::get),
         )
+        .route("/api/v1/commands", get(commands::list_all))
         .route(
             "/api/openapi.json",
             get(|| async { axum::Json(ApiDoc::openapi()) }),
@@ -69,7 +70,7 @@ pub fn router(state: AppState) -> Router {
         devices::list, devices::create, devices::summary, devices::get, devices::update,
         devices::delete, devices::rotate_secret, devices::status_history,
         telemetry::latest, telemetry::series,
-        commands::list, commands::create, commands::get,
+        commands::list, commands::list_all, commands::create, commands::get,
     ),
     modifiers(&BearerAuth),
     tags((name = "devices"), (name = "telemetry"), (name = "commands")),

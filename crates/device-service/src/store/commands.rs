@@ -47,6 +47,15 @@ fn from_row(row: &AnyRow) -> sqlx::Result<CommandRecord> {
     })
 }
 
+/// Which commands a listing returns; `None` fields do not narrow it.
+#[derive(Debug, Default)]
+pub struct CommandFilter {
+    pub device_id: Option<String>,
+    /// Only commands to devices this user owns.
+    pub owner_id: Option<String>,
+    pub status: Option<CommandStatus>,
+}
+
 pub struct NewCommand {
     pub id: String,
     pub device_id: String,
@@ -113,31 +122,43 @@ impl Store {
         Ok(row.as_ref().map(from_row).transpose()?)
     }
 
-    /// A device's commands, newest first, optionally in one status.
+    /// Commands newest first, narrowed by `filter`, with the number that
+    /// match.
     pub async fn list_commands(
         &self,
-        device_id: &str,
-        status: Option<CommandStatus>,
+        filter: &CommandFilter,
         limit: i64,
         offset: i64,
     ) -> Result<(Vec<CommandRecord>, i64)> {
-        let filter = if status.is_some() {
-            "AND status = ?"
+        let mut clauses = Vec::new();
+        let mut binds: Vec<&str> = Vec::new();
+        if let Some(device) = &filter.device_id {
+            clauses.push("device_id = ?");
+            binds.push(device);
+        }
+        if let Some(owner) = &filter.owner_id {
+            clauses.push("device_id IN (SELECT id FROM devices WHERE owner_id = ?)");
+            binds.push(owner);
+        }
+        if let Some(status) = filter.status {
+            clauses.push("status = ?");
+            binds.push(status.as_str());
+        }
+        let filter_sql = if clauses.is_empty() {
+            String::new()
         } else {
-            ""
+            format!("WHERE {}", clauses.join(" AND "))
         };
-        let mut count = sqlx::query(sqlx::AssertSqlSafe(format!(
-            "SELECT COUNT(*) AS n FROM device_commands WHERE device_id = ? {filter}"
-        )))
-        .bind(device_id);
-        let mut list = sqlx::query(sqlx::AssertSqlSafe(format!(
-            "SELECT {COLUMNS} FROM device_commands WHERE device_id = ? {filter} \
+        let count_sql = format!("SELECT COUNT(*) AS n FROM device_commands {filter_sql}");
+        let list_sql = format!(
+            "SELECT {COLUMNS} FROM device_commands {filter_sql} \
              ORDER BY created_at DESC, id DESC LIMIT ? OFFSET ?"
-        )))
-        .bind(device_id);
-        if let Some(s) = status {
-            count = count.bind(s.as_str());
-            list = list.bind(s.as_str());
+        );
+        let mut count = sqlx::query(sqlx::AssertSqlSafe(count_sql));
+        let mut list = sqlx::query(sqlx::AssertSqlSafe(list_sql));
+        for value in binds {
+            count = count.bind(value);
+            list = list.bind(value);
         }
         let total: i64 = count.fetch_one(&self.db.pool).await?.try_get("n")?;
         let rows = list
@@ -149,35 +170,6 @@ impl Store {
             rows.iter().map(from_row).collect::<sqlx::Result<_>>()?,
             total,
         ))
-    }
-
-    /// The most recent commands across the given devices (all when `None`).
-    pub async fn recent_commands(
-        &self,
-        owner_id: Option<&str>,
-        limit: i64,
-    ) -> Result<Vec<CommandRecord>> {
-        let rows = match owner_id {
-            Some(owner) => {
-                sqlx::query(sqlx::AssertSqlSafe(format!(
-                    "SELECT {COLUMNS} FROM device_commands WHERE device_id IN \
-                     (SELECT id FROM devices WHERE owner_id = ?) ORDER BY created_at DESC LIMIT ?"
-                )))
-                .bind(owner)
-                .bind(limit)
-                .fetch_all(&self.db.pool)
-                .await?
-            }
-            None => {
-                sqlx::query(sqlx::AssertSqlSafe(format!(
-                    "SELECT {COLUMNS} FROM device_commands ORDER BY created_at DESC LIMIT ?"
-                )))
-                .bind(limit)
-                .fetch_all(&self.db.pool)
-                .await?
-            }
-        };
-        Ok(rows.iter().map(from_row).collect::<sqlx::Result<_>>()?)
     }
 
     pub async fn mark_command_sent(&self, id: &str, now: i64) -> Result<()> {

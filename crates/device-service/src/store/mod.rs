@@ -11,7 +11,7 @@ use std::sync::Arc;
 use sqlx::migrate::Migrator;
 use wf_common::db::{Db, Migrations};
 
-pub use commands::{CommandRecord, NewCommand};
+pub use commands::{CommandFilter, CommandRecord, NewCommand};
 pub use devices::{DeviceFilter, DeviceRecord, DeviceSort, DeviceUpdate, NewDevice, StatusRecord};
 pub use telemetry::{Bucket, LatestValue, RawPoint};
 

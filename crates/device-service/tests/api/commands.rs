@@ -114,6 +114,109 @@ async fn a_command_is_sent_and_its_response_recorded() {
 }
 
 #[tokio::test]
+async fn the_fleet_wide_listing_shows_what_the_caller_may_see() {
+    let app = TestApp::spawn().await;
+    let alice = app.user("alice", &["operator"]).await;
+    let viewer = app.user("vera", &["viewer"]).await;
+    app.device(&app.admin_token, json!({ "id": "f-admin", "name": "A" }))
+        .await;
+    app.device(&alice, json!({ "id": "f-alice", "name": "B" }))
+        .await;
+    let mut ids = Vec::new();
+    for (token, device, name) in [
+        (&app.admin_token, "f-admin", "first"),
+        (&alice, "f-alice", "second"),
+        (&app.admin_token, "f-admin", "third"),
+    ] {
+        let resp = app
+            .request(
+                Method::POST,
+                &format!("/api/v1/devices/{device}/commands"),
+                Some(token),
+                Some(json!({ "name": name })),
+            )
+            .await;
+        assert_eq!(resp.status(), StatusCode::CREATED);
+        ids.push(
+            resp.json::<Value>().await.unwrap()["id"]
+                .as_str()
+                .unwrap()
+                .to_string(),
+        );
+    }
+    let names = |page: &Value| -> Vec<String> {
+        page["items"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|c| c["name"].as_str().unwrap().to_string())
+            .collect()
+    };
+    // An administrator sees the whole fleet, newest first.
+    let all = app.get_json("/api/v1/commands", &app.admin_token).await;
+    assert_eq!(all["total"], 3);
+    assert_eq!(names(&all), ["third", "second", "first"]);
+    let page = app
+        .get_json("/api/v1/commands?limit=1&offset=1", &app.admin_token)
+        .await;
+    assert_eq!(
+        (page["total"].as_i64(), names(&page)),
+        (Some(3), vec!["second".to_string()])
+    );
+    let one_device = app
+        .get_json("/api/v1/commands?device=f-admin", &app.admin_token)
+        .await;
+    assert_eq!(names(&one_device), ["third", "first"]);
+    // Anyone else sees the commands to their own devices only; naming
+    // another owner's device reveals nothing.
+    let mine = app.get_json("/api/v1/commands", &alice).await;
+    assert_eq!(
+        (mine["total"].as_i64(), names(&mine)),
+        (Some(1), vec!["second".to_string()])
+    );
+    let theirs = app
+        .get_json("/api/v1/commands?device=f-admin", &alice)
+        .await;
+    assert_eq!(theirs["total"], 0);
+    let none = app.get_json("/api/v1/commands", &viewer).await;
+    assert_eq!(none["total"], 0);
+    // Filtered by status.
+    app.publish(
+        topics::DEVICE_COMMAND_RESPONDED,
+        &[respond("f-admin", &ids[0], "succeeded", json!(null))],
+    )
+    .await;
+    eventually("the answered command", || async {
+        let done = app
+            .get_json("/api/v1/commands?status=succeeded", &app.admin_token)
+            .await;
+        (names(&done) == ["first"]).then_some(())
+    })
+    .await;
+    // Bad input and missing credentials.
+    for (query, code) in [
+        ("?status=finished", "validation_failed"),
+        ("?limit=0", "validation_failed"),
+        ("?limit=501", "validation_failed"),
+        ("?offset=-1", "validation_failed"),
+    ] {
+        let resp = app
+            .request(
+                Method::GET,
+                &format!("/api/v1/commands{query}"),
+                Some(&app.admin_token),
+                None,
+            )
+            .await;
+        assert_error(resp, StatusCode::UNPROCESSABLE_ENTITY, code).await;
+    }
+    let resp = app
+        .request(Method::GET, "/api/v1/commands", None, None)
+        .await;
+    assert_eq!(resp.status(), StatusCode::UNAUTHORIZED);
+}
+
+#[tokio::test]
 async fn wait_true_returns_the_answer_or_the_timeout() {
     let app = TestApp::spawn().await;
     app.device(&app.admin_token, json!({ "id": "w-1", "name": "W" }))
