@@ -13,150 +13,22 @@ Every PUBACK is recorded; at the end every acknowledged (device, ts) must be
 in the `device_data` table of the data directory's devices.db.
 
 disk-full mounts a small tmpfs (root needed) as the data directory and
-always unmounts it. Run through .ci/ingest-durability.sh, which provides
+always unmounts it. Run through .ci/mqtt-suites.sh, which provides
 paho-mqtt in a virtualenv.
 """
 
 import json
 import os
 import shutil
-import signal
-import socket
-import sqlite3
 import subprocess
 import sys
 import tempfile
 import threading
 import time
-import urllib.error
-import urllib.request
 
 import paho.mqtt.client as mqtt
 
-ADMIN_PASSWORD = "durability-admin-password"
-
-
-def fail(message):
-    print(f"FAIL: {message}", file=sys.stderr)
-    sys.exit(1)
-
-
-def free_ports(n):
-    socks = [socket.socket() for _ in range(n)]
-    for s in socks:
-        s.bind(("127.0.0.1", 0))
-    ports = [s.getsockname()[1] for s in socks]
-    for s in socks:
-        s.close()
-    return ports
-
-
-class Server:
-    """`wf-iot serve` on fixed free ports, restartable on the same data dir."""
-
-    def __init__(self, binary, data_dir, log_path, extra_env=None):
-        self.binary = binary
-        self.data_dir = data_dir
-        self.log_path = log_path
-        names = [
-            "AUTH__HTTP_PORT", "AUTH__GRPC_PORT", "DEVICE__HTTP_PORT", "DEVICE__GRPC_PORT",
-            "MQTT_GATEWAY__MQTT_PORT", "MQTT_GATEWAY__WS_PORT", "MQTT_GATEWAY__HTTP_PORT",
-            "MQTT_GATEWAY__GRPC_PORT", "FIRMWARE__HTTP_PORT", "FIRMWARE__GRPC_PORT",
-            "GATEWAY__HTTP_PORT",
-        ]
-        self.ports = dict(zip(names, free_ports(len(names))))
-        env = {k: v for k, v in os.environ.items() if not k.startswith("WF_IOT_")}
-        for service in ["AUTH", "DEVICE", "MQTT_GATEWAY", "FIRMWARE", "GATEWAY"]:
-            env[f"WF_IOT_{service}__HOST"] = "127.0.0.1"
-        for name, port in self.ports.items():
-            env[f"WF_IOT_{name}"] = str(port)
-        env["WF_IOT_DATA_DIR"] = data_dir
-        env["WF_IOT_ADMIN_PASSWORD"] = ADMIN_PASSWORD
-        env["WF_IOT_GATEWAY__RATE_LIMITS__ENABLED"] = "false"
-        env["WF_IOT_LOG__LEVEL"] = "warn"
-        env.update(extra_env or {})
-        self.env = env
-        self.proc = None
-
-    @property
-    def mqtt_port(self):
-        return self.ports["MQTT_GATEWAY__MQTT_PORT"]
-
-    def url(self, service, path):
-        return f"http://127.0.0.1:{self.ports[service + '__HTTP_PORT']}{path}"
-
-    def start(self):
-        log = open(self.log_path, "ab")
-        self.proc = subprocess.Popen([self.binary, "serve"], env=self.env, stdout=log, stderr=log)
-        deadline = time.time() + 90
-        while time.time() < deadline:
-            if self.proc.poll() is not None:
-                fail(f"wf-iot serve exited during startup; see {self.log_path}:\n{self.tail()}")
-            try:
-                with urllib.request.urlopen(self.url("DEVICE", "/readyz"), timeout=2) as r:
-                    if r.status == 200:
-                        return
-            except (urllib.error.URLError, OSError):
-                pass
-            time.sleep(0.3)
-        fail(f"wf-iot serve was not ready within 90 s:\n{self.tail()}")
-
-    def kill9(self):
-        self.proc.send_signal(signal.SIGKILL)
-        self.proc.wait()
-
-    def stop(self):
-        if self.proc and self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(timeout=15)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
-
-    def tail(self, n=30):
-        try:
-            with open(self.log_path, "rb") as f:
-                return b"\n".join(f.read().splitlines()[-n:]).decode(errors="replace")
-        except OSError:
-            return ""
-
-
-def http(method, url, body=None, token=None):
-    data = json.dumps(body).encode() if body is not None else None
-    req = urllib.request.Request(url, data=data, method=method)
-    req.add_header("content-type", "application/json")
-    if token:
-        req.add_header("authorization", f"Bearer {token}")
-    try:
-        with urllib.request.urlopen(req, timeout=20) as r:
-            return r.status, json.loads(r.read() or b"null")
-    except urllib.error.HTTPError as e:
-        raw = e.read()
-        try:
-            return e.code, json.loads(raw)
-        except ValueError:
-            return e.code, raw.decode(errors="replace")
-
-
-def login(server):
-    status, body = http("POST", server.url("AUTH", "/api/v1/auth/login"),
-                        {"username": "admin", "password": ADMIN_PASSWORD})
-    if status != 200:
-        fail(f"login answered {status}: {body}")
-    return body["access_token"]
-
-
-def create_devices(server, token, prefix, n):
-    devices = {}
-    for i in range(n):
-        device_id = f"{prefix}-{i:02d}"
-        status, body = http("POST", server.url("DEVICE", "/api/v1/devices"),
-                            {"id": device_id, "name": device_id}, token)
-        if status != 201:
-            fail(f"creating {device_id} answered {status}: {body}")
-        devices[device_id] = body["credentials"]["secret"]
-    return devices
+from wf_iot_harness import Server, create_devices, fail, http, login, stored
 
 
 class Device:
@@ -222,17 +94,6 @@ def wait_connected(devices, seconds=30):
             return
         time.sleep(0.1)
     fail("the devices did not connect")
-
-
-def stored(data_dir, metric="seq"):
-    db = sqlite3.connect(f"file:{os.path.join(data_dir, 'devices.db')}?mode=ro", uri=True,
-                         timeout=30)
-    try:
-        rows = db.execute("SELECT device_id, ts FROM device_data WHERE metric = ?",
-                          (metric,)).fetchall()
-    finally:
-        db.close()
-    return set(rows)
 
 
 def missing_acknowledged(devices, data_dir):
