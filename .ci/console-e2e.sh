@@ -12,7 +12,8 @@
 # Installs what is missing: Debian's chromium (and a CJK font for the
 # Chinese pages), Node.js and npm, and the pinned playwright-core (npm ci).
 #
-# Usage: bash .ci/console-e2e.sh   (CI=true adds cargo --locked)
+# Usage: bash .ci/console-e2e.sh [path/to/wf-iot]
+#   Without a binary, builds it (CI=true adds cargo --locked).
 
 set -euo pipefail
 
@@ -94,10 +95,14 @@ echo "node $(node --version), npm $(npm --version)"
 
 # ---------------------------------------------------------------------------
 section "Console e2e: build and start wf-iot serve"
-cargo build "${CARGO_FLAGS[@]}" -p wf-iot
-TARGET_DIR=$(cargo metadata "${CARGO_FLAGS[@]}" --format-version 1 --no-deps |
-    python3 -c 'import json, sys; print(json.load(sys.stdin)["target_directory"])')
-BIN="$TARGET_DIR/debug/wf-iot"
+if [[ $# -ge 1 ]]; then
+    BIN=$(realpath "$1")
+else
+    cargo build "${CARGO_FLAGS[@]}" -p wf-iot
+    TARGET_DIR=$(cargo metadata "${CARGO_FLAGS[@]}" --format-version 1 --no-deps |
+        python3 -c 'import json, sys; print(json.load(sys.stdin)["target_directory"])')
+    BIN="$TARGET_DIR/debug/wf-iot"
+fi
 [[ -x "$BIN" ]] || fail "$BIN was not built"
 
 read -r AUTH_HTTP AUTH_GRPC DEVICE_HTTP DEVICE_GRPC MQTT_PORT MQTT_WS MQTT_HTTP MQTT_GRPC FIRMWARE_HTTP FIRMWARE_GRPC GATEWAY_PORT < <(python3 -c '

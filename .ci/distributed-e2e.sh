@@ -53,9 +53,11 @@ if command -v mariadb >/dev/null 2>&1; then
     done
 fi
 
+# --workspace, as the other test runs: the same feature set, so nothing is
+# built again after `cargo test --workspace`.
 printf '\n==================== %s ====================\n' \
-    "Distributed end-to-end test: cargo test -p wf-iot --test distributed"
+    "Distributed end-to-end test: cargo test --workspace --test distributed"
 WF_IOT_TEST_DISTRIBUTED=1 \
     WF_IOT_TEST_MYSQL_URL="$MYSQL_URL" \
     WF_IOT_TEST_REDIS_URL="$REDIS_URL" \
-    cargo test "${CARGO_FLAGS[@]}" -p wf-iot --test distributed -- --nocapture
+    cargo test "${CARGO_FLAGS[@]}" --workspace --test distributed -- --nocapture

@@ -6,6 +6,11 @@
 # is kept under fuzz/artifacts/<target>/ and the command that replays it is
 # printed.
 #
+# Usage: bash .ci/fuzz.sh [--build-only]
+#   --build-only   install cargo-fuzz where missing and build the targets,
+#                  run nothing (.ci/run does this in the background while
+#                  its other steps wait on servers)
+#
 # Settings (environment):
 #   WF_IOT_FUZZ_SECONDS   seconds each target runs (default 60)
 #   WF_IOT_FUZZ_TARGETS   the targets to run, space-separated (default: all)
@@ -17,6 +22,13 @@
 # allows on a stable toolchain. With CI set, Cargo runs with --locked.
 
 set -euo pipefail
+
+BUILD_ONLY=""
+case "${1:-}" in
+    --build-only) BUILD_ONLY=yes ;;
+    "") ;;
+    *) echo "usage: $0 [--build-only]" >&2; exit 2 ;;
+esac
 
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 
@@ -78,6 +90,9 @@ echo "--- building ${#ALL_TARGETS[@]} fuzz targets (address sanitizer, coverage 
 build_start=$(date +%s)
 cargo fuzz build "${BUILD_FLAGS[@]}"
 echo "built in $(($(date +%s) - build_start)) s"
+if [[ -n "$BUILD_ONLY" ]]; then
+    exit 0
+fi
 
 # run TARGET: fuzzes TARGET for FUZZ_SECONDS into a scratch corpus that
 # starts from the seeds (new inputs are not written to the committed
