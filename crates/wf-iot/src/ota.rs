@@ -4,8 +4,9 @@
 //! link, checks its size, SHA-256 and (when signed and keys are given) its
 //! Ed25519 signature, reports `installing`, "restarts" (offline, then online
 //! again) and reports `succeeded` with the version it now runs. A chosen
-//! share of devices fails or never answers, to exercise failure thresholds
-//! and timeouts.
+//! share of the fleet fails or never answers, to exercise failure
+//! thresholds and timeouts: exactly that share, whatever the fleet's size,
+//! picked by a seeded shuffle.
 
 use std::collections::{HashMap, HashSet};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -44,6 +45,10 @@ pub struct OtaArgs {
     /// The version simulated devices run before any update.
     #[arg(long, default_value = "1.0.0")]
     pub ota_initial_version: String,
+    /// Picks which devices fail and which hang: the same seed and fleet
+    /// size pick the same devices.
+    #[arg(long, default_value_t = 1)]
+    pub ota_seed: u64,
 }
 
 impl Default for OtaArgs {
@@ -55,6 +60,7 @@ impl Default for OtaArgs {
             ota_restart_ms: 500,
             ota_public_keys: Vec::new(),
             ota_initial_version: "1.0.0".into(),
+            ota_seed: 1,
         }
     }
 }
@@ -82,8 +88,8 @@ pub struct Notification {
     pub signature: Option<String>,
 }
 
-/// What a device does with an update, decided by its id so a device keeps
-/// behaving the same across retries.
+/// What a device does with an update, decided once for the fleet (see
+/// [`Ota::assign`]) so a device keeps behaving the same across retries.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Fate {
     Update,
@@ -102,6 +108,41 @@ pub struct Ota {
     busy: Mutex<HashSet<(String, String)>>,
     /// The version each device runs.
     running: Mutex<HashMap<String, String>>,
+    /// The devices that fail or hang; every other one updates.
+    fates: Mutex<HashMap<String, Fate>>,
+}
+
+/// The fates of a fleet of `n` devices, by position: exactly
+/// `round(n * fail_pct / 100)` fail and `round(n * hang_pct / 100)` hang
+/// (fewer hang when rounding both up would exceed the fleet), chosen by a
+/// shuffle seeded with `seed`.
+pub fn choose_fates(n: usize, fail_pct: f64, hang_pct: f64, seed: u64) -> Vec<Fate> {
+    let share = |pct: f64| ((n as f64 * pct / 100.0).round() as usize).min(n);
+    let failing = share(fail_pct);
+    let hanging = share(hang_pct).min(n - failing);
+    // Fisher-Yates with SplitMix64: small, and the same on every platform.
+    let mut state = seed;
+    let mut next = || {
+        state = state.wrapping_add(0x9E37_79B9_7F4A_7C15);
+        let mut z = state;
+        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+        z ^ (z >> 31)
+    };
+    let mut order: Vec<usize> = (0..n).collect();
+    for i in (1..n).rev() {
+        let j = (next() % (i as u64 + 1)) as usize;
+        order.swap(i, j);
+    }
+    let mut fates = vec![Fate::Update; n];
+    for (rank, &index) in order.iter().enumerate() {
+        if rank < failing {
+            fates[index] = Fate::Fail;
+        } else if rank < failing + hanging {
+            fates[index] = Fate::Hang;
+        }
+    }
+    fates
 }
 
 fn parse_key(k: &str) -> anyhow::Result<VerifyingKey> {
@@ -145,7 +186,53 @@ impl Ota {
             stats: OtaStats::default(),
             busy: Mutex::default(),
             running: Mutex::default(),
+            fates: Mutex::default(),
         }))
+    }
+
+    /// Decides, for the whole fleet, which devices fail and which hang
+    /// (`--ota-fail`, `--ota-hang`, `--ota-seed`).
+    pub fn assign(&self, device_ids: &[String]) {
+        let fates = choose_fates(
+            device_ids.len(),
+            self.args.ota_fail,
+            self.args.ota_hang,
+            self.args.ota_seed,
+        );
+        let chosen = device_ids
+            .iter()
+            .cloned()
+            .zip(fates)
+            .filter(|(_, fate)| *fate != Fate::Update)
+            .collect();
+        if let Ok(mut fates) = self.fates.lock() {
+            *fates = chosen;
+        }
+    }
+
+    /// Which devices fail and hang updates, for the simulator's start.
+    pub fn fates_summary(&self) -> String {
+        let fates = self.fates.lock().map(|f| f.clone()).unwrap_or_default();
+        let of = |fate: Fate| {
+            let mut ids: Vec<&str> = fates
+                .iter()
+                .filter(|(_, f)| **f == fate)
+                .map(|(id, _)| id.as_str())
+                .collect();
+            ids.sort_unstable();
+            if ids.is_empty() {
+                return "0".to_string();
+            }
+            let shown = ids.len().min(10);
+            let more = if ids.len() > shown { ", ..." } else { "" };
+            format!("{} ({}{more})", ids.len(), ids[..shown].join(", "))
+        };
+        format!(
+            "ota: updates fail on {} and hang on {} (--ota-seed {})",
+            of(Fate::Fail),
+            of(Fate::Hang),
+            self.args.ota_seed
+        )
     }
 
     /// The topic a device subscribes to for updates.
@@ -162,21 +249,14 @@ impl Ota {
             .unwrap_or_else(|| self.args.ota_initial_version.clone())
     }
 
-    /// What this device does with updates.
+    /// What this device does with updates: as [`Ota::assign`] decided,
+    /// and an update for a device outside the fleet.
     pub fn fate(&self, device_id: &str) -> Fate {
-        let bucket = f64::from(
-            device_id
-                .bytes()
-                .fold(17u32, |h, b| h.wrapping_mul(31).wrapping_add(u32::from(b)))
-                % 10_000,
-        ) / 100.0;
-        if bucket < self.args.ota_fail {
-            Fate::Fail
-        } else if bucket < self.args.ota_fail + self.args.ota_hang {
-            Fate::Hang
-        } else {
-            Fate::Update
-        }
+        self.fates
+            .lock()
+            .ok()
+            .and_then(|f| f.get(device_id).copied())
+            .unwrap_or(Fate::Update)
     }
 
     /// Handles a message on `devices/{id}/ota`: the update runs on its own
@@ -428,32 +508,67 @@ impl Ota {
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
     use ed25519_dalek::{Signer, SigningKey};
 
     #[test]
-    fn fates_follow_the_percentages() {
-        let ota = Ota::new(&OtaArgs {
-            ota_fail: 20.0,
-            ota_hang: 10.0,
+    fn exactly_the_chosen_share_fails_and_hangs_in_a_small_fleet() {
+        let args = OtaArgs {
+            ota_fail: 10.0,
+            ota_hang: 5.0,
             ..OtaArgs::default()
+        };
+        let ota = Ota::new(&args).unwrap();
+        let ids: Vec<String> = (1..=50).map(|i| format!("sim-{i:05}")).collect();
+        ota.assign(&ids);
+        let chosen =
+            |fate: Fate| -> Vec<&String> { ids.iter().filter(|id| ota.fate(id) == fate).collect() };
+        // round(50 * 10 %) = 5 fail, round(50 * 5 %) = 2.5 -> 3 hang.
+        assert_eq!(chosen(Fate::Fail).len(), 5);
+        assert_eq!(chosen(Fate::Hang).len(), 3);
+        assert_eq!(chosen(Fate::Update).len(), 42);
+        assert!(
+            ota.fates_summary().contains("fail on 5 (sim-"),
+            "{}",
+            ota.fates_summary()
+        );
+
+        // The same seed picks the same devices; another seed others.
+        let again = Ota::new(&args).unwrap();
+        again.assign(&ids);
+        assert!(ids.iter().all(|id| again.fate(id) == ota.fate(id)));
+        let other = Ota::new(&OtaArgs {
+            ota_seed: 2,
+            ..args.clone()
         })
         .unwrap();
-        let ids: Vec<String> = (0..10_000).map(|i| format!("sim-{i:05}")).collect();
-        let share = |f: Fate| ids.iter().filter(|id| ota.fate(id) == f).count() as f64 / 10_000.0;
-        assert!(
-            (share(Fate::Fail) - 0.20).abs() < 0.03,
-            "{}",
-            share(Fate::Fail)
-        );
-        assert!(
-            (share(Fate::Hang) - 0.10).abs() < 0.03,
-            "{}",
-            share(Fate::Hang)
-        );
-        // Stable per device.
-        assert_eq!(ota.fate("sim-00042"), ota.fate("sim-00042"));
+        other.assign(&ids);
+        assert!(ids.iter().any(|id| other.fate(id) != ota.fate(id)));
+        // A device outside the fleet updates.
+        assert_eq!(ota.fate("other-00001"), Fate::Update);
+    }
+
+    #[test]
+    fn shares_hold_for_any_fleet_size() {
+        for n in [0, 1, 2, 7, 20, 50, 999, 10_000] {
+            for (fail, hang) in [
+                (0.0, 0.0),
+                (10.0, 5.0),
+                (50.0, 50.0),
+                (100.0, 0.0),
+                (33.3, 0.0),
+            ] {
+                let fates = choose_fates(n, fail, hang, 7);
+                let count = |f: Fate| fates.iter().filter(|x| **x == f).count();
+                let failing = (n as f64 * fail / 100.0).round() as usize;
+                let hanging = ((n as f64 * hang / 100.0).round() as usize).min(n - failing);
+                assert_eq!(count(Fate::Fail), failing, "{n} devices, {fail} % fail");
+                assert_eq!(count(Fate::Hang), hanging, "{n} devices, {hang} % hang");
+                assert_eq!(fates.len(), n);
+            }
+        }
         assert!(
             Ota::new(&OtaArgs {
                 ota_fail: 80.0,

@@ -7,7 +7,7 @@ use std::sync::Arc;
 
 use anyhow::Context;
 use wf_common::events::{EventBus, InProcessBus, RedisBus};
-use wf_common::shutdown::Shutdown;
+use wf_common::shutdown::{Shutdown, until_stopped};
 
 use crate::config::PlatformConfig;
 
@@ -209,15 +209,34 @@ impl Platform {
         {
             print_admin_banner(&username, generated_password.as_deref(), gateway_http);
         }
+        // Each service is listed in the shutdown's reports until it stops.
         let mut tasks = vec![
-            tokio::spawn(auth.run_until_stopped(stop.wait())),
-            tokio::spawn(device.run_until_stopped(stop.wait())),
-            tokio::spawn(firmware.run_until_stopped(stop.wait())),
-            tokio::spawn(worker.run_until_stopped(stop.wait())),
+            tokio::spawn(until_stopped(
+                "auth-service",
+                auth.run_until_stopped(stop.wait()),
+            )),
+            tokio::spawn(until_stopped(
+                "device-service",
+                device.run_until_stopped(stop.wait()),
+            )),
+            tokio::spawn(until_stopped(
+                "firmware-service",
+                firmware.run_until_stopped(stop.wait()),
+            )),
+            tokio::spawn(until_stopped(
+                "rollout worker",
+                worker.run_until_stopped(stop.wait()),
+            )),
         ];
         let edge_tasks = vec![
-            tokio::spawn(mqtt.run_until_stopped(edge_stop.wait())),
-            tokio::spawn(gateway.run_until_stopped(edge_stop.wait())),
+            tokio::spawn(until_stopped(
+                "mqtt-gateway",
+                mqtt.run_until_stopped(edge_stop.wait()),
+            )),
+            tokio::spawn(until_stopped(
+                "api-gateway",
+                gateway.run_until_stopped(edge_stop.wait()),
+            )),
         ];
         let edge_count = edge_tasks.len();
         tasks.extend(edge_tasks);
@@ -322,7 +341,9 @@ impl Platform {
         Ok(())
     }
 
-    /// Runs until SIGINT/SIGTERM, or until a service fails.
+    /// Runs until SIGINT/SIGTERM, or until a service fails. While the
+    /// services drain, what they still wait for is logged; a second signal
+    /// exits at once (see [`wf_common::shutdown::signal`]).
     pub async fn run_until_signal(mut self) -> anyhow::Result<()> {
         let failed = {
             let tasks = &mut self.tasks;

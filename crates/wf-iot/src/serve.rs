@@ -4,6 +4,7 @@
 use std::sync::Arc;
 
 use anyhow::Context;
+use wf_common::shutdown::until_stopped;
 
 use crate::config::PlatformConfig;
 use crate::platform::{Platform, event_bus};
@@ -41,7 +42,7 @@ pub async fn run(config: PlatformConfig, target: Target) -> anyhow::Result<()> {
                 grpc_port = app.grpc_port(),
                 "auth-service listening"
             );
-            app.run_until_stopped(shutdown).await
+            until_stopped("auth-service", app.run_until_stopped(shutdown)).await
         }
         Target::Device => {
             let bus = distributed_bus(&config).await?;
@@ -57,7 +58,7 @@ pub async fn run(config: PlatformConfig, target: Target) -> anyhow::Result<()> {
                 grpc_port = app.grpc_port(),
                 "device-service listening"
             );
-            app.run_until_stopped(shutdown).await
+            until_stopped("device-service", app.run_until_stopped(shutdown)).await
         }
         Target::MqttGateway => {
             let bus = distributed_bus(&config).await?;
@@ -70,7 +71,7 @@ pub async fn run(config: PlatformConfig, target: Target) -> anyhow::Result<()> {
                 grpc_port = app.grpc_port(),
                 "mqtt-gateway listening"
             );
-            app.run_until_stopped(shutdown).await
+            until_stopped("mqtt-gateway", app.run_until_stopped(shutdown)).await
         }
         Target::Firmware => {
             let bus = distributed_bus(&config).await?;
@@ -85,7 +86,7 @@ pub async fn run(config: PlatformConfig, target: Target) -> anyhow::Result<()> {
                 grpc_port = app.grpc_port(),
                 "firmware-service listening"
             );
-            app.run_until_stopped(shutdown).await
+            until_stopped("firmware-service", app.run_until_stopped(shutdown)).await
         }
         Target::Worker => {
             let bus = distributed_bus(&config).await?;
@@ -99,13 +100,13 @@ pub async fn run(config: PlatformConfig, target: Target) -> anyhow::Result<()> {
                 http_port = worker.http_port(),
                 "rollout worker running"
             );
-            worker.run_until_stopped(shutdown).await
+            until_stopped("rollout worker", worker.run_until_stopped(shutdown)).await
         }
         Target::Gateway => {
             let bus = distributed_bus(&config).await?;
             let app = api_gateway::Application::build(Arc::new(config.gateway), bus).await?;
             tracing::info!(http_port = app.http_port(), "api-gateway listening");
-            app.run_until_stopped(shutdown).await
+            until_stopped("api-gateway", app.run_until_stopped(shutdown)).await
         }
     }
 }

@@ -1,15 +1,21 @@
 //! `wf-iot simulate`: a fleet of simulated devices. Provisions (or reuses)
 //! devices through the API, connects each over MQTT with its own
 //! credentials, publishes telemetry at a steady overall rate, and answers
-//! commands, failing a chosen share of them.
+//! commands, failing a chosen share of them. A device whose connection is
+//! lost reconnects with backoff, as real firmware does.
 
-use std::sync::Arc;
+use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
-use rumqttc::{AsyncClient, Event, LastWill, MqttOptions, Packet, QoS};
+use futures_util::StreamExt;
+use rumqttc::{
+    AsyncClient, ConnectReturnCode, ConnectionError, Event, LastWill, MqttOptions, Packet, QoS,
+};
 use serde_json::{Value, json};
+use wf_common::retry::Backoff;
 
 #[derive(clap::Args, Debug, Clone)]
 pub struct SimulateArgs {
@@ -60,6 +66,43 @@ pub struct Stats {
     pub commands: AtomicU64,
     pub commands_failed: AtomicU64,
     pub connected: AtomicU64,
+    /// Connections lost and made again.
+    pub reconnects: AtomicU64,
+    /// Commands decided so far, and each one's answer (`true`: fails), so a
+    /// redelivered command gets the answer it got the first time.
+    decided: AtomicU64,
+    answers: Mutex<HashMap<String, bool>>,
+}
+
+/// How many answers [`Stats`] remembers for redelivered commands.
+const REMEMBERED_ANSWERS: usize = 10_000;
+
+impl Stats {
+    /// Whether the command with this id is answered with a failure. Of the
+    /// first `n` commands decided, exactly `floor(n * fail_pct / 100)` fail,
+    /// spread evenly (with 20 %, every fifth), whatever the fleet's size;
+    /// a command seen before gets the same answer again.
+    pub fn command_fails(&self, command_id: &str, fail_pct: f64) -> bool {
+        let mut answers = self.answers.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(&fails) = answers.get(command_id) {
+            return fails;
+        }
+        let n = self.decided.fetch_add(1, Ordering::Relaxed);
+        let fails = nth_fails(n, fail_pct);
+        if answers.len() >= REMEMBERED_ANSWERS {
+            answers.clear();
+        }
+        answers.insert(command_id.to_string(), fails);
+        fails
+    }
+}
+
+/// Whether the `n`th command (from 0) is one of the `fail_pct` percent
+/// that fail: the count of failures among the first `n + 1` is
+/// `floor((n + 1) * fail_pct / 100)`.
+fn nth_fails(n: u64, fail_pct: f64) -> bool {
+    let failures = |count: u64| (count as f64 * fail_pct / 100.0 + 1e-9).floor() as u64;
+    failures(n + 1) > failures(n)
 }
 
 /// A device's id and MQTT secret.
@@ -127,8 +170,8 @@ impl Api {
         device_type: &str,
     ) -> anyhow::Result<Vec<Credentials>> {
         let mut out = Vec::with_capacity(count);
-        for i in 1..=count {
-            let id = format!("{prefix}-{i:05}");
+        for (i, id) in device_ids(prefix, count).into_iter().enumerate() {
+            let i = i + 1;
             let resp = self
                 .client
                 .post(format!("{}/api/v1/devices", self.device_url))
@@ -159,6 +202,63 @@ impl Api {
     }
 }
 
+impl Api {
+    /// Which of these devices device-service shows online, in the order
+    /// given; devices that do not exist are not online.
+    pub async fn online(&self, ids: &[String]) -> anyhow::Result<Vec<String>> {
+        let answers: Vec<anyhow::Result<Option<String>>> = futures_util::stream::iter(ids)
+            .map(|id| async move {
+                let resp = self
+                    .client
+                    .get(format!("{}/api/v1/devices/{id}", self.device_url))
+                    .bearer_auth(&self.token)
+                    .send()
+                    .await
+                    .with_context(|| format!("reaching {}", self.device_url))?;
+                if resp.status() == reqwest::StatusCode::NOT_FOUND {
+                    return Ok(None);
+                }
+                if !resp.status().is_success() {
+                    bail!("reading {id} failed: {}", error_text(resp).await);
+                }
+                let body: Value = resp.json().await?;
+                Ok((body["online"] == Value::Bool(true)).then(|| id.clone()))
+            })
+            .buffered(16)
+            .collect()
+            .await;
+        let mut online = Vec::new();
+        for answer in answers {
+            online.extend(answer?);
+        }
+        Ok(online)
+    }
+
+    /// Waits until device-service shows every one of these devices online;
+    /// returns those it still does not show after `within`.
+    pub async fn wait_online(
+        &self,
+        ids: &[String],
+        within: Duration,
+    ) -> anyhow::Result<Vec<String>> {
+        let deadline = Instant::now() + within;
+        let mut missing = ids.to_vec();
+        loop {
+            let online = self.online(&missing).await?;
+            missing.retain(|id| !online.contains(id));
+            if missing.is_empty() || Instant::now() >= deadline {
+                return Ok(missing);
+            }
+            tokio::time::sleep(Duration::from_millis(250)).await;
+        }
+    }
+}
+
+/// The ids of a simulated fleet: `{prefix}-00001` to `{prefix}-{count}`.
+pub fn device_ids(prefix: &str, count: usize) -> Vec<String> {
+    (1..=count).map(|i| format!("{prefix}-{i:05}")).collect()
+}
+
 async fn error_text(resp: reqwest::Response) -> String {
     let status = resp.status();
     let body: Value = resp.json().await.unwrap_or(Value::Null);
@@ -174,9 +274,14 @@ pub struct Device {
     pub client: AsyncClient,
 }
 
+/// How many times a first connection refused with "server unavailable"
+/// (the registry did not answer in time) is tried again.
+const UNAVAILABLE_RETRIES: u32 = 5;
+
 /// Connects a device: its credentials, a last will that marks it offline,
 /// its command topic subscribed. The event loop runs on its own task,
-/// answering commands and counting acknowledgements.
+/// answering commands and counting acknowledgements; a lost connection is
+/// made again with backoff.
 pub async fn connect(
     creds: &Credentials,
     host: &str,
@@ -210,56 +315,60 @@ pub async fn connect_with_ota(
             QoS::AtLeastOnce,
             false,
         ));
+    let (client, mut event_loop) = AsyncClient::new(options, usize::from(inflight.max(10)) * 2);
     // Wait for the broker's answer to CONNECT before going on. "Server
-    // unavailable" (the registry did not answer in time) is retried, as a
-    // real device would.
+    // unavailable" is retried, as a real device would; anything else ends
+    // the start with the broker's address in the error.
     let mut attempt = 0;
-    let (client, mut event_loop) = loop {
-        let (client, mut event_loop) =
-            AsyncClient::new(options.clone(), usize::from(inflight.max(10)) * 2);
-        let code = loop {
-            match event_loop.poll().await {
-                Ok(Event::Incoming(Packet::ConnAck(ack))) => break ack.code,
-                Ok(_) => {}
-                Err(e) => bail!("{} could not connect: {e}", creds.id),
-            }
-        };
-        match code {
-            rumqttc::ConnectReturnCode::Success => break (client, event_loop),
-            rumqttc::ConnectReturnCode::ServiceUnavailable if attempt < 5 => {
+    loop {
+        match event_loop.poll().await {
+            Ok(Event::Incoming(Packet::ConnAck(_))) => break,
+            Ok(_) => {}
+            Err(ConnectionError::ConnectionRefused(ConnectReturnCode::ServiceUnavailable))
+                if attempt < UNAVAILABLE_RETRIES =>
+            {
                 attempt += 1;
-                tokio::time::sleep(Duration::from_millis(200 * attempt)).await;
+                tokio::time::sleep(Duration::from_millis(200) * attempt).await;
             }
-            other => bail!("{} was refused: {other:?}", creds.id),
+            Err(ConnectionError::ConnectionRefused(code)) => {
+                bail!(
+                    "{} was refused by the MQTT broker at {host}:{port}: {code:?}",
+                    creds.id
+                )
+            }
+            Err(e) => bail!(
+                "{} could not connect to the MQTT broker at {host}:{port}: {e}",
+                creds.id
+            ),
         }
-    };
+    }
     stats.connected.fetch_add(1, Ordering::Relaxed);
     let id = creds.id.clone();
-    client
-        .subscribe(format!("devices/{id}/commands"), QoS::AtLeastOnce)
-        .await?;
-    if ota.is_some() {
-        client
-            .subscribe(crate::ota::Ota::topic(&id), QoS::AtLeastOnce)
-            .await?;
-    }
-    client
-        .publish(
-            format!("devices/{id}/status"),
-            QoS::AtLeastOnce,
-            false,
-            "online",
-        )
-        .await?;
+    let with_ota = ota.is_some();
+    subscribe_and_announce(&client, &id, with_ota)?;
     let responder = client.clone();
     tokio::spawn(async move {
+        let mut up = true;
+        let mut backoff = reconnect_backoff();
         loop {
             match event_loop.poll().await {
+                // Connected again after a loss: a clean session, so
+                // subscribe again and say so.
+                Ok(Event::Incoming(Packet::ConnAck(_))) => {
+                    up = true;
+                    backoff = reconnect_backoff();
+                    stats.connected.fetch_add(1, Ordering::Relaxed);
+                    stats.reconnects.fetch_add(1, Ordering::Relaxed);
+                    tracing::info!(device = %id, "reconnected");
+                    if subscribe_and_announce(&responder, &id, with_ota).is_err() {
+                        stats.errors.fetch_add(1, Ordering::Relaxed);
+                    }
+                }
                 Ok(Event::Incoming(Packet::PubAck(_))) => {
                     stats.acked.fetch_add(1, Ordering::Relaxed);
                 }
                 Ok(Event::Incoming(Packet::Publish(p))) if p.topic.ends_with("/commands") => {
-                    answer_command(&responder, &id, &p.payload, fail_commands, &stats).await;
+                    answer_command(&responder, &id, &p.payload, fail_commands, &stats);
                 }
                 Ok(Event::Incoming(Packet::Publish(p))) if p.topic.ends_with("/ota") => {
                     if let Some(ota) = &ota {
@@ -269,15 +378,30 @@ pub async fn connect_with_ota(
                 // After DISCONNECT the event loop would reconnect: drop it
                 // instead, which closes the socket.
                 Ok(Event::Outgoing(rumqttc::Outgoing::Disconnect)) => {
-                    stats.connected.fetch_sub(1, Ordering::Relaxed);
+                    if up {
+                        stats.connected.fetch_sub(1, Ordering::Relaxed);
+                    }
                     return;
                 }
                 Ok(_) => {}
+                // Every client handle is gone: the device was dropped.
+                Err(ConnectionError::RequestsDone) => {
+                    if up {
+                        stats.connected.fetch_sub(1, Ordering::Relaxed);
+                    }
+                    return;
+                }
                 Err(e) => {
                     stats.errors.fetch_add(1, Ordering::Relaxed);
-                    stats.connected.fetch_sub(1, Ordering::Relaxed);
-                    tracing::debug!(device = %id, error = %e, "connection lost");
-                    return;
+                    if up {
+                        up = false;
+                        stats.connected.fetch_sub(1, Ordering::Relaxed);
+                        tracing::warn!(device = %id, error = %e, "connection lost; reconnecting");
+                    } else {
+                        tracing::debug!(device = %id, error = %e, "reconnecting failed");
+                    }
+                    // The next poll connects again.
+                    tokio::time::sleep(backoff.next_delay() + jitter()).await;
                 }
             }
         }
@@ -288,17 +412,38 @@ pub async fn connect_with_ota(
     })
 }
 
-/// Whether the command with this id is one of the `fail_pct` percent that
-/// fail (decided by its id, so a retried command gets the same answer).
-fn fails(command_id: &str, fail_pct: f64) -> bool {
-    let bucket = command_id
-        .bytes()
-        .fold(0u32, |h, b| h.wrapping_mul(31).wrapping_add(u32::from(b)))
-        % 10_000;
-    f64::from(bucket) < fail_pct * 100.0
+/// Between attempts to reconnect: 250 ms, doubling to 10 s.
+fn reconnect_backoff() -> Backoff {
+    Backoff::new(Duration::from_millis(250), Duration::from_secs(10))
 }
 
-async fn answer_command(
+/// Up to half a second more, so a fleet cut off at once does not come
+/// back in one burst.
+fn jitter() -> Duration {
+    let [a, b] = wf_common::random::bytes::<2>();
+    Duration::from_millis(u64::from(u16::from_le_bytes([a, b])) % 500)
+}
+
+/// Subscribes to the device's command (and OTA) topic and publishes
+/// `online`. Queued without waiting, so the event loop can call it.
+fn subscribe_and_announce(client: &AsyncClient, id: &str, with_ota: bool) -> anyhow::Result<()> {
+    client.try_subscribe(format!("devices/{id}/commands"), QoS::AtLeastOnce)?;
+    if with_ota {
+        client.try_subscribe(crate::ota::Ota::topic(id), QoS::AtLeastOnce)?;
+    }
+    client.try_publish(
+        format!("devices/{id}/status"),
+        QoS::AtLeastOnce,
+        false,
+        "online",
+    )?;
+    Ok(())
+}
+
+/// Answers a command. Runs on the device's event loop, so the answer is
+/// queued without waiting (waiting there for room in a full queue would
+/// never end).
+fn answer_command(
     client: &AsyncClient,
     device_id: &str,
     payload: &[u8],
@@ -310,7 +455,7 @@ async fn answer_command(
         return;
     };
     let id = command["id"].as_str().unwrap_or_default().to_string();
-    let failed = fails(&id, fail_pct);
+    let failed = stats.command_fails(&id, fail_pct);
     let response = if failed {
         json!({ "id": id, "status": "failed", "result": { "error": "simulated failure" } })
     } else {
@@ -322,13 +467,16 @@ async fn answer_command(
     }
     let topic = format!("devices/{device_id}/commands/response");
     if client
-        .publish(topic, QoS::AtLeastOnce, false, response.to_string())
-        .await
+        .try_publish(topic, QoS::AtLeastOnce, false, response.to_string())
         .is_err()
     {
         stats.errors.fetch_add(1, Ordering::Relaxed);
     }
 }
+
+/// How long device-service may take to show a fleet online, plus 10 ms a
+/// device.
+const ONLINE_WITHIN: Duration = Duration::from_secs(10);
 
 /// A telemetry message as a simulated sensor sends it.
 pub fn reading(seq: u64) -> String {
@@ -349,6 +497,7 @@ pub async fn run(args: SimulateArgs) -> anyhow::Result<()> {
         (0.0..=100.0).contains(&args.fail_commands),
         "--fail-commands is a percentage"
     );
+    let ota = crate::ota::Ota::new(&args.ota)?;
     let api = Api::login(
         &args.auth_url,
         &args.device_url,
@@ -356,12 +505,33 @@ pub async fn run(args: SimulateArgs) -> anyhow::Result<()> {
         &args.password,
     )
     .await?;
+    let ids = device_ids(&args.prefix, args.devices);
+    // Provisioning gives existing devices a new secret and connecting
+    // takes over their client ids: a simulation already running with
+    // these devices would lose them.
+    let busy = api.online(&ids).await?;
+    if let Some(first) = busy.first() {
+        bail!(
+            "{} of the {} devices {}-00001..{} are online ({first} among them): another \
+             simulation is running with --prefix {}, and starting this one would take over its \
+             devices. Stop it, or choose another --prefix. (Devices of a simulation that was \
+             killed stay online until their keep-alive runs out, about 45 s.)",
+            busy.len(),
+            ids.len(),
+            args.prefix,
+            ids[ids.len() - 1],
+            args.prefix,
+        );
+    }
     eprintln!("provisioning {} devices...", args.devices);
     let creds = api
         .provision(&args.prefix, args.devices, &args.device_type)
         .await?;
+    ota.assign(&ids);
+    if args.ota.ota_fail > 0.0 || args.ota.ota_hang > 0.0 {
+        eprintln!("{}", ota.fates_summary());
+    }
     let stats = Arc::new(Stats::default());
-    let ota = crate::ota::Ota::new(&args.ota)?;
     let mut devices = Vec::with_capacity(creds.len());
     for c in &creds {
         devices.push(
@@ -377,8 +547,25 @@ pub async fn run(args: SimulateArgs) -> anyhow::Result<()> {
             .await?,
         );
     }
+    // A broker that accepts the devices is not proof that it is this
+    // platform's: only device-service seeing them online is.
+    let within = ONLINE_WITHIN + Duration::from_millis(10 * ids.len() as u64);
+    let missing = api.wait_online(&ids, within).await?;
+    if let Some(first) = missing.first() {
+        bail!(
+            "{} of {} devices connected to the MQTT broker at {}:{}, but device-service at {} \
+             does not show them online after {} s ({first} among them): is that broker the one \
+             of this platform (--mqtt-host, --mqtt-port)?",
+            missing.len(),
+            ids.len(),
+            args.mqtt_host,
+            args.mqtt_port,
+            args.device_url,
+            within.as_secs(),
+        );
+    }
     eprintln!(
-        "{} devices connected; publishing {} messages/s (Ctrl-C stops)",
+        "{} devices connected and online; publishing {} messages/s (Ctrl-C stops)",
         devices.len(),
         args.rate
     );
@@ -399,14 +586,16 @@ pub async fn run(args: SimulateArgs) -> anyhow::Result<()> {
             () = &mut stop => break,
             _ = report.tick() => {
                 let sent = stats.sent.load(Ordering::Relaxed);
+                let reconnects = stats.reconnects.load(Ordering::Relaxed);
                 eprintln!(
-                    "sent {sent} ({}/s)  acked {}  errors {}  commands answered {} ({} failed)  connected {}",
+                    "sent {sent} ({}/s)  acked {}  errors {}  commands answered {} ({} failed)  connected {}{}",
                     sent - last_sent,
                     stats.acked.load(Ordering::Relaxed),
                     stats.errors.load(Ordering::Relaxed),
                     stats.commands.load(Ordering::Relaxed),
                     stats.commands_failed.load(Ordering::Relaxed),
                     stats.connected.load(Ordering::Relaxed),
+                    if reconnects > 0 { format!("  reconnects {reconnects}") } else { String::new() },
                 );
                 last_sent = sent;
                 if ota.stats.received.load(Ordering::Relaxed) > 0 {
@@ -458,12 +647,33 @@ mod tests {
     use super::*;
 
     #[test]
-    fn the_failing_share_follows_the_percentage() {
-        let ids: Vec<String> = (0..10_000).map(|i| format!("cmd-{i}")).collect();
-        let share =
-            |pct: f64| ids.iter().filter(|id| fails(id, pct)).count() as f64 / ids.len() as f64;
-        assert_eq!(share(0.0), 0.0);
-        assert_eq!(share(100.0), 1.0);
-        assert!((share(30.0) - 0.30).abs() < 0.03, "{}", share(30.0));
+    fn exactly_the_chosen_share_of_commands_fails() {
+        let stats = Stats::default();
+        let answers: Vec<bool> = (0..50)
+            .map(|i| stats.command_fails(&format!("019ab2d1-{i:04}"), 20.0))
+            .collect();
+        // Every fifth, from the first command on: with five commands sent
+        // by hand, one comes back failed.
+        assert_eq!(answers.iter().filter(|f| **f).count(), 10);
+        assert_eq!(answers[..5], [false, false, false, false, true]);
+        // A redelivered command gets the same answer and is not counted again.
+        assert!(stats.command_fails("019ab2d1-0004", 20.0));
+        assert!(!stats.command_fails("019ab2d1-0005", 20.0));
+        assert!(!stats.command_fails("019ab2d1-new", 20.0));
+
+        for (pct, of, expected) in [
+            (0.0, 50, 0),
+            (100.0, 50, 50),
+            (10.0, 50, 5),
+            (33.0, 100, 33),
+        ] {
+            let fails = (0..of).filter(|&n| nth_fails(n, pct)).count();
+            assert_eq!(fails, expected, "{pct} % of {of}");
+        }
+    }
+
+    #[test]
+    fn fleet_ids_are_numbered_from_one() {
+        assert_eq!(device_ids("sim", 2), ["sim-00001", "sim-00002"]);
     }
 }

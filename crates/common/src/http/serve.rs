@@ -120,14 +120,28 @@ pub async fn serve(
         let close_rx = close_rx.clone();
         tokio::spawn(async move {
             let _open = OpenConnection::new();
+            // The request being answered, for the shutdown's report of what
+            // it waits for.
+            let current: Arc<Mutex<Option<(String, Instant)>>> = Arc::default();
+            let in_request = current.clone();
             let svc = hyper::service::service_fn(move |mut req: http::Request<Incoming>| {
                 req.extensions_mut().insert(ConnectInfo(remote));
-                router.clone().oneshot(req.map(axum::body::Body::new))
+                let label = format!("{} {}", req.method(), req.uri().path());
+                *in_request.lock().unwrap_or_else(|e| e.into_inner()) =
+                    Some((label, Instant::now()));
+                let answered = in_request.clone();
+                let response = router.clone().oneshot(req.map(axum::body::Body::new));
+                async move {
+                    let response = response.await;
+                    *answered.lock().unwrap_or_else(|e| e.into_inner()) = None;
+                    response
+                }
             });
             let conn = builder
                 .serve_connection(TokioIo::new(tcp), svc)
                 .with_upgrades();
             tokio::pin!(conn);
+            let mut awaited = None;
             loop {
                 tokio::select! {
                     result = conn.as_mut() => {
@@ -136,9 +150,25 @@ pub async fn serve(
                         }
                         break;
                     }
-                    _ = signal_rx.changed() => conn.as_mut().graceful_shutdown(),
+                    _ = signal_rx.changed(), if awaited.is_none() => {
+                        conn.as_mut().graceful_shutdown();
+                        // Idle connections close now; one still open is
+                        // answering a request (or sending a response's
+                        // body), which shutdown waits for.
+                        let what = current.lock().unwrap_or_else(|e| e.into_inner()).clone();
+                        awaited = Some(match what {
+                            Some((request, since)) => crate::shutdown::awaited_since(
+                                format!("{service}: HTTP {request} from {remote}"),
+                                since,
+                            ),
+                            None => crate::shutdown::awaited(format!(
+                                "{service}: an HTTP response to {remote}"
+                            )),
+                        });
+                    }
                 }
             }
+            drop(awaited);
             drop(slot);
             drop(close_rx);
         });

@@ -113,6 +113,43 @@ impl MosquittoServer {
         server
     }
 
+    /// A Mosquitto that lets every client in, whatever its credentials
+    /// (anonymous access on, no plugin): a working broker that is not the
+    /// platform's. `None`, as [`MosquittoServer::start_or_skip`], where
+    /// Mosquitto is not installed.
+    pub async fn start_open_or_skip() -> Option<Self> {
+        if find_program("mosquitto").is_none() {
+            assert!(
+                std::env::var_os(REQUIRE_ENV).is_none(),
+                "{REQUIRE_ENV} is set but Mosquitto is not installed (Debian: apt-get install \
+                 mosquitto mosquitto-clients)"
+            );
+            eprintln!(
+                "skipped: this test needs Mosquitto (Debian: apt-get install mosquitto \
+                 mosquitto-clients)"
+            );
+            return None;
+        }
+        let dir = tempfile::tempdir().expect("a temporary directory");
+        let port = free_port();
+        let config = format!(
+            "listener {port} 127.0.0.1\n\
+             allow_anonymous true\n\
+             persistence false\n\
+             user root\n\
+             log_type error\n\
+             log_type warning\n"
+        );
+        std::fs::write(dir.path().join("mosquitto.conf"), config).expect("config written");
+        let mut server = Self {
+            port,
+            dir,
+            child: None,
+        };
+        server.launch().await;
+        Some(server)
+    }
+
     /// Starts the process (again, on the same port and files) and waits
     /// until it accepts connections.
     pub async fn launch(&mut self) {

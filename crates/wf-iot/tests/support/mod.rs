@@ -44,7 +44,7 @@ pub struct TcpProxy {
 }
 
 struct ProxyState {
-    backends: Vec<SocketAddr>,
+    backends: Mutex<Vec<SocketAddr>>,
     up: AtomicBool,
     next: AtomicUsize,
     connections: Mutex<Vec<AbortHandle>>,
@@ -58,7 +58,7 @@ impl TcpProxy {
             .expect("the proxy binds");
         let port = listener.local_addr().expect("an address").port();
         let state = Arc::new(ProxyState {
-            backends,
+            backends: Mutex::new(backends),
             up: AtomicBool::new(true),
             next: AtomicUsize::new(0),
             connections: Mutex::new(Vec::new()),
@@ -132,6 +132,12 @@ impl TcpProxy {
         }
     }
 
+    /// Relays new connections to `backends` from now on (a server that
+    /// came back on another port, as a restarted one may).
+    pub fn point_at(&self, backends: Vec<SocketAddr>) {
+        *self.state.backends.lock().expect("not poisoned") = backends;
+    }
+
     /// Brings it back.
     pub fn bring_up(&self) {
         self.state.up.store(true, Ordering::SeqCst);
@@ -150,10 +156,11 @@ impl Drop for TcpProxy {
 }
 
 async fn relay(state: Arc<ProxyState>, mut inbound: TcpStream) {
-    let n = state.backends.len();
+    let backends = state.backends.lock().expect("not poisoned").clone();
+    let n = backends.len();
     let first = state.next.fetch_add(1, Ordering::SeqCst);
     for i in 0..n {
-        let backend = state.backends[(first + i) % n];
+        let backend = backends[(first + i) % n];
         let connected =
             tokio::time::timeout(Duration::from_secs(1), TcpStream::connect(backend)).await;
         if let Ok(Ok(mut outbound)) = connected {

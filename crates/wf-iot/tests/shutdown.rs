@@ -1,0 +1,237 @@
+//! Stopping `wf-iot serve`: while it drains it says what it waits for, and
+//! a second signal ends it at once.
+
+#![allow(clippy::unwrap_used)]
+
+mod support;
+
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use reqwest::StatusCode;
+use serde_json::{Value, json};
+use support::{eventually, free_port};
+
+const BIN: &str = env!("CARGO_BIN_EXE_wf-iot");
+const PASSWORD: &str = "shutdown-test-password";
+
+/// `wf-iot serve` on free loopback ports, with its data and log in `dir`.
+fn serve(dir: &Path, auth_http: u16, device_http: u16) -> Child {
+    let mut cmd = Command::new(BIN);
+    for (key, _) in std::env::vars() {
+        if key.starts_with("WF_IOT_") || key == "RUST_LOG" {
+            cmd.env_remove(key);
+        }
+    }
+    let log = std::fs::File::create(dir.join("serve.log")).expect("log file");
+    cmd.arg("serve")
+        .env("WF_IOT_DATA_DIR", dir.join("data"))
+        .env("WF_IOT_ADMIN_PASSWORD", PASSWORD)
+        .env(
+            "WF_IOT_LOG__LEVEL",
+            "info,rmqtt=warn,rmqtt_net=warn,sqlx=warn",
+        )
+        .env("WF_IOT_AUTH__HOST", "127.0.0.1")
+        .env("WF_IOT_AUTH__HTTP_PORT", auth_http.to_string())
+        .env("WF_IOT_AUTH__GRPC_PORT", "0")
+        .env("WF_IOT_DEVICE__HOST", "127.0.0.1")
+        .env("WF_IOT_DEVICE__HTTP_PORT", device_http.to_string())
+        .env("WF_IOT_DEVICE__GRPC_PORT", "0")
+        .env("WF_IOT_MQTT_GATEWAY__HOST", "127.0.0.1")
+        .env("WF_IOT_MQTT_GATEWAY__MQTT_PORT", "0")
+        .env("WF_IOT_MQTT_GATEWAY__WS_ENABLED", "false")
+        .env("WF_IOT_MQTT_GATEWAY__HTTP_PORT", "0")
+        .env("WF_IOT_MQTT_GATEWAY__GRPC_PORT", "0")
+        .env("WF_IOT_FIRMWARE__HOST", "127.0.0.1")
+        .env("WF_IOT_FIRMWARE__HTTP_PORT", "0")
+        .env("WF_IOT_FIRMWARE__GRPC_PORT", "0")
+        .env("WF_IOT_GATEWAY__HOST", "127.0.0.1")
+        .env("WF_IOT_GATEWAY__HTTP_PORT", "0")
+        .stdin(Stdio::null())
+        .stdout(log.try_clone().expect("log file"))
+        .stderr(log)
+        .spawn()
+        .expect("wf-iot serve starts")
+}
+
+fn signal(child: &Child, name: &str) {
+    let status = Command::new("kill")
+        .args([&format!("-{name}"), &child.id().to_string()])
+        .status()
+        .expect("kill runs");
+    assert!(status.success(), "kill -{name} failed");
+}
+
+/// Kills the server when a test fails half way.
+struct Server {
+    child: Child,
+    log: std::path::PathBuf,
+}
+
+impl Server {
+    fn log(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn shutdown_says_what_it_waits_for_and_a_second_signal_exits_at_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let (auth_http, device_http) = (free_port(), free_port());
+    let mut server = Server {
+        child: serve(dir.path(), auth_http, device_http),
+        log: dir.path().join("serve.log"),
+    };
+    let http = reqwest::Client::new();
+    let auth = format!("http://127.0.0.1:{auth_http}");
+    let devices = format!("http://127.0.0.1:{device_http}");
+
+    let token = eventually(
+        "the platform to answer",
+        Duration::from_secs(60),
+        || async {
+            let resp = http
+                .post(format!("{auth}/api/v1/auth/login"))
+                .json(&json!({ "username": "admin", "password": PASSWORD }))
+                .send()
+                .await
+                .ok()?;
+            let body: Value = resp.json().await.ok()?;
+            body["access_token"].as_str().map(str::to_string)
+        },
+    )
+    .await;
+    let resp = http
+        .post(format!("{devices}/api/v1/devices"))
+        .bearer_auth(&token)
+        .json(&json!({ "id": "quiet-1", "name": "Never connects", "device_type": "sensor" }))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), StatusCode::CREATED);
+
+    // A command to a device that never connects, waited for: the request
+    // stays open until the wait ends (30 s).
+    let waiting = tokio::spawn({
+        let (http, token, devices) = (http.clone(), token.clone(), devices.clone());
+        async move {
+            http.post(format!(
+                "{devices}/api/v1/devices/quiet-1/commands?wait=true"
+            ))
+            .bearer_auth(&token)
+            .json(&json!({ "name": "reboot", "timeout_s": 120 }))
+            .send()
+            .await
+        }
+    });
+    eventually(
+        "the command to be created",
+        Duration::from_secs(10),
+        || async {
+            let body: Value = http
+                .get(format!("{devices}/api/v1/devices/quiet-1/commands"))
+                .bearer_auth(&token)
+                .send()
+                .await
+                .ok()?
+                .json()
+                .await
+                .ok()?;
+            (body["items"].as_array()?.len() == 1).then_some(())
+        },
+    )
+    .await;
+    assert!(!waiting.is_finished());
+
+    signal(&server.child, "TERM");
+    let line = eventually(
+        "a log line naming the request shutdown waits for",
+        Duration::from_secs(15),
+        || async {
+            server
+                .log()
+                .lines()
+                .find(|l| {
+                    l.contains("shutting down: still waiting")
+                        && l.contains("device-service: HTTP POST /api/v1/devices/quiet-1/commands")
+                })
+                .map(str::to_string)
+        },
+    )
+    .await;
+    assert!(line.contains("INFO"), "{line}");
+    assert!(
+        server.child.try_wait().unwrap().is_none(),
+        "it stopped already"
+    );
+
+    let sent = Instant::now();
+    signal(&server.child, "TERM");
+    let status = loop {
+        if let Some(status) = server.child.try_wait().unwrap() {
+            break status;
+        }
+        assert!(
+            sent.elapsed() < Duration::from_secs(2),
+            "still running 2 s after the second signal:\n{}",
+            server.log()
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    assert_eq!(status.code(), Some(143), "{}", server.log());
+    assert!(
+        server
+            .log()
+            .contains("second signal: exiting without waiting"),
+        "{}",
+        server.log()
+    );
+    // The client sees its connection closed, not an answer.
+    assert!(waiting.await.unwrap().is_err());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_nothing_in_flight_one_signal_stops_the_platform_cleanly() {
+    let dir = tempfile::tempdir().unwrap();
+    let (auth_http, device_http) = (free_port(), free_port());
+    let mut server = Server {
+        child: serve(dir.path(), auth_http, device_http),
+        log: dir.path().join("serve.log"),
+    };
+    let http = reqwest::Client::new();
+    eventually(
+        "the platform to answer",
+        Duration::from_secs(60),
+        || async {
+            let resp = http
+                .get(format!("http://127.0.0.1:{device_http}/healthz"))
+                .send()
+                .await
+                .ok()?;
+            resp.status().is_success().then_some(())
+        },
+    )
+    .await;
+    signal(&server.child, "INT");
+    let sent = Instant::now();
+    let status = loop {
+        if let Some(status) = server.child.try_wait().unwrap() {
+            break status;
+        }
+        assert!(
+            sent.elapsed() < Duration::from_secs(20),
+            "still running 20 s after the signal:\n{}",
+            server.log()
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    assert!(status.success(), "{status}:\n{}", server.log());
+}

@@ -1,0 +1,318 @@
+//! `wf-iot simulate` against a running platform: it fails with a clear
+//! error when its broker is not the platform's, refuses to take over the
+//! devices of a simulation already running, and its devices reconnect by
+//! themselves after the broker restarts.
+
+#![allow(clippy::unwrap_used)]
+
+mod support;
+
+use std::net::{Ipv4Addr, SocketAddr};
+use std::process::{Child, Command, Output, Stdio};
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+
+use reqwest::StatusCode;
+use serde_json::{Value, json};
+use support::{TcpProxy, eventually, free_port};
+use wf_common::testing::mosquitto::MosquittoServer;
+use wf_iot::platform::Platform;
+use wf_iot::simulate::{Api, Stats, connect, device_ids};
+
+const PASSWORD: &str = "simulator-test-password";
+const BIN: &str = env!("CARGO_BIN_EXE_wf-iot");
+
+fn auth_url(platform: &Platform) -> String {
+    format!("http://127.0.0.1:{}", platform.ports.auth_http)
+}
+
+fn device_url(platform: &Platform) -> String {
+    format!("http://127.0.0.1:{}", platform.ports.device_http)
+}
+
+/// `wf-iot simulate` against `platform`, with the broker at `mqtt_port`.
+fn simulate(platform: &Platform, mqtt_port: u16, args: &[&str]) -> Command {
+    let mut cmd = Command::new(BIN);
+    for (key, _) in std::env::vars() {
+        if key.starts_with("WF_IOT_") || key == "RUST_LOG" {
+            cmd.env_remove(key);
+        }
+    }
+    cmd.env("WF_IOT_SIM_PASSWORD", PASSWORD)
+        .env("WF_IOT_LOG__LEVEL", "warn")
+        .arg("simulate")
+        .args(["--auth-url", &auth_url(platform)])
+        .args(["--device-url", &device_url(platform)])
+        .args(["--mqtt-host", "127.0.0.1"])
+        .args(["--mqtt-port", &mqtt_port.to_string()])
+        .args(args)
+        .stdin(Stdio::null());
+    cmd
+}
+
+/// Runs the command to its end (off the runtime, which keeps serving the
+/// platform meanwhile), within `within`.
+async fn finish(mut cmd: Command, within: Duration) -> (Output, String) {
+    let child = cmd
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("wf-iot simulate starts");
+    let pid = child.id();
+    let out = tokio::time::timeout(
+        within,
+        tokio::task::spawn_blocking(move || child.wait_with_output()),
+    )
+    .await
+    .unwrap_or_else(|_| {
+        let _ = Command::new("kill")
+            .args(["-KILL", &pid.to_string()])
+            .status();
+        panic!("wf-iot simulate did not end within {within:?}")
+    })
+    .expect("the wait ran")
+    .expect("the output was read");
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    (out, text)
+}
+
+async fn login(platform: &Platform) -> Api {
+    Api::login(
+        &auth_url(platform),
+        &device_url(platform),
+        "admin",
+        PASSWORD,
+    )
+    .await
+    .expect("the admin logs in")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_simulator_pointed_at_the_wrong_broker_fails_with_a_clear_error() {
+    let dir = tempfile::tempdir().unwrap();
+    let platform = Platform::start_local(dir.path(), PASSWORD).await.unwrap();
+    let api = login(&platform).await;
+
+    // Nothing listens on the port.
+    let nowhere = free_port();
+    let (out, text) = finish(
+        simulate(
+            &platform,
+            nowhere,
+            &["--devices", "3", "--duration", "2", "--prefix", "nowhere"],
+        ),
+        Duration::from_secs(60),
+    )
+    .await;
+    assert!(!out.status.success(), "it reported success:\n{text}");
+    assert!(
+        text.contains(&format!(
+            "could not connect to the MQTT broker at 127.0.0.1:{nowhere}"
+        )),
+        "{text}"
+    );
+    assert!(!text.contains("summary:"), "{text}");
+
+    // A working broker that lets the devices in, but is not this
+    // platform's: nothing reaches device-service, and the simulator says so
+    // instead of publishing into the void.
+    if let Some(other) = MosquittoServer::start_open_or_skip().await {
+        let (out, text) = finish(
+            simulate(
+                &platform,
+                other.port,
+                &["--devices", "3", "--duration", "2", "--prefix", "elsewhere"],
+            ),
+            Duration::from_secs(60),
+        )
+        .await;
+        assert!(!out.status.success(), "it reported success:\n{text}");
+        assert!(
+            text.contains(&format!(
+                "3 of 3 devices connected to the MQTT broker at 127.0.0.1:{}, but device-service",
+                other.port
+            )) && text.contains("does not show them online"),
+            "{text}"
+        );
+        assert!(!text.contains("summary:"), "{text}");
+        assert!(
+            api.online(&device_ids("elsewhere", 3))
+                .await
+                .unwrap()
+                .is_empty()
+        );
+    }
+
+    // Pointed at the platform's own broker, the same run succeeds.
+    let (out, text) = finish(
+        simulate(
+            &platform,
+            platform.ports.mqtt,
+            &["--devices", "3", "--duration", "2", "--prefix", "right"],
+        ),
+        Duration::from_secs(60),
+    )
+    .await;
+    assert!(out.status.success(), "{text}");
+    assert!(text.contains("3 devices connected and online"), "{text}");
+    assert!(text.contains("summary: 3 devices"), "{text}");
+    platform.stop().await.unwrap();
+}
+
+/// Sends `signal` to a child process.
+fn kill(child: &Child, signal: &str) {
+    let status = Command::new("kill")
+        .args([&format!("-{signal}"), &child.id().to_string()])
+        .status()
+        .expect("kill runs");
+    assert!(status.success());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_second_simulation_does_not_take_over_the_devices_of_a_running_one() {
+    let dir = tempfile::tempdir().unwrap();
+    let platform = Platform::start_local(dir.path(), PASSWORD).await.unwrap();
+    let api = login(&platform).await;
+    let ids = device_ids("sim", 3);
+
+    let log = dir.path().join("first.log");
+    let file = std::fs::File::create(&log).unwrap();
+    let mut first = simulate(
+        &platform,
+        platform.ports.mqtt,
+        &["--devices", "3", "--duration", "60"],
+    )
+    .stdout(file.try_clone().unwrap())
+    .stderr(file)
+    .spawn()
+    .unwrap();
+    eventually(
+        "the first simulation's devices online",
+        Duration::from_secs(30),
+        || async { (api.online(&ids).await.ok()?.len() == 3).then_some(()) },
+    )
+    .await;
+
+    let (out, text) = finish(
+        simulate(
+            &platform,
+            platform.ports.mqtt,
+            &["--devices", "5", "--duration", "2"],
+        ),
+        Duration::from_secs(60),
+    )
+    .await;
+    assert!(!out.status.success(), "{text}");
+    assert!(
+        text.contains("3 of the 5 devices sim-00001..sim-00005 are online")
+            && text.contains("another simulation is running with --prefix sim"),
+        "{text}"
+    );
+    // The first simulation keeps its devices: still online, still running,
+    // and nothing was provisioned by the refused one.
+    assert_eq!(api.online(&ids).await.unwrap(), ids);
+    assert!(first.try_wait().unwrap().is_none());
+    let http = reqwest::Client::new();
+    let resp = http
+        .get(format!(
+            "{}/api/v1/devices/sim-00005",
+            device_url(&platform)
+        ))
+        .bearer_auth(api.token())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), StatusCode::NOT_FOUND);
+
+    // Ctrl-C ends the first one cleanly.
+    kill(&first, "INT");
+    let status = tokio::task::spawn_blocking(move || first.wait())
+        .await
+        .unwrap()
+        .unwrap();
+    let text = std::fs::read_to_string(&log).unwrap();
+    assert!(status.success(), "{status}:\n{text}");
+    assert!(text.contains("summary: 3 devices"), "{text}");
+    platform.stop().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn devices_reconnect_with_backoff_after_the_platform_restarts() {
+    let dir = tempfile::tempdir().unwrap();
+    let platform = Platform::start_local(dir.path(), PASSWORD).await.unwrap();
+    let api = login(&platform).await;
+    let creds = api
+        .provision("restart", 4, "simulated-sensor")
+        .await
+        .unwrap();
+    let ids = device_ids("restart", 4);
+    // Devices reach the broker through a fixed address, as they would
+    // through DNS or a load balancer; the restarted platform's broker
+    // listens on another port behind it.
+    let mqtt = |p: &Platform| SocketAddr::from((Ipv4Addr::LOCALHOST, p.ports.mqtt));
+    let proxy = TcpProxy::start(vec![mqtt(&platform)]).await;
+    let stats = Arc::new(Stats::default());
+    let mut devices = Vec::new();
+    for c in &creds {
+        devices.push(
+            connect(c, "127.0.0.1", proxy.port, stats.clone(), 0.0, 10)
+                .await
+                .unwrap(),
+        );
+    }
+    eventually("the devices online", Duration::from_secs(20), || async {
+        (api.online(&ids).await.ok()?.len() == 4).then_some(())
+    })
+    .await;
+
+    platform.stop().await.unwrap();
+    eventually("the devices to notice", Duration::from_secs(20), || async {
+        (stats.connected.load(Ordering::Relaxed) == 0).then_some(())
+    })
+    .await;
+    // While the platform is down, every attempt fails; the devices keep
+    // trying, further apart each time.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert_eq!(stats.reconnects.load(Ordering::Relaxed), 0);
+    let failures = stats.errors.load(Ordering::Relaxed);
+    assert!(failures >= 8, "{failures} failed attempts");
+
+    let platform = Platform::start_local(dir.path(), PASSWORD).await.unwrap();
+    proxy.point_at(vec![mqtt(&platform)]);
+    let api = login(&platform).await;
+    eventually(
+        "the devices back online on the restarted platform",
+        Duration::from_secs(30),
+        || async { (api.online(&ids).await.ok()?.len() == 4).then_some(()) },
+    )
+    .await;
+    assert_eq!(stats.connected.load(Ordering::Relaxed), 4);
+    assert_eq!(stats.reconnects.load(Ordering::Relaxed), 4);
+
+    // Subscribed again: a command reaches a device and is answered.
+    let http = reqwest::Client::new();
+    let answer: Value = http
+        .post(format!(
+            "{}/api/v1/devices/restart-00002/commands?wait=true",
+            device_url(&platform)
+        ))
+        .bearer_auth(api.token())
+        .json(&json!({ "name": "blink", "timeout_s": 10 }))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(answer["status"], "succeeded", "{answer}");
+
+    for d in &devices {
+        let _ = d.client.disconnect().await;
+    }
+    platform.stop().await.unwrap();
+}
