@@ -157,6 +157,19 @@ impl Application {
                 .await
                 .context("migrating the device database")?;
         }
+        if config.reset_status_on_start {
+            let store = store::Store::new(db.clone());
+            let reset = store
+                .mark_all_offline(wf_common::now_millis())
+                .await
+                .context("marking devices offline on start")?;
+            if reset > 0 {
+                tracing::info!(
+                    devices = reset,
+                    "devices online when the platform last stopped are offline until they reconnect"
+                );
+            }
+        }
         let verifier =
             JwtVerifier::from_jwks_url(config.issuer.clone(), config.auth_jwks_url.clone());
         let auth = clients::AuthClient::new(

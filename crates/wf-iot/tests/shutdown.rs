@@ -1,5 +1,6 @@
 //! Stopping `wf-iot serve`: while it drains it says what it waits for, and
-//! a second signal ends it at once.
+//! a second signal ends it at once; after a crash, a restart shows no
+//! device online that is not connected.
 
 #![allow(clippy::unwrap_used)]
 
@@ -18,13 +19,21 @@ const PASSWORD: &str = "shutdown-test-password";
 
 /// `wf-iot serve` on free loopback ports, with its data and log in `dir`.
 fn serve(dir: &Path, auth_http: u16, device_http: u16) -> Child {
+    serve_with_mqtt(dir, auth_http, device_http, 0)
+}
+
+fn serve_with_mqtt(dir: &Path, auth_http: u16, device_http: u16, mqtt: u16) -> Child {
     let mut cmd = Command::new(BIN);
     for (key, _) in std::env::vars() {
         if key.starts_with("WF_IOT_") || key == "RUST_LOG" {
             cmd.env_remove(key);
         }
     }
-    let log = std::fs::File::create(dir.join("serve.log")).expect("log file");
+    let log = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(dir.join("serve.log"))
+        .expect("log file");
     cmd.arg("serve")
         .env("WF_IOT_DATA_DIR", dir.join("data"))
         .env("WF_IOT_ADMIN_PASSWORD", PASSWORD)
@@ -39,7 +48,7 @@ fn serve(dir: &Path, auth_http: u16, device_http: u16) -> Child {
         .env("WF_IOT_DEVICE__HTTP_PORT", device_http.to_string())
         .env("WF_IOT_DEVICE__GRPC_PORT", "0")
         .env("WF_IOT_MQTT_GATEWAY__HOST", "127.0.0.1")
-        .env("WF_IOT_MQTT_GATEWAY__MQTT_PORT", "0")
+        .env("WF_IOT_MQTT_GATEWAY__MQTT_PORT", mqtt.to_string())
         .env("WF_IOT_MQTT_GATEWAY__WS_ENABLED", "false")
         .env("WF_IOT_MQTT_GATEWAY__HTTP_PORT", "0")
         .env("WF_IOT_MQTT_GATEWAY__GRPC_PORT", "0")
@@ -82,19 +91,9 @@ impl Drop for Server {
     }
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn shutdown_says_what_it_waits_for_and_a_second_signal_exits_at_once() {
-    let dir = tempfile::tempdir().unwrap();
-    let (auth_http, device_http) = (free_port(), free_port());
-    let mut server = Server {
-        child: serve(dir.path(), auth_http, device_http),
-        log: dir.path().join("serve.log"),
-    };
-    let http = reqwest::Client::new();
-    let auth = format!("http://127.0.0.1:{auth_http}");
-    let devices = format!("http://127.0.0.1:{device_http}");
-
-    let token = eventually(
+/// Logs in as the admin once the platform answers.
+async fn login(http: &reqwest::Client, auth: &str) -> String {
+    eventually(
         "the platform to answer",
         Duration::from_secs(60),
         || async {
@@ -108,7 +107,110 @@ async fn shutdown_says_what_it_waits_for_and_a_second_signal_exits_at_once() {
             body["access_token"].as_str().map(str::to_string)
         },
     )
+    .await
+}
+
+/// Whether device-service shows `crash-1` online.
+async fn online(http: &reqwest::Client, devices: &str, token: &str) -> Option<bool> {
+    let url = format!("{devices}/api/v1/devices/crash-1");
+    let body: Value = http
+        .get(url)
+        .bearer_auth(token)
+        .send()
+        .await
+        .ok()?
+        .json()
+        .await
+        .ok()?;
+    body["online"].as_bool()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn after_a_crash_a_restart_shows_no_device_online_that_is_not_connected() {
+    let dir = tempfile::tempdir().unwrap();
+    let (auth_http, device_http, mqtt) = (free_port(), free_port(), free_port());
+    let mut server = Server {
+        child: serve_with_mqtt(dir.path(), auth_http, device_http, mqtt),
+        log: dir.path().join("serve.log"),
+    };
+    let http = reqwest::Client::new();
+    let auth = format!("http://127.0.0.1:{auth_http}");
+    let devices = format!("http://127.0.0.1:{device_http}");
+    let token = login(&http, &auth).await;
+    let created: Value = http
+        .post(format!("{devices}/api/v1/devices"))
+        .bearer_auth(&token)
+        .json(
+            &json!({ "id": "crash-1", "name": "Connected at the crash", "device_type": "sensor" }),
+        )
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let secret = created["credentials"]["secret"]
+        .as_str()
+        .unwrap_or_else(|| panic!("{created}"))
+        .to_string();
+
+    let mut options = rumqttc::MqttOptions::new("crash-1", "127.0.0.1", mqtt);
+    options.set_credentials("crash-1", secret);
+    let (_client, mut event_loop) = rumqttc::AsyncClient::new(options, 10);
+    let polling = tokio::spawn(async move { while event_loop.poll().await.is_ok() {} });
+    eventually("the device online", Duration::from_secs(20), || async {
+        (online(&http, &devices, &token).await == Some(true)).then_some(())
+    })
     .await;
+
+    // A crash: no offline status is recorded for the connected device.
+    server.child.kill().unwrap();
+    server.child.wait().unwrap();
+    polling.abort();
+    // On other ports: the old ones may linger in TIME_WAIT.
+    let (auth_http, device_http) = (free_port(), free_port());
+    let (auth, devices) = (
+        format!("http://127.0.0.1:{auth_http}"),
+        format!("http://127.0.0.1:{device_http}"),
+    );
+    server.child = serve_with_mqtt(dir.path(), auth_http, device_http, free_port());
+    let token = login(&http, &auth).await;
+    assert_eq!(
+        online(&http, &devices, &token).await,
+        Some(false),
+        "{}",
+        server.log()
+    );
+    let history: Value = http
+        .get(format!("{devices}/api/v1/devices/crash-1/status-history"))
+        .bearer_auth(&token)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let latest = &history[0];
+    assert_eq!(
+        (latest["online"].as_bool(), latest["reason"].as_str()),
+        (Some(false), Some("server_restart")),
+        "{history}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn shutdown_says_what_it_waits_for_and_a_second_signal_exits_at_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let (auth_http, device_http) = (free_port(), free_port());
+    let mut server = Server {
+        child: serve(dir.path(), auth_http, device_http),
+        log: dir.path().join("serve.log"),
+    };
+    let http = reqwest::Client::new();
+    let auth = format!("http://127.0.0.1:{auth_http}");
+    let devices = format!("http://127.0.0.1:{device_http}");
+
+    let token = login(&http, &auth).await;
     let resp = http
         .post(format!("{devices}/api/v1/devices"))
         .bearer_auth(&token)

@@ -461,7 +461,7 @@ impl Store {
             .map(|r| r.try_get("id"))
             .collect::<sqlx::Result<_>>()?;
         for id in &ids {
-            self.apply_status(id, false, now, "restart").await?;
+            self.apply_status(id, false, now, "server_restart").await?;
         }
         Ok(ids.len() as u64)
     }
