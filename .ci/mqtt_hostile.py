@@ -647,6 +647,7 @@ class Suite:
         """TCP connections that never send CONNECT (some send half a packet)
         are closed within NO_CONNECT_DEADLINE_S, and devices connect
         meanwhile."""
+        fds_before = self.server.open_fds()
         socks = []
         for i in range(n):
             s = socket.create_connection(("127.0.0.1", self.server.mqtt_port), 10)
@@ -682,6 +683,12 @@ class Suite:
                    f"{n - len(open_socks)} of {n} connections that never sent CONNECT were "
                    f"closed by the server within {NO_CONNECT_DEADLINE_S} s (latest after "
                    f"{latest})")
+        # Their descriptors are given back: the server holds about as many
+        # as before (a few come and go with the device connections above).
+        fds_after = self.server.open_fds()
+        self.check(fds_after <= fds_before + 20,
+                   f"the server holds {fds_after} file descriptors after the silent "
+                   f"connections, {fds_before} before (budget: +20)")
 
     def never_reads(self):
         """A device subscribed to its own topics that never reads its socket,

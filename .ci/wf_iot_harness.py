@@ -107,6 +107,10 @@ class Server:
                     return int(line.split()[1]) / 1024
         fail("no VmRSS in /proc/<pid>/status")
 
+    def open_fds(self):
+        """How many file descriptors the server holds."""
+        return len(os.listdir(f"/proc/{self.proc.pid}/fd"))
+
     def kill9(self):
         self.proc.send_signal(signal.SIGKILL)
         self.proc.wait()
