@@ -168,6 +168,21 @@ pub async fn publish_json<T: Serialize>(
     bus.publish(topic, payloads).await
 }
 
+/// Decodes each delivery of a batch, logging and skipping the ones that
+/// do not parse (a handler that failed on them would be retried forever).
+pub fn decode_all<T: serde::de::DeserializeOwned>(topic: &str, batch: &[Delivery]) -> Vec<T> {
+    batch
+        .iter()
+        .filter_map(|d| match d.decode::<T>() {
+            Ok(v) => Some(v),
+            Err(e) => {
+                tracing::warn!(topic, id = %d.id, error = %e, "skipping an undecodable event");
+                None
+            }
+        })
+        .collect()
+}
+
 /// Consumes `topic` as a member of `group` until `stop` resolves. Each batch
 /// goes to `handle`; on success it is acknowledged, on failure it is retried
 /// (with backoff) before anything newer is read, so a database outage delays

@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use wf_common::events::{
     CommandResponded, Delivery, MAX_TEXT_VALUE_BYTES, OtaProgress, StatusChanged, TelemetryMessage,
-    is_metric_name, run_consumer, topics,
+    decode_all, is_metric_name, run_consumer, topics,
 };
 use wf_common::shutdown::Shutdown;
 
@@ -18,8 +18,6 @@ use crate::state::AppState;
 
 /// The consumer group of every device-service replica.
 const GROUP: &str = "device-service";
-
-/// The longest text value stored (bytes).
 
 /// Values refused by the store are logged at most this often (each is counted).
 static REFUSED_LOG: wf_common::telemetry::LogEvery =
@@ -102,20 +100,6 @@ async fn consume<H, Fut>(
     .await;
 }
 
-/// Decodes each delivery, logging and skipping the ones that do not parse.
-fn decode_all<T: serde::de::DeserializeOwned>(topic: &str, batch: &[Delivery]) -> Vec<T> {
-    batch
-        .iter()
-        .filter_map(|d| match d.decode::<T>() {
-            Ok(v) => Some(v),
-            Err(e) => {
-                tracing::warn!(topic, id = %d.id, error = %e, "skipping an undecodable event");
-                None
-            }
-        })
-        .collect()
-}
-
 async fn store_telemetry(
     state: &AppState,
     last_seen: &Mutex<HashMap<String, i64>>,
@@ -182,8 +166,52 @@ async fn apply_status(state: &AppState, batch: Vec<Delivery>) -> anyhow::Result<
             .apply_status(&change.device_id, change.online, change.at, &change.reason)
             .await?;
         tracing::debug!(device_id = %change.device_id, online = change.online, applied, "status change");
+        if applied && change.online {
+            tokio::spawn(redeliver_commands(state.clone(), change.device_id));
+        }
     }
     Ok(())
+}
+
+/// A device that comes back gets its open commands again (the ones it
+/// may have missed while away), once it had the time to subscribe. A
+/// device answers a command id once; a repeat changes nothing.
+async fn redeliver_commands(state: AppState, device_id: String) {
+    tokio::time::sleep(Duration::from_millis(
+        state.config.command_redelivery_delay_ms,
+    ))
+    .await;
+    let open = match state
+        .store
+        .open_commands(&device_id, wf_common::now_millis())
+        .await
+    {
+        Ok(open) => open,
+        Err(e) => {
+            tracing::warn!(device_id = %device_id, error = %e, "open commands not redelivered");
+            return;
+        }
+    };
+    for command in open {
+        let published = match crate::http::commands::publish(&state, &command).await {
+            Ok(()) => {
+                state
+                    .store
+                    .mark_command_sent(&command.id, wf_common::now_millis())
+                    .await
+            }
+            Err(e) => Err(e),
+        };
+        match published {
+            Ok(()) => {
+                metrics::counter!("wf_commands_redelivered_total").increment(1);
+                tracing::info!(device_id = %device_id, command_id = %command.id, "open command delivered again on reconnect");
+            }
+            Err(e) => {
+                tracing::warn!(device_id = %device_id, command_id = %command.id, error = %e, "open command not redelivered");
+            }
+        }
+    }
 }
 
 async fn complete_commands(state: &AppState, batch: Vec<Delivery>) -> anyhow::Result<()> {

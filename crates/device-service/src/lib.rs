@@ -72,6 +72,9 @@ pub struct Config {
     /// the same process (all-in-one), where no device can be connected yet;
     /// wrong for a replica joining a running deployment.
     pub reset_status_on_start: bool,
+    /// When a device comes online, its open commands are published again
+    /// after this many milliseconds (the time to subscribe to them).
+    pub command_redelivery_delay_ms: u64,
     /// Devices kept in memory (0: none), so that reading a device costs no
     /// database round trip. Right only when this process is the only
     /// device-service writing to its database, as in the all-in-one
@@ -107,6 +110,7 @@ impl Default for Config {
             max_body_bytes: 64 * 1024,
             http_limits: wf_common::http::HttpLimits::default(),
             reset_status_on_start: false,
+            command_redelivery_delay_ms: 1000,
             device_cache_capacity: 0,
             internal_token: Default::default(),
         }

@@ -5,7 +5,9 @@
 
 use std::sync::Arc;
 
-use wf_common::events::{Delivery, DeviceDeleted, EventBus, OtaProgress, run_consumer, topics};
+use wf_common::events::{
+    Delivery, DeviceDeleted, EventBus, OtaProgress, decode_all, run_consumer, topics,
+};
 use wf_common::shutdown::Shutdown;
 
 use crate::domain::{ExecutionEvent, Reported};
@@ -45,20 +47,6 @@ pub async fn run(store: Store, bus: Arc<dyn EventBus>, consumer: String, stop: S
         },
     );
     tokio::join!(progress, deleted);
-}
-
-/// Decodes each delivery, logging and skipping the ones that do not parse.
-fn decode_all<T: serde::de::DeserializeOwned>(topic: &str, batch: &[Delivery]) -> Vec<T> {
-    batch
-        .iter()
-        .filter_map(|d| match d.decode::<T>() {
-            Ok(v) => Some(v),
-            Err(e) => {
-                tracing::warn!(topic, id = %d.id, error = %e, "skipping an undecodable event");
-                None
-            }
-        })
-        .collect()
 }
 
 pub async fn apply_progress(store: &Store, batch: Vec<Delivery>) -> anyhow::Result<()> {

@@ -134,6 +134,10 @@ pub struct WorkerConfig {
     pub batch_size: u32,
     /// Notifications published at once.
     pub publish_concurrency: usize,
+    /// When a device with a pending update comes online, its notification
+    /// is published again after this many milliseconds (the time to
+    /// subscribe to it).
+    pub renotify_delay_ms: u64,
     /// The worker answers `/healthz`, `/readyz` (database and event bus)
     /// and `/metrics` on this port; 0 picks a free one. Unset, `wf-iot
     /// serve worker` uses 8105 and the all-in-one process, which reports
@@ -149,6 +153,7 @@ impl Default for WorkerConfig {
             lease_secs: 30,
             batch_size: 200,
             publish_concurrency: 32,
+            renotify_delay_ms: 1000,
             http_port: None,
         }
     }

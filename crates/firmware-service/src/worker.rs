@@ -9,7 +9,9 @@
 //!    rate, by leasing their executions (see the crate docs on why the
 //!    executions table is the job queue).
 //!
-//! Alongside, it consumes `device.ota.progress` and `device.deleted`.
+//! Alongside, it consumes `device.ota.progress` and `device.deleted`, and
+//! `device.status.changed`: a device that comes back online while notified
+//! gets its notification again at once, instead of at its timeout.
 //! Any number of workers can run against one database.
 
 use std::collections::HashMap;
@@ -19,7 +21,7 @@ use std::time::Duration;
 use anyhow::Context;
 use futures_util::StreamExt;
 use serde_json::json;
-use wf_common::events::EventBus;
+use wf_common::events::{Delivery, EventBus, StatusChanged, decode_all, run_consumer, topics};
 use wf_common::shutdown::Shutdown;
 
 use crate::Config;
@@ -177,7 +179,17 @@ impl Worker {
             self.config.worker.name.clone(),
             stop.clone(),
         );
+        let comebacks = run_consumer(
+            self.bus.clone(),
+            topics::DEVICE_STATUS_CHANGED,
+            crate::events::GROUP.into(),
+            self.config.worker.name.clone(),
+            256,
+            stop.wait(),
+            |batch| self.renotify_returning(batch),
+        );
         // On /metrics from the start, at 0, so that alerts see the first one.
+        metrics::counter!("wf_ota_renotifications_total").increment(0);
         for state in ["completed", "aborted"] {
             metrics::counter!("wf_rollouts_finished_total", "state" => state).increment(0);
         }
@@ -205,7 +217,7 @@ impl Worker {
                 }
             }
         };
-        tokio::join!(consumers, rounds);
+        tokio::join!(consumers, comebacks, rounds);
         if let Some(ops) = ops {
             ops.await
                 .context("the worker's HTTP server")?
@@ -406,6 +418,55 @@ impl Worker {
             }
         }
         Ok(notified)
+    }
+
+    /// Devices in `batch` that came online get the notification of their
+    /// execution again when it is still `notified`: they may have missed it
+    /// while away. A device treats a repeated task id as the same task.
+    async fn renotify_returning(&self, batch: Vec<Delivery>) -> anyhow::Result<()> {
+        let back: Vec<String> = decode_all::<StatusChanged>(topics::DEVICE_STATUS_CHANGED, &batch)
+            .into_iter()
+            .filter(|c| c.online)
+            .map(|c| c.device_id)
+            .collect();
+        if back.is_empty() {
+            return Ok(());
+        }
+        tokio::time::sleep(Duration::from_millis(self.config.worker.renotify_delay_ms)).await;
+        for device_id in back {
+            for task in self.store.open_tasks_of_device(&device_id).await? {
+                // Not one a worker is notifying right now.
+                if task.state != ExecutionState::Notified || task.lease_owner.is_some() {
+                    continue;
+                }
+                let Some(rollout) = self.store.get_rollout(&task.rollout_id).await? else {
+                    continue;
+                };
+                if rollout.state != RolloutState::Running {
+                    continue;
+                }
+                let Some(firmware) = self.store.get_firmware(&rollout.firmware_id).await? else {
+                    continue;
+                };
+                let payload = self.notification(&rollout, &firmware, &task);
+                let topic = format!("devices/{device_id}/ota");
+                match self
+                    .gateway
+                    .publish(topic, payload.to_string().into_bytes())
+                    .await
+                {
+                    Ok(()) => {
+                        metrics::counter!("wf_ota_renotifications_total").increment(1);
+                        tracing::info!(device_id = %device_id, task_id = %task.id, "update notification sent again: the device came back");
+                    }
+                    // The timeout still covers it.
+                    Err(e) => {
+                        tracing::warn!(device_id = %device_id, task_id = %task.id, error = %e, "update notification not sent again")
+                    }
+                }
+            }
+        }
+        Ok(())
     }
 
     /// The OTA notification for one execution, with a download link only

@@ -166,18 +166,7 @@ pub async fn create(
         Err(e) => return Err(e),
     }
 
-    let payload = json!({
-        "id": command.id,
-        "name": command.name,
-        "params": command.params,
-        "expires_at": format_millis(now + timeout_s * 1000),
-    });
-    let topic = format!("devices/{}/commands", device.id);
-    match state
-        .gateway
-        .publish(topic, payload.to_string().into_bytes(), 1)
-        .await
-    {
+    match publish(&state, &load(&state, &command.id).await?).await {
         Ok(()) => {
             state
                 .store
@@ -228,6 +217,21 @@ pub async fn create(
         StatusCode::ACCEPTED
     };
     Ok((status, Json(record.into())))
+}
+
+/// Publishes `command` to its device (`devices/{id}/commands`, QoS 1).
+pub(crate) async fn publish(state: &AppState, command: &CommandRecord) -> Result<()> {
+    let payload = json!({
+        "id": command.id,
+        "name": command.name,
+        "params": command.params,
+        "expires_at": format_millis(command.expires_at),
+    });
+    let topic = format!("devices/{}/commands", command.device_id);
+    state
+        .gateway
+        .publish(topic, payload.to_string().into_bytes(), 1)
+        .await
 }
 
 fn replay(existing: CommandRecord, device_id: &str) -> Result<(StatusCode, Json<CommandDto>)> {

@@ -1,6 +1,6 @@
 //! device-service's REST API under /api/v1/devices.
 
-mod commands;
+pub(crate) mod commands;
 mod devices;
 mod telemetry;
 

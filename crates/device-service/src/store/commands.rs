@@ -172,6 +172,20 @@ impl Store {
         ))
     }
 
+    /// A device's commands still waiting for its answer and not expired,
+    /// oldest first.
+    pub async fn open_commands(&self, device_id: &str, now: i64) -> Result<Vec<CommandRecord>> {
+        let rows = sqlx::query(sqlx::AssertSqlSafe(format!(
+            "SELECT {COLUMNS} FROM device_commands WHERE device_id = ? \
+             AND status IN ('pending', 'sent') AND expires_at > ? ORDER BY created_at, id"
+        )))
+        .bind(device_id)
+        .bind(now)
+        .fetch_all(&self.db.pool)
+        .await?;
+        Ok(rows.iter().map(from_row).collect::<sqlx::Result<_>>()?)
+    }
+
     pub async fn mark_command_sent(&self, id: &str, now: i64) -> Result<()> {
         sqlx::query("UPDATE device_commands SET status = 'sent', sent_at = ? WHERE id = ? AND status = 'pending'")
             .bind(now)

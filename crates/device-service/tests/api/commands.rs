@@ -2,7 +2,7 @@
 
 use reqwest::{Method, StatusCode};
 use serde_json::{Value, json};
-use wf_common::events::{CommandResponded, topics};
+use wf_common::events::{CommandResponded, StatusChanged, topics};
 
 use crate::helpers::{TestApp, assert_error, eventually};
 
@@ -111,6 +111,76 @@ async fn a_command_is_sent_and_its_response_recorded() {
         )
         .await;
     assert_eq!(sent_only["total"], 1);
+}
+
+#[tokio::test]
+async fn a_device_that_comes_back_gets_its_open_commands_again() {
+    let app = TestApp::spawn_with(|c| c.command_redelivery_delay_ms = 50).await;
+    app.device(&app.admin_token, json!({ "id": "back-1", "name": "B" }))
+        .await;
+    let mut ids = Vec::new();
+    for (name, timeout_s) in [("answered", 60), ("open", 60), ("short", 1)] {
+        let command: Value = send(
+            &app,
+            "back-1",
+            json!({ "name": name, "timeout_s": timeout_s }),
+            "",
+        )
+        .await
+        .json()
+        .await
+        .unwrap();
+        ids.push(command["id"].as_str().unwrap().to_string());
+    }
+    app.publish(
+        topics::DEVICE_COMMAND_RESPONDED,
+        &[respond("back-1", &ids[0], "succeeded", json!(null))],
+    )
+    .await;
+    eventually("the answer", || async {
+        let c = app
+            .get_json(
+                &format!("/api/v1/devices/back-1/commands/{}", ids[0]),
+                &app.admin_token,
+            )
+            .await;
+        (c["status"] == "succeeded").then_some(())
+    })
+    .await;
+    // "short" expires while the device is away.
+    tokio::time::sleep(std::time::Duration::from_millis(1100)).await;
+    let published_ids = |app: &TestApp| -> Vec<String> {
+        app.gateway
+            .0
+            .lock()
+            .unwrap()
+            .published
+            .iter()
+            .map(|(_, payload)| payload["id"].as_str().unwrap().to_string())
+            .collect()
+    };
+    assert_eq!(published_ids(&app).len(), 3);
+    app.publish(
+        topics::DEVICE_STATUS_CHANGED,
+        &[StatusChanged {
+            device_id: "back-1".into(),
+            online: true,
+            at: wf_common::now_millis(),
+            reason: "connected".into(),
+        }],
+    )
+    .await;
+    // Only the open, unexpired command goes out again, once.
+    eventually("the open command again", || async {
+        (published_ids(&app).len() == 4).then_some(())
+    })
+    .await;
+    tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+    assert_eq!(published_ids(&app)[3..], [ids[1].clone()]);
+    assert_eq!(
+        app.gateway.0.lock().unwrap().published[3].0,
+        "devices/back-1/commands"
+    );
 }
 
 #[tokio::test]

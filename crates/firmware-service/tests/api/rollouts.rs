@@ -207,6 +207,55 @@ async fn failing_devices_push_a_rollout_past_its_threshold() {
 }
 
 #[tokio::test]
+async fn a_device_that_comes_back_is_notified_again_at_once() {
+    let app = TestApp::spawn_with(|c| c.worker.renotify_delay_ms = 50, 1).await;
+    let fw = app.firmware("gate", "5.0.0", vec![6; 100]).await;
+    app.devices("gate", 2, "gate", &[]).await;
+    app.fleet.script(|device, nth| match (device, nth) {
+        // Away when first notified: misses it.
+        ("gate-0001", 1) => Behaviour::Hang,
+        _ => Behaviour::Succeed,
+    });
+    let rollout = app
+        .post_json(
+            "/api/v1/rollouts",
+            json!({ "name": "Gates", "firmware_id": fw["id"], "target": { "device_type": "gate" }, "timeout_secs": 300 }),
+        )
+        .await;
+    let id = rollout["id"].as_str().unwrap().to_string();
+    eventually("both notified, one done", 20, || async {
+        let e = execution(&app, &id, "gate-0002").await;
+        (app.fleet.notifications_of("gate-0001").len() == 1 && e["state"] == "succeeded")
+            .then_some(())
+    })
+    .await;
+    // Both come online: only the one still notified hears again, long
+    // before its 300 s timeout, and the rollout completes.
+    let back = |device: &str| wf_common::events::StatusChanged {
+        device_id: device.into(),
+        online: true,
+        at: wf_common::now_millis(),
+        reason: "connected".into(),
+    };
+    wf_common::events::publish_json(
+        app.bus.as_ref(),
+        wf_common::events::topics::DEVICE_STATUS_CHANGED,
+        &[back("gate-0001"), back("gate-0002")],
+    )
+    .await
+    .unwrap();
+    let done = app.wait_rollout(&id, 20, |r| r["state"] != "running").await;
+    assert_eq!(done["state"], "completed", "{done}");
+    assert_eq!(done["counts"]["succeeded"], 2);
+    let again = execution(&app, &id, "gate-0001").await;
+    assert_eq!(again["attempts"], 1, "{again}");
+    let notes = app.fleet.notifications_of("gate-0001");
+    assert_eq!(notes.len(), 2);
+    assert_eq!(notes[0]["task_id"], notes[1]["task_id"]);
+    assert_eq!(app.fleet.notifications_of("gate-0002").len(), 1);
+}
+
+#[tokio::test]
 async fn timeouts_and_retries() {
     let app = TestApp::spawn().await;
     let fw = app.firmware("lock", "4.0.0", vec![5; 100]).await;
