@@ -2,7 +2,7 @@
 # Fuzzing: builds every cargo-fuzz target under fuzz/ once, then runs each
 # for a bounded time, starting from its committed seed corpus
 # (fuzz/corpus/<target>/). Fails when any target finds a crash (a panic,
-# an out-of-memory, a timeout, or a sanitizer report); the input that did it
+# an arithmetic overflow, an out-of-memory, a timeout); the input that did it
 # is kept under fuzz/artifacts/<target>/ and the command that replays it is
 # printed.
 #
@@ -17,9 +17,15 @@
 #   WF_IOT_FUZZ_JOBS      targets run at once (default 2, one per core of
 #                         the CI machine)
 #
-# Only stable Rust is needed: cargo-fuzz passes nightly-only compiler flags
-# (the sanitizer and coverage instrumentation), which RUSTC_BOOTSTRAP=1
-# allows on a stable toolchain. With CI set, Cargo runs with --locked.
+# The targets build unoptimized, with debug assertions and overflow checks
+# and without a sanitizer: the code they feed is safe Rust, and the build
+# takes a quarter of the CPU time of an optimized one with the address
+# sanitizer (6 against 24 CPU minutes here) while still running 1,000 to
+# 40,000 inputs a second (jwt_verify about 250). For a long hunt, or for memory errors in
+# dependencies' unsafe code, run a target with cargo-fuzz's defaults (see
+# README.md). Only stable Rust is needed: cargo-fuzz passes nightly-only
+# compiler flags, which RUSTC_BOOTSTRAP=1 allows on a stable toolchain.
+# With CI set, Cargo runs with --locked.
 
 set -euo pipefail
 
@@ -79,14 +85,15 @@ for target in "${TARGETS[@]}"; do
         fail "fuzz/corpus/$target has no seed inputs"
 done
 
-# The same flags for the build and the runs, so that the runs build nothing.
-# Sixteen codegen units: a faster build for a slightly slower fuzzer.
-BUILD_FLAGS=(--fuzz-dir fuzz --codegen-units 16)
+# The same flags for the build and the runs, so that the runs build nothing;
+# no debug information, which the build would spend most of its time on.
+BUILD_FLAGS=(--fuzz-dir fuzz --dev --sanitizer none)
+export CARGO_PROFILE_DEV_DEBUG=0
 
 WORK=$(mktemp -d "${TMPDIR:-/tmp}/wf-iot-fuzz.XXXXXX")
 trap 'rm -rf "$WORK"' EXIT
 
-echo "--- building ${#ALL_TARGETS[@]} fuzz targets (address sanitizer, coverage instrumentation)"
+echo "--- building ${#ALL_TARGETS[@]} fuzz targets (coverage instrumentation, debug assertions)"
 build_start=$(date +%s)
 cargo fuzz build "${BUILD_FLAGS[@]}"
 echo "built in $(($(date +%s) - build_start)) s"
@@ -144,7 +151,7 @@ if ((${#failed[@]} > 0)); then
     for target in "${failed[@]}"; do
         for artifact in fuzz/artifacts/"$target"/*; do
             [[ -e "$artifact" ]] || continue
-            echo "replay: RUSTC_BOOTSTRAP=1 cargo fuzz run $target $artifact"
+            echo "replay: RUSTC_BOOTSTRAP=1 cargo fuzz run --fuzz-dir fuzz $target $artifact"
         done
     done
     fail "fuzzing found crashes in: ${failed[*]}"
