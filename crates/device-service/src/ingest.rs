@@ -19,6 +19,16 @@ use crate::state::AppState;
 /// The consumer group of every device-service replica.
 const GROUP: &str = "device-service";
 
+/// Telemetry events taken at once. While devices wait for their
+/// acknowledgements, the gateway passes each message on at once, so events
+/// are small (often one message): taking many of them is what lets one
+/// database commit serve the whole fleet.
+const TELEMETRY_EVENTS_PER_BATCH: usize = 1024;
+
+/// The most telemetry messages written in one transaction (full events
+/// carry up to 500 each).
+const MESSAGES_PER_TRANSACTION: usize = 32_000;
+
 /// Values refused by the store are logged at most this often (each is counted).
 static REFUSED_LOG: wf_common::telemetry::LogEvery =
     wf_common::telemetry::LogEvery::new(Duration::from_secs(10));
@@ -36,7 +46,7 @@ pub async fn run(state: AppState, stop: Shutdown) {
         consume(
             &state,
             topics::DEVICE_DATA_RECEIVED,
-            64,
+            TELEMETRY_EVENTS_PER_BATCH,
             &stop,
             move |state, batch| {
                 let last_seen = last_seen.clone();
@@ -134,7 +144,10 @@ async fn store_telemetry(
         return Ok(());
     }
     let offered: u64 = messages.iter().map(|m| m.values.len() as u64).sum();
-    let stored = state.store.insert_telemetry(&messages).await?;
+    let mut stored = 0;
+    for chunk in messages.chunks(MESSAGES_PER_TRANSACTION) {
+        stored += state.store.insert_telemetry(chunk).await?;
+    }
     metrics::counter!("wf_telemetry_messages_stored_total").increment(messages.len() as u64);
     metrics::counter!("wf_telemetry_values_stored_total").increment(stored);
     // A value whose (device, metric, ts) is stored already: a redelivered
