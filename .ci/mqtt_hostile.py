@@ -42,6 +42,8 @@ RSS_BUDGET_MIB = 100
 MAX_PAYLOAD = 64 * 1024
 # How long a TCP connection that never sends CONNECT may stay open.
 NO_CONNECT_DEADLINE_S = 30
+# mqtt_gateway.max_unanswered_connections_per_ip, left at its default.
+UNANSWERED_PER_IP = 128
 # Commands of 15 KiB sent to the client that never reads: the broker holds
 # at most about a thousand messages for a device (rmqtt's message queue and
 # in-flight window), so the first round fills that and the others must not
@@ -644,13 +646,16 @@ class Suite:
         self.check(offline, "when its last connection ends, the device is offline")
 
     def silent_sockets(self, n=200):
-        """TCP connections that never send CONNECT (some send half a packet)
-        are closed within NO_CONNECT_DEADLINE_S, and devices connect
-        meanwhile."""
+        """TCP connections from one address that never send CONNECT (some
+        send half a packet): beyond UNANSWERED_PER_IP they are closed at
+        once, the rest within NO_CONNECT_DEADLINE_S, and devices from
+        another address connect meanwhile."""
         fds_before = self.server.open_fds()
         socks = []
         for i in range(n):
-            s = socket.create_connection(("127.0.0.1", self.server.mqtt_port), 10)
+            # From 127.0.0.2: the well-behaved devices use 127.0.0.1.
+            s = socket.create_connection(("127.0.0.1", self.server.mqtt_port), 10,
+                                         source_address=("127.0.0.2", 0))
             if i % 10 == 1:
                 s.sendall(b"\x10")  # the first byte of a CONNECT
             elif i % 10 == 2:
@@ -658,6 +663,11 @@ class Suite:
             s.setblocking(False)
             socks.append(s)
         opened = time.time()
+        time.sleep(0.5)
+        at_once = sum(1 for s in socks if socket_closed_by_peer(s))
+        self.check(at_once == n - UNANSWERED_PER_IP,
+                   f"of {n} silent connections from one address, {at_once} were closed at once "
+                   f"(want {n - UNANSWERED_PER_IP}: {UNANSWERED_PER_IP} may wait for their CONNECT)")
         self.record_rss(f"with {n} silent connections open")
         c = self.client(self.sender)
         code = c.connect(seconds=5)

@@ -76,6 +76,12 @@ pub struct Config {
     /// Embedded broker: a connection that has not completed its CONNECT
     /// within this many seconds of being opened is closed.
     pub connect_timeout_secs: u64,
+    /// Embedded broker: the most connections one client address may have
+    /// open that have not completed their CONNECT (0: no limit). Devices
+    /// that are connected do not count, so a fleet behind one address is
+    /// not limited; more are closed at once and counted in
+    /// `wf_mqtt_connections_refused_total{reason="unanswered_per_ip"}`.
+    pub max_unanswered_connections_per_ip: usize,
     /// Telemetry messages per `device.data.received` event at most.
     pub batch_max_messages: usize,
     /// How long a batch waits for more messages after its first one. A
@@ -145,6 +151,7 @@ impl Default for Config {
             device_service_url: "http://127.0.0.1:50052".into(),
             max_payload_bytes: 64 * 1024,
             connect_timeout_secs: 10,
+            max_unanswered_connections_per_ip: 128,
             batch_max_messages: 500,
             batch_linger_ms: 20,
             durable_ack_timeout_ms: 10_000,
@@ -324,6 +331,7 @@ impl Application {
                         .then(|| SocketAddr::new(config.host, config.ws_port)),
                     max_payload_bytes: config.max_payload_bytes,
                     connect_timeout: Duration::from_secs(config.connect_timeout_secs.max(1)),
+                    max_unanswered_per_ip: config.max_unanswered_connections_per_ip,
                 };
                 Backend::Embedded(
                     EmbeddedBroker::bind(&settings, authenticator.clone(), ingest.clone()).await?,

@@ -36,6 +36,7 @@ use std::time::Duration;
 
 #[cfg(feature = "quic")]
 use crate::quic::QuinnBiStream;
+use crate::pending::{CountedTcpStream, Pending};
 use crate::stream::Dispatcher;
 #[cfg(feature = "ws")]
 use crate::ws::WsStream;
@@ -65,7 +66,7 @@ use rustls::pki_types::CertificateDer;
 use rustls::{pki_types::pem::PemObject, server::WebPkiClientVerifier, RootCertStore, ServerConfig};
 use socket2::{Domain, SockAddr, Socket, Type};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite};
-use tokio::net::{TcpListener, TcpStream};
+use tokio::net::TcpListener;
 #[cfg(feature = "tls")]
 use tokio_rustls::{server::TlsStream, TlsAcceptor};
 #[cfg(feature = "ws")]
@@ -98,6 +99,9 @@ pub struct Builder {
     pub max_connections: usize,
     /// Maximum simultaneous handshakes during connection setup
     pub max_handshaking_limit: usize,
+    /// Most connections of one client address not yet answered (see
+    /// `pending.rs`); 0 = unlimited
+    pub max_pending_per_ip: usize,
     /// Maximum allowed MQTT packet size in bytes (0 = unlimited)
     pub max_packet_size: u32,
 
@@ -198,6 +202,7 @@ impl Builder {
             laddr: SocketAddr::from(SocketAddrV4::new(Ipv4Addr::new(0, 0, 0, 0), 1883)),
             max_connections: 1_000_000,
             max_handshaking_limit: 1_000,
+            max_pending_per_ip: 0,
             max_packet_size: 1024 * 1024,
             backlog: 512,
             nodelay: false,
@@ -297,6 +302,12 @@ impl Builder {
     }
 
     /// Sets maximum concurrent handshakes
+    /// Sets the most connections of one client address not yet answered
+    pub fn max_pending_per_ip(mut self, max_pending_per_ip: usize) -> Self {
+        self.max_pending_per_ip = max_pending_per_ip;
+        self
+    }
+
     pub fn max_handshaking_limit(mut self, max_handshaking_limit: usize) -> Self {
         self.max_handshaking_limit = max_handshaking_limit;
         self
@@ -521,6 +532,7 @@ impl Builder {
             typ: ListenerType::TCP,
             cfg: Arc::new(self),
             tcp_listener: Some(tcp_listener),
+            pending: Pending::default(),
             #[cfg(feature = "tls")]
             tls_acceptor: None,
             #[cfg(feature = "quic")]
@@ -547,6 +559,7 @@ impl Builder {
             typ: ListenerType::QUIC,
             cfg: Arc::new(self),
             tcp_listener: None,
+            pending: Pending::default(),
             #[cfg(feature = "tls")]
             tls_acceptor: None,
             quinn_endpoint: Some(endpoint),
@@ -615,6 +628,7 @@ pub struct Listener {
     /// Shared server configuration
     pub cfg: Arc<Builder>,
     tcp_listener: Option<TcpListener>,
+    pending: Pending,
     #[cfg(feature = "tls")]
     tls_acceptor: Option<TlsAcceptor>,
     #[cfg(feature = "quic")]
@@ -707,7 +721,7 @@ impl Listener {
     }
 
     /// Accepts incoming client connections
-    pub async fn accept(&self) -> Result<Acceptor<TcpStream>> {
+    pub async fn accept(&self) -> Result<Acceptor<CountedTcpStream>> {
         if let Some(tcp_listener) = &self.tcp_listener {
             self.accept_tcp(tcp_listener).await
         } else {
@@ -718,8 +732,17 @@ impl Listener {
         }
     }
 
-    async fn accept_tcp(&self, tcp_listener: &TcpListener) -> Result<Acceptor<TcpStream>> {
-        let (mut socket, mut remote_addr) = tcp_listener.accept().await?;
+    async fn accept_tcp(&self, tcp_listener: &TcpListener) -> Result<Acceptor<CountedTcpStream>> {
+        let (mut socket, mut remote_addr, slot) = loop {
+            let (socket, remote_addr) = tcp_listener.accept().await?;
+            match self.pending.take(remote_addr.ip(), self.cfg.max_pending_per_ip) {
+                Some(slot) => break (socket, remote_addr, slot),
+                None => {
+                    // Closed at once; counted (`refused_pending_connections`).
+                    log::debug!("{remote_addr}: too many unanswered connections from this address; closed");
+                }
+            }
+        };
         if let Err(e) = socket.set_nodelay(self.cfg.nodelay) {
             return Err(Error::from(e));
         }
@@ -762,7 +785,7 @@ impl Listener {
             let _ = socket.read_exact(&mut buffer[..len]).await;
         }
         Ok(Acceptor {
-            socket,
+            socket: CountedTcpStream::new(socket, slot),
             remote_addr,
             #[cfg(feature = "tls")]
             acceptor: self.tls_acceptor.clone(),

@@ -29,6 +29,7 @@
 mod builder;
 mod cert_extractor;
 mod error;
+mod pending;
 #[cfg(feature = "quic")]
 mod quic;
 mod stream;
@@ -41,6 +42,7 @@ pub use quic::QuinnBiStream;
 
 /// Server configuration and listener management
 pub use builder::{Builder, Listener, ListenerType};
+pub use pending::{refused_pending_connections, CountedTcpStream};
 
 /// Trait for extracting TLS certificate information from client connections
 pub use cert_extractor::TlsCertExtractor;

@@ -70,9 +70,11 @@ async fn a_login_flood_keeps_memory_flat_and_the_service_answering() {
         }
     }
     let growth_mib = peak.load(Ordering::Relaxed).saturating_sub(baseline) / 1024;
-    // Four hashes at 19 MiB at once, plus slack; unbounded, 64 of them
-    // took more than 1 GiB.
-    assert!(growth_mib < 250, "resident memory grew by {growth_mib} MiB");
+    // Four hashes at 19 MiB at once; unbounded, 64 of them took more than
+    // 1 GiB. The process is this test binary, whose other tests run beside
+    // this one and hash passwords too (19 MiB each): the bound leaves room
+    // for them and still fails an unbounded flood by half.
+    assert!(growth_mib < 600, "resident memory grew by {growth_mib} MiB");
     assert!(busy > 0, "the flood never met the hashing bound");
     // Still answering: health, and the admin's login.
     let health = app.client.get(app.url("/healthz")).send().await.unwrap();

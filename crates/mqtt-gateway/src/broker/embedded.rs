@@ -17,7 +17,8 @@
 //! - listeners set `SO_REUSEADDR`, so a restart can bind again at once;
 //! - a connection that sends no CONNECT within `connect_timeout` is closed
 //!   (the handshake timeout; third_party/rmqtt-net applies it to the first
-//!   bytes too);
+//!   bytes too), and one address may have at most `max_unanswered_per_ip`
+//!   connections not yet answered with a CONNACK (third_party/rmqtt-net);
 //! - the busy check, which refuses connections under load, is off;
 //! - every handler keeps a refusal decided before it (`acc`);
 //! - rmqtt acknowledges a QoS 1 or 2 PUBLISH (PUBACK, PUBREC) as soon as
@@ -70,6 +71,8 @@ pub struct BrokerSettings {
     pub max_payload_bytes: usize,
     /// A connection must complete its CONNECT within this time.
     pub connect_timeout: Duration,
+    /// Connections of one address not yet answered, at most (0: no limit).
+    pub max_unanswered_per_ip: usize,
 }
 
 /// The broker with its listeners bound and its hooks started.
@@ -129,6 +132,7 @@ impl EmbeddedBroker {
                 .max_clientid_len(crate::domain::topic::MAX_DEVICE_ID_LEN)
                 .max_packet_size(max_packet)
                 .handshake_timeout(settings.connect_timeout)
+                .max_pending_per_ip(settings.max_unanswered_per_ip)
                 .bind()
         };
         let tcp = listener("mqtt/tcp", settings.mqtt_addr)
@@ -174,8 +178,17 @@ impl EmbeddedBroker {
             server = server.listener_by_id(ws, 2);
         }
         let serving = tokio::spawn(server.build().run());
+        let refusals = tokio::spawn(async {
+            let mut tick = tokio::time::interval(Duration::from_secs(5));
+            loop {
+                tick.tick().await;
+                metrics::counter!("wf_mqtt_connections_refused_total", "reason" => "unanswered_per_ip")
+                    .absolute(rmqtt::net::refused_pending_connections());
+            }
+        });
         stop.await;
         serving.abort();
+        refusals.abort();
         let sessions: Vec<_> = {
             let shared = self.scx.extends.shared().await;
             shared.iter().filter_map(|entry| entry.tx()).collect()

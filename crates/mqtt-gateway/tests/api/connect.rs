@@ -47,6 +47,46 @@ async fn connections_that_never_complete_their_connect_are_closed() {
 }
 
 #[tokio::test]
+async fn one_address_may_hold_only_so_many_unanswered_connections() {
+    use tokio::io::AsyncReadExt;
+
+    let app = TestApp::builder()
+        .with_device("d1", "s1")
+        .with_device("d2", "s2")
+        .max_unanswered_connections_per_ip(3)
+        .spawn()
+        .await;
+    let addr = format!("127.0.0.1:{}", app.mqtt_port);
+    // Connected devices hold nothing.
+    let mut d1 = app.device("d1", "s1").await;
+    let mut silent = Vec::new();
+    for _ in 0..3 {
+        silent.push(tokio::net::TcpStream::connect(&addr).await.unwrap());
+    }
+    // The fourth unanswered connection of this address is closed at once.
+    let mut fourth = tokio::net::TcpStream::connect(&addr).await.unwrap();
+    let mut buf = [0u8; 8];
+    let read = tokio::time::timeout(Duration::from_secs(2), fourth.read(&mut buf))
+        .await
+        .expect("the fourth connection was left open");
+    assert!(matches!(read, Ok(0) | Err(_)), "{read:?}");
+    // The silent ones are still open: they wait for their timeout.
+    for s in &silent {
+        assert!(matches!(
+            tokio::time::timeout(Duration::from_millis(100), s.readable()).await,
+            Err(_)
+        ));
+    }
+    // Once they are gone, devices connect again; the one connected all
+    // along was never affected.
+    drop(silent);
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let mut d2 = app.device("d2", "s2").await;
+    assert!(d2.subscribe("devices/d2/commands").await);
+    assert!(d1.subscribe("devices/d1/commands").await);
+}
+
+#[tokio::test]
 async fn a_device_connects_with_its_id_and_secret() {
     let app = TestApp::spawn().await;
     let mut d1 = app.device("d1", "s1").await;

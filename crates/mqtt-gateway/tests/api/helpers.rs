@@ -162,6 +162,11 @@ impl TestAppBuilder {
         self
     }
 
+    pub fn max_unanswered_connections_per_ip(mut self, n: usize) -> Self {
+        self.config.max_unanswered_connections_per_ip = n;
+        self
+    }
+
     pub fn connect_timeout_secs(mut self, secs: u64) -> Self {
         self.config.connect_timeout_secs = secs;
         self
