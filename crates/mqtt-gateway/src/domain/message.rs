@@ -448,14 +448,17 @@ mod tests {
             (json!({"": 1}), Malformed::BadMetricName),
             (json!({"fine": 1, "note": long_text}), Malformed::BadValue),
         ] {
+            // Within the payload limit: refused for what it holds.
+            let bytes = serde_json::to_vec(&payload).unwrap();
             assert_eq!(
-                decode_json(Route::Telemetry, payload.clone()).err(),
+                decode(&incoming(Route::Telemetry, &bytes), 64 * 1024).err(),
                 Some(refused),
                 "{payload}"
             );
         }
         let longest = "x".repeat(wf_common::events::MAX_TEXT_VALUE_BYTES);
-        assert!(decode_json(Route::Telemetry, json!({"m".repeat(64): longest})).is_ok());
+        let bytes = serde_json::to_vec(&json!({"m".repeat(64): longest})).unwrap();
+        assert!(decode(&incoming(Route::Telemetry, &bytes), 64 * 1024).is_ok());
     }
 
     #[test]
