@@ -498,6 +498,16 @@ pub async fn run(args: SimulateArgs) -> anyhow::Result<()> {
         "--fail-commands is a percentage"
     );
     let ota = crate::ota::Ota::new(&args.ota)?;
+    // Ctrl-C is taken from the start, so that it always ends the run
+    // cleanly, with its summary, whatever it is doing.
+    let stop = wf_common::shutdown::Shutdown::new();
+    tokio::spawn({
+        let stop = stop.clone();
+        async move {
+            wf_common::shutdown::signal().await;
+            stop.trigger();
+        }
+    });
     let api = Api::login(
         &args.auth_url,
         &args.device_url,
@@ -550,7 +560,11 @@ pub async fn run(args: SimulateArgs) -> anyhow::Result<()> {
     // A broker that accepts the devices is not proof that it is this
     // platform's: only device-service seeing them online is.
     let within = ONLINE_WITHIN + Duration::from_millis(10 * ids.len() as u64);
-    let missing = api.wait_online(&ids, within).await?;
+    let missing = tokio::select! {
+        missing = api.wait_online(&ids, within) => missing?,
+        // Stopped before it knew: the summary follows.
+        () = stop.wait() => Vec::new(),
+    };
     if let Some(first) = missing.first() {
         bail!(
             "{} of {} devices connected to the MQTT broker at {}:{}, but device-service at {} \
@@ -577,7 +591,7 @@ pub async fn run(args: SimulateArgs) -> anyhow::Result<()> {
     );
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Burst);
     let mut report = tokio::time::interval(Duration::from_secs(1));
-    let stop = wf_common::shutdown::signal();
+    let stop = stop.wait();
     tokio::pin!(stop);
     let mut seq: u64 = 0;
     let mut last_sent = 0;
