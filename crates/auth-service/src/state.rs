@@ -417,6 +417,12 @@ impl AppState {
     /// not a theft.
     async fn within_reuse_grace(&self, refresh_token: &str, now: i64) -> Result<bool> {
         let grace_ms = self.config.refresh_reuse_grace_secs.saturating_mul(1000);
+        // Without a window, any second use is a reuse: `now` was read before
+        // a concurrent request spent the token, so the difference below may
+        // be negative and would pass any bound.
+        if grace_ms <= 0 {
+            return Ok(false);
+        }
         let Some(fresh) = self
             .store
             .find_refresh_token(&hash_refresh_token(refresh_token))
