@@ -82,6 +82,22 @@ impl Server {
     fn log(&self) -> String {
         std::fs::read_to_string(&self.log).unwrap_or_default()
     }
+
+    /// Waits for the process to exit, failing the test after `limit`.
+    async fn exit_within(&mut self, limit: Duration) -> std::process::ExitStatus {
+        let started = Instant::now();
+        loop {
+            if let Some(status) = self.child.try_wait().unwrap() {
+                return status;
+            }
+            assert!(
+                started.elapsed() < limit,
+                "still running {limit:?} after the signal:\n{}",
+                self.log()
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
 }
 
 impl Drop for Server {
@@ -275,19 +291,8 @@ async fn shutdown_says_what_it_waits_for_and_a_second_signal_exits_at_once() {
         "it stopped already"
     );
 
-    let sent = Instant::now();
     signal(&server.child, "TERM");
-    let status = loop {
-        if let Some(status) = server.child.try_wait().unwrap() {
-            break status;
-        }
-        assert!(
-            sent.elapsed() < Duration::from_secs(2),
-            "still running 2 s after the second signal:\n{}",
-            server.log()
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    };
+    let status = server.exit_within(Duration::from_secs(2)).await;
     assert_eq!(status.code(), Some(143), "{}", server.log());
     assert!(
         server
@@ -323,17 +328,6 @@ async fn with_nothing_in_flight_one_signal_stops_the_platform_cleanly() {
     )
     .await;
     signal(&server.child, "INT");
-    let sent = Instant::now();
-    let status = loop {
-        if let Some(status) = server.child.try_wait().unwrap() {
-            break status;
-        }
-        assert!(
-            sent.elapsed() < Duration::from_secs(20),
-            "still running 20 s after the signal:\n{}",
-            server.log()
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    };
+    let status = server.exit_within(Duration::from_secs(20)).await;
     assert!(status.success(), "{status}:\n{}", server.log());
 }
