@@ -16,6 +16,7 @@ const ADMIN_PASSWORD = process.env.WF_ADMIN_PASSWORD;
 const ARTIFACTS = process.env.WF_ARTIFACTS || 'test-artifacts/console';
 const FIRMWARE_FILE = process.env.WF_FIRMWARE_FILE;
 const VIEWER = { username: 'vera', password: 'viewer-password-1' };
+const OWN = { username: 'olly', password: 'own-password-1', role: 'own-readers' };
 const SIM_DEVICE = 'sim-00001';
 
 assert.ok(BASE, 'WF_BASE_URL is not set');
@@ -295,6 +296,53 @@ test('an administrator creates a viewer account', async () => {
   await shot('11-audit');
 });
 
+test('a role can narrow its holders to their own devices, and an administrator hands a device over', async () => {
+  await go('/admin/roles');
+  // The built-in roles reach the whole fleet.
+  assert.equal(await page.locator('tr[data-role="viewer"] td[data-scope]').getAttribute('data-scope'), 'fleet');
+  await page.getByRole('button', { name: 'New role' }).click();
+  await page.locator('#ro-name').fill(OWN.role);
+  await page.locator('#ro-scope').selectOption('own');
+  await page.getByRole('button', { name: 'Create role' }).click();
+  const row = page.locator(`tr[data-role="${OWN.role}"]`);
+  await row.waitFor();
+  assert.equal(await row.locator('td[data-scope]').getAttribute('data-scope'), 'own');
+  assert.match(await row.locator('td[data-scope]').textContent(), /Own devices only/);
+  await row.getByRole('button', { name: 'Permissions' }).click();
+  await page.locator('#perm-checks input[value="device:read"]').check();
+  await page.locator('#perm-form button[type=submit]').click();
+  await page.getByText(`Permissions of ${OWN.role} saved.`).waitFor();
+  await shot('10b-role-scope');
+  // A user holding only that role.
+  await go('/admin/users');
+  await page.getByRole('button', { name: 'New user' }).click();
+  await page.locator('#n-username').fill(OWN.username);
+  await page.locator('#n-email').fill('olly@example.com');
+  await page.locator('#n-password').fill(OWN.password);
+  for (const box of await page.locator('#n-roles input[type=checkbox]').all()) {
+    await box.setChecked((await box.getAttribute('value')) === OWN.role);
+  }
+  await page.getByRole('button', { name: 'Create user' }).click();
+  await page.locator(`tr[data-user="${OWN.username}"]`).waitFor();
+  // What the API shows that user, before and after the handover.
+  const seen = () => page.evaluate(async ({ username, password }) => {
+    const login = await fetch('/api/v1/auth/login', {
+      method: 'POST', headers: { 'content-type': 'application/json' }, body: JSON.stringify({ username, password }),
+    });
+    const { access_token: token } = await login.json();
+    const list = await fetch('/api/v1/devices', { headers: { authorization: 'Bearer ' + token } });
+    return (await list.json()).items.map((d) => d.id);
+  }, OWN);
+  assert.deepEqual(await seen(), []);
+  await go('/devices/sim-00002');
+  await page.getByRole('button', { name: 'Transfer', exact: true }).click();
+  await page.getByLabel('New owner').selectOption({ label: OWN.username });
+  await page.locator('#transfer-form button[type=submit]').click();
+  await page.getByText(`now belongs to ${OWN.username}.`).waitFor();
+  await shot('10c-device-transfer');
+  assert.deepEqual(await seen(), ['sim-00002']);
+});
+
 test('a device is deleted only after confirmation', async () => {
   await go('/devices/console-boiler-01');
   await page.getByRole('button', { name: 'Delete', exact: true }).click();
@@ -322,6 +370,10 @@ test('the console switches to Simplified Chinese and back', async () => {
   await go('/');
   await page.waitForFunction(() => Number(document.querySelector('#stat-total').textContent) >= 3);
   await shot('13-dashboard-zh');
+  await go('/admin/roles');
+  await page.waitForSelector('tr[data-role="viewer"]');
+  assert.match(await page.locator('tr[data-role="viewer"] td[data-scope]').textContent(), /全部设备/);
+  assert.match(await page.locator(`tr[data-role="${OWN.role}"] td[data-scope]`).textContent(), /仅自己的设备/);
   await page.locator('.usermenu [data-lang-switch]').click();
   await page.waitForFunction(() => document.documentElement.lang === 'en');
   await loaded();
@@ -355,27 +407,26 @@ test('a viewer sees no write controls and the server refuses them anyway', async
   for (const name of ['Users', 'Roles', 'Audit log']) {
     assert.equal(await page.getByRole('link', { name, exact: true }).isVisible(), false, name);
   }
-  // Devices belong to whoever registered them: a viewer sees only their own
-  // (none here), and nothing to create them with.
+  // The viewer role reaches the whole fleet: every device is listed, with
+  // nothing to create, change or command them with.
   await go('/devices');
-  await page.waitForSelector('#device-rows td.empty');
+  await page.waitForSelector(`tr[data-device="${SIM_DEVICE}"]`);
   assert.equal(await page.getByRole('button', { name: 'New device' }).isVisible(), false);
   await go(`/devices/${SIM_DEVICE}`);
-  for (const name of ['Edit', 'Rotate secret', 'Delete', 'Send command']) {
+  await page.waitForFunction((id) => document.querySelector('#device-name').textContent.length > 0 && document.querySelector('#device-props').textContent.includes('simulated-sensor'), SIM_DEVICE);
+  for (const name of ['Edit', 'Rotate secret', 'Delete', 'Send command', 'Transfer']) {
     assert.equal(await page.getByRole('button', { name, exact: true }).isVisible(), false, name);
   }
-  assert.match(await page.locator('main .form-error').textContent(), /^Not found: /);
   await go('/firmware');
   await page.waitForSelector('#firmware-rows tr[data-firmware]');
   assert.equal(await page.getByRole('button', { name: 'Upload firmware' }).isVisible(), false);
   assert.equal(await page.locator('#firmware-rows button').count(), 0, 'no delete buttons');
   await shot('15-viewer-firmware');
-  // Rollouts, like devices, belong to whoever created them: the
-  // administrator's are not listed for a viewer, who cannot start one.
+  // The administrator's rollouts are listed for the viewer, who cannot
+  // start one.
   await go('/rollouts');
   assert.equal(await page.getByRole('button', { name: 'New rollout' }).isVisible(), false);
-  await page.waitForSelector('#rollout-rows td.empty');
-  assert.equal(await page.locator('#rollout-rows a').count(), 0, 'another owner\'s rollouts listed');
+  await page.waitForSelector('#rollout-rows a');
   // Forcing a write through the API with the viewer's own token.
   const forced = await page.evaluate(async () => {
     const resp = await fetch('/api/v1/devices', {

@@ -84,9 +84,6 @@ pub(crate) use wf_common::net::canonical;
 pub struct Identity {
     pub user_id: String,
     pub username: String,
-    /// Sees every device (superuser or the admin role), as device-service
-    /// decides it.
-    pub is_admin: bool,
     /// When the token expires (seconds since the epoch).
     pub expires_at: i64,
     /// The token itself, for calls made on the caller's behalf.
@@ -96,7 +93,6 @@ pub struct Identity {
 impl Identity {
     fn from_claims(claims: AccessClaims, token: Arc<str>) -> Self {
         Self {
-            is_admin: claims.sees_every_owner(),
             user_id: claims.sub,
             username: claims.username,
             expires_at: claims.exp,

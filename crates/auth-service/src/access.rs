@@ -2,7 +2,9 @@
 //! from granting more than their holder has.
 //!
 //! - Nobody grants a permission they do not hold, through a role given to a
-//!   user (create, role change) or a permission given to a role.
+//!   user (create, role change) or a permission given to a role; nor a
+//!   permission on the whole fleet (a role of scope `fleet`) that they hold
+//!   only on their own devices.
 //! - Nobody manages an account holding privileges beyond their own: every
 //!   permission of the target must be one the caller holds; only holders of
 //!   the `admin` role (or superusers) touch an account with the `admin`
@@ -13,6 +15,8 @@
 //!
 //! Superusers pass every check but the one on their own roles. Each refusal
 //! is logged and counted in `wf_auth_access_refused_total{rule}`.
+
+use wf_common::permissions::Scope;
 
 use crate::error::{Error, Result};
 use crate::state::{AppState, Identity};
@@ -33,20 +37,26 @@ impl Identity {
         self.user.is_superuser || self.roles.iter().any(|r| r.name == ADMIN_ROLE)
     }
 
-    /// Refuses when any of `codes` is a permission the caller does not hold.
+    /// Refuses when any of `codes` is a permission the caller does not hold
+    /// with at least the scope it comes with.
     pub fn guard_holds_all<'a>(
         &self,
-        codes: impl IntoIterator<Item = &'a String>,
+        codes: impl IntoIterator<Item = (&'a String, Scope)>,
         rule: &'static str,
         what: &str,
     ) -> Result<()> {
         if self.user.is_superuser {
             return Ok(());
         }
-        let mut missing: Vec<&str> = codes
+        let mut missing: Vec<String> = codes
             .into_iter()
-            .filter(|c| !self.permissions.contains(*c))
-            .map(String::as_str)
+            .filter(|(c, scope)| self.permissions.get(*c).is_none_or(|held| held < scope))
+            .map(|(c, scope)| match scope {
+                Scope::Fleet if self.permissions.contains_key(c) => {
+                    format!("{c} (on the whole fleet)")
+                }
+                _ => c.clone(),
+            })
             .collect();
         if missing.is_empty() {
             return Ok(());
@@ -71,7 +81,9 @@ impl Identity {
             ));
         }
         self.guard_holds_all(
-            roles.iter().flat_map(|r| r.permissions.iter()),
+            roles
+                .iter()
+                .flat_map(|r| r.permissions.iter().map(move |p| (p, r.scope))),
             "grant_permission",
             "these roles carry",
         )
@@ -113,7 +125,11 @@ impl Identity {
                 format!("you cannot change the role {:?}, which you hold", role.name),
             ));
         }
-        self.guard_holds_all(&role.permissions, "manage_role", "this role carries")
+        self.guard_holds_all(
+            role.permissions.iter().map(|p| (p, role.scope)),
+            "manage_role",
+            "this role carries",
+        )
     }
 }
 
@@ -144,7 +160,11 @@ impl AppState {
             ));
         }
         let permissions = self.store.permissions_of_user(&target.id).await?;
-        caller.guard_holds_all(&permissions, "manage_user", "this account holds")
+        caller.guard_holds_all(
+            permissions.iter().map(|(p, scope)| (p, *scope)),
+            "manage_user",
+            "this account holds",
+        )
     }
 
     /// Loads a user the caller may manage: 404 when there is none, 403 when

@@ -1,13 +1,14 @@
 //! The service's shared state and the operations HTTP and gRPC both use:
 //! authenticating tokens, logging in, rotating refresh tokens, creating users.
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::ops::Deref;
 use std::sync::Arc;
 
 use serde::Serialize;
 use sha2::{Digest, Sha256};
 use wf_common::jwt::{ACCESS_TOKEN_TYPE, AccessClaims, JwtVerifier, SigningKey};
+use wf_common::permissions::Scope;
 use wf_common::{now_millis, random};
 
 use crate::Config;
@@ -51,13 +52,14 @@ pub struct ClientInfo {
 pub struct Identity {
     pub user: UserRecord,
     pub roles: Vec<RoleRef>,
-    pub permissions: HashSet<String>,
+    /// Each permission held, with the widest scope of the roles carrying it.
+    pub permissions: HashMap<String, Scope>,
     pub claims: AccessClaims,
 }
 
 impl Identity {
     pub fn can(&self, permission: Permission) -> bool {
-        self.user.is_superuser || self.permissions.contains(permission.code())
+        self.user.is_superuser || self.permissions.contains_key(permission.code())
     }
 
     pub fn require(&self, permission: Permission) -> Result<()> {
@@ -89,12 +91,12 @@ impl Identity {
             crate::domain::ALL_PERMISSIONS
                 .iter()
                 .map(|p| p.code().to_string())
-                .chain(self.permissions.iter().cloned())
+                .chain(self.permissions.keys().cloned())
                 .collect::<HashSet<_>>()
                 .into_iter()
                 .collect()
         } else {
-            self.permissions.iter().cloned().collect()
+            self.permissions.keys().cloned().collect()
         };
         codes.sort();
         codes
@@ -195,23 +197,24 @@ impl AppState {
         })
     }
 
-    /// Whether a user holds `code` (superusers hold every permission).
-    pub async fn has_permission(&self, user_id: &str, code: &str) -> Result<bool> {
+    /// How far a user's `code` reaches, or `None` when they do not hold it
+    /// (superusers hold every permission on the whole fleet).
+    pub async fn has_permission(&self, user_id: &str, code: &str) -> Result<Option<Scope>> {
         let Some(user) = self.store.get_user(user_id).await? else {
             return Err(Error::NotFound("no user with that id".into()));
         };
         if !user.is_active {
-            return Ok(false);
+            return Ok(None);
         }
         if user.is_superuser {
-            return Ok(true);
+            return Ok(Some(Scope::Fleet));
         }
         Ok(self
             .store
             .permissions_of_user(user_id)
             .await?
-            .iter()
-            .any(|c| c == code))
+            .into_iter()
+            .find_map(|(c, scope)| (c == code).then_some(scope)))
     }
 
     /// Username-or-email and password in, tokens out. Attempts are

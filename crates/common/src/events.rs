@@ -28,6 +28,7 @@ pub mod topics {
     pub const DEVICE_COMMAND_RESPONDED: &str = "device.command.responded";
     pub const DEVICE_OTA_PROGRESS: &str = "device.ota.progress";
     pub const DEVICE_DELETED: &str = "device.deleted";
+    pub const MQTT_BROKER_HEARTBEAT: &str = "mqtt.broker.heartbeat";
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -327,8 +328,15 @@ pub struct StatusChanged {
     pub online: bool,
     /// When it happened (ms).
     pub at: i64,
-    /// `connected`, `disconnected`, `status_message` or `last_will`.
+    /// `connected`, `disconnected`, `status_message` or `last_will`
+    /// from the gateway; `gateway_lost` or `server_restart` from
+    /// device-service.
     pub reason: String,
+    /// The embedded broker instance that holds the device's connection
+    /// (see [`BrokerHeartbeat`]); none with an external broker, whose
+    /// connections no gateway instance owns.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub broker: Option<String>,
 }
 
 /// `device.command.responded`, from `devices/{id}/commands/response`.
@@ -356,6 +364,18 @@ pub struct OtaProgress {
     #[serde(default)]
     pub version: Option<String>,
     pub at: i64,
+}
+
+/// `mqtt.broker.heartbeat`: an embedded broker instance (one per
+/// mqtt-gateway process start) is alive and holds the connections its
+/// status events named, until `at + lease_ms`. When the lease lapses with
+/// no new heartbeat (a crashed or cut-off gateway), device-service takes
+/// that instance's devices offline.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct BrokerHeartbeat {
+    pub broker: String,
+    pub at: i64,
+    pub lease_ms: i64,
 }
 
 /// `device.deleted`.

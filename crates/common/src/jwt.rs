@@ -44,14 +44,6 @@ pub struct AccessClaims {
     pub ver: i64,
 }
 
-impl AccessClaims {
-    /// Superusers and holders of the `admin` role see every owner's
-    /// resources (devices, rollouts, firmware); everyone else sees their own.
-    pub fn sees_every_owner(&self) -> bool {
-        self.su || self.roles.iter().any(|r| r == "admin")
-    }
-}
-
 pub const ACCESS_TOKEN_TYPE: &str = "access";
 
 #[derive(Debug, Serialize, Deserialize)]

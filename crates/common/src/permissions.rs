@@ -56,15 +56,17 @@ impl PermissionClient {
         })
     }
 
-    /// Whether `user_id` holds `permission`. A user auth-service does not
-    /// know holds nothing; a failed call is the caller's to report.
+    /// How far `user_id`'s `permission` reaches, or `None` when the user
+    /// does not hold it. A user auth-service does not know holds nothing;
+    /// a failed call is the caller's to report.
     pub async fn check_permission(
         &self,
         user_id: &str,
         permission: &str,
-    ) -> Result<bool, tonic::Status> {
-        self.cache
-            .check(user_id, permission, || async {
+    ) -> Result<Option<Scope>, tonic::Status> {
+        let level = self
+            .cache
+            .level(user_id, permission, || async {
                 let answer = self
                     .client
                     .clone()
@@ -74,12 +76,119 @@ impl PermissionClient {
                     })
                     .await;
                 match answer {
-                    Ok(r) => Ok(r.into_inner().allowed),
-                    Err(s) if s.code() == tonic::Code::NotFound => Ok(false),
+                    Ok(r) => {
+                        let r = r.into_inner();
+                        Ok(match (r.allowed, r.fleet) {
+                            (false, _) => 0,
+                            (true, false) => Scope::Own.level(),
+                            (true, true) => Scope::Fleet.level(),
+                        })
+                    }
+                    Err(s) if s.code() == tonic::Code::NotFound => Ok(0),
                     Err(s) => Err(s),
                 }
             })
+            .await?;
+        Ok(Scope::from_level(level))
+    }
+}
+
+impl PermissionClient {
+    /// Whether auth-service knows an account with this id (asked every
+    /// time, not cached).
+    pub async fn user_exists(&self, user_id: &str) -> Result<bool, tonic::Status> {
+        match self
+            .client
+            .clone()
+            .get_user_by_id(GetUserByIdRequest {
+                user_id: user_id.to_string(),
+            })
             .await
+        {
+            Ok(_) => Ok(true),
+            Err(s) if s.code() == tonic::Code::NotFound => Ok(false),
+            Err(s) => Err(s),
+        }
+    }
+}
+
+/// How far a permission reaches: every owner's devices, firmware and
+/// rollouts, or only those the user owns. A role carries one scope for all
+/// its permissions; a user holding a permission through several roles gets
+/// the widest scope among the roles that carry it.
+#[derive(
+    Debug,
+    Clone,
+    Copy,
+    PartialEq,
+    Eq,
+    PartialOrd,
+    Ord,
+    Hash,
+    serde::Serialize,
+    serde::Deserialize,
+    utoipa::ToSchema,
+)]
+#[serde(rename_all = "lowercase")]
+pub enum Scope {
+    /// Only what the user owns.
+    Own,
+    /// The whole fleet.
+    Fleet,
+}
+
+impl Scope {
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            Self::Own => "own",
+            Self::Fleet => "fleet",
+        }
+    }
+
+    pub fn parse(s: &str) -> Result<Self, String> {
+        match s {
+            "own" => Ok(Self::Own),
+            "fleet" => Ok(Self::Fleet),
+            other => Err(format!(
+                "{other:?} is not a scope (expected \"fleet\" or \"own\")"
+            )),
+        }
+    }
+
+    /// The level stored in the permission cache (0 is "not held").
+    const fn level(self) -> u8 {
+        match self {
+            Self::Own => 1,
+            Self::Fleet => 2,
+        }
+    }
+
+    fn from_level(level: u8) -> Option<Self> {
+        match level {
+            0 => None,
+            1 => Some(Self::Own),
+            _ => Some(Self::Fleet),
+        }
+    }
+}
+
+/// A caller cleared for one permission, and what it reaches: the one rule
+/// for "whose resources may this caller act on", shared by every service.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Access {
+    pub user_id: String,
+    pub scope: Scope,
+}
+
+impl Access {
+    /// Whether the permission reaches a resource owned by `owner_id`.
+    pub fn reaches(&self, owner_id: &str) -> bool {
+        self.scope == Scope::Fleet || owner_id == self.user_id
+    }
+
+    /// The owner filter for listings and lookups: none on the whole fleet.
+    pub fn owner_filter(&self) -> Option<&str> {
+        (self.scope == Scope::Own).then_some(self.user_id.as_str())
     }
 }
 
@@ -161,7 +270,7 @@ impl PermissionClient {
 }
 
 pub struct PermissionCache {
-    local: Mutex<HashMap<(String, String), (bool, Instant)>>,
+    local: Mutex<HashMap<(String, String), (u8, Instant)>>,
     ttl: Duration,
     shared: Option<Shared>,
 }
@@ -222,24 +331,37 @@ impl PermissionCache {
         F: FnOnce() -> Fut,
         Fut: Future<Output = Result<bool, E>>,
     {
-        let key = (user_id.to_string(), permission.to_string());
-        if let Ok(local) = self.local.lock()
-            && let Some((allowed, at)) = local.get(&key)
-            && at.elapsed() < self.ttl
-        {
-            return Ok(*allowed);
-        }
-        if let Some(allowed) = self.shared_get(&key).await {
-            self.remember_locally(key, allowed);
-            return Ok(allowed);
-        }
-        let allowed = ask().await?;
-        self.shared_set(&key, allowed).await;
-        self.remember_locally(key, allowed);
-        Ok(allowed)
+        let level = self
+            .level(user_id, permission, || async { ask().await.map(u8::from) })
+            .await?;
+        Ok(level > 0)
     }
 
-    fn remember_locally(&self, key: (String, String), allowed: bool) {
+    /// Like [`PermissionCache::check`], for answers with more than two
+    /// values (0 meaning "no"): how far a permission reaches.
+    pub async fn level<E, F, Fut>(&self, user_id: &str, permission: &str, ask: F) -> Result<u8, E>
+    where
+        F: FnOnce() -> Fut,
+        Fut: Future<Output = Result<u8, E>>,
+    {
+        let key = (user_id.to_string(), permission.to_string());
+        if let Ok(local) = self.local.lock()
+            && let Some((level, at)) = local.get(&key)
+            && at.elapsed() < self.ttl
+        {
+            return Ok(*level);
+        }
+        if let Some(level) = self.shared_get(&key).await {
+            self.remember_locally(key, level);
+            return Ok(level);
+        }
+        let level = ask().await?;
+        self.shared_set(&key, level).await;
+        self.remember_locally(key, level);
+        Ok(level)
+    }
+
+    fn remember_locally(&self, key: (String, String), level: u8) {
         if self.ttl.is_zero() {
             return;
         }
@@ -248,7 +370,7 @@ impl PermissionCache {
                 let ttl = self.ttl;
                 local.retain(|_, (_, at)| at.elapsed() < ttl);
             }
-            local.insert(key, (allowed, Instant::now()));
+            local.insert(key, (level, Instant::now()));
         }
     }
 
@@ -256,13 +378,13 @@ impl PermissionCache {
         format!("{prefix}{permission}:{user_id}")
     }
 
-    async fn shared_get(&self, key: &(String, String)) -> Option<bool> {
+    async fn shared_get(&self, key: &(String, String)) -> Option<u8> {
         let shared = self.shared.as_ref()?;
         let mut conn = shared.conn.clone();
         let name = Self::redis_key(&shared.prefix, key);
         let value = tokio::time::timeout(REDIS_TIMEOUT, conn.get::<_, Option<String>>(name)).await;
         match value {
-            Ok(Ok(Some(v))) => Some(v == "1"),
+            Ok(Ok(Some(v))) => v.parse().ok(),
             Ok(Ok(None)) => None,
             Ok(Err(e)) => {
                 tracing::debug!(error = %e, "reading a permission answer from Redis failed");
@@ -272,7 +394,7 @@ impl PermissionCache {
         }
     }
 
-    async fn shared_set(&self, key: &(String, String), allowed: bool) {
+    async fn shared_set(&self, key: &(String, String), level: u8) {
         let Some(shared) = &self.shared else { return };
         let secs = self.ttl.as_secs();
         if secs == 0 {
@@ -280,7 +402,7 @@ impl PermissionCache {
         }
         let mut conn = shared.conn.clone();
         let name = Self::redis_key(&shared.prefix, key);
-        let value = if allowed { "1" } else { "0" };
+        let value = level.to_string();
         if let Ok(Err(e)) =
             tokio::time::timeout(REDIS_TIMEOUT, conn.set_ex::<_, _, ()>(name, value, secs)).await
         {
@@ -336,6 +458,54 @@ mod tests {
             calls.load(Ordering::SeqCst),
             4,
             "an expired answer is asked again"
+        );
+    }
+
+    #[test]
+    fn a_scope_decides_whose_resources_an_access_reaches() {
+        let own = Access {
+            user_id: "u1".into(),
+            scope: Scope::Own,
+        };
+        assert!(own.reaches("u1"));
+        assert!(!own.reaches("u2"));
+        assert_eq!(own.owner_filter(), Some("u1"));
+        let fleet = Access {
+            user_id: "u1".into(),
+            scope: Scope::Fleet,
+        };
+        assert!(fleet.reaches("u2"));
+        assert_eq!(fleet.owner_filter(), None);
+        for scope in [Scope::Own, Scope::Fleet] {
+            assert_eq!(Scope::parse(scope.as_str()), Ok(scope));
+            assert_eq!(Scope::from_level(scope.level()), Some(scope));
+        }
+        assert_eq!(Scope::from_level(0), None);
+        assert!(Scope::parse("team").is_err());
+        assert!(Scope::Fleet > Scope::Own);
+    }
+
+    #[tokio::test]
+    async fn levels_are_remembered_like_answers() {
+        let cache = PermissionCache::new(Duration::from_secs(60));
+        let calls = AtomicUsize::new(0);
+        for _ in 0..2 {
+            let level = cache
+                .level("u1", "device:read", || async {
+                    calls.fetch_add(1, Ordering::SeqCst);
+                    Ok::<_, String>(2)
+                })
+                .await
+                .unwrap();
+            assert_eq!(level, 2);
+        }
+        assert_eq!(calls.load(Ordering::SeqCst), 1);
+        // A yes/no answer is level 1 or 0.
+        assert!(
+            cache
+                .check("u1", "device:read", || async { Ok::<_, String>(false) })
+                .await
+                .unwrap()
         );
     }
 

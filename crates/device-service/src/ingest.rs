@@ -8,8 +8,8 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use wf_common::events::{
-    CommandResponded, Delivery, MAX_TEXT_VALUE_BYTES, OtaProgress, StatusChanged, TelemetryMessage,
-    decode_all, is_metric_name, run_consumer, topics,
+    BrokerHeartbeat, CommandResponded, Delivery, MAX_TEXT_VALUE_BYTES, OtaProgress, StatusChanged,
+    TelemetryMessage, decode_all, is_metric_name, publish_json, run_consumer, topics,
 };
 use wf_common::shutdown::Shutdown;
 
@@ -75,11 +75,20 @@ pub async fn run(state: AppState, stop: Shutdown) {
         &stop,
         |state, batch| async move { record_firmware_versions(&state, batch).await },
     );
+    let leases = consume(
+        &state,
+        topics::MQTT_BROKER_HEARTBEAT,
+        256,
+        &stop,
+        |state, batch| async move { renew_broker_leases(&state, batch).await },
+    );
     tokio::join!(
         telemetry,
         status,
         responses,
         updates,
+        leases,
+        sweep_lapsed_brokers(state.clone(), stop.clone()),
         expire_commands(state.clone(), stop.clone()),
         count_devices(state.clone(), stop.clone()),
         flush_last_seen(state.clone(), last_seen, stop.clone()),
@@ -176,7 +185,13 @@ async fn apply_status(state: &AppState, batch: Vec<Delivery>) -> anyhow::Result<
     for change in decode_all::<StatusChanged>(topics::DEVICE_STATUS_CHANGED, &batch) {
         let applied = state
             .store
-            .apply_status(&change.device_id, change.online, change.at, &change.reason)
+            .apply_status(
+                &change.device_id,
+                change.online,
+                change.at,
+                &change.reason,
+                change.broker.as_deref(),
+            )
             .await?;
         tracing::debug!(device_id = %change.device_id, online = change.online, applied, "status change");
         if applied && change.online {
@@ -184,6 +199,85 @@ async fn apply_status(state: &AppState, batch: Vec<Delivery>) -> anyhow::Result<
         }
     }
     Ok(())
+}
+
+async fn renew_broker_leases(state: &AppState, batch: Vec<Delivery>) -> anyhow::Result<()> {
+    for beat in decode_all::<BrokerHeartbeat>(topics::MQTT_BROKER_HEARTBEAT, &batch) {
+        state
+            .store
+            .renew_broker_lease(&beat.broker, beat.at.saturating_add(beat.lease_ms))
+            .await?;
+    }
+    Ok(())
+}
+
+/// Devices taken offline per sweep at most (the next sweep goes on).
+const SWEEP_BATCH: i64 = 1000;
+
+/// How long a device may name a broker instance that never announced its
+/// lease before it counts as lost (covers a heartbeat still on its way).
+const UNKNOWN_BROKER_GRACE_MS: i64 = 30_000;
+
+/// Every second: devices whose embedded broker instance stopped renewing
+/// its lease (a crashed or cut-off mqtt-gateway) go offline with reason
+/// `gateway_lost`, announced on the bus like any status change. Every
+/// replica sweeps; the conditional update lets one of them win per device.
+async fn sweep_lapsed_brokers(state: AppState, stop: Shutdown) {
+    let mut ticks = tokio::time::interval(Duration::from_secs(1));
+    ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut round: u64 = 0;
+    loop {
+        tokio::select! {
+            _ = ticks.tick() => {}
+            () = stop.wait() => return,
+        }
+        round += 1;
+        if let Err(e) = sweep_once(&state, round % 10 == 0).await {
+            tracing::warn!(error = %e, "sweeping devices of lost gateway instances failed; retrying");
+        }
+    }
+}
+
+/// One sweep; `unknown` also looks for devices of instances never heard of.
+async fn sweep_once(state: &AppState, unknown: bool) -> anyhow::Result<usize> {
+    let now = wf_common::now_millis();
+    let mut lost: Vec<(String, String)> = Vec::new();
+    for broker in state.store.lapsed_brokers(now).await? {
+        for device in state.store.devices_on_broker(&broker, SWEEP_BATCH).await? {
+            lost.push((device, broker.clone()));
+        }
+    }
+    if unknown {
+        lost.extend(
+            state
+                .store
+                .devices_on_unknown_brokers(now - UNKNOWN_BROKER_GRACE_MS, SWEEP_BATCH)
+                .await?,
+        );
+        state.store.forget_lapsed_brokers(now - 3_600_000).await?;
+    }
+    let mut changes = Vec::new();
+    for (device, broker) in lost {
+        if state
+            .store
+            .mark_offline_on(&device, &broker, now, "gateway_lost")
+            .await?
+        {
+            tracing::info!(device_id = %device, broker = %broker, "device offline: its gateway instance stopped renewing its lease");
+            metrics::counter!("wf_devices_lost_with_gateway_total").increment(1);
+            changes.push(StatusChanged {
+                device_id: device,
+                online: false,
+                at: now,
+                reason: "gateway_lost".into(),
+                broker: None,
+            });
+        }
+    }
+    if !changes.is_empty() {
+        publish_json(state.bus.as_ref(), topics::DEVICE_STATUS_CHANGED, &changes).await?;
+    }
+    Ok(changes.len())
 }
 
 /// A device that comes back gets its open commands again (the ones it

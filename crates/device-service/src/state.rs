@@ -6,6 +6,7 @@ use std::sync::Arc;
 use tokio::sync::broadcast;
 use wf_common::events::EventBus;
 use wf_common::jwt::{AccessClaims, JwtVerifier};
+use wf_common::permissions::Access;
 
 use crate::Config;
 use crate::clients::{AuthClient, GatewayClient};
@@ -78,8 +79,9 @@ impl Permission {
 pub struct Caller {
     pub user_id: String,
     pub username: String,
-    /// Superusers and holders of the admin role see every device; others
-    /// see the devices they own.
+    /// A superuser or a holder of the admin role (who may, among others,
+    /// hand a device to another owner). Which devices a permission reaches
+    /// is the scope of the roles granting it (see [`Access`]).
     pub is_admin: bool,
 }
 
@@ -103,40 +105,32 @@ impl Caller {
     }
 
     /// Asks auth-service (through the cache) whether the caller holds
-    /// `permission`.
-    pub async fn require(&self, state: &AppState, permission: Permission) -> Result<()> {
-        if state
+    /// `permission`, and which devices it reaches.
+    pub async fn require(&self, state: &AppState, permission: Permission) -> Result<Access> {
+        match state
             .auth
             .check_permission(&self.user_id, permission.code())
             .await
             .map_err(|s| crate::clients::call_error("auth-service", s))?
         {
-            Ok(())
-        } else {
-            Err(Error::Forbidden(format!(
+            Some(scope) => Ok(Access {
+                user_id: self.user_id.clone(),
+                scope,
+            }),
+            None => Err(Error::Forbidden(format!(
                 "this requires the {} permission",
                 permission.code()
-            )))
+            ))),
         }
-    }
-
-    /// Whether the caller may see and touch `device`.
-    pub fn may_access(&self, device: &DeviceRecord) -> bool {
-        self.is_admin || device.owner_id == self.user_id
-    }
-
-    /// The owner filter for listings: none for admins.
-    pub fn owner_filter(&self) -> Option<String> {
-        (!self.is_admin).then(|| self.user_id.clone())
     }
 }
 
 impl AppState {
-    /// Loads a device the caller may access; another owner's device is
-    /// answered as not found, so its existence is not revealed.
-    pub async fn device_for(&self, caller: &Caller, id: &str) -> Result<DeviceRecord> {
+    /// Loads a device the caller's permission reaches; a device beyond it
+    /// is answered as not found, so its existence is not revealed.
+    pub async fn device_for(&self, access: &Access, id: &str) -> Result<DeviceRecord> {
         match self.store.get_device(id).await? {
-            Some(d) if caller.may_access(&d) => Ok(d),
+            Some(d) if access.reaches(&d.owner_id) => Ok(d),
             _ => Err(Error::NotFound(format!("no device with id {id:?}"))),
         }
     }

@@ -5,6 +5,7 @@ use std::sync::Arc;
 
 use wf_common::events::EventBus;
 use wf_common::jwt::{AccessClaims, JwtVerifier};
+pub use wf_common::permissions::Access;
 
 use crate::Config;
 use crate::clients::{AuthClient, DeviceClient};
@@ -71,10 +72,6 @@ impl Permission {
 pub struct Caller {
     pub user_id: String,
     pub username: String,
-    /// Superusers and holders of the admin role see every owner's
-    /// rollouts, tasks and devices (the rule device-service applies), as
-    /// auth-service sees the account now.
-    pub is_admin: bool,
 }
 
 impl Caller {
@@ -82,44 +79,36 @@ impl Caller {
     /// account now: a disabled account, or a token from before a password
     /// change, is refused within the permission cache's time.
     pub async fn from_claims(state: &AppState, claims: AccessClaims) -> Result<Self> {
-        let is_admin = state
+        state
             .auth
             .current_admin(&claims)
             .await
             .map_err(|s| crate::clients::call_error("auth-service", s))?
             .ok_or_else(|| Error::Unauthenticated(wf_common::permissions::SESSION_ENDED.into()))?;
         Ok(Self {
-            is_admin,
             user_id: claims.sub,
             username: claims.username,
         })
     }
 
-    /// Whether the caller may see and control what `owner_id` created.
-    pub fn owns(&self, owner_id: &str) -> bool {
-        self.is_admin || owner_id == self.user_id
-    }
-
-    /// The owner filter for listings and device lookups: none for admins.
-    pub fn owner_filter(&self) -> Option<&str> {
-        (!self.is_admin).then_some(self.user_id.as_str())
-    }
-
     /// Asks auth-service (through the cache) whether the caller holds
-    /// `permission`.
-    pub async fn require(&self, state: &AppState, permission: Permission) -> Result<()> {
-        if state
+    /// `permission`, and whose rollouts, tasks, firmware and devices it
+    /// reaches (the rule device-service applies).
+    pub async fn require(&self, state: &AppState, permission: Permission) -> Result<Access> {
+        match state
             .auth
             .check_permission(&self.user_id, permission.code())
             .await
             .map_err(|s| crate::clients::call_error("auth-service", s))?
         {
-            Ok(())
-        } else {
-            Err(Error::Forbidden(format!(
+            Some(scope) => Ok(Access {
+                user_id: self.user_id.clone(),
+                scope,
+            }),
+            None => Err(Error::Forbidden(format!(
                 "this requires the {} permission",
                 permission.code()
-            )))
+            ))),
         }
     }
 

@@ -123,11 +123,20 @@ pub struct Ingest {
     receipt_clock: ReceiptClock,
     ts_window: TsWindow,
     durable_ack_timeout: Duration,
+    /// The embedded broker instance whose connections this gateway holds,
+    /// named in every status event it reports (none with an external
+    /// broker, or with the heartbeat off).
+    broker: Option<String>,
 }
 
 impl Ingest {
-    /// The ingest side and the batcher that drains it into `bus`.
-    pub fn new(config: &Config, bus: Arc<dyn EventBus>) -> (Arc<Self>, Batcher) {
+    /// The ingest side and the batcher that drains it into `bus`; status
+    /// events name `broker` as the instance holding the connections.
+    pub fn new(
+        config: &Config,
+        bus: Arc<dyn EventBus>,
+        broker: Option<String>,
+    ) -> (Arc<Self>, Batcher) {
         let (events, rx) = mpsc::channel(config.ingest_queue_capacity.max(1));
         let (feed, _) = broadcast::channel(FEED_CAPACITY);
         metrics::gauge!("wf_mqtt_connected_devices").set(0.0);
@@ -142,6 +151,7 @@ impl Ingest {
             receipt_clock: ReceiptClock::default(),
             ts_window: config.ts_window(),
             durable_ack_timeout: Duration::from_millis(config.durable_ack_timeout_ms.max(1)),
+            broker,
         });
         let batcher = Batcher {
             rx,
@@ -374,7 +384,15 @@ impl Ingest {
         self.enqueue_acked(event, None);
     }
 
-    fn enqueue_acked(&self, event: Event, ack: Option<Ack>) {
+    /// The embedded broker instance named in status events, if any.
+    pub fn broker_id(&self) -> Option<&str> {
+        self.broker.as_deref()
+    }
+
+    fn enqueue_acked(&self, mut event: Event, ack: Option<Ack>) {
+        if let (Event::Status(status), Some(broker)) = (&mut event, &self.broker) {
+            status.broker = Some(broker.clone());
+        }
         let queued = Queued {
             event,
             ack,
@@ -452,6 +470,7 @@ fn status(device: &str, online: bool, reason: &str) -> Event {
         online,
         at: wf_common::now_millis(),
         reason: reason.to_string(),
+        broker: None,
     })
 }
 
@@ -655,7 +674,7 @@ mod tests {
             failures: AtomicUsize::new(2),
             published: AtomicUsize::new(0),
         });
-        let (ingest, batcher) = Ingest::new(&Config::default(), bus.clone());
+        let (ingest, batcher) = Ingest::new(&Config::default(), bus.clone(), None);
         let stop = Shutdown::new();
         let running = tokio::spawn(batcher.run(stop.clone()));
         let acks = Arc::new(AtomicUsize::new(0));

@@ -82,6 +82,13 @@ pub struct Config {
     /// not limited; more are closed at once and counted in
     /// `wf_mqtt_connections_refused_total{reason="unanswered_per_ip"}`.
     pub max_unanswered_connections_per_ip: usize,
+    /// Embedded broker: every this many seconds the gateway announces on
+    /// the bus (`mqtt.broker.heartbeat`) that its broker instance, and the
+    /// connections it holds, are alive; its lease is three intervals. When
+    /// a gateway dies without closing its sessions (a crash, a lost
+    /// machine), device-service takes that instance's devices offline once
+    /// the lease lapses. 0 turns the heartbeat off.
+    pub broker_heartbeat_secs: u64,
     /// Telemetry messages per `device.data.received` event at most.
     pub batch_max_messages: usize,
     /// How long a batch waits for more messages after its first one. A
@@ -152,6 +159,7 @@ impl Default for Config {
             max_payload_bytes: 64 * 1024,
             connect_timeout_secs: 10,
             max_unanswered_connections_per_ip: 128,
+            broker_heartbeat_secs: 5,
             batch_max_messages: 500,
             batch_linger_ms: 20,
             durable_ack_timeout_ms: 10_000,
@@ -321,7 +329,12 @@ impl Application {
             )
             .with_context(|| format!("device_service_url {:?}", config.device_service_url))?,
         );
-        let (ingest, batcher) = Ingest::new(&config, bus.clone());
+        // One identity per process start: a restarted gateway is a new
+        // broker instance, whose predecessor's devices go offline with its
+        // lease.
+        let broker_id = (config.broker == BrokerMode::Embedded && config.broker_heartbeat_secs > 0)
+            .then(|| uuid::Uuid::now_v7().to_string());
+        let (ingest, batcher) = Ingest::new(&config, bus.clone(), broker_id);
         let backend = match config.broker {
             BrokerMode::Embedded => {
                 let settings = BrokerSettings {
@@ -441,11 +454,50 @@ impl Application {
             shutdown.await;
             trigger.trigger();
         });
+        if let Some(broker) = self.state.ingest.broker_id() {
+            tokio::spawn(heartbeat(
+                self.state.bus.clone(),
+                broker.to_string(),
+                Duration::from_secs(self.state.config.broker_heartbeat_secs),
+                stop.clone(),
+            ));
+        }
         tracing::info!("mqtt-gateway ready");
         let (http, grpc, ()) = tokio::join!(http, grpc, broker);
         http.context("mqtt-gateway HTTP server")?;
         grpc.context("mqtt-gateway gRPC server")?;
         Ok(())
+    }
+}
+
+/// Announces `broker`'s lease every `interval` until `stop`. A heartbeat
+/// that cannot be published is logged and counted; the next one tries again
+/// (the lease covers two missed ones).
+async fn heartbeat(bus: Arc<dyn EventBus>, broker: String, interval: Duration, stop: Shutdown) {
+    let lease_ms = i64::try_from(interval.as_millis() * 3).unwrap_or(i64::MAX);
+    let mut ticks = tokio::time::interval(interval);
+    ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    tracing::info!(broker = %broker, lease_ms, "announcing the embedded broker's lease");
+    loop {
+        tokio::select! {
+            _ = ticks.tick() => {}
+            () = stop.wait() => return,
+        }
+        let beat = wf_common::events::BrokerHeartbeat {
+            broker: broker.clone(),
+            at: wf_common::now_millis(),
+            lease_ms,
+        };
+        if let Err(e) = wf_common::events::publish_json(
+            bus.as_ref(),
+            wf_common::events::topics::MQTT_BROKER_HEARTBEAT,
+            &[beat],
+        )
+        .await
+        {
+            metrics::counter!("wf_mqtt_heartbeats_failed_total").increment(1);
+            tracing::warn!(error = %e, "the broker heartbeat was not published; retrying at the next one");
+        }
     }
 }
 

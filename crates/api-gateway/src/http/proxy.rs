@@ -180,7 +180,6 @@ mod tests {
                 Arc::new(Identity {
                     user_id: "u-1".into(),
                     username: "alice".into(),
-                    is_admin: false,
                     expires_at: 0,
                     token: "t".into(),
                 })

@@ -43,6 +43,7 @@ use serde_json::json;
 use tokio::sync::broadcast::error::RecvError;
 use tokio::time::Instant;
 use wf_common::extract::Path;
+use wf_common::permissions::Scope as Reach;
 
 use super::edge::Edge;
 use crate::clients::{SmallResponse, encode_segment};
@@ -136,6 +137,11 @@ impl Default for FleetView {
 }
 
 #[derive(Deserialize)]
+struct SummaryScope {
+    scope: Reach,
+}
+
+#[derive(Deserialize)]
 struct DevicePage {
     items: Vec<DeviceItem>,
     #[serde(default)]
@@ -194,14 +200,25 @@ impl Scope {
 }
 
 impl FleetView {
-    /// Checks device:read and loads the devices the caller may see.
+    /// Checks device:read and loads the devices the caller may see, as
+    /// device-service decides it: every device when the caller's
+    /// `device:read` reaches the whole fleet, otherwise the caller's own.
     async fn load(&mut self, state: &AppState, identity: &Identity, request_id: &str) -> Verdict {
-        if identity.is_admin {
-            let answer = ask(state, identity, "/api/v1/devices?limit=1", request_id).await?;
-            if !answer.status.is_success() {
-                return Ok(Err(pass_through(answer)));
-            }
+        let answer = ask(state, identity, "/api/v1/devices/summary", request_id).await?;
+        if !answer.status.is_success() {
+            return Ok(Err(pass_through(answer)));
+        }
+        let summary: SummaryScope =
+            serde_json::from_slice(&answer.body).map_err(|e| Error::Upstream {
+                upstream: Upstream::Device,
+                source: crate::clients::UpstreamError::Protocol(format!(
+                    "unexpected device summary: {e}"
+                )),
+            })?;
+        if summary.scope == Reach::Fleet {
             self.all = true;
+            self.visible.clear();
+            self.refused.clear();
             return Ok(Ok(()));
         }
         let mut visible = HashSet::new();

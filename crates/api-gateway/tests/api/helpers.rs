@@ -365,6 +365,19 @@ impl TestApp {
         self.login(username, USER_PASSWORD).await
     }
 
+    /// Creates a role of `scope` (`fleet` or `own`) with `permissions`.
+    pub async fn role(&self, name: &str, scope: &str, permissions: &[&str]) {
+        let resp = self
+            .request(
+                Method::POST,
+                "/api/v1/roles",
+                Some(&self.admin_token),
+                Some(json!({ "name": name, "scope": scope, "permissions": permissions })),
+            )
+            .await;
+        assert_eq!(resp.status(), StatusCode::CREATED, "creating role {name}");
+    }
+
     pub async fn request(
         &self,
         method: Method,

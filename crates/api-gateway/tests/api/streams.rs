@@ -29,6 +29,7 @@ fn status(device_id: &str, online: bool) -> StatusChanged {
         online,
         at: wf_common::now_millis(),
         reason: if online { "connected" } else { "disconnected" }.into(),
+        broker: None,
     }
 }
 
@@ -111,12 +112,16 @@ async fn a_device_stream_accepts_the_token_in_the_query() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_device_stream_is_refused_to_those_who_may_not_see_the_device() {
     let app = TestApp::spawn().await;
-    let alice = app.user("alice", &["operator"]).await;
-    let bob = app.user("bob", &["operator"]).await;
+    app.role("own-operators", "own", &["device:read", "device:write"])
+        .await;
+    let alice = app.user("alice", &["own-operators"]).await;
+    let bob = app.user("bob", &["own-operators"]).await;
+    let vera = app.user("vera", &["viewer"]).await;
     let nobody = app.user("nobody", &[]).await;
     let id = app.device(&alice, "Alice's boiler").await;
 
-    // Another owner's device does not exist for bob, as in the REST API.
+    // Another owner's device does not exist for bob, whose role reaches
+    // his own devices only, as in the REST API.
     let resp = open(&app, &format!("/api/v1/devices/{id}/stream"), &bob).await;
     assert_error(resp, StatusCode::NOT_FOUND, "not_found").await;
     // Without device:read: forbidden.
@@ -130,8 +135,8 @@ async fn a_device_stream_is_refused_to_those_who_may_not_see_the_device() {
         .await
         .unwrap();
     assert_error(resp, StatusCode::UNAUTHORIZED, "unauthorized").await;
-    // The owner and the admin may watch.
-    for token in [&alice, &app.admin_token] {
+    // The owner, the admin and a role reaching the fleet may watch.
+    for token in [&alice, &app.admin_token, &vera] {
         let mut events =
             EventReader::new(open(&app, &format!("/api/v1/devices/{id}/stream"), token).await);
         assert!(events.next_named("ready", WAIT).await.is_some());
@@ -139,9 +144,12 @@ async fn a_device_stream_is_refused_to_those_who_may_not_see_the_device() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn the_fleet_stream_shows_each_user_their_own_devices() {
+async fn the_fleet_stream_shows_each_user_the_devices_their_role_reaches() {
     let app = TestApp::spawn().await;
-    let alice = app.user("alice", &["operator"]).await;
+    app.role("own-operators", "own", &["device:read", "device:write"])
+        .await;
+    let alice = app.user("alice", &["own-operators"]).await;
+    let vera = app.user("vera", &["viewer"]).await;
     let nobody = app.user("nobody", &[]).await;
     let hers = app.device(&alice, "Alice's boiler").await;
     let admins = app.device(&app.admin_token, "Admin's pump").await;
@@ -149,8 +157,10 @@ async fn the_fleet_stream_shows_each_user_their_own_devices() {
     let mut alice_events = EventReader::new(open(&app, "/api/v1/devices/stream", &alice).await);
     let mut admin_events =
         EventReader::new(open(&app, "/api/v1/devices/stream", &app.admin_token).await);
+    let mut vera_events = EventReader::new(open(&app, "/api/v1/devices/stream", &vera).await);
     assert!(alice_events.next_named("ready", WAIT).await.is_some());
     assert!(admin_events.next_named("ready", WAIT).await.is_some());
+    assert!(vera_events.next_named("ready", WAIT).await.is_some());
 
     app.publish(
         topics::DEVICE_STATUS_CHANGED,
@@ -171,10 +181,12 @@ async fn the_fleet_stream_shows_each_user_their_own_devices() {
     assert_eq!(first.event, "status");
     assert_eq!(first.json()["device_id"], hers.as_str());
 
-    let a = admin_events.next(WAIT).await.expect("admin first");
-    let b = admin_events.next(WAIT).await.expect("admin second");
-    assert_eq!(a.json()["device_id"], admins.as_str());
-    assert_eq!(b.json()["device_id"], hers.as_str());
+    for events in [&mut admin_events, &mut vera_events] {
+        let a = events.next(WAIT).await.expect("first on the fleet");
+        let b = events.next(WAIT).await.expect("second on the fleet");
+        assert_eq!(a.json()["device_id"], admins.as_str());
+        assert_eq!(b.json()["device_id"], hers.as_str());
+    }
 
     // A device created after the stream opened shows up too.
     let newer = app.device(&alice, "Alice's new sensor").await;

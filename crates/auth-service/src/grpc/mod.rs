@@ -57,11 +57,14 @@ impl AuthService for AuthGrpc {
     ) -> Result<Response<CheckPermissionResponse>, Status> {
         let req = request.into_inner();
         let code = PermissionCode::parse(&req.permission).map_err(Status::invalid_argument)?;
-        let allowed = self
+        let scope = self
             .state
             .has_permission(&req.user_id, code.as_str())
             .await?;
-        Ok(Response::new(CheckPermissionResponse { allowed }))
+        Ok(Response::new(CheckPermissionResponse {
+            allowed: scope.is_some(),
+            fleet: scope == Some(wf_common::permissions::Scope::Fleet),
+        }))
     }
 
     async fn get_user_by_id(

@@ -12,6 +12,7 @@ use serde_json::json;
 use wf_common::error::ErrorEnvelope;
 use wf_common::extract::{self, Path};
 use wf_common::format_millis;
+use wf_common::permissions::Scope;
 
 use super::{Caller, Client};
 use crate::domain::{Permission, PermissionCode, RoleName};
@@ -27,6 +28,9 @@ pub struct RoleDto {
     name: String,
     description: String,
     is_system: bool,
+    /// `fleet`: the role's permissions act on every owner's devices,
+    /// firmware and rollouts; `own`: only on those the user owns.
+    scope: Scope,
     permissions: Vec<String>,
     created_at: String,
     updated_at: String,
@@ -39,6 +43,7 @@ impl From<RoleRecord> for RoleDto {
             name: r.name,
             description: r.description,
             is_system: r.is_system,
+            scope: r.scope,
             permissions: r.permissions,
             created_at: format_millis(r.created_at),
             updated_at: format_millis(r.updated_at),
@@ -91,9 +96,17 @@ pub struct CreateRequest {
     name: String,
     #[serde(default)]
     description: String,
+    /// How far the role's permissions reach: `fleet` (the default) or
+    /// `own` (only what the user owns).
+    #[serde(default = "fleet")]
+    scope: Scope,
     #[serde(default)]
     #[schema(value_type = Vec<String>, example = json!(["device:read"]))]
     permissions: Vec<PermissionCode>,
+}
+
+fn fleet() -> Scope {
+    Scope::Fleet
 }
 
 fn check_description(d: &str) -> Result<()> {
@@ -138,7 +151,11 @@ pub async fn create(
     let name = RoleName::parse(&req.name).map_err(Error::Validation)?;
     check_description(&req.description)?;
     let permissions = known_permissions(&state, req.permissions).await?;
-    caller.guard_holds_all(&permissions, "grant_permission", "you would grant")?;
+    caller.guard_holds_all(
+        permissions.iter().map(|p| (p, req.scope)),
+        "grant_permission",
+        "you would grant",
+    )?;
     let id = uuid::Uuid::now_v7().to_string();
     state
         .store
@@ -146,6 +163,7 @@ pub async fn create(
             &id,
             name.as_str(),
             req.description.trim(),
+            req.scope,
             wf_common::now_millis(),
         )
         .await?;
@@ -156,7 +174,7 @@ pub async fn create(
             &client,
             "role.create",
             Some(id.clone()),
-            Some(json!({ "name": name.as_str(), "permissions": permissions })),
+            Some(json!({ "name": name.as_str(), "scope": req.scope, "permissions": permissions })),
         )
         .await;
     Ok((StatusCode::CREATED, Json(load(&state, &id).await?.into())))
@@ -168,10 +186,14 @@ pub async fn create(
 pub struct UpdateRequest {
     name: Option<String>,
     description: Option<String>,
+    /// `fleet` or `own`; widening to `fleet` needs the role's permissions
+    /// on the whole fleet.
+    scope: Option<Scope>,
 }
 
-/// Renames or describes a role. Built-in roles change only by a superuser;
-/// nobody changes a role they hold or one carrying permissions they lack.
+/// Renames, describes or rescopes a role. Built-in roles change only by a
+/// superuser; nobody changes a role they hold or one carrying permissions
+/// they lack.
 #[utoipa::path(patch, path = "/api/v1/roles/{id}", tag = "roles", security(("bearer" = [])), params(("id" = String, Path)), request_body = UpdateRequest,
     responses((status = 200, body = RoleDto),
         (status = 403, description = "No `role:manage`, a built-in role (superusers only), a role the caller holds, \
@@ -202,17 +224,34 @@ pub async fn update(
     if let Some(d) = &req.description {
         check_description(d)?;
     }
+    if role.is_system && role.name == "admin" && req.scope == Some(Scope::Own) {
+        return Err(Error::Conflict(
+            "the admin role always reaches the whole fleet".into(),
+        ));
+    }
+    if let Some(scope) = req.scope {
+        caller.guard_holds_all(
+            role.permissions.iter().map(|p| (p, scope)),
+            "manage_role",
+            "this role would carry",
+        )?;
+    }
     state
         .store
         .update_role(
             &id,
             name.as_ref().map(RoleName::as_str),
             req.description.as_deref().map(str::trim),
+            req.scope,
             wf_common::now_millis(),
         )
         .await?;
+    let details = req
+        .scope
+        .filter(|s| *s != role.scope)
+        .map(|s| json!({ "scope": s }));
     state
-        .audit_action(&caller, &client, "role.update", Some(id.clone()), None)
+        .audit_action(&caller, &client, "role.update", Some(id.clone()), details)
         .await;
     Ok(Json(load(&state, &id).await?.into()))
 }
@@ -281,7 +320,11 @@ pub async fn set_permissions(
     }
     caller.guard_manage_role(&role)?;
     let permissions = known_permissions(&state, req.permissions).await?;
-    caller.guard_holds_all(&permissions, "grant_permission", "you would grant")?;
+    caller.guard_holds_all(
+        permissions.iter().map(|p| (p, role.scope)),
+        "grant_permission",
+        "you would grant",
+    )?;
     state.store.set_role_permissions(&id, &permissions).await?;
     state
         .audit_action(

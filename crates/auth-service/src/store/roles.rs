@@ -4,6 +4,8 @@ use std::collections::HashMap;
 // placeholders only; every value is bound.
 use sqlx::{AssertSqlSafe, Row};
 
+use wf_common::permissions::Scope;
+
 use super::{Store, conflict_on_unique, flag, placeholders};
 use crate::error::Result;
 
@@ -19,6 +21,8 @@ pub struct RoleRecord {
     pub name: String,
     pub description: String,
     pub is_system: bool,
+    /// How far the role's permissions reach.
+    pub scope: Scope,
     pub permissions: Vec<String>,
     pub created_at: i64,
     pub updated_at: i64,
@@ -63,7 +67,7 @@ impl Store {
 
     async fn roles_where(&self, clause: &str, args: &[&str]) -> Result<Vec<RoleRecord>> {
         let sql = format!(
-            "SELECT id, name, description, is_system, created_at, updated_at FROM roles {clause} ORDER BY name"
+            "SELECT id, name, description, is_system, scope, created_at, updated_at FROM roles {clause} ORDER BY name"
         );
         let mut q = sqlx::query(AssertSqlSafe(sql));
         for a in args {
@@ -78,6 +82,8 @@ impl Store {
                     name: row.try_get("name")?,
                     description: row.try_get("description")?,
                     is_system: flag(row.try_get("is_system")?),
+                    scope: Scope::parse(&row.try_get::<String, _>("scope")?)
+                        .map_err(|e| sqlx::Error::Decode(e.into()))?,
                     permissions: Vec::new(),
                     created_at: row.try_get("created_at")?,
                     updated_at: row.try_get("updated_at")?,
@@ -114,15 +120,17 @@ impl Store {
         id: &str,
         name: &str,
         description: &str,
+        scope: Scope,
         now: i64,
     ) -> Result<()> {
         sqlx::query(
-            "INSERT INTO roles (id, name, description, is_system, created_at, updated_at) \
-             VALUES (?, ?, ?, 0, ?, ?)",
+            "INSERT INTO roles (id, name, description, is_system, scope, created_at, updated_at) \
+             VALUES (?, ?, ?, 0, ?, ?, ?)",
         )
         .bind(id)
         .bind(name)
         .bind(description)
+        .bind(scope.as_str())
         .bind(now)
         .bind(now)
         .execute(&self.db.pool)
@@ -136,14 +144,16 @@ impl Store {
         id: &str,
         name: Option<&str>,
         description: Option<&str>,
+        scope: Option<Scope>,
         now: i64,
     ) -> Result<bool> {
         let result = sqlx::query(
             "UPDATE roles SET name = COALESCE(?, name), description = COALESCE(?, description), \
-             updated_at = ? WHERE id = ?",
+             scope = COALESCE(?, scope), updated_at = ? WHERE id = ?",
         )
         .bind(name.map(str::to_string))
         .bind(description.map(str::to_string))
+        .bind(scope.map(|s| s.as_str().to_string()))
         .bind(now)
         .bind(id)
         .execute(&self.db.pool)

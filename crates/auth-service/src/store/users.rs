@@ -4,6 +4,7 @@ use std::collections::HashMap;
 // placeholders only; every value is bound.
 use sqlx::any::AnyRow;
 use sqlx::{AssertSqlSafe, Row};
+use wf_common::permissions::Scope;
 
 use super::{RoleRef, Store, conflict_on_unique, flag, like_pattern, placeholders};
 use crate::error::Result;
@@ -309,18 +310,28 @@ impl Store {
     }
 
     /// The permission codes a user holds through their roles.
-    pub async fn permissions_of_user(&self, user_id: &str) -> Result<Vec<String>> {
+    /// Each permission a user holds through their roles, with the widest
+    /// scope among the roles carrying it.
+    pub async fn permissions_of_user(&self, user_id: &str) -> Result<Vec<(String, Scope)>> {
         let rows = sqlx::query(
-            "SELECT DISTINCT rp.permission_code AS code FROM user_roles ur \
+            "SELECT rp.permission_code AS code, \
+             COUNT(CASE WHEN r.scope = 'fleet' THEN 1 END) AS fleet FROM user_roles ur \
              JOIN role_permissions rp ON rp.role_id = ur.role_id \
-             WHERE ur.user_id = ? ORDER BY rp.permission_code",
+             JOIN roles r ON r.id = ur.role_id \
+             WHERE ur.user_id = ? GROUP BY rp.permission_code ORDER BY rp.permission_code",
         )
         .bind(user_id)
         .fetch_all(&self.db.pool)
         .await?;
         Ok(rows
             .iter()
-            .map(|r| r.try_get("code"))
+            .map(|r| {
+                let fleet: i64 = r.try_get("fleet")?;
+                Ok((
+                    r.try_get("code")?,
+                    if fleet > 0 { Scope::Fleet } else { Scope::Own },
+                ))
+            })
             .collect::<sqlx::Result<_>>()?)
     }
 }

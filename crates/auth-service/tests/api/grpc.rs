@@ -246,3 +246,163 @@ async fn calls_without_the_internal_token_are_refused() {
             .allowed
     );
 }
+
+/// How far a permission reaches: the scope of the roles carrying it, the
+/// widest one per permission when several do.
+#[tokio::test]
+async fn a_roles_scope_decides_how_far_each_permission_reaches() {
+    let app = TestApp::spawn().await;
+    let admin = app.admin_token.clone();
+    let resp = app
+        .post(
+            "/api/v1/roles",
+            &admin,
+            serde_json::json!({
+                "name": "own-operators",
+                "scope": "own",
+                "permissions": ["device:read", "device:write"],
+            }),
+        )
+        .await;
+    assert_eq!(resp.status(), reqwest::StatusCode::CREATED);
+    let role: serde_json::Value = resp.json().await.unwrap();
+    assert_eq!(role["scope"], "own");
+    let roles: serde_json::Value = app.get("/api/v1/roles", &admin).await.json().await.unwrap();
+    for builtin in ["admin", "operator", "viewer"] {
+        let found = roles["items"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|r| r["name"] == builtin)
+            .unwrap();
+        assert_eq!(found["scope"], "fleet", "{builtin} reaches the fleet");
+    }
+
+    let own = app
+        .create_user("olga", "olga-password", &["own-operators"])
+        .await;
+    let mixed = app
+        .create_user("max", "max-password", &["own-operators", "viewer"])
+        .await;
+    let mut grpc = client(&app).await;
+    let mut reach = async |user: &str, permission: &str| {
+        let answer = grpc
+            .check_permission(CheckPermissionRequest {
+                user_id: user.into(),
+                permission: permission.into(),
+            })
+            .await
+            .unwrap()
+            .into_inner();
+        (answer.allowed, answer.fleet)
+    };
+    assert_eq!(reach(&own, "device:read").await, (true, false));
+    assert_eq!(reach(&own, "device:write").await, (true, false));
+    assert_eq!(reach(&own, "device:command").await, (false, false));
+    // viewer brings device:read on the fleet; device:write stays own.
+    assert_eq!(reach(&mixed, "device:read").await, (true, true));
+    assert_eq!(reach(&mixed, "device:write").await, (true, false));
+
+    // Widening the role reaches its holders at once.
+    let role_id = role["id"].as_str().unwrap();
+    let resp = app
+        .request(
+            reqwest::Method::PATCH,
+            &format!("/api/v1/roles/{role_id}"),
+            Some(&admin),
+            Some(serde_json::json!({ "scope": "fleet" })),
+        )
+        .await;
+    assert_eq!(resp.status(), reqwest::StatusCode::OK);
+    assert_eq!(reach(&own, "device:write").await, (true, true));
+}
+
+#[tokio::test]
+async fn scopes_are_validated_and_never_widen_beyond_the_callers_own() {
+    let app = TestApp::spawn().await;
+    let admin = app.admin_token.clone();
+    let bad = app
+        .post(
+            "/api/v1/roles",
+            &admin,
+            serde_json::json!({ "name": "x", "scope": "team", "permissions": [] }),
+        )
+        .await;
+    assert_eq!(bad.status(), reqwest::StatusCode::UNPROCESSABLE_ENTITY);
+    let roles: serde_json::Value = app.get("/api/v1/roles", &admin).await.json().await.unwrap();
+    let admin_role = roles["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|r| r["name"] == "admin")
+        .unwrap()["id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let resp = app
+        .request(
+            reqwest::Method::PATCH,
+            &format!("/api/v1/roles/{admin_role}"),
+            Some(&admin),
+            Some(serde_json::json!({ "scope": "own" })),
+        )
+        .await;
+    assert_eq!(resp.status(), reqwest::StatusCode::CONFLICT);
+
+    // A role manager who holds device:read on their own devices only may
+    // hand it on with that scope, not on the whole fleet.
+    let resp = app
+        .post(
+            "/api/v1/roles",
+            &admin,
+            serde_json::json!({
+                "name": "leads",
+                "scope": "own",
+                "permissions": ["device:read", "role:manage", "user:manage"],
+            }),
+        )
+        .await;
+    assert_eq!(resp.status(), reqwest::StatusCode::CREATED);
+    app.create_user("lea", "lea-password", &["leads"]).await;
+    let lea = app.token("lea", "lea-password").await;
+    let wide = app
+        .post(
+            "/api/v1/roles",
+            &lea,
+            serde_json::json!({ "name": "wide", "scope": "fleet", "permissions": ["device:read"] }),
+        )
+        .await;
+    assert_eq!(wide.status(), reqwest::StatusCode::FORBIDDEN);
+    let narrow = app
+        .post(
+            "/api/v1/roles",
+            &lea,
+            serde_json::json!({ "name": "narrow", "scope": "own", "permissions": ["device:read"] }),
+        )
+        .await;
+    assert_eq!(narrow.status(), reqwest::StatusCode::CREATED);
+    let narrow: serde_json::Value = narrow.json().await.unwrap();
+    let widen = app
+        .request(
+            reqwest::Method::PATCH,
+            &format!("/api/v1/roles/{}", narrow["id"].as_str().unwrap()),
+            Some(&lea),
+            Some(serde_json::json!({ "scope": "fleet" })),
+        )
+        .await;
+    assert_eq!(widen.status(), reqwest::StatusCode::FORBIDDEN);
+    // Nor may they give anyone a role carrying device:read on the fleet.
+    app.create_role("fleet-readers", &["device:read"]).await;
+    let user = |role: &str, name: &str| {
+        serde_json::json!({
+            "username": name, "email": format!("{name}@example.com"),
+            "password": "vic-password", "roles": [role],
+        })
+    };
+    let resp = app
+        .post("/api/v1/users", &lea, user("fleet-readers", "vic"))
+        .await;
+    assert_eq!(resp.status(), reqwest::StatusCode::FORBIDDEN);
+    let resp = app.post("/api/v1/users", &lea, user("narrow", "val")).await;
+    assert_eq!(resp.status(), reqwest::StatusCode::CREATED);
+}

@@ -30,9 +30,24 @@ async fn migrations_run_up_down_and_up_again() {
         .unwrap();
     assert_eq!(roles, 3);
 
+    // Revert down to the seed: the roles' scope goes first.
+    let seed = status
+        .iter()
+        .position(|m| m.description.contains("seed"))
+        .expect("the seed migration");
+    let after_seed = status.len() - seed - 1;
+    let reverted = db.migrate_down(&MIGRATIONS, after_seed).await.unwrap();
+    assert_eq!(reverted.len(), after_seed);
+    assert!(
+        sqlx::query("SELECT scope FROM roles")
+            .fetch_all(&db.pool)
+            .await
+            .is_err(),
+        "the scope column is gone"
+    );
     // Revert the seed: the tables stay, the built-in roles go.
     let reverted = db.migrate_down(&MIGRATIONS, 1).await.unwrap();
-    assert_eq!(reverted, vec![status[status.len() - 1].version]);
+    assert_eq!(reverted, vec![status[seed].version]);
     let roles: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM roles")
         .fetch_one(&db.pool)
         .await

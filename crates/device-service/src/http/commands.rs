@@ -95,8 +95,8 @@ pub async fn create(
     headers: HeaderMap,
     extract::Json(req): extract::Json<CreateRequest>,
 ) -> Result<(StatusCode, Json<CommandDto>)> {
-    caller.require(&state, Permission::DeviceCommand).await?;
-    let device = state.device_for(&caller, &device_id).await?;
+    let access = caller.require(&state, Permission::DeviceCommand).await?;
+    let device = state.device_for(&access, &device_id).await?;
     let name = CommandName::parse(&req.name).map_err(Error::Validation)?;
     let max = state.config.command_max_timeout_secs;
     let timeout_s = req
@@ -368,8 +368,8 @@ pub async fn list(
     Path(device_id): Path<String>,
     Query(q): Query<ListQuery>,
 ) -> Result<Json<Paged<CommandDto>>> {
-    caller.require(&state, Permission::DeviceRead).await?;
-    state.device_for(&caller, &device_id).await?;
+    let access = caller.require(&state, Permission::DeviceRead).await?;
+    state.device_for(&access, &device_id).await?;
     let filter = CommandFilter {
         device_id: Some(device_id),
         status: status_filter(q.status)?,
@@ -388,11 +388,11 @@ pub async fn list_all(
     caller: Caller,
     Query(q): Query<FleetListQuery>,
 ) -> Result<Json<Paged<CommandDto>>> {
-    caller.require(&state, Permission::DeviceRead).await?;
+    let access = caller.require(&state, Permission::DeviceRead).await?;
     wf_common::text::check_filter("device", q.device.as_deref()).map_err(Error::Validation)?;
     let filter = CommandFilter {
         device_id: q.device.filter(|d| !d.is_empty()),
-        owner_id: caller.owner_filter(),
+        owner_id: access.owner_filter().map(str::to_string),
         status: status_filter(q.status)?,
     };
     listing(&state, filter, q.limit, q.offset).await
@@ -405,8 +405,8 @@ pub async fn get(
     caller: Caller,
     Path((device_id, command_id)): Path<(String, String)>,
 ) -> Result<Json<CommandDto>> {
-    caller.require(&state, Permission::DeviceRead).await?;
-    state.device_for(&caller, &device_id).await?;
+    let access = caller.require(&state, Permission::DeviceRead).await?;
+    state.device_for(&access, &device_id).await?;
     match state.store.get_command(&command_id).await? {
         Some(c) if c.device_id == device_id => Ok(Json(c.into())),
         _ => Err(Error::NotFound(format!(

@@ -9,6 +9,7 @@ use wf_common::error::ErrorEnvelope;
 use wf_common::events::{DeviceDeleted, publish_json, topics};
 use wf_common::extract::{self, Path, Query};
 use wf_common::format_millis;
+use wf_common::permissions::Scope;
 
 use super::{Paged, page};
 use crate::domain::{DeviceId, DeviceSecret, Tag, normalize_tags};
@@ -142,7 +143,7 @@ pub async fn create(
     caller: Caller,
     extract::Json(req): extract::Json<CreateRequest>,
 ) -> Result<(StatusCode, Json<DeviceWithSecret>)> {
-    caller.require(&state, Permission::DeviceWrite).await?;
+    let access = caller.require(&state, Permission::DeviceWrite).await?;
     let id = match req.id.as_deref().map(str::trim).filter(|s| !s.is_empty()) {
         Some(id) => DeviceId::parse(id).map_err(Error::Validation)?,
         None => DeviceId::generate(),
@@ -160,7 +161,7 @@ pub async fn create(
     };
     state.store.insert_device(&device).await?;
     sync_credentials(&state, &device.id, secret.expose()).await;
-    let record = state.device_for(&caller, &device.id).await?;
+    let record = state.device_for(&access, &device.id).await?;
     tracing::info!(device_id = %record.id, owner = %caller.username, "device created");
     Ok((StatusCode::CREATED, Json(with_secret(record, &secret))))
 }
@@ -200,7 +201,7 @@ pub async fn list(
     caller: Caller,
     Query(q): Query<ListQuery>,
 ) -> Result<Json<Paged<DeviceDto>>> {
-    caller.require(&state, Permission::DeviceRead).await?;
+    let access = caller.require(&state, Permission::DeviceRead).await?;
     let (limit, offset) = page(q.limit, q.offset)?;
     for (field, value) in [
         ("name", &q.name),
@@ -250,7 +251,7 @@ pub async fn list(
             device_type: q.device_type.filter(|t| !t.is_empty()),
             tag,
             online,
-            owner_id: caller.owner_filter(),
+            owner_id: access.owner_filter().map(str::to_string),
             sort,
             descending,
             limit,
@@ -273,8 +274,8 @@ pub async fn get(
     caller: Caller,
     Path(id): Path<String>,
 ) -> Result<Json<DeviceDto>> {
-    caller.require(&state, Permission::DeviceRead).await?;
-    Ok(Json(state.device_for(&caller, &id).await?.into()))
+    let access = caller.require(&state, Permission::DeviceRead).await?;
+    Ok(Json(state.device_for(&access, &id).await?.into()))
 }
 
 #[derive(Deserialize, utoipa::ToSchema)]
@@ -296,8 +297,8 @@ pub async fn update(
     Path(id): Path<String>,
     extract::Json(req): extract::Json<UpdateRequest>,
 ) -> Result<Json<DeviceDto>> {
-    caller.require(&state, Permission::DeviceWrite).await?;
-    state.device_for(&caller, &id).await?;
+    let access = caller.require(&state, Permission::DeviceWrite).await?;
+    state.device_for(&access, &id).await?;
     let update = DeviceUpdate {
         name: req.name.as_deref().map(check_name).transpose()?,
         device_type: req.device_type.as_deref().map(check_type).transpose()?,
@@ -316,7 +317,7 @@ pub async fn update(
     {
         return Err(Error::NotFound(format!("no device with id {id:?}")));
     }
-    Ok(Json(state.device_for(&caller, &id).await?.into()))
+    Ok(Json(state.device_for(&access, &id).await?.into()))
 }
 
 /// Deletes a device and everything stored about it, and announces
@@ -328,8 +329,8 @@ pub async fn delete(
     caller: Caller,
     Path(id): Path<String>,
 ) -> Result<StatusCode> {
-    caller.require(&state, Permission::DeviceWrite).await?;
-    state.device_for(&caller, &id).await?;
+    let access = caller.require(&state, Permission::DeviceWrite).await?;
+    state.device_for(&access, &id).await?;
     if !state.store.delete_device(&id).await? {
         return Err(Error::NotFound(format!("no device with id {id:?}")));
     }
@@ -353,8 +354,8 @@ pub async fn rotate_secret(
     caller: Caller,
     Path(id): Path<String>,
 ) -> Result<Json<DeviceWithSecret>> {
-    caller.require(&state, Permission::DeviceWrite).await?;
-    state.device_for(&caller, &id).await?;
+    let access = caller.require(&state, Permission::DeviceWrite).await?;
+    state.device_for(&access, &id).await?;
     let secret = DeviceSecret::generate();
     state
         .store
@@ -362,9 +363,63 @@ pub async fn rotate_secret(
         .await?;
     sync_credentials(&state, &id, secret.expose()).await;
     Ok(Json(with_secret(
-        state.device_for(&caller, &id).await?,
+        state.device_for(&access, &id).await?,
         &secret,
     )))
+}
+
+#[derive(Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct TransferRequest {
+    /// The id of the user who owns the device from now on.
+    #[schema(min_length = 1, max_length = 36)]
+    owner_id: String,
+}
+
+/// Hands a device to another owner (administrators only). What a role of
+/// scope `own` reaches follows the owner at once.
+#[utoipa::path(put, path = "/api/v1/devices/{id}/owner", tag = "devices", security(("bearer" = [])), params(("id" = String, Path)), request_body = TransferRequest,
+    responses((status = 200, body = DeviceDto),
+        (status = 403, description = "Not an administrator", body = ErrorEnvelope),
+        (status = 404, body = ErrorEnvelope),
+        (status = 422, description = "No user with that id", body = ErrorEnvelope),
+        (status = 507, description = "Storage is full: nothing was saved; retry once space is freed", body = ErrorEnvelope)))]
+pub async fn transfer(
+    State(state): State<AppState>,
+    caller: Caller,
+    Path(id): Path<String>,
+    extract::Json(req): extract::Json<TransferRequest>,
+) -> Result<Json<DeviceDto>> {
+    let access = caller.require(&state, Permission::DeviceWrite).await?;
+    if !caller.is_admin {
+        return Err(Error::Forbidden(
+            "only an administrator can hand a device to another owner".into(),
+        ));
+    }
+    let previous = state.device_for(&access, &id).await?;
+    let owner_id = req.owner_id.trim();
+    if owner_id.is_empty() || owner_id.len() > 36 {
+        return Err(Error::Validation(
+            "owner_id must be a user id of 1 to 36 characters".into(),
+        ));
+    }
+    if !state
+        .auth
+        .user_exists(owner_id)
+        .await
+        .map_err(|s| crate::clients::call_error("auth-service", s))?
+    {
+        return Err(Error::Validation(format!("no user with id {owner_id:?}")));
+    }
+    if !state
+        .store
+        .set_owner(&id, owner_id, wf_common::now_millis())
+        .await?
+    {
+        return Err(Error::NotFound(format!("no device with id {id:?}")));
+    }
+    tracing::info!(device_id = %id, from = %previous.owner_id, to = %owner_id, by = %caller.username, "device handed to another owner");
+    Ok(Json(state.device_for(&access, &id).await?.into()))
 }
 
 #[derive(Serialize, utoipa::ToSchema)]
@@ -388,8 +443,8 @@ pub async fn status_history(
     Path(id): Path<String>,
     Query(q): Query<HistoryQuery>,
 ) -> Result<Json<Vec<StatusDto>>> {
-    caller.require(&state, Permission::DeviceRead).await?;
-    state.device_for(&caller, &id).await?;
+    let access = caller.require(&state, Permission::DeviceRead).await?;
+    state.device_for(&access, &id).await?;
     let (limit, _) = page(q.limit, None)?;
     let history = state.store.status_history(&id, limit).await?;
     Ok(Json(
@@ -409,18 +464,22 @@ pub struct Summary {
     total: i64,
     online: i64,
     offline: i64,
+    /// Which devices the caller's `device:read` reaches, and these counts
+    /// cover: `fleet` (every device) or `own` (the caller's).
+    scope: Scope,
 }
 
-/// Device counts for the caller's fleet.
+/// Device counts for the devices the caller may see.
 #[utoipa::path(get, path = "/api/v1/devices/summary", tag = "devices", security(("bearer" = [])),
     responses((status = 200, body = Summary), (status = 403, body = ErrorEnvelope)))]
 pub async fn summary(State(state): State<AppState>, caller: Caller) -> Result<Json<Summary>> {
-    caller.require(&state, Permission::DeviceRead).await?;
-    let owner = caller.owner_filter();
+    let access = caller.require(&state, Permission::DeviceRead).await?;
+    let owner = access.owner_filter().map(str::to_string);
     let (total, online) = state.store.count_devices(owner.as_deref()).await?;
     Ok(Json(Summary {
         total,
         online,
         offline: total - online,
+        scope: access.scope,
     }))
 }

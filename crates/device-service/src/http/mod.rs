@@ -8,7 +8,7 @@ use axum::Router;
 use axum::extract::FromRequestParts;
 use axum::http::header::AUTHORIZATION;
 use axum::http::request::Parts;
-use axum::routing::{get, post};
+use axum::routing::{get, post, put};
 use utoipa::OpenApi;
 use wf_common::http::{finish, ops_routes};
 use wf_common::openapi::BearerAuth;
@@ -29,6 +29,7 @@ pub fn router(state: AppState) -> Router {
                 .delete(devices::delete),
         )
         .route("/api/v1/devices/{id}/secret", post(devices::rotate_secret))
+        .route("/api/v1/devices/{id}/owner", put(devices::transfer))
         .route(
             "/api/v1/devices/{id}/status-history",
             get(devices::status_history),
@@ -68,7 +69,7 @@ pub fn router(state: AppState) -> Router {
     info(title = "wf-iot device-service"),
     paths(
         devices::list, devices::create, devices::summary, devices::get, devices::update,
-        devices::delete, devices::rotate_secret, devices::status_history,
+        devices::delete, devices::rotate_secret, devices::transfer, devices::status_history,
         telemetry::latest, telemetry::series,
         commands::list, commands::list_all, commands::create, commands::get,
     ),

@@ -25,8 +25,8 @@ pub async fn latest(
     caller: Caller,
     Path(id): Path<String>,
 ) -> Result<Json<Latest>> {
-    caller.require(&state, Permission::DeviceRead).await?;
-    state.device_for(&caller, &id).await?;
+    let access = caller.require(&state, Permission::DeviceRead).await?;
+    state.device_for(&access, &id).await?;
     let values = state.store.latest_values(&id).await?;
     Ok(Json(Latest {
         device_id: id,
@@ -78,7 +78,7 @@ pub async fn series(
     Path(id): Path<String>,
     Query(q): Query<SeriesQuery>,
 ) -> Result<Json<Series>> {
-    caller.require(&state, Permission::DeviceRead).await?;
+    let access = caller.require(&state, Permission::DeviceRead).await?;
     let spec = SeriesSpec::parse(
         SeriesParams {
             metric: q.metric.as_deref(),
@@ -92,7 +92,7 @@ pub async fn series(
         state.config.max_series_points,
     )
     .map_err(Error::Validation)?;
-    state.device_for(&caller, &id).await?;
+    state.device_for(&access, &id).await?;
     let SeriesSpec {
         metric,
         from,

@@ -306,6 +306,18 @@ impl Store {
         Ok(true)
     }
 
+    /// Hands a device to another owner; `false` when the device is unknown.
+    pub async fn set_owner(&self, id: &str, owner_id: &str, now: i64) -> Result<bool> {
+        let _forget = self.forget_when_done([id]);
+        let result = sqlx::query("UPDATE devices SET owner_id = ?, updated_at = ? WHERE id = ?")
+            .bind(owner_id)
+            .bind(now)
+            .bind(id)
+            .execute(&self.db.pool)
+            .await?;
+        Ok(result.rows_affected() > 0)
+    }
+
     pub async fn set_secret_hash(&self, id: &str, hash: &str, now: i64) -> Result<bool> {
         let _forget = self.forget_when_done([id]);
         let result = sqlx::query("UPDATE devices SET secret_hash = ?, updated_at = ? WHERE id = ?")
@@ -364,29 +376,65 @@ impl Store {
     }
 
     /// Applies a status change unless a later one was applied already
-    /// (events can arrive out of order or twice).
+    /// (events can arrive out of order or twice). An online device records
+    /// the embedded broker instance holding its connection (`broker`).
     pub async fn apply_status(
         &self,
         id: &str,
         online: bool,
         at: i64,
         reason: &str,
+        broker: Option<&str>,
+    ) -> Result<bool> {
+        self.change_status(id, online, at, reason, broker, None)
+            .await
+    }
+
+    /// Takes a device offline if it is still online through `broker`
+    /// (and not back through another instance meanwhile).
+    pub async fn mark_offline_on(
+        &self,
+        id: &str,
+        broker: &str,
+        at: i64,
+        reason: &str,
+    ) -> Result<bool> {
+        self.change_status(id, false, at, reason, None, Some(broker))
+            .await
+    }
+
+    async fn change_status(
+        &self,
+        id: &str,
+        online: bool,
+        at: i64,
+        reason: &str,
+        broker: Option<&str>,
+        only_on: Option<&str>,
     ) -> Result<bool> {
         let _forget = self.forget_when_done([id]);
         let mut tx = self.db.pool.begin().await?;
-        let result = sqlx::query(
-            "UPDATE devices SET online = ?, status_changed_at = ?, \
+        let sql = if only_on.is_some() {
+            "UPDATE devices SET online = ?, status_changed_at = ?, broker = ?, \
              last_seen_at = CASE WHEN last_seen_at IS NULL OR last_seen_at < ? THEN ? ELSE last_seen_at END \
-             WHERE id = ? AND status_changed_at <= ?",
-        )
-        .bind(i64::from(online))
-        .bind(at)
-        .bind(at)
-        .bind(at)
-        .bind(id)
-        .bind(at)
-        .execute(&mut *tx)
-        .await?;
+             WHERE id = ? AND status_changed_at <= ? AND online = 1 AND broker = ?"
+        } else {
+            "UPDATE devices SET online = ?, status_changed_at = ?, broker = ?, \
+             last_seen_at = CASE WHEN last_seen_at IS NULL OR last_seen_at < ? THEN ? ELSE last_seen_at END \
+             WHERE id = ? AND status_changed_at <= ?"
+        };
+        let mut update = sqlx::query(sql)
+            .bind(i64::from(online))
+            .bind(at)
+            .bind(broker.filter(|_| online).map(str::to_string))
+            .bind(at)
+            .bind(at)
+            .bind(id)
+            .bind(at);
+        if let Some(b) = only_on {
+            update = update.bind(b.to_string());
+        }
+        let result = update.execute(&mut *tx).await?;
         let exists = result.rows_affected() > 0;
         if exists {
             let insert = match self.db.dialect {
@@ -461,9 +509,92 @@ impl Store {
             .map(|r| r.try_get("id"))
             .collect::<sqlx::Result<_>>()?;
         for id in &ids {
-            self.apply_status(id, false, now, "server_restart").await?;
+            self.apply_status(id, false, now, "server_restart", None)
+                .await?;
         }
         Ok(ids.len() as u64)
+    }
+
+    /// Records that embedded broker instance `broker` holds its connections
+    /// until `lease_until` (ms); never shortens a lease already granted.
+    pub async fn renew_broker_lease(&self, broker: &str, lease_until: i64) -> Result<()> {
+        let sql = match self.db.dialect {
+            wf_common::db::Dialect::Sqlite => {
+                "INSERT INTO mqtt_brokers (id, lease_until) VALUES (?, ?) \
+                 ON CONFLICT (id) DO UPDATE SET lease_until = MAX(lease_until, excluded.lease_until)"
+            }
+            wf_common::db::Dialect::MySql => {
+                "INSERT INTO mqtt_brokers (id, lease_until) VALUES (?, ?) \
+                 ON DUPLICATE KEY UPDATE lease_until = GREATEST(lease_until, VALUES(lease_until))"
+            }
+        };
+        sqlx::query(sql)
+            .bind(broker)
+            .bind(lease_until)
+            .execute(&self.db.pool)
+            .await?;
+        Ok(())
+    }
+
+    /// Broker instances whose lease lapsed before `now`.
+    pub async fn lapsed_brokers(&self, now: i64) -> Result<Vec<String>> {
+        let rows = sqlx::query("SELECT id FROM mqtt_brokers WHERE lease_until < ?")
+            .bind(now)
+            .fetch_all(&self.db.pool)
+            .await?;
+        Ok(rows
+            .iter()
+            .map(|r| r.try_get("id"))
+            .collect::<sqlx::Result<_>>()?)
+    }
+
+    /// Up to `limit` devices online through `broker`.
+    pub async fn devices_on_broker(&self, broker: &str, limit: i64) -> Result<Vec<String>> {
+        let rows = sqlx::query("SELECT id FROM devices WHERE broker = ? AND online = 1 LIMIT ?")
+            .bind(broker)
+            .bind(limit)
+            .fetch_all(&self.db.pool)
+            .await?;
+        Ok(rows
+            .iter()
+            .map(|r| r.try_get("id"))
+            .collect::<sqlx::Result<_>>()?)
+    }
+
+    /// Up to `limit` devices online through a broker instance never heard
+    /// of, that came online before `before` (so its first heartbeat had
+    /// the time to arrive): `(device, broker)`.
+    pub async fn devices_on_unknown_brokers(
+        &self,
+        before: i64,
+        limit: i64,
+    ) -> Result<Vec<(String, String)>> {
+        let rows = sqlx::query(
+            "SELECT d.id, d.broker FROM devices d LEFT JOIN mqtt_brokers b ON b.id = d.broker \
+             WHERE d.broker IS NOT NULL AND d.online = 1 AND b.id IS NULL \
+             AND d.status_changed_at < ? LIMIT ?",
+        )
+        .bind(before)
+        .bind(limit)
+        .fetch_all(&self.db.pool)
+        .await?;
+        Ok(rows
+            .iter()
+            .map(|r| Ok((r.try_get("id")?, r.try_get("broker")?)))
+            .collect::<sqlx::Result<_>>()?)
+    }
+
+    /// Forgets broker instances whose lease lapsed before `before` and that
+    /// no online device names any more.
+    pub async fn forget_lapsed_brokers(&self, before: i64) -> Result<u64> {
+        let result = sqlx::query(
+            "DELETE FROM mqtt_brokers WHERE lease_until < ? AND id NOT IN \
+             (SELECT broker FROM devices WHERE broker IS NOT NULL AND online = 1)",
+        )
+        .bind(before)
+        .execute(&self.db.pool)
+        .await?;
+        Ok(result.rows_affected())
     }
 
     /// Moves devices' last-seen times forward (never back).

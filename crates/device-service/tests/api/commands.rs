@@ -167,6 +167,7 @@ async fn a_device_that_comes_back_gets_its_open_commands_again() {
             online: true,
             at: wf_common::now_millis(),
             reason: "connected".into(),
+            broker: None,
         }],
     )
     .await;
@@ -186,7 +187,13 @@ async fn a_device_that_comes_back_gets_its_open_commands_again() {
 #[tokio::test]
 async fn the_fleet_wide_listing_shows_what_the_caller_may_see() {
     let app = TestApp::spawn().await;
-    let alice = app.user("alice", &["operator"]).await;
+    app.role(
+        "own-operators",
+        "own",
+        &["device:read", "device:write", "device:command"],
+    )
+    .await;
+    let alice = app.user("alice", &["own-operators"]).await;
     let viewer = app.user("vera", &["viewer"]).await;
     app.device(&app.admin_token, json!({ "id": "f-admin", "name": "A" }))
         .await;
@@ -222,7 +229,8 @@ async fn the_fleet_wide_listing_shows_what_the_caller_may_see() {
             .map(|c| c["name"].as_str().unwrap().to_string())
             .collect()
     };
-    // An administrator sees the whole fleet, newest first.
+    // An administrator (and any role of scope fleet) sees the whole fleet,
+    // newest first.
     let all = app.get_json("/api/v1/commands", &app.admin_token).await;
     assert_eq!(all["total"], 3);
     assert_eq!(names(&all), ["third", "second", "first"]);
@@ -237,8 +245,8 @@ async fn the_fleet_wide_listing_shows_what_the_caller_may_see() {
         .get_json("/api/v1/commands?device=f-admin", &app.admin_token)
         .await;
     assert_eq!(names(&one_device), ["third", "first"]);
-    // Anyone else sees the commands to their own devices only; naming
-    // another owner's device reveals nothing.
+    // A role of scope own sees the commands to its holder's devices only;
+    // naming another owner's device reveals nothing.
     let mine = app.get_json("/api/v1/commands", &alice).await;
     assert_eq!(
         (mine["total"].as_i64(), names(&mine)),
@@ -248,8 +256,8 @@ async fn the_fleet_wide_listing_shows_what_the_caller_may_see() {
         .get_json("/api/v1/commands?device=f-admin", &alice)
         .await;
     assert_eq!(theirs["total"], 0);
-    let none = app.get_json("/api/v1/commands", &viewer).await;
-    assert_eq!(none["total"], 0);
+    let fleet = app.get_json("/api/v1/commands", &viewer).await;
+    assert_eq!(fleet["total"], 3, "the viewer role reaches the whole fleet");
     // Filtered by status.
     app.publish(
         topics::DEVICE_COMMAND_RESPONDED,

@@ -4,7 +4,9 @@ use std::time::Duration;
 
 use reqwest::{Method, StatusCode};
 use serde_json::{Value, json};
-use wf_common::events::{DeviceDeleted, EventBus, OtaProgress, StatusChanged, topics};
+use wf_common::events::{
+    BrokerHeartbeat, DeviceDeleted, EventBus, OtaProgress, StatusChanged, topics,
+};
 use wf_proto::device::device_service_client::DeviceServiceClient;
 use wf_proto::device::{AuthenticateDeviceRequest, GetDeviceRequest, ListDevicesRequest};
 
@@ -104,7 +106,10 @@ async fn create_read_update_list_and_delete() {
     let event: DeviceDeleted = events[0].decode().unwrap();
     assert_eq!(event.device_id, "boiler-1");
     let summary = app.get_json("/api/v1/devices/summary", &admin).await;
-    assert_eq!(summary, json!({ "total": 2, "online": 0, "offline": 2 }));
+    assert_eq!(
+        summary,
+        json!({ "total": 2, "online": 0, "offline": 2, "scope": "fleet" })
+    );
 }
 
 #[tokio::test]
@@ -196,49 +201,130 @@ async fn bad_input_is_refused_clearly() {
 }
 
 #[tokio::test]
-async fn users_see_only_their_own_devices_and_admins_see_all() {
+async fn a_roles_scope_decides_whose_devices_it_reaches() {
     let app = TestApp::spawn().await;
+    app.role(
+        "own-operators",
+        "own",
+        &["device:read", "device:write", "device:command"],
+    )
+    .await;
     let alice = app.user("alice", &["operator"]).await;
-    let bob = app.user("bob", &["operator"]).await;
+    let bob = app.user("bob", &["own-operators"]).await;
+    let carol = app.user("carol", &["own-operators"]).await;
     app.device(&alice, json!({ "id": "alice-1", "name": "Alice's" }))
         .await;
     app.device(&bob, json!({ "id": "bob-1", "name": "Bob's" }))
         .await;
+    app.device(&carol, json!({ "id": "carol-1", "name": "Carol's" }))
+        .await;
 
-    let mine = app.get_json("/api/v1/devices", &alice).await;
-    assert_eq!(mine["total"], 1);
-    assert_eq!(mine["items"][0]["id"], "alice-1");
+    // The built-in operator role reaches the whole fleet.
+    let fleet = app.get_json("/api/v1/devices", &alice).await;
+    assert_eq!(fleet["total"], 3);
+    let summary = app.get_json("/api/v1/devices/summary", &alice).await;
+    assert_eq!(
+        (summary["total"].as_i64(), summary["scope"].as_str()),
+        (Some(3), Some("fleet"))
+    );
     for (method, path) in [
         (Method::GET, "/api/v1/devices/bob-1"),
-        (Method::DELETE, "/api/v1/devices/bob-1"),
         (Method::GET, "/api/v1/devices/bob-1/telemetry/latest"),
         (Method::GET, "/api/v1/devices/bob-1/commands"),
-        (Method::POST, "/api/v1/devices/bob-1/secret"),
     ] {
         let resp = app.request(method.clone(), path, Some(&alice), None).await;
-        assert_eq!(resp.status(), StatusCode::NOT_FOUND, "{method} {path}");
+        assert_eq!(resp.status(), StatusCode::OK, "operator {method} {path}");
     }
-    let resp = app
-        .request(
+
+    // A role of scope own reaches its holder's devices only; another
+    // owner's device is answered like an unknown one.
+    let mine = app.get_json("/api/v1/devices", &bob).await;
+    assert_eq!(mine["total"], 1);
+    assert_eq!(mine["items"][0]["id"], "bob-1");
+    let summary = app.get_json("/api/v1/devices/summary", &bob).await;
+    assert_eq!(
+        (summary["total"].as_i64(), summary["scope"].as_str()),
+        (Some(1), Some("own"))
+    );
+    for (method, path) in [
+        (Method::GET, "/api/v1/devices/carol-1"),
+        (Method::DELETE, "/api/v1/devices/carol-1"),
+        (Method::GET, "/api/v1/devices/carol-1/telemetry/latest"),
+        (Method::GET, "/api/v1/devices/carol-1/commands"),
+        (Method::GET, "/api/v1/devices/carol-1/status-history"),
+        (Method::POST, "/api/v1/devices/carol-1/secret"),
+    ] {
+        let resp = app.request(method.clone(), path, Some(&bob), None).await;
+        assert_eq!(resp.status(), StatusCode::NOT_FOUND, "own {method} {path}");
+    }
+    for (method, path, body) in [
+        (
             Method::POST,
-            "/api/v1/devices/bob-1/commands",
-            Some(&alice),
-            Some(json!({ "name": "reboot" })),
+            "/api/v1/devices/carol-1/commands",
+            json!({ "name": "reboot" }),
+        ),
+        (
+            Method::PATCH,
+            "/api/v1/devices/carol-1",
+            json!({ "name": "mine now" }),
+        ),
+    ] {
+        let resp = app
+            .request(method.clone(), path, Some(&bob), Some(body))
+            .await;
+        assert_eq!(resp.status(), StatusCode::NOT_FOUND, "own {method} {path}");
+    }
+
+    // Only an administrator hands a device to another owner; the new
+    // owner's reach follows at once.
+    let bob_id = app.user_id(&bob).await;
+    let transfer = async |token: &str, device: &str, owner: &str| {
+        app.request(
+            Method::PUT,
+            &format!("/api/v1/devices/{device}/owner"),
+            Some(token),
+            Some(json!({ "owner_id": owner })),
         )
+        .await
+    };
+    for token in [&alice, &bob] {
+        let resp = transfer(token, "carol-1", &bob_id).await;
+        assert_eq!(resp.status(), StatusCode::FORBIDDEN);
+    }
+    let resp = transfer(&app.admin_token, "carol-1", &bob_id).await;
+    assert_eq!(resp.status(), StatusCode::OK);
+    assert_eq!(
+        resp.json::<Value>().await.unwrap()["owner_id"],
+        bob_id.as_str()
+    );
+    assert_eq!(app.get_json("/api/v1/devices", &bob).await["total"], 2);
+    assert_eq!(app.get_json("/api/v1/devices", &carol).await["total"], 0);
+    let resp = app
+        .request(Method::GET, "/api/v1/devices/carol-1", Some(&carol), None)
         .await;
     assert_eq!(resp.status(), StatusCode::NOT_FOUND);
-    assert_eq!(
-        app.get_json("/api/v1/devices/summary", &alice).await["total"],
-        1
-    );
-
-    let all = app.get_json("/api/v1/devices", &app.admin_token).await;
-    assert_eq!(all["total"], 2);
-    assert_eq!(
-        app.get_json("/api/v1/devices/bob-1", &app.admin_token)
-            .await["owner_id"],
-        app.get_json("/api/v1/devices/bob-1", &bob).await["owner_id"]
-    );
+    // Bad transfers.
+    assert_error(
+        transfer(&app.admin_token, "carol-1", "no-such-user").await,
+        StatusCode::UNPROCESSABLE_ENTITY,
+        "validation_failed",
+    )
+    .await;
+    assert_error(
+        transfer(&app.admin_token, "nope", &bob_id).await,
+        StatusCode::NOT_FOUND,
+        "not_found",
+    )
+    .await;
+    let resp = app
+        .request(
+            Method::PUT,
+            "/api/v1/devices/carol-1/owner",
+            Some(&app.admin_token),
+            Some(json!({ "owner": bob_id })),
+        )
+        .await;
+    assert_eq!(resp.status(), StatusCode::UNPROCESSABLE_ENTITY);
 }
 
 #[tokio::test]
@@ -249,7 +335,7 @@ async fn every_endpoint_checks_its_permission() {
         .await;
     let viewer = app.user("vera", &["viewer"]).await;
     let nobody = app.user("nobody", &[]).await;
-    // d1 belongs to the admin: a viewer holds device:read but does not own it.
+    // d1 belongs to the admin; the viewer role reaches the whole fleet.
     let endpoints: Vec<(Method, &str, Option<Value>, &str)> = vec![
         (Method::GET, "/api/v1/devices", None, "device:read"),
         (Method::GET, "/api/v1/devices/summary", None, "device:read"),
@@ -264,6 +350,12 @@ async fn every_endpoint_checks_its_permission() {
             Method::PATCH,
             "/api/v1/devices/d1",
             Some(json!({ "name": "renamed" })),
+            "device:write",
+        ),
+        (
+            Method::PUT,
+            "/api/v1/devices/d1/owner",
+            Some(json!({ "owner_id": "someone" })),
             "device:write",
         ),
         (Method::DELETE, "/api/v1/devices/d1", None, "device:write"),
@@ -332,11 +424,7 @@ async fn every_endpoint_checks_its_permission() {
             .await
             .status();
         if *permission == "device:read" {
-            // Allowed; d1 belongs to the admin, so single-device reads are 404.
-            assert!(
-                viewer_status == StatusCode::OK || viewer_status == StatusCode::NOT_FOUND,
-                "{method} {path}: {viewer_status}"
-            );
+            assert_eq!(viewer_status, StatusCode::OK, "viewer {method} {path}");
         } else {
             assert_eq!(
                 viewer_status,
@@ -539,6 +627,7 @@ async fn status_follows_events_in_time_order() {
         online,
         at,
         reason: reason.into(),
+        broker: None,
     };
     let t0 = wf_common::now_millis();
     app.publish(
@@ -583,6 +672,103 @@ async fn status_follows_events_in_time_order() {
     assert_eq!(reasons, ["disconnected", "connected"]);
 }
 
+/// A gateway instance that dies without closing its sessions (kill -9, a
+/// lost machine) stops renewing its broker's lease; its devices go offline
+/// once the lease lapses, and no one else's do.
+#[tokio::test]
+async fn devices_of_a_gateway_instance_that_stops_renewing_its_lease_go_offline() {
+    let app = TestApp::spawn().await;
+    let admin = app.admin_token.clone();
+    for id in ["on-lost", "on-alive", "on-mosquitto", "moved"] {
+        app.device(&admin, json!({ "id": id, "name": id })).await;
+    }
+    let mut announced = app
+        .bus
+        .subscribe(topics::DEVICE_STATUS_CHANGED, "observer", "t")
+        .await
+        .unwrap();
+    let beat = |broker: &str, lease_ms: i64| BrokerHeartbeat {
+        broker: broker.into(),
+        at: wf_common::now_millis(),
+        lease_ms,
+    };
+    let online = |device: &str, broker: Option<&str>| StatusChanged {
+        device_id: device.into(),
+        online: true,
+        at: wf_common::now_millis(),
+        reason: "connected".into(),
+        broker: broker.map(str::to_string),
+    };
+    app.publish(
+        topics::MQTT_BROKER_HEARTBEAT,
+        &[beat("gw-lost", 1500), beat("gw-alive", 120_000)],
+    )
+    .await;
+    app.publish(
+        topics::DEVICE_STATUS_CHANGED,
+        &[
+            online("on-lost", Some("gw-lost")),
+            online("moved", Some("gw-lost")),
+            online("on-alive", Some("gw-alive")),
+            online("on-mosquitto", None),
+        ],
+    )
+    .await;
+    eventually("all four online", || async {
+        let page = app.get_json("/api/v1/devices?status=online", &admin).await;
+        (page["total"] == 4).then_some(())
+    })
+    .await;
+    // One device moves to the live instance before the lost one lapses.
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    app.publish(
+        topics::DEVICE_STATUS_CHANGED,
+        &[online("moved", Some("gw-alive"))],
+    )
+    .await;
+
+    let lapsed = std::time::Instant::now();
+    eventually("the lost instance's device offline", || async {
+        (app.get_json("/api/v1/devices/on-lost", &admin).await["online"] == false).then_some(())
+    })
+    .await;
+    assert!(
+        lapsed.elapsed() < Duration::from_secs(4),
+        "took {:?} for a 1.5 s lease",
+        lapsed.elapsed()
+    );
+    let history = app
+        .get_json("/api/v1/devices/on-lost/status-history", &admin)
+        .await;
+    assert_eq!(history[0]["reason"], "gateway_lost");
+    assert_eq!(history[0]["online"], false);
+    // The change is announced like any other, once.
+    let mut lost = Vec::new();
+    let until = std::time::Instant::now() + Duration::from_secs(3);
+    while std::time::Instant::now() < until {
+        for event in announced
+            .next(16, Duration::from_millis(200))
+            .await
+            .unwrap()
+        {
+            let change: StatusChanged = event.decode().unwrap();
+            if change.reason == "gateway_lost" {
+                lost.push(change.device_id);
+            }
+        }
+    }
+    assert_eq!(lost, ["on-lost"]);
+    // Devices of the live instance, of the external broker, and the one
+    // that moved stay online.
+    for id in ["on-alive", "on-mosquitto", "moved"] {
+        assert_eq!(
+            app.get_json(&format!("/api/v1/devices/{id}"), &admin).await["online"],
+            true,
+            "{id}"
+        );
+    }
+}
+
 #[tokio::test]
 async fn the_openapi_document_lists_every_endpoint() {
     let app = TestApp::spawn().await;
@@ -601,6 +787,7 @@ async fn the_openapi_document_lists_every_endpoint() {
         ("/api/v1/devices/summary", vec!["get"]),
         ("/api/v1/devices/{id}", vec!["get", "patch", "delete"]),
         ("/api/v1/devices/{id}/secret", vec!["post"]),
+        ("/api/v1/devices/{id}/owner", vec!["put"]),
         ("/api/v1/devices/{id}/status-history", vec!["get"]),
         ("/api/v1/devices/{id}/telemetry", vec!["get"]),
         ("/api/v1/devices/{id}/telemetry/latest", vec!["get"]),
@@ -633,6 +820,7 @@ async fn metrics_report_the_fleet_and_the_event_lag() {
             online: true,
             at: wf_common::now_millis(),
             reason: "connected".into(),
+            broker: None,
         }],
     )
     .await;
@@ -758,6 +946,7 @@ async fn reads_through_the_device_cache_follow_every_write() {
             online: true,
             at: t0,
             reason: "connected".into(),
+            broker: None,
         }],
     )
     .await;

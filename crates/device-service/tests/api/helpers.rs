@@ -208,6 +208,36 @@ impl TestApp {
         self.login(username, "user-password-1").await
     }
 
+    /// Creates a role (through auth-service) with `scope` (`fleet` or
+    /// `own`) and `permissions`.
+    pub async fn role(&self, name: &str, scope: &str, permissions: &[&str]) {
+        let resp = self
+            .client
+            .post(format!("{}/api/v1/roles", self.auth_base))
+            .bearer_auth(&self.admin_token)
+            .json(&json!({ "name": name, "scope": scope, "permissions": permissions }))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(resp.status(), StatusCode::CREATED, "creating role {name}");
+    }
+
+    /// The user id behind `token`.
+    pub async fn user_id(&self, token: &str) -> String {
+        let resp = self
+            .client
+            .get(format!("{}/api/v1/auth/me", self.auth_base))
+            .bearer_auth(token)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(resp.status(), StatusCode::OK);
+        resp.json::<Value>().await.unwrap()["id"]
+            .as_str()
+            .unwrap()
+            .to_string()
+    }
+
     pub async fn request(
         &self,
         method: Method,

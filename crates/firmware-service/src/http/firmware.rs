@@ -541,11 +541,11 @@ pub async fn delete(
     caller: Caller,
     Path(id): Path<String>,
 ) -> Result<StatusCode> {
-    caller.require(&state, Permission::Write).await?;
+    let access = caller.require(&state, Permission::Write).await?;
     let Some(firmware) = state.store.get_firmware(&id).await? else {
         return Err(Error::NotFound(format!("no firmware with id {id:?}")));
     };
-    if !caller.owns(&firmware.created_by) {
+    if !access.reaches(&firmware.created_by) {
         metrics::counter!("wf_firmware_refused_total", "reason" => "not_owner").increment(1);
         tracing::warn!(firmware_id = %id, by = %caller.username, "refused: deleting another user's firmware");
         return Err(Error::Forbidden(

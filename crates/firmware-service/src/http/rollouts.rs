@@ -23,7 +23,7 @@ use super::{ExecutionStateSchema, Paged, RolloutStateSchema, page, time};
 use crate::clients::{DeviceQuery, MAX_TARGETS};
 use crate::domain::{ExecutionState, RolloutState, StateCounts, Target, check_device_type, new_id};
 use crate::error::{Error, Result};
-use crate::state::{AppState, Caller, Permission};
+use crate::state::{Access, AppState, Caller, Permission};
 use crate::store::{HistoryRecord, NewRollout, RolloutRecord, TaskRecord};
 
 pub const KIND_ROLLOUT: &str = "rollout";
@@ -330,11 +330,11 @@ fn validate_knobs(spec: &Spec) -> Result<()> {
 /// one); tags and types select visible devices of the firmware's type.
 async fn resolve(
     state: &AppState,
-    caller: &Caller,
+    access: &Access,
     target: &Target,
     device_type: &str,
 ) -> Result<Vec<String>> {
-    let owner_id = caller.owner_filter().map(str::to_string);
+    let owner_id = access.owner_filter().map(str::to_string);
     match target {
         Target::DeviceIds(ids) => {
             let found = state
@@ -418,6 +418,7 @@ async fn resolve(
 pub async fn create_rollout(
     state: &AppState,
     caller: &Caller,
+    access: &Access,
     spec: Spec,
 ) -> Result<(RolloutRecord, Vec<String>)> {
     validate_knobs(&spec)?;
@@ -434,7 +435,7 @@ pub async fn create_rollout(
             .max(now),
         None => now,
     };
-    let devices = resolve(state, caller, &spec.target, &firmware.device_type).await?;
+    let devices = resolve(state, access, &spec.target, &firmware.device_type).await?;
     if devices.is_empty() {
         return Err(Error::Validation(format!(
             "the target matches no {:?} device",
@@ -541,7 +542,7 @@ pub async fn create(
     caller: Caller,
     extract::Json(req): extract::Json<CreateRequest>,
 ) -> Result<(StatusCode, Json<RolloutDto>)> {
-    caller.require(&state, Permission::Deploy).await?;
+    let access = caller.require(&state, Permission::Deploy).await?;
     let name = req.name.trim().to_string();
     if name.is_empty() || name.chars().count() > 200 {
         return Err(Error::Validation("name must be 1 to 200 characters".into()));
@@ -580,6 +581,7 @@ pub async fn create(
     let (rollout, skipped) = create_rollout(
         &state,
         &caller,
+        &access,
         Spec {
             kind: KIND_ROLLOUT,
             name: Some(name),
@@ -630,7 +632,7 @@ pub async fn list(
     caller: Caller,
     Query(q): Query<ListQuery>,
 ) -> Result<Json<Paged<RolloutDto>>> {
-    caller.require(&state, Permission::Read).await?;
+    let access = caller.require(&state, Permission::Read).await?;
     let (limit, offset) = page(q.limit, q.offset)?;
     let filter = match q.state.as_deref().filter(|s| !s.is_empty()) {
         None => None,
@@ -642,7 +644,7 @@ pub async fn list(
     };
     let (rollouts, total) = state
         .store
-        .list_rollouts(KIND_ROLLOUT, filter, caller.owner_filter(), limit, offset)
+        .list_rollouts(KIND_ROLLOUT, filter, access.owner_filter(), limit, offset)
         .await?;
     let ids: Vec<String> = rollouts.iter().map(|r| r.id.clone()).collect();
     let mut counts = state.store.counts_of(&ids).await?;
@@ -662,9 +664,9 @@ pub async fn list(
 
 /// A rollout the caller may see: another owner's is answered like an
 /// unknown one.
-async fn load(state: &AppState, caller: &Caller, id: &str) -> Result<RolloutRecord> {
+async fn load(state: &AppState, access: &Access, id: &str) -> Result<RolloutRecord> {
     match state.store.get_rollout(id).await? {
-        Some(r) if r.kind == KIND_ROLLOUT && caller.owns(&r.created_by) => Ok(r),
+        Some(r) if r.kind == KIND_ROLLOUT && access.reaches(&r.created_by) => Ok(r),
         _ => Err(Error::NotFound(format!("no rollout with id {id:?}"))),
     }
 }
@@ -690,27 +692,27 @@ pub async fn get(
     caller: Caller,
     Path(id): Path<String>,
 ) -> Result<Json<RolloutDto>> {
-    caller.require(&state, Permission::Read).await?;
-    let rollout = load(&state, &caller, &id).await?;
+    let access = caller.require(&state, Permission::Read).await?;
+    let rollout = load(&state, &access, &id).await?;
     dto(&state, rollout).await
 }
 
 /// Moves a rollout by `step`, re-reading it once if it changed meanwhile.
 async fn control(
     state: &AppState,
-    caller: &Caller,
+    access: &Access,
     id: &str,
     step: impl Fn(&RolloutRecord) -> Result<RolloutState, String>,
 ) -> Result<(RolloutRecord, RolloutRecord)> {
     for _ in 0..3 {
-        let current = load(state, caller, id).await?;
+        let current = load(state, access, id).await?;
         let next = step(&current).map_err(Error::Conflict)?;
         if state
             .store
             .set_rollout_state(id, current.state, next, None, wf_common::now_millis())
             .await?
         {
-            let updated = load(state, caller, id).await?;
+            let updated = load(state, access, id).await?;
             return Ok((current, updated));
         }
     }
@@ -736,8 +738,8 @@ pub async fn pause(
     caller: Caller,
     Path(id): Path<String>,
 ) -> Result<Json<RolloutDto>> {
-    caller.require(&state, Permission::Deploy).await?;
-    let (_, rollout) = control(&state, &caller, &id, |r| r.state.pause()).await?;
+    let access = caller.require(&state, Permission::Deploy).await?;
+    let (_, rollout) = control(&state, &access, &id, |r| r.state.pause()).await?;
     tracing::info!(rollout_id = %id, by = %caller.username, "rollout paused");
     dto(&state, rollout).await
 }
@@ -759,8 +761,8 @@ pub async fn resume(
     caller: Caller,
     Path(id): Path<String>,
 ) -> Result<Json<RolloutDto>> {
-    caller.require(&state, Permission::Deploy).await?;
-    let (_, rollout) = control(&state, &caller, &id, |r| {
+    let access = caller.require(&state, Permission::Deploy).await?;
+    let (_, rollout) = control(&state, &access, &id, |r| {
         r.state.resume(r.start_at <= wf_common::now_millis())
     })
     .await?;
@@ -786,8 +788,8 @@ pub async fn cancel(
     caller: Caller,
     Path(id): Path<String>,
 ) -> Result<Json<RolloutDto>> {
-    caller.require(&state, Permission::Deploy).await?;
-    control(&state, &caller, &id, |r| r.state.cancel()).await?;
+    let access = caller.require(&state, Permission::Deploy).await?;
+    control(&state, &access, &id, |r| r.state.cancel()).await?;
     let canceled = state
         .store
         .cancel_queued(
@@ -798,7 +800,7 @@ pub async fn cancel(
         )
         .await?;
     tracing::info!(rollout_id = %id, by = %caller.username, canceled, "rollout canceled");
-    let rollout = load(&state, &caller, &id).await?;
+    let rollout = load(&state, &access, &id).await?;
     dto(&state, rollout).await
 }
 
@@ -834,8 +836,8 @@ pub async fn executions(
     Path(id): Path<String>,
     Query(q): Query<ExecutionsQuery>,
 ) -> Result<Json<Paged<ExecutionDto>>> {
-    caller.require(&state, Permission::Read).await?;
-    load(&state, &caller, &id).await?;
+    let access = caller.require(&state, Permission::Read).await?;
+    load(&state, &access, &id).await?;
     let (limit, offset) = page(q.limit, q.offset)?;
     let filter =
         match q.state.as_deref().filter(|s| !s.is_empty()) {
@@ -871,8 +873,8 @@ pub async fn execution(
     caller: Caller,
     Path((id, execution_id)): Path<(String, String)>,
 ) -> Result<Json<ExecutionDto>> {
-    caller.require(&state, Permission::Read).await?;
-    load(&state, &caller, &id).await?;
+    let access = caller.require(&state, Permission::Read).await?;
+    load(&state, &access, &id).await?;
     let task = match state.store.get_task(&execution_id).await? {
         Some(t) if t.rollout_id == id => t,
         _ => {

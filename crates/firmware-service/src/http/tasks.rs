@@ -15,7 +15,7 @@ use super::{ExecutionStateSchema, Paged, RolloutStateSchema, page, time};
 use crate::domain::{ExecutionEvent, ExecutionState, RolloutState, Target};
 use crate::engine::apply_event;
 use crate::error::{Error, Result};
-use crate::state::{AppState, Caller, Permission};
+use crate::state::{Access, AppState, Caller, Permission};
 use crate::store::{HistoryRecord, RolloutRecord, TaskRecord};
 
 #[derive(Debug, Serialize, utoipa::ToSchema)]
@@ -112,14 +112,14 @@ pub struct CreateRequest {
 
 /// A task the caller may see: another owner's is answered like an unknown
 /// one.
-async fn load(state: &AppState, caller: &Caller, id: &str) -> Result<(TaskRecord, RolloutRecord)> {
+async fn load(state: &AppState, access: &Access, id: &str) -> Result<(TaskRecord, RolloutRecord)> {
     let not_found = || Error::NotFound(format!("no upgrade task with id {id:?}"));
     let task = state.store.get_task(id).await?.ok_or_else(not_found)?;
     let rollout = state
         .store
         .get_rollout(&task.rollout_id)
         .await?
-        .filter(|r| r.kind == KIND_TASK && caller.owns(&r.created_by))
+        .filter(|r| r.kind == KIND_TASK && access.reaches(&r.created_by))
         .ok_or_else(not_found)?;
     Ok((task, rollout))
 }
@@ -146,7 +146,7 @@ pub async fn create(
     caller: Caller,
     extract::Json(req): extract::Json<CreateRequest>,
 ) -> Result<(StatusCode, Json<TaskDto>)> {
-    caller.require(&state, Permission::Deploy).await?;
+    let access = caller.require(&state, Permission::Deploy).await?;
     let device_id = req.device_id.trim().to_string();
     if device_id.is_empty() {
         return Err(Error::Validation("device_id is required".into()));
@@ -154,6 +154,7 @@ pub async fn create(
     let (rollout, _) = create_rollout(
         &state,
         &caller,
+        &access,
         Spec {
             kind: KIND_TASK,
             name: Some(format!("upgrade {device_id}")),
@@ -207,14 +208,14 @@ pub async fn list(
     caller: Caller,
     Query(q): Query<ListQuery>,
 ) -> Result<Json<Paged<TaskDto>>> {
-    caller.require(&state, Permission::Read).await?;
+    let access = caller.require(&state, Permission::Read).await?;
     let (limit, offset) = page(q.limit, q.offset)?;
     wf_common::text::check_filter("device_id", q.device_id.as_deref())
         .map_err(Error::Validation)?;
     let device = q.device_id.filter(|d| !d.trim().is_empty());
     let (rows, total) = state
         .store
-        .list_upgrade_tasks(device.as_deref(), caller.owner_filter(), limit, offset)
+        .list_upgrade_tasks(device.as_deref(), access.owner_filter(), limit, offset)
         .await?;
     Ok(Json(Paged {
         items: rows.into_iter().map(|(t, r)| to_dto(t, &r, None)).collect(),
@@ -239,8 +240,8 @@ pub async fn get(
     caller: Caller,
     Path(id): Path<String>,
 ) -> Result<Json<TaskDto>> {
-    caller.require(&state, Permission::Read).await?;
-    let (task, rollout) = load(&state, &caller, &id).await?;
+    let access = caller.require(&state, Permission::Read).await?;
+    let (task, rollout) = load(&state, &access, &id).await?;
     let history = state.store.history(&task.id).await?;
     Ok(Json(to_dto(task, &rollout, Some(history))))
 }
@@ -263,8 +264,8 @@ pub async fn cancel(
     caller: Caller,
     Path(id): Path<String>,
 ) -> Result<Json<TaskDto>> {
-    caller.require(&state, Permission::Deploy).await?;
-    let (task, rollout) = load(&state, &caller, &id).await?;
+    let access = caller.require(&state, Permission::Deploy).await?;
+    let (task, rollout) = load(&state, &access, &id).await?;
     if task.state.is_final() {
         return Err(Error::Conflict(format!(
             "the upgrade task is {} already",
@@ -294,7 +295,7 @@ pub async fn cancel(
         None,
     )
     .await?;
-    let (task, rollout) = load(&state, &caller, &id).await?;
+    let (task, rollout) = load(&state, &access, &id).await?;
     if task.state != ExecutionState::Canceled && rollout.state == RolloutState::Canceled {
         tracing::info!(task_id = %id, state = task.state.as_str(), "upgrade task finished before it was canceled");
     }

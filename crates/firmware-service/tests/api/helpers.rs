@@ -451,12 +451,18 @@ impl TestApp {
 
     /// Creates a role holding `permissions` and a user holding it; logs in.
     pub async fn user_with(&self, username: &str, permissions: &[&str]) -> String {
+        self.user_scoped(username, "fleet", permissions).await
+    }
+
+    /// A user holding `permissions` through a role of `scope` (`fleet` or
+    /// `own`) made for them.
+    pub async fn user_scoped(&self, username: &str, scope: &str, permissions: &[&str]) -> String {
         let role = format!("role-{username}");
         let resp = self
             .client
             .post(format!("{}/api/v1/roles", self.auth_base))
             .bearer_auth(&self.admin_token)
-            .json(&json!({ "name": role, "permissions": permissions }))
+            .json(&json!({ "name": role, "scope": scope, "permissions": permissions }))
             .send()
             .await
             .unwrap();

@@ -1,6 +1,8 @@
 //! The authorization matrix of rollouts, upgrade tasks and firmware: every
-//! built-in role and a custom role holding only `user:manage`, against
-//! every operation, on resources of their own and of another owner.
+//! built-in role (each reaching the whole fleet), operators whose role
+//! reaches only what they own, and a custom role holding only
+//! `user:manage`, against every operation, on resources of their own and of
+//! another owner.
 
 use reqwest::{Method, StatusCode};
 use serde_json::{Value, json};
@@ -49,13 +51,22 @@ async fn create(app: &TestApp, token: &str, fw: &str, target: Value) -> (StatusC
 }
 
 #[tokio::test]
-async fn rollouts_tasks_and_firmware_follow_ownership() {
+async fn rollouts_tasks_and_firmware_follow_the_scope_of_roles() {
     let app = TestApp::spawn().await;
     // Devices stay notified, so rollouts and tasks stay open.
     app.fleet.script(|_, _| Behaviour::Hang);
     let admin = app.user_in_roles("c-admin", &["admin"]).await;
-    let op_a = app.user_in_roles("op-a", &["operator"]).await;
-    let op_b = app.user_in_roles("op-b", &["operator"]).await;
+    const OPERATOR: [&str; 6] = [
+        "device:read",
+        "device:write",
+        "device:command",
+        "firmware:read",
+        "firmware:write",
+        "firmware:deploy",
+    ];
+    let op_a = app.user_scoped("op-a", "own", &OPERATOR).await;
+    let op_b = app.user_scoped("op-b", "own", &OPERATOR).await;
+    let op_f = app.user_in_roles("op-f", &["operator"]).await;
     let viewer = app.user_in_roles("c-viewer", &["viewer"]).await;
     let usermgr = app.user_with("c-usermgr", &["user:manage"]).await;
 
@@ -94,9 +105,10 @@ async fn rollouts_tasks_and_firmware_follow_ownership() {
     for path in &reads {
         for (who, token, expected) in [
             ("admin", &admin, StatusCode::OK),
-            ("operator a", &op_a, StatusCode::NOT_FOUND),
-            ("operator b", &op_b, StatusCode::NOT_FOUND),
-            ("viewer", &viewer, StatusCode::NOT_FOUND),
+            ("fleet operator", &op_f, StatusCode::OK),
+            ("own operator a", &op_a, StatusCode::NOT_FOUND),
+            ("own operator b", &op_b, StatusCode::NOT_FOUND),
+            ("viewer", &viewer, StatusCode::OK),
             ("user:manage", &usermgr, StatusCode::FORBIDDEN),
         ] {
             assert_eq!(
@@ -106,11 +118,12 @@ async fn rollouts_tasks_and_firmware_follow_ownership() {
             );
         }
     }
-    // Listings show the caller's own only (every owner's to admins).
+    // Listings show every owner's on the fleet, the caller's own otherwise.
     for (who, token, rollouts, tasks) in [
         ("admin", &admin, 1, 1),
-        ("operator b", &op_b, 0, 0),
-        ("viewer", &viewer, 0, 0),
+        ("fleet operator", &op_f, 1, 1),
+        ("own operator b", &op_b, 0, 0),
+        ("viewer", &viewer, 1, 1),
     ] {
         let (s, list) = body(&app, token, Method::GET, "/api/v1/rollouts", None).await;
         assert_eq!(s, StatusCode::OK);
@@ -128,8 +141,8 @@ async fn rollouts_tasks_and_firmware_follow_ownership() {
     ];
     for path in &controls {
         for (who, token, expected) in [
-            ("operator a", &op_a, StatusCode::NOT_FOUND),
-            ("operator b", &op_b, StatusCode::NOT_FOUND),
+            ("own operator a", &op_a, StatusCode::NOT_FOUND),
+            ("own operator b", &op_b, StatusCode::NOT_FOUND),
             ("viewer", &viewer, StatusCode::FORBIDDEN),
             ("user:manage", &usermgr, StatusCode::FORBIDDEN),
         ] {
@@ -144,6 +157,15 @@ async fn rollouts_tasks_and_firmware_follow_ownership() {
         .get_json(&format!("/api/v1/rollouts/{rollout_id}"))
         .await;
     assert_eq!(still["state"], "running");
+    // A fleet operator controls another owner's rollout.
+    for step in ["pause", "resume"] {
+        let path = format!("/api/v1/rollouts/{rollout_id}/{step}");
+        assert_eq!(
+            status(&app, &op_f, Method::POST, &path, None).await,
+            StatusCode::OK,
+            "fleet operator {step}"
+        );
+    }
 
     // Targets: another owner's device is answered exactly like an unknown
     // one, and tags and types reach only the caller's devices.
@@ -172,6 +194,9 @@ async fn rollouts_tasks_and_firmware_follow_ownership() {
     assert_eq!(s, StatusCode::FORBIDDEN);
     let (s, _) = create(&app, &usermgr, fw, json!({ "device_ids": [mine[0].0] })).await;
     assert_eq!(s, StatusCode::FORBIDDEN);
+    // A fleet operator targets any owner's device.
+    let (s, fleet) = create(&app, &op_f, fw, json!({ "device_ids": [theirs[2].0] })).await;
+    assert_eq!(s, StatusCode::CREATED, "{fleet}");
     // Operator a reaches its own devices only: a tag rollout takes both of
     // its devices and none of the administrator's.
     let (s, own) = create(&app, &op_a, fw, json!({ "tag": "site-1" })).await;
@@ -226,11 +251,11 @@ async fn rollouts_tasks_and_firmware_follow_ownership() {
     );
 
     // Firmware is a shared catalogue: every firmware:read holder reads an
-    // image, only its uploader or an admin deletes it.
+    // image; only its uploader or firmware:write on the fleet deletes it.
     let path = format!("/api/v1/firmware/{fw_id}");
     for (who, token, expected) in [
         ("admin", &admin, StatusCode::OK),
-        ("operator b", &op_b, StatusCode::OK),
+        ("own operator b", &op_b, StatusCode::OK),
         ("viewer", &viewer, StatusCode::OK),
         ("user:manage", &usermgr, StatusCode::FORBIDDEN),
     ] {
@@ -254,7 +279,7 @@ async fn rollouts_tasks_and_firmware_follow_ownership() {
     let mine_fw: Value = resp.json().await.unwrap();
     let mine_path = format!("/api/v1/firmware/{}", mine_fw["id"].as_str().unwrap());
     for (who, token, expected) in [
-        ("operator b", &op_b, StatusCode::FORBIDDEN),
+        ("own operator b", &op_b, StatusCode::FORBIDDEN),
         ("viewer", &viewer, StatusCode::FORBIDDEN),
         ("user:manage", &usermgr, StatusCode::FORBIDDEN),
     ] {
@@ -289,7 +314,7 @@ async fn rollouts_tasks_and_firmware_follow_ownership() {
     assert_eq!(
         status(
             &app,
-            &admin,
+            &op_f,
             Method::DELETE,
             &format!("/api/v1/firmware/{}", b_fw["id"].as_str().unwrap()),
             None

@@ -188,13 +188,16 @@ async fn permission_matrix() {
         )
         .await;
     }
-    // The deployer passes the permission check, but the rollout is the
-    // administrator's: not theirs to see.
+    // A deployer whose role reaches only their own passes the permission
+    // check, but the rollout is the administrator's: not theirs to see.
+    let own_deployer = app
+        .user_scoped("own-deployer", "own", &["firmware:deploy"])
+        .await;
     let resp = app
         .request(
             Method::POST,
             &format!("/api/v1/rollouts/{rid}/cancel"),
-            Some(&deployer),
+            Some(&own_deployer),
             None,
         )
         .await;

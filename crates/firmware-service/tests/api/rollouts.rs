@@ -236,6 +236,7 @@ async fn a_device_that_comes_back_is_notified_again_at_once() {
         online: true,
         at: wf_common::now_millis(),
         reason: "connected".into(),
+        broker: None,
     };
     wf_common::events::publish_json(
         app.bus.as_ref(),

@@ -150,6 +150,7 @@ pub fn decode(msg: &Incoming<'_>, max_payload_bytes: usize) -> Result<Decoded, M
                     "status_message"
                 }
                 .into(),
+                broker: None,
             }))
         }
         Route::CommandResponse => {

@@ -280,6 +280,8 @@ async fn status_messages_and_the_last_will_report_online_and_offline() {
         ("d1", true),
         "{online:?}"
     );
+    // Mosquitto, not a gateway instance, holds the connection.
+    assert_eq!(online.broker, None);
     // The socket drops without a DISCONNECT: Mosquitto sends the will.
     d1.drop_connection();
     let offline = status.next().await;

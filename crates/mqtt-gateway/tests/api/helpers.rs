@@ -177,6 +177,11 @@ impl TestAppBuilder {
         self
     }
 
+    pub fn broker_heartbeat_secs(mut self, secs: u64) -> Self {
+        self.config.broker_heartbeat_secs = secs;
+        self
+    }
+
     pub async fn spawn(mut self) -> TestApp {
         let auth_calls = Arc::new(AtomicUsize::new(0));
         let device_service = FakeDeviceService {

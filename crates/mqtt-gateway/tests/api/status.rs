@@ -3,7 +3,7 @@
 
 use std::time::Duration;
 
-use wf_common::events::{StatusChanged, topics};
+use wf_common::events::{BrokerHeartbeat, StatusChanged, topics};
 
 use crate::helpers::{TestApp, TestDevice, with_will};
 
@@ -135,4 +135,57 @@ async fn a_credential_change_disconnects_the_device_and_marks_it_offline() {
 
     // A device that is not connected: nothing to do, not an error.
     app.sync("d3", "whatever").await.expect("sync accepted");
+}
+
+/// Each gateway process is a broker instance of its own: it renews its
+/// lease on the bus, and its status events name it, so that device-service
+/// can take its devices offline if it dies without closing them.
+#[tokio::test]
+async fn an_embedded_broker_announces_its_lease_and_names_itself_in_status_events() {
+    let app = TestApp::builder()
+        .with_device("d1", "s1")
+        .broker_heartbeat_secs(1)
+        .spawn()
+        .await;
+    let mut beats = app
+        .events::<BrokerHeartbeat>(topics::MQTT_BROKER_HEARTBEAT)
+        .await;
+    let first = beats.next().await;
+    let second = beats.next().await;
+    assert_eq!(first.broker, second.broker);
+    assert_eq!(first.lease_ms, 3000);
+    assert!(
+        second.at - first.at >= 900,
+        "heartbeats {} ms apart",
+        second.at - first.at
+    );
+    let mut status = status_events(&app).await;
+    let d1 = app.device("d1", "s1").await;
+    let online = status.next().await;
+    assert_status(&online, "d1", true, "connected");
+    assert_eq!(online.broker.as_deref(), Some(first.broker.as_str()));
+    d1.disconnect().await;
+    assert_eq!(
+        status.next().await.broker.as_deref(),
+        Some(first.broker.as_str())
+    );
+
+    // Another gateway process is another instance; with the heartbeat off,
+    // status events name none.
+    let other = TestApp::builder()
+        .with_device("d2", "s2")
+        .broker_heartbeat_secs(0)
+        .spawn()
+        .await;
+    let mut status = status_events(&other).await;
+    let _d2 = other.device("d2", "s2").await;
+    assert_eq!(status.next().await.broker, None);
+    let mut none = other
+        .events::<BrokerHeartbeat>(topics::MQTT_BROKER_HEARTBEAT)
+        .await;
+    assert!(
+        none.next_within(Duration::from_millis(1500))
+            .await
+            .is_none()
+    );
 }

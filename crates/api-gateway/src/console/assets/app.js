@@ -1019,6 +1019,33 @@
       flash(t('devices.saved'), 'ok');
     });
     wireCopyButtons(document);
+    // Handing the device to another owner: administrators only.
+    const isAdmin = !!ME && (ME.is_superuser || (ME.roles || []).some((r) => r.name === 'admin'));
+    const transferToggle = $('#transfer-device');
+    const transferForm = $('#transfer-form');
+    transferToggle.hidden = !isAdmin;
+    transferToggle.addEventListener('click', async () => {
+      const opening = $('#transfer-panel').hidden;
+      if (opening) {
+        try {
+          const users = (await api('GET', '/api/v1/users?limit=500')).items;
+          fill($('#t-owner'), users.map((u) => h('option', { value: u.id, text: u.username, selected: u.id === device.owner_id })));
+        } catch (e) {
+          flash(describe(e));
+          return;
+        }
+      }
+      panel('transfer-panel', opening, transferToggle);
+    });
+    $('.cancel', transferForm).addEventListener('click', () => panel('transfer-panel', false, transferToggle));
+    onSubmit(transferForm, async () => {
+      const select = $('#t-owner');
+      device = await api('PUT', base + '/owner', { owner_id: select.value });
+      render();
+      panel('transfer-panel', false, transferToggle);
+      flash(t('devices.transferred', { name: device.name, owner: select.selectedOptions[0].textContent }), 'ok');
+    });
+
     $('#rotate-secret').addEventListener('click', async () => {
       if (!(await confirmAction(t('devices.rotate_confirm', { id })))) return;
       try {
@@ -1441,17 +1468,20 @@
         fill(tbody, list.items.map((r) => h('tr', { 'data-role': r.name },
           h('td', {}, h('strong', { text: r.name }), r.is_system ? [' ', badge(t('roles.builtin'), 'muted')] : null),
           h('td', { text: r.description || '–' }),
+          h('td', { 'data-scope': r.scope }, badge(t('roles.scope_' + r.scope), r.scope === 'own' ? 'warn' : 'muted')),
           h('td', {}, chips(r.permissions)),
           h('td', { class: 'row-actions' }, manage ? [
             h('button', { type: 'button', class: 'small', onclick: () => openPerms(r) }, t('roles.edit_permissions')),
             r.is_system ? null : h('button', { type: 'button', class: 'small danger', onclick: () => remove(r) }, t('common.delete')),
           ] : null))));
       } catch (e) {
-        emptyRow(tbody, 4, describe(e));
+        emptyRow(tbody, 5, describe(e));
       }
     };
     const openPerms = (r) => {
       editing = r;
+      $('#pe-scope').value = r.scope;
+      $('#pe-scope').disabled = r.is_system && r.name === 'admin';
       $('#perm-panel-title').textContent = t('roles.edit_permissions_for', { name: r.name });
       fill($('#perm-checks'), permissions.map((p) => h('label', { class: 'check', title: p.description },
         h('input', { type: 'checkbox', name: 'perm', value: p.code, checked: r.permissions.includes(p.code) }), ' ', h('code', { text: p.code }), ' ', h('span', { class: 'muted small', text: p.description }))));
@@ -1474,14 +1504,18 @@
     $('.cancel', form).addEventListener('click', () => panel('role-panel', false, toggle));
     $('.cancel', $('#perm-form')).addEventListener('click', () => panel('perm-panel', false));
     onSubmit(form, async () => {
-      await api('POST', '/api/v1/roles', { name: $('#ro-name').value.trim(), description: $('#ro-desc').value.trim() });
+      await api('POST', '/api/v1/roles', { name: $('#ro-name').value.trim(), description: $('#ro-desc').value.trim(), scope: $('#ro-scope').value });
       form.reset();
       panel('role-panel', false, toggle);
       load();
     });
     onSubmit($('#perm-form'), async () => {
       const codes = $$('input[name=perm]:checked', $('#perm-form')).map((i) => i.value);
-      await api('PUT', '/api/v1/roles/' + enc(editing.id) + '/permissions', { permissions: codes });
+      const scope = $('#pe-scope').value;
+      if (scope !== editing.scope) await api('PATCH', '/api/v1/roles/' + enc(editing.id), { scope });
+      if (codes.join() !== editing.permissions.join()) {
+        await api('PUT', '/api/v1/roles/' + enc(editing.id) + '/permissions', { permissions: codes });
+      }
       panel('perm-panel', false);
       flash(t('roles.saved', { name: editing.name }), 'ok');
       load();

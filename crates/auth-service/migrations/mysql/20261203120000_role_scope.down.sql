@@ -1,0 +1,1 @@
+ALTER TABLE roles DROP CONSTRAINT ck_roles_scope, DROP COLUMN scope;

@@ -1,0 +1,3 @@
+DROP TABLE mqtt_brokers;
+DROP INDEX idx_devices_broker;
+ALTER TABLE devices DROP COLUMN broker;
