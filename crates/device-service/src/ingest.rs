@@ -4,6 +4,7 @@
 //! nobody answered.
 
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, Ordering as AtomicOrdering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -75,20 +76,37 @@ pub async fn run(state: AppState, stop: Shutdown) {
         &stop,
         |state, batch| async move { record_firmware_versions(&state, batch).await },
     );
-    let leases = consume(
-        &state,
-        topics::MQTT_BROKER_HEARTBEAT,
-        256,
-        &stop,
-        |state, batch| async move { renew_broker_leases(&state, batch).await },
-    );
+    // Lapsed leases are swept only once the heartbeats published while
+    // this process was away have been read: a lease is only as old as the
+    // last heartbeat seen.
+    let leases_current = Arc::new(AtomicBool::new(false));
+    let leases = {
+        let current = leases_current.clone();
+        consume(
+            &state,
+            topics::MQTT_BROKER_HEARTBEAT,
+            HEARTBEATS_PER_BATCH,
+            &stop,
+            move |state, batch| {
+                let current = current.clone();
+                async move {
+                    let caught_up = batch.len() < HEARTBEATS_PER_BATCH;
+                    renew_broker_leases(&state, batch).await?;
+                    if caught_up {
+                        current.store(true, AtomicOrdering::Release);
+                    }
+                    Ok(())
+                }
+            },
+        )
+    };
     tokio::join!(
         telemetry,
         status,
         responses,
         updates,
         leases,
-        sweep_lapsed_brokers(state.clone(), stop.clone()),
+        sweep_lapsed_brokers(state.clone(), leases_current, stop.clone()),
         expire_commands(state.clone(), stop.clone()),
         count_devices(state.clone(), stop.clone()),
         flush_last_seen(state.clone(), last_seen, stop.clone()),
@@ -211,6 +229,9 @@ async fn renew_broker_leases(state: &AppState, batch: Vec<Delivery>) -> anyhow::
     Ok(())
 }
 
+/// Heartbeats taken at once; a smaller batch means the consumer is current.
+const HEARTBEATS_PER_BATCH: usize = 256;
+
 /// Devices taken offline per sweep at most (the next sweep goes on).
 const SWEEP_BATCH: i64 = 1000;
 
@@ -222,7 +243,7 @@ const UNKNOWN_BROKER_GRACE_MS: i64 = 30_000;
 /// its lease (a crashed or cut-off mqtt-gateway) go offline with reason
 /// `gateway_lost`, announced on the bus like any status change. Every
 /// replica sweeps; the conditional update lets one of them win per device.
-async fn sweep_lapsed_brokers(state: AppState, stop: Shutdown) {
+async fn sweep_lapsed_brokers(state: AppState, leases_current: Arc<AtomicBool>, stop: Shutdown) {
     let mut ticks = tokio::time::interval(Duration::from_secs(1));
     ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut round: u64 = 0;
@@ -230,6 +251,9 @@ async fn sweep_lapsed_brokers(state: AppState, stop: Shutdown) {
         tokio::select! {
             _ = ticks.tick() => {}
             () = stop.wait() => return,
+        }
+        if !leases_current.load(AtomicOrdering::Acquire) {
+            continue;
         }
         round += 1;
         if let Err(e) = sweep_once(&state, round % 10 == 0).await {

@@ -199,7 +199,7 @@ impl Ingest {
         };
         let (tx, rx) = oneshot::channel();
         let queued = Queued {
-            event,
+            event: self.owned(event),
             ack: Some(Box::new(move || {
                 let _ = tx.send(());
             })),
@@ -389,12 +389,17 @@ impl Ingest {
         self.broker.as_deref()
     }
 
-    fn enqueue_acked(&self, mut event: Event, ack: Option<Ack>) {
+    /// `event`, a status change naming this gateway's broker instance.
+    fn owned(&self, mut event: Event) -> Event {
         if let (Event::Status(status), Some(broker)) = (&mut event, &self.broker) {
             status.broker = Some(broker.clone());
         }
+        event
+    }
+
+    fn enqueue_acked(&self, event: Event, ack: Option<Ack>) {
         let queued = Queued {
-            event,
+            event: self.owned(event),
             ack,
             waiting: false,
         };

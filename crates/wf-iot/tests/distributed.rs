@@ -138,6 +138,10 @@ struct Cluster {
     services: Vec<Service>,
     /// device-service's gRPC, through its balancer.
     device_grpc_url: String,
+    /// The MQTT port of `mqtt-edge`, an mqtt-gateway with its own embedded
+    /// broker beside the Mosquitto ones: the connections there belong to
+    /// that process alone.
+    edge_mqtt_port: u16,
     /// Balancers in front of the replicas: device-service HTTP and gRPC,
     /// mqtt-gateway gRPC.
     _proxies: Vec<TcpProxy>,
@@ -364,6 +368,7 @@ impl Cluster {
             redis_proxy,
             services: Vec::new(),
             device_grpc_url: String::new(),
+            edge_mqtt_port: free_port(),
             _proxies: Vec::new(),
         };
         eprintln!(
@@ -499,6 +504,30 @@ impl Cluster {
                 ]),
             );
         }
+        // A gateway with an embedded broker of its own, renewing its lease
+        // every second (three-second lease).
+        let edge_http = free_port();
+        cluster.spawn(
+            "mqtt-edge",
+            "mqtt-gateway",
+            edge_http,
+            kv(&[
+                ("WF_IOT_MQTT_GATEWAY__HOST", "127.0.0.1".into()),
+                ("WF_IOT_MQTT_GATEWAY__BROKER", "embedded".into()),
+                ("WF_IOT_MQTT_GATEWAY__WS_ENABLED", "false".into()),
+                (
+                    "WF_IOT_MQTT_GATEWAY__MQTT_PORT",
+                    cluster.edge_mqtt_port.to_string(),
+                ),
+                ("WF_IOT_MQTT_GATEWAY__HTTP_PORT", edge_http.to_string()),
+                ("WF_IOT_MQTT_GATEWAY__GRPC_PORT", free_port().to_string()),
+                (
+                    "WF_IOT_MQTT_GATEWAY__DEVICE_SERVICE_URL",
+                    device_grpc_url.clone(),
+                ),
+                ("WF_IOT_MQTT_GATEWAY__BROKER_HEARTBEAT_SECS", "1".into()),
+            ]),
+        );
         let firmware_env = |extra: &[(&str, String)]| {
             let mut env = kv(&[
                 ("WF_IOT_FIRMWARE__HOST", "127.0.0.1".into()),
@@ -1006,6 +1035,65 @@ async fn services_run_apart_and_survive_losing_replicas() {
     eprintln!(
         "{DEVICES} devices online after {:.1} s",
         started.elapsed().as_secs_f64()
+    );
+
+    // A device on the gateway with its own embedded broker goes offline
+    // within its lease once that gateway is killed: no one else holds its
+    // connection, and nothing said goodbye.
+    let edge_creds = api.provision("edge", 1, "edge-sensor").await.unwrap();
+    let edge_device = eventually(
+        "a device to connect to mqtt-edge",
+        Duration::from_secs(20),
+        || async {
+            connect_with_ota(
+                &edge_creds[0],
+                "127.0.0.1",
+                cluster.edge_mqtt_port,
+                stats.clone(),
+                0.0,
+                100,
+                None,
+            )
+            .await
+            .ok()
+        },
+    )
+    .await;
+    let edge_path = format!("/api/v1/devices/{}", edge_creds[0].id);
+    eventually(
+        "the edge device online",
+        Duration::from_secs(20),
+        || async {
+            let device = operator.try_get(&edge_path).await?;
+            (device["online"] == true).then_some(())
+        },
+    )
+    .await;
+    cluster.service("mqtt-edge").kill();
+    let killed = Instant::now();
+    eventually(
+        "the edge device offline after its gateway died",
+        Duration::from_secs(30),
+        || async {
+            let device = operator.try_get(&edge_path).await?;
+            (device["online"] == false).then_some(())
+        },
+    )
+    .await;
+    let took = killed.elapsed();
+    let history = operator
+        .try_get(&format!("{edge_path}/status-history"))
+        .await
+        .expect("status history");
+    assert_eq!(history[0]["reason"], "gateway_lost", "{history}");
+    assert!(
+        took < Duration::from_secs(12),
+        "a 3 s lease took {took:?} to release its device"
+    );
+    drop(edge_device);
+    eprintln!(
+        "a killed gateway instance's device went offline after {:.1} s",
+        took.as_secs_f64()
     );
 
     // Telemetry, stored once per message, queryable through the gateway.

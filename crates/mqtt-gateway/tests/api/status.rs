@@ -164,6 +164,13 @@ async fn an_embedded_broker_announces_its_lease_and_names_itself_in_status_event
     let online = status.next().await;
     assert_status(&online, "d1", true, "connected");
     assert_eq!(online.broker.as_deref(), Some(first.broker.as_str()));
+    // So do the device's own status messages, acknowledged or not.
+    for qos in [rumqttc::QoS::AtMostOnce, rumqttc::QoS::AtLeastOnce] {
+        d1.publish_qos("devices/d1/status", "online", qos).await;
+        let said = status.next().await;
+        assert_status(&said, "d1", true, "status_message");
+        assert_eq!(said.broker.as_deref(), Some(first.broker.as_str()));
+    }
     d1.disconnect().await;
     assert_eq!(
         status.next().await.broker.as_deref(),
