@@ -71,18 +71,37 @@ pub async fn bind(addr: SocketAddr, what: &str, setting: &str) -> anyhow::Result
             }
             Err(e) => {
                 let hint = if e.kind() == ErrorKind::AddrInUse {
-                    format!(
-                        "another program holds port {port}; stop it, or move this listener with \
-                         {setting} in the configuration file or {env}=<port>",
-                        port = addr.port(),
-                        env = env_name(setting),
-                    )
+                    port_in_use_hint(addr.port(), setting)
                 } else {
                     format!("check {setting} ({})", env_name(setting))
                 };
                 return Err(e).with_context(|| format!("binding {what} on {addr}: {hint}"));
             }
         }
+    }
+}
+
+/// What to do about `port`, configured by `setting`, being held by another
+/// program: every way to move the listener.
+pub fn port_in_use_hint(port: u16, setting: &str) -> String {
+    let flag = serve_flag(setting)
+        .map(|f| format!("`wf-iot serve {f} <port>`, "))
+        .unwrap_or_default();
+    format!(
+        "another program holds port {port}; stop it, or move this listener with \
+         {flag}{setting} in the configuration file (./wf-iot.toml) or {env}=<port>",
+        env = env_name(setting),
+    )
+}
+
+/// The `wf-iot serve` flag that moves the listener of `setting`, for the
+/// ports a user meets first.
+pub fn serve_flag(setting: &str) -> Option<&'static str> {
+    match setting {
+        "gateway.http_port" => Some("--http-port"),
+        "mqtt_gateway.mqtt_port" => Some("--mqtt-port"),
+        "mqtt_gateway.ws_port" => Some("--ws-port"),
+        _ => None,
     }
 }
 

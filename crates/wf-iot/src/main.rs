@@ -12,10 +12,15 @@ use wf_iot::{bench, migrate, serve, simulate, user};
 #[global_allocator]
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
+/// Read from the working directory when no `--config` is given, so that a
+/// moved port or any other setting sticks from one start to the next.
+const DEFAULT_CONFIG_FILE: &str = "wf-iot.toml";
+
 #[derive(Parser)]
 #[command(name = "wf-iot", version, about = "An IoT device-management platform")]
 struct Cli {
-    /// A TOML configuration file (environment variables WF_IOT_... override it).
+    /// A TOML configuration file (environment variables WF_IOT_... override
+    /// it). Without it, ./wf-iot.toml is read when there is one.
     #[arg(long, global = true, env = "WF_IOT_CONFIG")]
     config: Option<PathBuf>,
     #[command(subcommand)]
@@ -28,6 +33,8 @@ enum Command {
     Serve {
         #[arg(value_enum, default_value_t = serve::Target::All)]
         service: serve::Target,
+        #[command(flatten)]
+        ports: serve::PortFlags,
     },
     /// Apply, revert or list database migrations.
     Migrate {
@@ -50,13 +57,20 @@ enum Command {
 
 fn main() -> std::process::ExitCode {
     let cli = Cli::parse();
-    let config = match PlatformConfig::load(cli.config.as_deref()) {
+    let file = cli.config.clone().or_else(|| {
+        let local = PathBuf::from(DEFAULT_CONFIG_FILE);
+        local.is_file().then_some(local)
+    });
+    let mut config = match PlatformConfig::load(file.as_deref()) {
         Ok(c) => c,
         Err(e) => {
             eprintln!("error: {e:#}");
             return std::process::ExitCode::from(2);
         }
     };
+    if let Command::Serve { ports, .. } = &cli.command {
+        ports.apply(&mut config);
+    }
     if let Command::Config = cli.command {
         return match config.to_toml() {
             Ok(text) => {
@@ -82,7 +96,12 @@ fn main() -> std::process::ExitCode {
     };
     let result = runtime.block_on(async move {
         match cli.command {
-            Command::Serve { service } => serve::run(config, service).await,
+            Command::Serve { service, .. } => {
+                if let Some(file) = &file {
+                    tracing::info!(file = %file.display(), "configuration read");
+                }
+                serve::run(config, service).await
+            }
             Command::Migrate { action } => migrate::run(&config, action).await,
             Command::User { action } => user::run(config, action).await,
             Command::Simulate(args) => simulate::run(args).await,

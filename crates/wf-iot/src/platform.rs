@@ -104,6 +104,30 @@ pub struct Ports {
     pub gateway_http: u16,
 }
 
+impl Ports {
+    /// What a person opens first, one line each: the console, the API
+    /// documentation, MQTT and MQTT over WebSocket (when it is on).
+    pub fn banner(&self) -> String {
+        let mut lines = vec![
+            "wf-iot is running:".to_string(),
+            format!("  console        http://localhost:{}/", self.gateway_http),
+            format!(
+                "  API docs       http://localhost:{}/docs",
+                self.gateway_http
+            ),
+            format!("  MQTT           mqtt://localhost:{}", self.mqtt),
+        ];
+        if self.mqtt_ws != 0 {
+            lines.push(format!(
+                "  MQTT over WS   ws://localhost:{}/mqtt",
+                self.mqtt_ws
+            ));
+        }
+        lines.push("Stop with Ctrl-C.".to_string());
+        lines.join("\n")
+    }
+}
+
 /// The all-in-one platform, started.
 pub struct Platform {
     pub ports: Ports,
@@ -253,7 +277,20 @@ impl Platform {
             firmware_grpc,
             gateway_http,
         };
-        tracing::info!(?ports, "wf-iot is running");
+        tracing::info!(
+            console = ports.gateway_http,
+            mqtt = ports.mqtt,
+            mqtt_ws = ports.mqtt_ws,
+            auth_http = ports.auth_http,
+            device_http = ports.device_http,
+            firmware_http = ports.firmware_http,
+            mqtt_gateway_http = ports.mqtt_http,
+            auth_grpc = ports.auth_grpc,
+            device_grpc = ports.device_grpc,
+            firmware_grpc = ports.firmware_grpc,
+            mqtt_gateway_grpc = ports.mqtt_grpc,
+            "wf-iot is running"
+        );
         Ok(Self {
             ports,
             bus,

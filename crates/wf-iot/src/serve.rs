@@ -27,12 +27,46 @@ pub enum Target {
     Gateway,
 }
 
+/// Ports a user moves most often, as `wf-iot serve` flags; they override
+/// the configuration file and the environment.
+#[derive(Debug, Default, Clone, clap::Args)]
+pub struct PortFlags {
+    /// The console and API port (`gateway.http_port`, 8000).
+    #[arg(long, value_name = "PORT")]
+    pub http_port: Option<u16>,
+    /// The embedded broker's MQTT port (`mqtt_gateway.mqtt_port`, 1883).
+    #[arg(long, value_name = "PORT")]
+    pub mqtt_port: Option<u16>,
+    /// The embedded broker's MQTT over WebSocket port
+    /// (`mqtt_gateway.ws_port`, 8083).
+    #[arg(long, value_name = "PORT")]
+    pub ws_port: Option<u16>,
+}
+
+impl PortFlags {
+    pub fn apply(&self, config: &mut PlatformConfig) {
+        if let Some(port) = self.http_port {
+            config.gateway.http_port = port;
+        }
+        if let Some(port) = self.mqtt_port {
+            config.mqtt_gateway.mqtt_port = port;
+        }
+        if let Some(port) = self.ws_port {
+            config.mqtt_gateway.ws_port = port;
+        }
+    }
+}
+
 pub async fn run(config: PlatformConfig, target: Target) -> anyhow::Result<()> {
     std::fs::create_dir_all(&config.data_dir)
         .with_context(|| format!("creating the data directory {}", config.data_dir.display()))?;
     let shutdown = wf_common::shutdown::signal();
     match target {
-        Target::All => Platform::start(config).await?.run_until_signal().await,
+        Target::All => {
+            let platform = Platform::start(config).await?;
+            println!("{}", platform.ports.banner());
+            platform.run_until_signal().await
+        }
         Target::Auth => {
             let mut auth = config.auth;
             auth.internal_token = config.internal.required_token()?;

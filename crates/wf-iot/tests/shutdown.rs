@@ -1,6 +1,7 @@
-//! Stopping `wf-iot serve`: while it drains it says what it waits for, and
-//! a second signal ends it at once; after a crash, a restart shows no
-//! device online that is not connected.
+//! Starting and stopping `wf-iot serve`: the start names the console, a
+//! held port stops it before anything says ready, naming the fix; while it
+//! drains it says what it waits for, and a second signal ends it at once;
+//! after a crash, a restart shows no device online that is not connected.
 
 #![allow(clippy::unwrap_used)]
 
@@ -23,6 +24,13 @@ fn serve(dir: &Path, auth_http: u16, device_http: u16) -> Child {
 }
 
 fn serve_with_mqtt(dir: &Path, auth_http: u16, device_http: u16, mqtt: u16) -> Child {
+    serve_command(dir, auth_http, device_http, mqtt)
+        .spawn()
+        .expect("wf-iot serve starts")
+}
+
+/// The `wf-iot serve` command of [`serve_with_mqtt`], to adjust.
+fn serve_command(dir: &Path, auth_http: u16, device_http: u16, mqtt: u16) -> Command {
     let mut cmd = Command::new(BIN);
     for (key, _) in std::env::vars() {
         if key.starts_with("WF_IOT_") || key == "RUST_LOG" {
@@ -59,9 +67,8 @@ fn serve_with_mqtt(dir: &Path, auth_http: u16, device_http: u16, mqtt: u16) -> C
         .env("WF_IOT_GATEWAY__HTTP_PORT", "0")
         .stdin(Stdio::null())
         .stdout(log.try_clone().expect("log file"))
-        .stderr(log)
-        .spawn()
-        .expect("wf-iot serve starts")
+        .stderr(log);
+    cmd
 }
 
 fn signal(child: &Child, name: &str) {
@@ -330,4 +337,72 @@ async fn with_nothing_in_flight_one_signal_stops_the_platform_cleanly() {
     signal(&server.child, "INT");
     let status = server.exit_within(Duration::from_secs(20)).await;
     assert!(status.success(), "{status}:\n{}", server.log());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_held_port_stops_the_start_naming_the_fix_before_anything_is_ready() {
+    let dir = tempfile::tempdir().unwrap();
+    // A port below the kernel's ephemeral range, held by another program.
+    let held = (20_000..30_000)
+        .find_map(|port| std::net::TcpListener::bind(("127.0.0.1", port)).ok())
+        .expect("a free port");
+    let port = held.local_addr().unwrap().port();
+    let mut server = Server {
+        child: serve_command(dir.path(), 0, 0, 0)
+            .args(["--mqtt-port", &port.to_string()])
+            .spawn()
+            .expect("wf-iot serve starts"),
+        log: dir.path().join("serve.log"),
+    };
+    let status = server.exit_within(Duration::from_secs(30)).await;
+    assert!(!status.success());
+    let log = server.log();
+    for named in [
+        &format!("port {port}"),
+        "--mqtt-port",
+        "mqtt_gateway.mqtt_port",
+        "wf-iot.toml",
+        "WF_IOT_MQTT_GATEWAY__MQTT_PORT",
+    ] {
+        assert!(log.contains(named), "{named:?} is not named:\n{log}");
+    }
+    assert!(!log.contains(" ready"), "something said ready:\n{log}");
+    assert!(
+        !log.contains("wf-iot is running"),
+        "the banner came out:\n{log}"
+    );
+    drop(held);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_start_names_the_console_and_wf_iot_toml_makes_a_moved_port_stick() {
+    let dir = tempfile::tempdir().unwrap();
+    let console = free_port();
+    std::fs::write(
+        dir.path().join("wf-iot.toml"),
+        format!("[gateway]\nhttp_port = {console}\n"),
+    )
+    .unwrap();
+    let mut cmd = serve_command(dir.path(), 0, 0, 0);
+    cmd.env_remove("WF_IOT_GATEWAY__HTTP_PORT")
+        .current_dir(dir.path());
+    let server = Server {
+        child: cmd.spawn().expect("wf-iot serve starts"),
+        log: dir.path().join("serve.log"),
+    };
+    let banner = format!("console        http://localhost:{console}/");
+    eventually("the banner", Duration::from_secs(60), || async {
+        server.log().contains(&banner).then_some(())
+    })
+    .await;
+    let log = server.log();
+    assert!(
+        log.contains(&format!("API docs       http://localhost:{console}/docs")),
+        "{log}"
+    );
+    assert!(log.contains("MQTT           mqtt://localhost:"), "{log}");
+    let page = reqwest::get(format!("http://127.0.0.1:{console}/login"))
+        .await
+        .unwrap();
+    assert_eq!(page.status(), StatusCode::OK);
 }

@@ -31,7 +31,6 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use anyhow::Context;
 use async_trait::async_trait;
 use bytes::Bytes;
 use rmqtt::codec::types::{Publish as CodecPublish, QoS};
@@ -53,6 +52,19 @@ use crate::clients::DeviceAuthenticator;
 use crate::domain::{DeviceId, Malformed, TopicName, may_publish, may_subscribe};
 use crate::error::{Error, Result};
 use crate::ingest::Ingest;
+
+/// A listener that could not be bound, with the way to move it when its
+/// port is taken.
+fn bind_error(e: rmqtt::Error, what: &str, addr: SocketAddr, setting: &str) -> anyhow::Error {
+    let text = e.to_string();
+    let in_use = text.contains("in use") || text.contains("os error 98");
+    let hint = if in_use {
+        wf_common::listen::port_in_use_hint(addr.port(), setting)
+    } else {
+        format!("check {setting} ({})", wf_common::listen::env_name(setting))
+    };
+    anyhow::anyhow!("binding the {what} port {addr}: {text}: {hint}")
+}
 
 /// The client id the platform's own messages are sent as.
 const PLATFORM_CLIENT_ID: &str = "wf-iot-platform";
@@ -137,15 +149,14 @@ impl EmbeddedBroker {
         };
         let tcp = listener("mqtt/tcp", settings.mqtt_addr)
             .and_then(|l| l.tcp())
-            .with_context(|| format!("binding the MQTT port {}", settings.mqtt_addr))?;
-        let ws = match settings.ws_addr {
-            Some(addr) => Some(
-                listener("mqtt/ws", addr)
-                    .and_then(|l| l.ws())
-                    .with_context(|| format!("binding the MQTT over WebSocket port {addr}"))?,
-            ),
-            None => None,
-        };
+            .map_err(|e| bind_error(e, "MQTT", settings.mqtt_addr, "mqtt_gateway.mqtt_port"))?;
+        let ws =
+            match settings.ws_addr {
+                Some(addr) => Some(listener("mqtt/ws", addr).and_then(|l| l.ws()).map_err(
+                    |e| bind_error(e, "MQTT over WebSocket", addr, "mqtt_gateway.ws_port"),
+                )?),
+                None => None,
+            };
         Ok(Self { scx, tcp, ws })
     }
 
