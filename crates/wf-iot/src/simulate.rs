@@ -12,7 +12,8 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, bail};
 use futures_util::StreamExt;
 use rumqttc::{
-    AsyncClient, ConnectReturnCode, ConnectionError, Event, LastWill, MqttOptions, Packet, QoS,
+    AsyncClient, ConnectReturnCode, ConnectionError, Event, LastWill, MqttOptions, Outgoing,
+    Packet, QoS,
 };
 use serde_json::{Value, json};
 use wf_common::retry::Backoff;
@@ -60,7 +61,10 @@ pub struct SimulateArgs {
 /// Counters shared by every simulated device.
 #[derive(Default)]
 pub struct Stats {
+    /// Messages written to the broker: telemetry, status, command answers
+    /// and update progress alike (every one QoS 1).
     pub sent: AtomicU64,
+    /// Their acknowledgements (PUBACK).
     pub acked: AtomicU64,
     pub errors: AtomicU64,
     pub commands: AtomicU64,
@@ -364,6 +368,9 @@ pub async fn connect_with_ota(
                         stats.errors.fetch_add(1, Ordering::Relaxed);
                     }
                 }
+                Ok(Event::Outgoing(Outgoing::Publish(_))) => {
+                    stats.sent.fetch_add(1, Ordering::Relaxed);
+                }
                 Ok(Event::Incoming(Packet::PubAck(_))) => {
                     stats.acked.fetch_add(1, Ordering::Relaxed);
                 }
@@ -478,13 +485,15 @@ fn answer_command(
 /// device.
 const ONLINE_WITHIN: Duration = Duration::from_secs(10);
 
-/// A telemetry message as a simulated sensor sends it.
-pub fn reading(seq: u64) -> String {
-    let t = seq as f64;
+/// A telemetry message as a simulated sensor sends it: the `step`-th
+/// reading of a device, whose curves are shifted by `phase` so that devices
+/// differ. Values drift smoothly from one reading to the next.
+pub fn reading(step: u64, phase: u64) -> String {
+    let t = step as f64 + phase as f64 * 7.0;
     json!({
-        "temperature": 20.0 + (t / 10.0).sin() * 5.0,
-        "humidity": 50.0 + (t / 7.0).cos() * 10.0,
-        "battery": 100.0 - (t % 1000.0) / 10.0,
+        "temperature": 20.0 + (t / 30.0).sin() * 5.0,
+        "humidity": 50.0 + (t / 45.0).cos() * 10.0,
+        "battery": 100.0 - (step % 1000) as f64 / 10.0,
         "ts": wf_common::now_millis(),
     })
     .to_string()
@@ -622,9 +631,12 @@ pub async fn run(args: SimulateArgs) -> anyhow::Result<()> {
             _ = tick.tick() => {
                 let device = &devices[(seq as usize) % devices.len()];
                 let topic = format!("devices/{}/telemetry", device.id);
-                match device.client.try_publish(topic, QoS::AtLeastOnce, false, reading(seq)) {
-                    Ok(()) => { stats.sent.fetch_add(1, Ordering::Relaxed); }
-                    Err(_) => { stats.errors.fetch_add(1, Ordering::Relaxed); }
+                // Each device's readings follow their own curve, one step
+                // per reading of that device.
+                let step = seq / devices.len() as u64;
+                let phase = (seq as usize % devices.len()) as u64;
+                if device.client.try_publish(topic, QoS::AtLeastOnce, false, reading(step, phase)).is_err() {
+                    stats.errors.fetch_add(1, Ordering::Relaxed);
                 }
                 seq += 1;
             }
@@ -658,6 +670,19 @@ pub async fn run(args: SimulateArgs) -> anyhow::Result<()> {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn readings_drift_smoothly_and_devices_differ() {
+        let temperature = |step, phase| -> f64 {
+            let v: serde_json::Value = serde_json::from_str(&super::reading(step, phase)).unwrap();
+            v["temperature"].as_f64().unwrap()
+        };
+        for step in 0..500 {
+            let jump = (temperature(step + 1, 3) - temperature(step, 3)).abs();
+            assert!(jump < 0.2, "a jump of {jump} at step {step}");
+        }
+        assert!((temperature(10, 0) - temperature(10, 5)).abs() > 0.5);
+    }
+
     use super::*;
 
     #[test]

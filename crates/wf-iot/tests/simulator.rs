@@ -161,6 +161,26 @@ async fn a_simulator_pointed_at_the_wrong_broker_fails_with_a_clear_error() {
     assert!(out.status.success(), "{text}");
     assert!(text.contains("3 devices connected and online"), "{text}");
     assert!(text.contains("summary: 3 devices"), "{text}");
+    // The counters add up: every acknowledged message was counted as sent
+    // (status messages included).
+    let summary = text
+        .lines()
+        .find(|l| l.contains("summary: 3 devices"))
+        .unwrap();
+    let number_before = |word: &str| -> u64 {
+        let at = summary.find(word).unwrap();
+        summary[..at]
+            .split(|c: char| !c.is_ascii_digit())
+            .rfind(|part| !part.is_empty())
+            .unwrap()
+            .parse()
+            .unwrap()
+    };
+    let (sent, acked) = (number_before(" messages"), number_before(" acknowledged"));
+    assert!(
+        sent >= 3 && acked <= sent,
+        "sent {sent}, acked {acked}: {summary}"
+    );
     platform.stop().await.unwrap();
 }
 
