@@ -28,6 +28,9 @@ pub mod topics {
     pub const DEVICE_COMMAND_RESPONDED: &str = "device.command.responded";
     pub const DEVICE_OTA_PROGRESS: &str = "device.ota.progress";
     pub const DEVICE_DELETED: &str = "device.deleted";
+    /// An operator's change, for auth-service's audit log
+    /// ([`crate::audit::AuditEvent`]).
+    pub const AUDIT_RECORDED: &str = "audit.recorded";
 }
 
 #[derive(Debug, thiserror::Error)]
