@@ -30,9 +30,25 @@ async fn migrations_run_up_down_and_up_again() {
         .unwrap();
     assert_eq!(roles, 3);
 
-    // Revert the seed: the tables stay, the built-in roles go.
+    // Revert the audit log's event id: the column goes, the rows stay.
+    assert!(
+        sqlx::query("SELECT event_id FROM audit_log")
+            .fetch_all(&db.pool)
+            .await
+            .is_ok()
+    );
     let reverted = db.migrate_down(&MIGRATIONS, 1).await.unwrap();
     assert_eq!(reverted, vec![status[status.len() - 1].version]);
+    assert!(
+        sqlx::query("SELECT event_id FROM audit_log")
+            .fetch_all(&db.pool)
+            .await
+            .is_err()
+    );
+
+    // Revert the seed: the tables stay, the built-in roles go.
+    let reverted = db.migrate_down(&MIGRATIONS, 1).await.unwrap();
+    assert_eq!(reverted, vec![status[status.len() - 2].version]);
     let roles: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM roles")
         .fetch_one(&db.pool)
         .await
