@@ -185,26 +185,6 @@ test('tags and metadata are edited in place', async () => {
   assert.ok(details.includes('boiler') && details.includes('B12'), details);
 });
 
-test('a device links to its audit history, which lists its changes', async () => {
-  await go('/devices/console-boiler-01');
-  await page.getByRole('link', { name: 'Audit history' }).click();
-  await page.waitForURL(/\/admin\/audit\?target=console-boiler-01$/);
-  await loaded();
-  assert.equal(await page.getByLabel('Target').inputValue(), 'console-boiler-01');
-  // device-service publishes the entries; auth-service stores them.
-  await auditShows(['device.update', 'device.create']);
-  const targets = await page.locator('#audit-rows tr td:nth-child(4)').allTextContents();
-  assert.ok(targets.length >= 2 && targets.every((t) => t === 'console-boiler-01'), targets.join());
-  const actors = await page.locator('#audit-rows tr td:nth-child(2)').allTextContents();
-  assert.ok(actors.every((a) => a === 'admin'), actors.join());
-  // Another target, typed in: only its entries.
-  await page.getByLabel('Target').fill('no-such-target');
-  await page.getByRole('button', { name: 'Apply' }).click();
-  await page.waitForSelector('#audit-rows td.empty');
-  assert.match(page.url(), /target=no-such-target/);
-  await shot('05b-device-audit');
-});
-
 test('a command to a device that never answers times out visibly', async () => {
   // console-boiler-01 has never connected.
   await page.getByLabel('Command', { exact: true }).fill('ping');
@@ -213,6 +193,26 @@ test('a command to a device that never answers times out visibly', async () => {
   await page.waitForSelector('#command-result[data-status]', { timeout: 20000 });
   assert.equal(await page.locator('#command-result').getAttribute('data-status'), 'timed_out');
   assert.match(await page.locator('#command-result').textContent(), /Timed out/);
+});
+
+test('a device links to its audit history, which lists its changes', async () => {
+  await go('/devices/console-boiler-01');
+  await page.getByRole('link', { name: 'Audit history' }).click();
+  await page.waitForURL(/\/admin\/audit\?target=console-boiler-01$/);
+  await loaded();
+  assert.equal(await page.getByLabel('Target').inputValue(), 'console-boiler-01');
+  // device-service publishes the entries; auth-service stores them.
+  await auditShows(['device.command', 'device.update', 'device.create']);
+  const targets = await page.locator('#audit-rows tr td:nth-child(4)').allTextContents();
+  assert.ok(targets.length >= 3 && targets.every((t) => t === 'console-boiler-01'), targets.join());
+  const actors = await page.locator('#audit-rows tr td:nth-child(2)').allTextContents();
+  assert.ok(actors.every((a) => a === 'admin'), actors.join());
+  // Another target, typed in: only its entries.
+  await page.getByLabel('Target').fill('no-such-target');
+  await page.getByRole('button', { name: 'Apply' }).click();
+  await page.waitForSelector('#audit-rows td.empty');
+  assert.match(page.url(), /target=no-such-target/);
+  await shot('05b-device-audit');
 });
 
 test('firmware is uploaded with a progress bar and listed with its digest', async () => {
