@@ -50,6 +50,19 @@ async function login(username, password) {
   await loaded();
 }
 
+// Reloads the audit page until its rows name every one of `actions`
+// (entries from other services arrive through the event bus).
+async function auditShows(actions) {
+  for (let i = 0; i < 40; i += 1) {
+    const text = await page.locator('#audit-rows').textContent();
+    if (actions.every((a) => text.includes(a))) return;
+    await page.waitForTimeout(250);
+    await page.reload();
+    await loaded();
+  }
+  assert.fail(`the audit page never listed ${actions.join(', ')}`);
+}
+
 before(async () => {
   browser = await chromium.launch({
     executablePath: process.env.CHROMIUM || '/usr/bin/chromium',
@@ -181,6 +194,26 @@ test('a command to a device that never answers times out visibly', async () => {
   await page.waitForSelector('#command-result[data-status]', { timeout: 20000 });
   assert.equal(await page.locator('#command-result').getAttribute('data-status'), 'timed_out');
   assert.match(await page.locator('#command-result').textContent(), /Timed out/);
+});
+
+test('a device links to its audit history, which lists its changes', async () => {
+  await go('/devices/console-boiler-01');
+  await page.getByRole('link', { name: 'Audit history' }).click();
+  await page.waitForURL(/\/admin\/audit\?target=console-boiler-01$/);
+  await loaded();
+  assert.equal(await page.getByLabel('Target').inputValue(), 'console-boiler-01');
+  // device-service publishes the entries; auth-service stores them.
+  await auditShows(['device.command', 'device.update', 'device.create']);
+  const targets = await page.locator('#audit-rows tr td:nth-child(4)').allTextContents();
+  assert.ok(targets.length >= 3 && targets.every((t) => t === 'console-boiler-01'), targets.join());
+  const actors = await page.locator('#audit-rows tr td:nth-child(2)').allTextContents();
+  assert.ok(actors.every((a) => a === 'admin'), actors.join());
+  // Another target, typed in: only its entries.
+  await page.getByLabel('Target').fill('no-such-target');
+  await page.getByRole('button', { name: 'Apply' }).click();
+  await page.waitForSelector('#audit-rows td.empty');
+  assert.match(page.url(), /target=no-such-target/);
+  await shot('05b-device-audit');
 });
 
 test('firmware is uploaded with a progress bar and listed with its digest', async () => {
@@ -374,6 +407,11 @@ test('the console switches to Simplified Chinese and back', async () => {
   await page.waitForSelector('tr[data-role="viewer"]');
   assert.match(await page.locator('tr[data-role="viewer"] td[data-scope]').textContent(), /全部设备/);
   assert.match(await page.locator(`tr[data-role="${OWN.role}"] td[data-scope]`).textContent(), /仅自己的设备/);
+  // The audit page in Chinese; the deleted device's history remains.
+  await go('/admin/audit?target=console-boiler-01');
+  assert.equal(await page.getByLabel('对象').inputValue(), 'console-boiler-01');
+  await auditShows(['device.delete']);
+  await shot('13b-audit-zh');
   await page.locator('.usermenu [data-lang-switch]').click();
   await page.waitForFunction(() => document.documentElement.lang === 'en');
   await loaded();
@@ -417,6 +455,7 @@ test('a viewer sees no write controls and the server refuses them anyway', async
   for (const name of ['Edit', 'Rotate secret', 'Delete', 'Send command', 'Transfer']) {
     assert.equal(await page.getByRole('button', { name, exact: true }).isVisible(), false, name);
   }
+  assert.equal(await page.getByRole('link', { name: 'Audit history' }).isVisible(), false);
   await go('/firmware');
   await page.waitForSelector('#firmware-rows tr[data-firmware]');
   assert.equal(await page.getByRole('button', { name: 'Upload firmware' }).isVisible(), false);

@@ -2,6 +2,7 @@
 //! rotation, RBAC checks for the other services (gRPC), and the audit log.
 
 mod access;
+mod consume;
 pub mod domain;
 pub mod error;
 mod grpc;
@@ -21,6 +22,7 @@ use secrecy::{ExposeSecret, SecretString};
 use serde::{Deserialize, Serialize};
 use tokio::net::TcpListener;
 use wf_common::db::Db;
+use wf_common::events::EventBus;
 use wf_common::jwt::{JwtVerifier, SigningKey};
 use wf_common::net::IpRange;
 
@@ -66,6 +68,9 @@ pub struct Config {
     pub trusted_proxies: Vec<IpRange>,
     /// Largest accepted request body.
     pub max_body_bytes: usize,
+    /// This replica's name in the `audit.recorded` consumer group; stable
+    /// across restarts so a replica resumes the entries it had not stored.
+    pub consumer_name: String,
     /// The secret every gRPC call between services carries. Not read from
     /// this section: `wf-iot serve` sets one for the whole platform, and
     /// services run apart take `internal.token`.
@@ -99,6 +104,7 @@ impl Default for Config {
                 IpAddr::V6(Ipv6Addr::LOCALHOST).into(),
             ],
             max_body_bytes: 64 * 1024,
+            consumer_name: "auth-service-1".into(),
             internal_token: Default::default(),
             http_limits: wf_common::http::HttpLimits::default(),
         }
@@ -185,6 +191,7 @@ pub struct Application {
     state: AppState,
     http: TcpListener,
     grpc: TcpListener,
+    bus: Option<Arc<dyn EventBus>>,
 }
 
 impl Application {
@@ -204,7 +211,20 @@ impl Application {
             "auth.grpc_port",
         )
         .await?;
-        Ok(Self { state, http, grpc })
+        Ok(Self {
+            state,
+            http,
+            grpc,
+            bus: None,
+        })
+    }
+
+    /// Writes the audit entries other services publish on `audit.recorded`
+    /// to the audit log while running. Without a bus, only auth-service's
+    /// own entries are recorded.
+    pub fn with_events(mut self, bus: Arc<dyn EventBus>) -> Self {
+        self.bus = Some(bus);
+        self
     }
 
     pub fn http_port(&self) -> u16 {
@@ -261,13 +281,24 @@ impl Application {
         );
         let grpc = grpc::serve(self.state.clone(), self.grpc, stop.wait());
         let housekeeping = housekeeping(self.state.clone(), stop.wait());
+        let audit_events = {
+            let (state, bus, stop) = (self.state.clone(), self.bus.clone(), stop.wait());
+            async move {
+                match bus {
+                    Some(bus) => consume::run(state, bus, stop).await,
+                    None => tracing::info!(
+                        "no event bus: audit entries of the other services are not recorded"
+                    ),
+                }
+            }
+        };
         let trigger = stop.clone();
         tokio::spawn(async move {
             shutdown.await;
             trigger.trigger();
         });
         tracing::info!("auth-service ready");
-        let (http, grpc, ()) = tokio::join!(http, grpc, housekeeping);
+        let (http, grpc, (), ()) = tokio::join!(http, grpc, housekeeping, audit_events);
         http.context("auth-service HTTP server")?;
         grpc.context("auth-service gRPC server")?;
         Ok(())

@@ -40,12 +40,7 @@ impl Deref for AppState {
 }
 
 /// Where a request came from, for throttling and the audit log.
-#[derive(Debug, Clone, Default)]
-pub struct ClientInfo {
-    pub ip: String,
-    pub user_agent: Option<String>,
-    pub request_id: Option<String>,
-}
+pub use wf_common::audit::ClientInfo;
 
 /// An authenticated caller with their current roles and permissions.
 #[derive(Debug, Clone)]

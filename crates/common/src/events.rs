@@ -29,6 +29,9 @@ pub mod topics {
     pub const DEVICE_OTA_PROGRESS: &str = "device.ota.progress";
     pub const DEVICE_DELETED: &str = "device.deleted";
     pub const MQTT_BROKER_HEARTBEAT: &str = "mqtt.broker.heartbeat";
+    /// An operator's change, for auth-service's audit log
+    /// ([`crate::audit::AuditEvent`]).
+    pub const AUDIT_RECORDED: &str = "audit.recorded";
 }
 
 #[derive(Debug, thiserror::Error)]

@@ -2,6 +2,7 @@
 //! telemetry (logs, metrics, request ids), the JSON error envelope, JWT
 //! signing and verification, database access and graceful shutdown.
 
+pub mod audit;
 pub mod config;
 pub mod db;
 pub mod error;

@@ -10,7 +10,7 @@ mod ingest;
 mod state;
 pub mod store;
 
-use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -64,6 +64,10 @@ pub struct Config {
     /// This replica's name in event consumer groups; stable across restarts
     /// so a replica resumes the events it had not finished.
     pub consumer_name: String,
+    /// Peers whose `X-Forwarded-For` is believed (the api-gateway, a
+    /// proxy) for the client address the audit log records: addresses or
+    /// CIDR ranges. Everyone else's is ignored.
+    pub trusted_proxies: Vec<wf_common::net::IpRange>,
     pub max_body_bytes: usize,
     /// Limits of the HTTP listener: header timeout and size, connections
     /// per client address, the file-descriptor reserve.
@@ -107,6 +111,10 @@ impl Default for Config {
             command_max_timeout_secs: 3600,
             command_max_wait_secs: 30,
             consumer_name: "device-service-1".into(),
+            trusted_proxies: vec![
+                IpAddr::V4(Ipv4Addr::LOCALHOST).into(),
+                IpAddr::V6(Ipv6Addr::LOCALHOST).into(),
+            ],
             max_body_bytes: 64 * 1024,
             http_limits: wf_common::http::HttpLimits::default(),
             reset_status_on_start: false,

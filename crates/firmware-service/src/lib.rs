@@ -35,7 +35,7 @@ pub mod fuzzing {
     pub use crate::http::read_upload_body;
 }
 
-use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
@@ -89,6 +89,10 @@ pub struct Config {
     /// The largest firmware image accepted, in bytes.
     pub max_firmware_bytes: u64,
     /// The largest JSON request body.
+    /// Peers whose `X-Forwarded-For` is believed (the api-gateway, a
+    /// proxy) for the client address the audit log records: addresses or
+    /// CIDR ranges. Everyone else's is ignored.
+    pub trusted_proxies: Vec<wf_common::net::IpRange>,
     pub max_body_bytes: usize,
     /// Limits of the HTTP listener: header timeout and size, connections
     /// per client address, the file-descriptor reserve.
@@ -177,6 +181,10 @@ impl Default for Config {
             permission_cache_redis_url: String::new(),
             public_url: "http://127.0.0.1:8103".into(),
             max_firmware_bytes: 256 * 1024 * 1024,
+            trusted_proxies: vec![
+                IpAddr::V4(Ipv4Addr::LOCALHOST).into(),
+                IpAddr::V6(Ipv6Addr::LOCALHOST).into(),
+            ],
             max_body_bytes: 64 * 1024,
             http_limits: wf_common::http::HttpLimits::default(),
             storage: StorageConfig::default(),

@@ -167,7 +167,9 @@ impl Platform {
         let stop = Shutdown::new();
         let edge_stop = Shutdown::new();
 
-        let auth = auth_service::Application::build(Arc::new(config.auth.clone())).await?;
+        let auth = auth_service::Application::build(Arc::new(config.auth.clone()))
+            .await?
+            .with_events(bus.clone());
         let (auth_http, auth_grpc) = (auth.http_port(), auth.grpc_port());
 
         config.device.auth_grpc_url = format!("http://127.0.0.1:{auth_grpc}");

@@ -68,9 +68,14 @@ pub async fn run(config: PlatformConfig, target: Target) -> anyhow::Result<()> {
             platform.run_until_signal().await
         }
         Target::Auth => {
+            // auth-service writes the audit entries the other services
+            // publish, so it needs the bus they share.
+            let bus = distributed_bus(&config).await?;
             let mut auth = config.auth;
             auth.internal_token = config.internal.required_token()?;
-            let app = auth_service::Application::build(Arc::new(auth)).await?;
+            let app = auth_service::Application::build(Arc::new(auth))
+                .await?
+                .with_events(bus);
             tracing::info!(
                 http_port = app.http_port(),
                 grpc_port = app.grpc_port(),

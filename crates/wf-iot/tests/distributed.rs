@@ -1096,6 +1096,33 @@ async fn services_run_apart_and_survive_losing_replicas() {
         took.as_secs_f64()
     );
 
+    // The audit log: device-service published each creation on Redis, and
+    // auth-service, another process, stored it under the device's id.
+    let entry = eventually(
+        "the device's creation in the audit log",
+        Duration::from_secs(20),
+        || async {
+            let page = admin
+                .try_get("/api/v1/audit-logs?target=e2e-00001&action=device.create")
+                .await?;
+            page["items"].as_array()?.first().cloned()
+        },
+    )
+    .await;
+    assert_eq!(entry["actor_username"], "fleet-op", "{entry}");
+    assert_eq!(entry["actor_id"], user["id"], "{entry}");
+    assert_eq!(entry["outcome"], "success", "{entry}");
+    assert_eq!(entry["client_ip"], "127.0.0.1", "{entry}");
+    assert!(
+        entry["request_id"].as_str().is_some_and(|r| !r.is_empty()),
+        "{entry}"
+    );
+    let (status, page) = admin
+        .get("/api/v1/audit-logs?target=e2e-00001&action=device.create")
+        .await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(page["total"], 1, "stored once: {page}");
+
     // Telemetry, stored once per message, queryable through the gateway.
     let device_db = cluster.db("device").await;
     let firmware_db = cluster.db("firmware").await;

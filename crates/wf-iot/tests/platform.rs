@@ -462,3 +462,479 @@ async fn a_lost_admin_password_is_reset_from_the_command_line() {
     })
     .await;
 }
+
+/// The client address the test claims through a trusted proxy in front of
+/// the api-gateway.
+const CLIENT_IP: &str = "203.0.113.7";
+const USER_AGENT: &str = "audit-test/1.0";
+
+/// An operator using the platform through the api-gateway, as from
+/// [`CLIENT_IP`] behind a proxy the gateway trusts.
+struct Operator {
+    http: reqwest::Client,
+    base: String,
+    token: String,
+}
+
+impl Operator {
+    async fn login(base: &str, username: &str, password: &str) -> Self {
+        let http = reqwest::Client::builder()
+            .user_agent(USER_AGENT)
+            .build()
+            .unwrap();
+        let body: Value = http
+            .post(format!("{base}/api/v1/auth/login"))
+            .json(&json!({ "username": username, "password": password }))
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        let token = body["access_token"]
+            .as_str()
+            .unwrap_or_else(|| panic!("login of {username}: {body}"))
+            .to_string();
+        Self {
+            http,
+            base: base.to_string(),
+            token,
+        }
+    }
+
+    /// Sends `req` with request id `request_id`; answers the status and
+    /// the JSON body (null when there is none).
+    async fn send(&self, req: reqwest::RequestBuilder, request_id: &str) -> (StatusCode, Value) {
+        let resp = req
+            .bearer_auth(&self.token)
+            .header("x-forwarded-for", CLIENT_IP)
+            .header("x-request-id", request_id)
+            .send()
+            .await
+            .unwrap();
+        let status = resp.status();
+        let body = resp.json().await.unwrap_or(Value::Null);
+        (status, body)
+    }
+
+    fn request(&self, method: reqwest::Method, path: &str) -> reqwest::RequestBuilder {
+        self.http.request(method, format!("{}{path}", self.base))
+    }
+
+    async fn upload_firmware(&self, version: &str, request_id: &str) -> (StatusCode, Value) {
+        use sha2::Digest;
+        let image = format!("image {version}").into_bytes();
+        let digest: String = sha2::Sha256::digest(&image)
+            .iter()
+            .map(|b| format!("{b:02x}"))
+            .collect();
+        let form = reqwest::multipart::Form::new()
+            .text("name", format!("Audit firmware {version}"))
+            .text("device_type", "audit-sensor")
+            .text("version", version.to_string())
+            .text("sha256", digest)
+            .part(
+                "file",
+                reqwest::multipart::Part::bytes(image).file_name("fw.bin"),
+            );
+        self.send(
+            self.request(reqwest::Method::POST, "/api/v1/firmware")
+                .multipart(form),
+            request_id,
+        )
+        .await
+    }
+
+    /// The audit entries for `target`, newest first.
+    async fn audit_of(&self, target: &str) -> Vec<Value> {
+        let (status, body) = self
+            .send(
+                self.request(reqwest::Method::GET, "/api/v1/audit-logs")
+                    .query(&[("target", target), ("limit", "100")]),
+                "audit-read",
+            )
+            .await;
+        assert_eq!(status, StatusCode::OK, "audit log: {body}");
+        body["items"].as_array().cloned().unwrap_or_default()
+    }
+
+    /// Waits for the entry of `action` on `target` from the request
+    /// `request_id`, and checks who made it and from where.
+    async fn expect_entry(
+        &self,
+        action: &str,
+        target: &str,
+        request_id: &str,
+        actor: (&str, &str),
+        outcome: &str,
+    ) -> Value {
+        let entry = eventually(&format!("the audit entry {action} of {target}"), || async {
+            self.audit_of(target)
+                .await
+                .into_iter()
+                .find(|e| e["action"] == action && e["request_id"] == request_id)
+        })
+        .await;
+        assert_eq!(entry["target"], target, "{entry}");
+        assert_eq!(entry["actor_id"], actor.0, "{entry}");
+        assert_eq!(entry["actor_username"], actor.1, "{entry}");
+        assert_eq!(entry["outcome"], outcome, "{entry}");
+        assert_eq!(entry["client_ip"], CLIENT_IP, "{entry}");
+        assert_eq!(entry["user_agent"], USER_AGENT, "{entry}");
+        entry
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_change_an_operator_makes_is_in_the_audit_log() {
+    use reqwest::Method;
+    let dir = tempfile::tempdir().unwrap();
+    let mut config = wf_iot::config::PlatformConfig::load(None).unwrap();
+    // A proxy on this machine fronts the gateway and names the client.
+    config.gateway.trusted_proxies = vec!["127.0.0.1".parse().unwrap()];
+    let platform = Platform::start_local_with(dir.path(), PASSWORD, config)
+        .await
+        .unwrap();
+    let base = format!("http://127.0.0.1:{}", platform.ports.gateway_http);
+    let admin = Operator::login(&base, "admin", PASSWORD).await;
+    let (_, me) = admin
+        .send(admin.request(Method::GET, "/api/v1/auth/me"), "me")
+        .await;
+    let admin_id = me["id"].as_str().expect("admin id").to_string();
+    let by_admin = (admin_id.as_str(), "admin");
+
+    // device-service
+    let (status, device) = admin
+        .send(
+            admin.request(Method::POST, "/api/v1/devices").json(&json!({
+                "name": "Audited sensor", "device_type": "audit-sensor",
+            })),
+            "req-device-create",
+        )
+        .await;
+    assert_eq!(status, StatusCode::CREATED, "{device}");
+    let device_id = device["id"].as_str().unwrap().to_string();
+    let created = admin
+        .expect_entry(
+            "device.create",
+            &device_id,
+            "req-device-create",
+            by_admin,
+            "success",
+        )
+        .await;
+    assert_eq!(created["details"]["name"], "Audited sensor", "{created}");
+
+    let (status, body) = admin
+        .send(
+            admin
+                .request(Method::PATCH, &format!("/api/v1/devices/{device_id}"))
+                .json(&json!({ "name": "Renamed sensor", "tags": ["lab"] })),
+            "req-device-update",
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    let updated = admin
+        .expect_entry(
+            "device.update",
+            &device_id,
+            "req-device-update",
+            by_admin,
+            "success",
+        )
+        .await;
+    assert_eq!(updated["details"]["name"], "Renamed sensor", "{updated}");
+    assert_eq!(updated["details"]["tags"], json!(["lab"]), "{updated}");
+
+    let (status, body) = admin
+        .send(
+            admin.request(Method::POST, &format!("/api/v1/devices/{device_id}/secret")),
+            "req-device-secret",
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    let rotated = admin
+        .expect_entry(
+            "device.secret_rotate",
+            &device_id,
+            "req-device-secret",
+            by_admin,
+            "success",
+        )
+        .await;
+    assert!(
+        !rotated
+            .to_string()
+            .contains(body["credentials"]["secret"].as_str().unwrap()),
+        "the secret stays out of the audit log: {rotated}"
+    );
+
+    let (status, command) = admin
+        .send(
+            admin
+                .request(
+                    Method::POST,
+                    &format!("/api/v1/devices/{device_id}/commands"),
+                )
+                .json(&json!({ "name": "reboot", "params": {} })),
+            "req-device-command",
+        )
+        .await;
+    assert_eq!(status, StatusCode::CREATED, "{command}");
+    let sent = admin
+        .expect_entry(
+            "device.command",
+            &device_id,
+            "req-device-command",
+            by_admin,
+            "success",
+        )
+        .await;
+    assert_eq!(sent["details"]["name"], "reboot", "{sent}");
+    assert_eq!(sent["details"]["command_id"], command["id"], "{sent}");
+
+    // Handed to another owner, and back.
+    for (to, request_id) in [
+        ("nobody-such", ""),
+        (admin_id.as_str(), "req-device-transfer"),
+    ] {
+        let (status, body) = admin
+            .send(
+                admin
+                    .request(Method::PUT, &format!("/api/v1/devices/{device_id}/owner"))
+                    .json(&json!({ "owner_id": to })),
+                if request_id.is_empty() {
+                    "req-bad-transfer"
+                } else {
+                    request_id
+                },
+            )
+            .await;
+        if request_id.is_empty() {
+            assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY, "{body}");
+        } else {
+            assert_eq!(status, StatusCode::OK, "{body}");
+        }
+    }
+    let transferred = admin
+        .expect_entry(
+            "device.transfer",
+            &device_id,
+            "req-device-transfer",
+            by_admin,
+            "success",
+        )
+        .await;
+    assert_eq!(
+        transferred["details"]["to"],
+        admin_id.as_str(),
+        "{transferred}"
+    );
+
+    // firmware-service
+    let (status, firmware) = admin.upload_firmware("1.2.0", "req-fw-upload").await;
+    assert_eq!(status, StatusCode::CREATED, "{firmware}");
+    let firmware_id = firmware["id"].as_str().unwrap().to_string();
+    let uploaded = admin
+        .expect_entry(
+            "firmware.upload",
+            &firmware_id,
+            "req-fw-upload",
+            by_admin,
+            "success",
+        )
+        .await;
+    assert_eq!(uploaded["details"]["version"], "1.2.0", "{uploaded}");
+
+    let (status, rollout) = admin
+        .send(
+            admin
+                .request(Method::POST, "/api/v1/rollouts")
+                .json(&json!({
+                    "name": "Audited rollout",
+                    "firmware_id": firmware_id,
+                    "target": { "device_ids": [device_id] },
+                    "start_at": "2999-01-01T00:00:00Z",
+                })),
+            "req-rollout-create",
+        )
+        .await;
+    assert_eq!(status, StatusCode::CREATED, "{rollout}");
+    let rollout_id = rollout["id"].as_str().unwrap().to_string();
+    let started = admin
+        .expect_entry(
+            "rollout.create",
+            &rollout_id,
+            "req-rollout-create",
+            by_admin,
+            "success",
+        )
+        .await;
+    assert_eq!(started["details"]["target_count"], 1, "{started}");
+    assert_eq!(started["details"]["version"], "1.2.0", "{started}");
+
+    for (step, action) in [
+        ("pause", "rollout.pause"),
+        ("resume", "rollout.resume"),
+        ("cancel", "rollout.cancel"),
+    ] {
+        let request_id = format!("req-rollout-{step}");
+        let (status, body) = admin
+            .send(
+                admin.request(
+                    Method::POST,
+                    &format!("/api/v1/rollouts/{rollout_id}/{step}"),
+                ),
+                &request_id,
+            )
+            .await;
+        assert_eq!(status, StatusCode::OK, "{step}: {body}");
+        admin
+            .expect_entry(action, &rollout_id, &request_id, by_admin, "success")
+            .await;
+    }
+
+    let (status, task) = admin
+        .send(
+            admin
+                .request(Method::POST, "/api/v1/upgrade-tasks")
+                .json(&json!({
+                    "device_id": device_id,
+                    "firmware_id": firmware_id,
+                    "start_at": "2999-01-01T00:00:00Z",
+                })),
+            "req-task-create",
+        )
+        .await;
+    assert_eq!(status, StatusCode::CREATED, "{task}");
+    let task_id = task["id"].as_str().unwrap().to_string();
+    let queued = admin
+        .expect_entry(
+            "upgrade_task.create",
+            &task_id,
+            "req-task-create",
+            by_admin,
+            "success",
+        )
+        .await;
+    assert_eq!(
+        queued["details"]["device_id"],
+        device_id.as_str(),
+        "{queued}"
+    );
+
+    // Deleting another user's firmware is refused, and recorded as such.
+    let (status, body) = admin.upload_firmware("1.3.0", "req-fw-upload-2").await;
+    assert_eq!(status, StatusCode::CREATED, "{body}");
+    let spare_id = body["id"].as_str().unwrap().to_string();
+    let (status, body) = admin
+        .send(
+            admin.request(Method::POST, "/api/v1/users").json(&json!({
+                "username": "olivia",
+                "email": "olivia@example.com",
+                "password": "operator-password-1",
+                "roles": ["operator"],
+            })),
+            "req-user",
+        )
+        .await;
+    assert_eq!(status, StatusCode::CREATED, "{body}");
+    let olivia_id = body["id"].as_str().unwrap().to_string();
+    let olivia = Operator::login(&base, "olivia", "operator-password-1").await;
+    let (status, body) = olivia
+        .send(
+            olivia.request(Method::DELETE, &format!("/api/v1/firmware/{spare_id}")),
+            "req-fw-delete-denied",
+        )
+        .await;
+    assert_eq!(status, StatusCode::FORBIDDEN, "{body}");
+    admin
+        .expect_entry(
+            "firmware.delete",
+            &spare_id,
+            "req-fw-delete-denied",
+            (&olivia_id, "olivia"),
+            "denied",
+        )
+        .await;
+    // An operator without audit:read cannot read the log.
+    let (status, _) = olivia
+        .send(
+            olivia.request(Method::GET, "/api/v1/audit-logs"),
+            "req-denied-read",
+        )
+        .await;
+    assert_eq!(status, StatusCode::FORBIDDEN);
+
+    let (status, body) = admin
+        .send(
+            admin.request(Method::DELETE, &format!("/api/v1/firmware/{spare_id}")),
+            "req-fw-delete",
+        )
+        .await;
+    assert_eq!(status, StatusCode::NO_CONTENT, "{body}");
+    let deleted = admin
+        .expect_entry(
+            "firmware.delete",
+            &spare_id,
+            "req-fw-delete",
+            by_admin,
+            "success",
+        )
+        .await;
+    assert_eq!(deleted["details"]["version"], "1.3.0", "{deleted}");
+
+    let (status, body) = admin
+        .send(
+            admin.request(Method::DELETE, &format!("/api/v1/devices/{device_id}")),
+            "req-device-delete",
+        )
+        .await;
+    assert_eq!(status, StatusCode::NO_CONTENT, "{body}");
+    admin
+        .expect_entry(
+            "device.delete",
+            &device_id,
+            "req-device-delete",
+            by_admin,
+            "success",
+        )
+        .await;
+
+    // The device's history, exactly: six changes (a refused transfer records nothing), newest first; a
+    // prefix of its id matches nothing.
+    let history: Vec<String> = admin
+        .audit_of(&device_id)
+        .await
+        .iter()
+        .map(|e| e["action"].as_str().unwrap().to_string())
+        .collect();
+    assert_eq!(
+        history,
+        [
+            "device.delete",
+            "device.transfer",
+            "device.command",
+            "device.secret_rotate",
+            "device.update",
+            "device.create"
+        ],
+    );
+    assert!(
+        admin
+            .audit_of(&device_id[..device_id.len() - 1])
+            .await
+            .is_empty()
+    );
+    let long = "x".repeat(300);
+    let (status, body) = admin
+        .send(
+            admin
+                .request(Method::GET, "/api/v1/audit-logs")
+                .query(&[("target", long.as_str())]),
+            "req-long",
+        )
+        .await;
+    assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY, "{body}");
+    platform.stop().await.unwrap();
+}

@@ -21,8 +21,13 @@ pub struct ListQuery {
     /// A username or user id.
     #[param(max_length = 256)]
     actor: Option<String>,
+    /// `success`, `failure` or `denied`.
     #[param(max_length = 256)]
     outcome: Option<String>,
+    /// Exactly this target: a device, rollout, upgrade task, firmware,
+    /// user or role id (the history of one thing).
+    #[param(max_length = 256)]
+    target: Option<String>,
     /// RFC 3339 bounds.
     since: Option<String>,
     until: Option<String>,
@@ -64,6 +69,7 @@ pub async fn list(
         ("action", &query.action),
         ("actor", &query.actor),
         ("outcome", &query.outcome),
+        ("target", &query.target),
     ] {
         wf_common::text::check_filter(field, value.as_deref()).map_err(Error::Validation)?;
     }
@@ -71,6 +77,7 @@ pub async fn list(
         action: query.action,
         actor: query.actor,
         outcome: query.outcome,
+        target: query.target,
         since: parse_time("since", query.since)?,
         until: parse_time("until", query.until)?,
         limit: page.limit,

@@ -5,11 +5,9 @@ mod auth;
 mod roles;
 mod users;
 
-use std::net::{IpAddr, SocketAddr};
-
 use axum::Router;
-use axum::extract::{ConnectInfo, FromRequestParts};
-use axum::http::header::{AUTHORIZATION, USER_AGENT};
+use axum::extract::FromRequestParts;
+use axum::http::header::AUTHORIZATION;
 use axum::http::request::Parts;
 use axum::routing::{get, post, put};
 use utoipa::OpenApi;
@@ -17,7 +15,7 @@ use wf_common::http::{finish, ops_routes};
 use wf_common::openapi::BearerAuth;
 
 use crate::error::{Error, Result};
-use crate::state::{AppState, ClientInfo, Identity};
+use crate::state::{AppState, Identity};
 
 pub fn router(state: AppState) -> Router {
     let db_check = wf_common::http::database_check(state.store.db().clone());
@@ -105,41 +103,11 @@ impl FromRequestParts<AppState> for Caller {
 }
 
 /// The client's address (through trusted proxies), user agent and request id.
-pub struct Client(pub ClientInfo);
+pub use wf_common::audit::Client;
 
-impl FromRequestParts<AppState> for Client {
-    type Rejection = Error;
-
-    async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self> {
-        let peer: Option<IpAddr> = parts
-            .extensions
-            .get::<ConnectInfo<SocketAddr>>()
-            .map(|c| c.0.ip());
-        let forwarded = parts
-            .headers
-            .get("x-forwarded-for")
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.rsplit(',').next())
-            .and_then(|v| v.trim().parse::<IpAddr>().ok());
-        let ip = match (peer, forwarded) {
-            (Some(peer), Some(fwd))
-                if wf_common::net::in_any(&state.config.trusted_proxies, peer) =>
-            {
-                Some(fwd)
-            }
-            (peer, _) => peer,
-        };
-        Ok(Client(ClientInfo {
-            ip: ip
-                .map(|ip| ip.to_string())
-                .unwrap_or_else(|| "unknown".into()),
-            user_agent: parts
-                .headers
-                .get(USER_AGENT)
-                .and_then(|v| v.to_str().ok())
-                .map(str::to_string),
-            request_id: wf_common::telemetry::current_request_id(),
-        }))
+impl wf_common::audit::TrustedProxies for AppState {
+    fn trusted_proxies(&self) -> &[wf_common::net::IpRange] {
+        &self.config.trusted_proxies
     }
 }
 

@@ -1,6 +1,7 @@
 // Dynamic SQL here is assembled from constant fragments and `?`
 // placeholders only; every value is bound.
-use sqlx::{AssertSqlSafe, Row};
+use sqlx::{AssertSqlSafe, Row as _};
+use wf_common::audit::AuditEvent;
 
 use super::Store;
 use crate::error::Result;
@@ -40,6 +41,8 @@ pub struct AuditRecord {
 #[derive(Debug, Default)]
 pub struct AuditFilter {
     pub action: Option<String>,
+    /// Exactly this target (a device, rollout, user or role id).
+    pub target: Option<String>,
     pub actor: Option<String>,
     pub outcome: Option<String>,
     pub since: Option<i64>,
@@ -48,26 +51,85 @@ pub struct AuditFilter {
     pub offset: i64,
 }
 
+/// One row of `audit_log`, as written.
+struct Row {
+    event_id: Option<String>,
+    at: i64,
+    actor_id: Option<String>,
+    actor_username: Option<String>,
+    action: String,
+    target: Option<String>,
+    outcome: String,
+    client_ip: Option<String>,
+    user_agent: Option<String>,
+    request_id: Option<String>,
+    details: Option<serde_json::Value>,
+}
+
 fn truncate(s: Option<String>, max: usize) -> Option<String> {
     s.map(|s| s.chars().take(max).collect())
 }
 
 impl Store {
     pub async fn insert_audit(&self, entry: AuditEntry, at: i64) -> Result<()> {
+        let row = Row {
+            event_id: None,
+            at,
+            actor_id: entry.actor_id,
+            actor_username: entry.actor_username,
+            action: entry.action.to_string(),
+            target: entry.target,
+            outcome: entry.outcome.to_string(),
+            client_ip: entry.client_ip,
+            user_agent: entry.user_agent,
+            request_id: entry.request_id,
+            details: entry.details,
+        };
+        self.insert_row(row).await?;
+        Ok(())
+    }
+
+    /// Stores an entry another service published on `audit.recorded`.
+    /// Idempotent: an event whose `event_id` is stored already (a
+    /// redelivery) is skipped. Answers whether it was new.
+    pub async fn insert_audit_event(&self, event: &AuditEvent) -> Result<bool> {
+        let row = Row {
+            event_id: truncate(Some(event.event_id.clone()), 36),
+            at: event.at,
+            actor_id: truncate(event.actor_id.clone(), 36),
+            actor_username: event.actor_username.clone(),
+            action: truncate(Some(event.action.clone()), 64).unwrap_or_default(),
+            target: event.target.clone(),
+            outcome: truncate(Some(event.outcome.clone()), 16).unwrap_or_default(),
+            client_ip: event.client_ip.clone(),
+            user_agent: event.user_agent.clone(),
+            request_id: event.request_id.clone(),
+            details: event.details.clone(),
+        };
+        match self.insert_row(row).await {
+            Ok(()) => Ok(true),
+            Err(e) if wf_common::db::is_unique_violation(&e) => Ok(false),
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    async fn insert_row(&self, row: Row) -> sqlx::Result<()> {
         sqlx::query(
-            "INSERT INTO audit_log (at, actor_id, actor_username, action, target, outcome, \
-             client_ip, user_agent, request_id, details) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            "INSERT INTO audit_log (event_id, at, actor_id, actor_username, action, target, \
+             outcome, client_ip, user_agent, request_id, details) \
+             VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
         )
-        .bind(at)
-        .bind(entry.actor_id)
-        .bind(truncate(entry.actor_username, 254))
-        .bind(entry.action)
-        .bind(truncate(entry.target, 255))
-        .bind(entry.outcome)
-        .bind(truncate(entry.client_ip, 64))
-        .bind(truncate(entry.user_agent, 255))
-        .bind(truncate(entry.request_id, 128))
-        .bind(entry.details.map(|d| d.to_string()))
+        .bind(row.event_id)
+        .bind(row.at)
+        .bind(row.actor_id)
+        .bind(truncate(row.actor_username, 254))
+        .bind(row.action)
+        .bind(truncate(row.target, 255))
+        .bind(row.outcome)
+        .bind(truncate(row.client_ip, 64))
+        .bind(truncate(row.user_agent, 255))
+        .bind(truncate(row.request_id, 128))
+        .bind(row.details.map(|d| d.to_string()))
         .execute(&self.db.pool)
         .await?;
         Ok(())
@@ -81,6 +143,10 @@ impl Store {
         if let Some(a) = &filter.action {
             conditions.push("action = ?");
             text_args.push(a.clone());
+        }
+        if let Some(t) = &filter.target {
+            conditions.push("target = ?");
+            text_args.push(t.clone());
         }
         if let Some(a) = &filter.actor {
             conditions.push("(actor_username = ? OR actor_id = ?)");

@@ -7,6 +7,7 @@ use std::sync::Arc;
 use auth_service::{Application, Config, HashingLimit, LoginThrottleConfig, PasswordHashing};
 use reqwest::{Method, Response, StatusCode};
 use serde_json::{Value, json};
+use wf_common::events::EventBus;
 use wf_common::jwt::SigningKey;
 use wf_common::shutdown::Shutdown;
 
@@ -28,6 +29,7 @@ pub struct TestApp {
 pub struct TestAppBuilder {
     config: Config,
     dir: tempfile::TempDir,
+    events: Option<Arc<dyn EventBus>>,
 }
 
 impl TestAppBuilder {
@@ -60,6 +62,12 @@ impl TestAppBuilder {
         self
     }
 
+    /// Consumes `audit.recorded` from `bus`.
+    pub fn events(mut self, bus: Arc<dyn EventBus>) -> Self {
+        self.events = Some(bus);
+        self
+    }
+
     pub fn max_body_bytes(mut self, n: usize) -> Self {
         self.config.max_body_bytes = n;
         self
@@ -74,9 +82,12 @@ impl TestAppBuilder {
         let db = TestDatabase::new("auth.db");
         self.config.database_url = db.url.clone();
         let config = Arc::new(self.config);
-        let app = Application::build(config.clone())
+        let mut app = Application::build(config.clone())
             .await
             .expect("auth-service starts");
+        if let Some(bus) = self.events {
+            app = app.with_events(bus);
+        }
         let base = format!("http://127.0.0.1:{}", app.http_port());
         let grpc_port = app.grpc_port();
         app.ensure_admin(Some(ADMIN_PASSWORD.into()))
@@ -116,7 +127,11 @@ impl TestApp {
             },
             ..Config::default()
         };
-        TestAppBuilder { config, dir }
+        TestAppBuilder {
+            config,
+            dir,
+            events: None,
+        }
     }
 
     pub async fn spawn() -> Self {

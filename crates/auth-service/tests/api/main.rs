@@ -3,6 +3,7 @@
 mod helpers;
 
 mod access;
+mod audit;
 mod auth;
 mod flood;
 mod grpc;

@@ -30,20 +30,31 @@ async fn migrations_run_up_down_and_up_again() {
         .unwrap();
     assert_eq!(roles, 3);
 
-    // Revert down to the seed: the roles' scope goes first.
+    // Revert the later migrations one by one, newest first: each takes its
+    // column away and keeps the rows.
+    let column_gone = async |sql: &str| sqlx::query(sql).fetch_all(&db.pool).await.is_err();
     let seed = status
         .iter()
         .position(|m| m.description.contains("seed"))
         .expect("the seed migration");
-    let after_seed = status.len() - seed - 1;
-    let reverted = db.migrate_down(&MIGRATIONS, after_seed).await.unwrap();
-    assert_eq!(reverted.len(), after_seed);
-    assert!(
-        sqlx::query("SELECT scope FROM roles")
-            .fetch_all(&db.pool)
-            .await
-            .is_err(),
-        "the scope column is gone"
+    for (sql, what) in [
+        ("SELECT scope FROM roles", "role_scope"),
+        ("SELECT event_id FROM audit_log", "audit_event_id"),
+    ] {
+        assert!(!column_gone(sql).await, "{sql} before reverting {what}");
+        let reverted = db.migrate_down(&MIGRATIONS, 1).await.unwrap();
+        let version = status
+            .iter()
+            .find(|m| m.description.contains(&what.replace('_', " ")))
+            .unwrap_or_else(|| panic!("the {what} migration"))
+            .version;
+        assert_eq!(reverted, vec![version], "{what}");
+        assert!(column_gone(sql).await, "{sql} after reverting {what}");
+    }
+    assert_eq!(
+        status.len() - seed - 1,
+        2,
+        "every migration after the seed is reverted above"
     );
     // Revert the seed: the tables stay, the built-in roles go.
     let reverted = db.migrate_down(&MIGRATIONS, 1).await.unwrap();

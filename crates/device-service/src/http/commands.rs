@@ -8,11 +8,12 @@ use axum::extract::State;
 use axum::http::{HeaderMap, StatusCode};
 use serde::{Deserialize, Serialize};
 use serde_json::json;
+use wf_common::audit::Client;
 use wf_common::error::ErrorEnvelope;
 use wf_common::extract::{self, Path, Query};
 use wf_common::format_millis;
 
-use super::{Paged, page};
+use super::{Paged, audit, page};
 use crate::domain::{CommandName, CommandStatus};
 use crate::error::{Error, Result};
 use crate::state::{AppState, Caller, Permission};
@@ -90,6 +91,7 @@ pub struct CreateQuery {
 pub async fn create(
     State(state): State<AppState>,
     caller: Caller,
+    Client(client): Client,
     Path(device_id): Path<String>,
     Query(query): Query<CreateQuery>,
     headers: HeaderMap,
@@ -165,6 +167,16 @@ pub async fn create(
         }
         Err(e) => return Err(e),
     }
+    let details = json!({"command_id": command.id, "name": command.name, "timeout_s": timeout_s});
+    audit::record(
+        &state,
+        &caller,
+        &client,
+        "device.command",
+        &device.id,
+        details,
+    )
+    .await;
 
     match publish(&state, &load(&state, &command.id).await?).await {
         Ok(()) => {

@@ -5,13 +5,14 @@ use axum::Json;
 use axum::extract::State;
 use axum::http::StatusCode;
 use serde::{Deserialize, Serialize};
+use wf_common::audit::Client;
 use wf_common::error::ErrorEnvelope;
 use wf_common::events::{DeviceDeleted, publish_json, topics};
 use wf_common::extract::{self, Path, Query};
 use wf_common::format_millis;
 use wf_common::permissions::Scope;
 
-use super::{Paged, page};
+use super::{Paged, audit, page};
 use crate::domain::{DeviceId, DeviceSecret, Tag, normalize_tags};
 use crate::error::{Error, Result};
 use crate::state::{AppState, Caller, Permission};
@@ -141,6 +142,7 @@ fn empty_object() -> serde_json::Value {
 pub async fn create(
     State(state): State<AppState>,
     caller: Caller,
+    Client(client): Client,
     extract::Json(req): extract::Json<CreateRequest>,
 ) -> Result<(StatusCode, Json<DeviceWithSecret>)> {
     let access = caller.require(&state, Permission::DeviceWrite).await?;
@@ -160,10 +162,43 @@ pub async fn create(
         created_at: wf_common::now_millis(),
     };
     state.store.insert_device(&device).await?;
+    let details = serde_json::json!({"name": device.name, "device_type": device.device_type});
+    audit::record(
+        &state,
+        &caller,
+        &client,
+        "device.create",
+        &device.id,
+        details,
+    )
+    .await;
     sync_credentials(&state, &device.id, secret.expose()).await;
     let record = state.device_for(&access, &device.id).await?;
     tracing::info!(device_id = %record.id, owner = %caller.username, "device created");
     Ok((StatusCode::CREATED, Json(with_secret(record, &secret))))
+}
+
+/// What an update changed, for the audit log: the new name and type, the
+/// tags, and which metadata keys were set (not their values).
+fn changed(update: &DeviceUpdate) -> serde_json::Value {
+    let mut fields = serde_json::Map::new();
+    if let Some(name) = &update.name {
+        fields.insert("name".into(), name.clone().into());
+    }
+    if let Some(device_type) = &update.device_type {
+        fields.insert("device_type".into(), device_type.clone().into());
+    }
+    if let Some(tags) = &update.tags {
+        fields.insert("tags".into(), serde_json::json!(tags));
+    }
+    if let Some(metadata) = &update.metadata {
+        let keys: Vec<&String> = metadata
+            .as_object()
+            .map(|m| m.keys().collect())
+            .unwrap_or_default();
+        fields.insert("metadata_keys".into(), serde_json::json!(keys));
+    }
+    serde_json::Value::Object(fields)
 }
 
 /// Tells mqtt-gateway the credentials (an external broker keeps its own
@@ -294,6 +329,7 @@ pub struct UpdateRequest {
 pub async fn update(
     State(state): State<AppState>,
     caller: Caller,
+    Client(client): Client,
     Path(id): Path<String>,
     extract::Json(req): extract::Json<UpdateRequest>,
 ) -> Result<Json<DeviceDto>> {
@@ -317,6 +353,15 @@ pub async fn update(
     {
         return Err(Error::NotFound(format!("no device with id {id:?}")));
     }
+    audit::record(
+        &state,
+        &caller,
+        &client,
+        "device.update",
+        &id,
+        changed(&update),
+    )
+    .await;
     Ok(Json(state.device_for(&access, &id).await?.into()))
 }
 
@@ -327,6 +372,7 @@ pub async fn update(
 pub async fn delete(
     State(state): State<AppState>,
     caller: Caller,
+    Client(client): Client,
     Path(id): Path<String>,
 ) -> Result<StatusCode> {
     let access = caller.require(&state, Permission::DeviceWrite).await?;
@@ -334,6 +380,15 @@ pub async fn delete(
     if !state.store.delete_device(&id).await? {
         return Err(Error::NotFound(format!("no device with id {id:?}")));
     }
+    audit::record(
+        &state,
+        &caller,
+        &client,
+        "device.delete",
+        &id,
+        serde_json::json!({}),
+    )
+    .await;
     let event = DeviceDeleted {
         device_id: id.clone(),
         at: wf_common::now_millis(),
@@ -352,6 +407,7 @@ pub async fn delete(
 pub async fn rotate_secret(
     State(state): State<AppState>,
     caller: Caller,
+    Client(client): Client,
     Path(id): Path<String>,
 ) -> Result<Json<DeviceWithSecret>> {
     let access = caller.require(&state, Permission::DeviceWrite).await?;
@@ -361,6 +417,15 @@ pub async fn rotate_secret(
         .store
         .set_secret_hash(&id, &secret.hash(), wf_common::now_millis())
         .await?;
+    audit::record(
+        &state,
+        &caller,
+        &client,
+        "device.secret_rotate",
+        &id,
+        serde_json::json!({}),
+    )
+    .await;
     sync_credentials(&state, &id, secret.expose()).await;
     Ok(Json(with_secret(
         state.device_for(&access, &id).await?,
@@ -387,6 +452,7 @@ pub struct TransferRequest {
 pub async fn transfer(
     State(state): State<AppState>,
     caller: Caller,
+    Client(client): Client,
     Path(id): Path<String>,
     extract::Json(req): extract::Json<TransferRequest>,
 ) -> Result<Json<DeviceDto>> {
@@ -418,6 +484,15 @@ pub async fn transfer(
     {
         return Err(Error::NotFound(format!("no device with id {id:?}")));
     }
+    audit::record(
+        &state,
+        &caller,
+        &client,
+        "device.transfer",
+        &id,
+        serde_json::json!({ "from": previous.owner_id, "to": owner_id }),
+    )
+    .await;
     tracing::info!(device_id = %id, from = %previous.owner_id, to = %owner_id, by = %caller.username, "device handed to another owner");
     Ok(Json(state.device_for(&access, &id).await?.into()))
 }

@@ -1,5 +1,6 @@
 //! device-service's REST API under /api/v1/devices.
 
+mod audit;
 pub(crate) mod commands;
 mod devices;
 mod telemetry;

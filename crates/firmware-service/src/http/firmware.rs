@@ -10,11 +10,12 @@ use axum::http::{HeaderMap, StatusCode, header};
 use bytes::Bytes;
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
+use wf_common::audit::Client;
 use wf_common::error::ErrorEnvelope;
 use wf_common::extract::{Path, Query};
 use wf_common::format_millis;
 
-use super::{FORM_OVERHEAD, Paged, page};
+use super::{FORM_OVERHEAD, Paged, audit, page};
 use crate::domain::{FirmwareVersion, Sha256Digest, check_device_type, new_id};
 use crate::error::{Error, Result};
 use crate::state::{AppState, Caller, Permission};
@@ -378,6 +379,7 @@ fn multipart_rejection(e: MultipartRejection) -> Error {
 pub async fn upload(
     State(state): State<AppState>,
     caller: Caller,
+    Client(client): Client,
     headers: HeaderMap,
     multipart: std::result::Result<Multipart, MultipartRejection>,
 ) -> Result<(StatusCode, Json<FirmwareDto>)> {
@@ -445,6 +447,11 @@ pub async fn upload(
         return Err(e);
     }
     metrics::counter!("wf_firmware_uploads_total").increment(1);
+    let details = serde_json::json!({
+        "name": record.name, "device_type": record.device_type, "version": record.version,
+        "size": record.size, "sha256": record.sha256,
+    });
+    audit::record(&state, &caller, &client, "firmware.upload", &id, details).await;
     tracing::info!(
         firmware_id = %id,
         device_type = %record.device_type,
@@ -539,6 +546,7 @@ pub async fn get(
 pub async fn delete(
     State(state): State<AppState>,
     caller: Caller,
+    Client(client): Client,
     Path(id): Path<String>,
 ) -> Result<StatusCode> {
     let access = caller.require(&state, Permission::Write).await?;
@@ -548,6 +556,7 @@ pub async fn delete(
     if !access.reaches(&firmware.created_by) {
         metrics::counter!("wf_firmware_refused_total", "reason" => "not_owner").increment(1);
         tracing::warn!(firmware_id = %id, by = %caller.username, "refused: deleting another user's firmware");
+        audit::record_denied(&state, &caller, &client, "firmware.delete", &id).await;
         return Err(Error::Forbidden(
             "only the image's uploader or an admin can delete it".into(),
         ));
@@ -555,6 +564,9 @@ pub async fn delete(
     if !state.store.delete_firmware(&id).await? {
         return Err(Error::NotFound(format!("no firmware with id {id:?}")));
     }
+    let details =
+        serde_json::json!({"device_type": firmware.device_type, "version": firmware.version});
+    audit::record(&state, &caller, &client, "firmware.delete", &id, details).await;
     if let Err(e) = state.blobs.delete(&firmware.storage_key).await {
         // The row is gone, so nothing can reach the file any more.
         tracing::warn!(firmware_id = %id, error = %e, "removing a deleted image's file failed");

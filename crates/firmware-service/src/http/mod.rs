@@ -1,6 +1,7 @@
 //! firmware-service's REST API: /api/v1/firmware, /api/v1/rollouts and
 //! /api/v1/upgrade-tasks.
 
+mod audit;
 mod download;
 mod firmware;
 mod rollouts;

@@ -15,11 +15,12 @@ use axum::extract::State;
 use axum::http::StatusCode;
 use serde::{Deserialize, Serialize};
 use utoipa::openapi::{RefOr, Schema};
+use wf_common::audit::Client;
 use wf_common::error::ErrorEnvelope;
 use wf_common::extract::{self, Path, Query};
 use wf_common::format_millis;
 
-use super::{ExecutionStateSchema, Paged, RolloutStateSchema, page, time};
+use super::{ExecutionStateSchema, Paged, RolloutStateSchema, audit, page, time};
 use crate::clients::{DeviceQuery, MAX_TARGETS};
 use crate::domain::{ExecutionState, RolloutState, StateCounts, Target, check_device_type, new_id};
 use crate::error::{Error, Result};
@@ -540,6 +541,7 @@ pub async fn create_rollout(
 pub async fn create(
     State(state): State<AppState>,
     caller: Caller,
+    Client(client): Client,
     extract::Json(req): extract::Json<CreateRequest>,
 ) -> Result<(StatusCode, Json<RolloutDto>)> {
     let access = caller.require(&state, Permission::Deploy).await?;
@@ -598,6 +600,20 @@ pub async fn create(
     )
     .await?;
     let counts = state.store.counts(&rollout.id).await?;
+    let details = serde_json::json!({
+        "name": rollout.name, "firmware_id": rollout.firmware_id,
+        "version": rollout.firmware_version, "target_count": counts.total(),
+        "skipped": skipped.len(),
+    });
+    audit::record(
+        &state,
+        &caller,
+        &client,
+        "rollout.create",
+        &rollout.id,
+        details,
+    )
+    .await;
     let mut dto = RolloutDto::new(rollout, &counts);
     dto.skipped_devices = Some(skipped);
     Ok((StatusCode::CREATED, Json(dto)))
@@ -736,11 +752,21 @@ async fn control(
 pub async fn pause(
     State(state): State<AppState>,
     caller: Caller,
+    Client(client): Client,
     Path(id): Path<String>,
 ) -> Result<Json<RolloutDto>> {
     let access = caller.require(&state, Permission::Deploy).await?;
     let (_, rollout) = control(&state, &access, &id, |r| r.state.pause()).await?;
     tracing::info!(rollout_id = %id, by = %caller.username, "rollout paused");
+    audit::record(
+        &state,
+        &caller,
+        &client,
+        "rollout.pause",
+        &id,
+        serde_json::json!({}),
+    )
+    .await;
     dto(&state, rollout).await
 }
 
@@ -759,6 +785,7 @@ pub async fn pause(
 pub async fn resume(
     State(state): State<AppState>,
     caller: Caller,
+    Client(client): Client,
     Path(id): Path<String>,
 ) -> Result<Json<RolloutDto>> {
     let access = caller.require(&state, Permission::Deploy).await?;
@@ -767,6 +794,8 @@ pub async fn resume(
     })
     .await?;
     tracing::info!(rollout_id = %id, by = %caller.username, "rollout resumed");
+    let details = serde_json::json!({"state": rollout.state.as_str()});
+    audit::record(&state, &caller, &client, "rollout.resume", &id, details).await;
     dto(&state, rollout).await
 }
 
@@ -786,6 +815,7 @@ pub async fn resume(
 pub async fn cancel(
     State(state): State<AppState>,
     caller: Caller,
+    Client(client): Client,
     Path(id): Path<String>,
 ) -> Result<Json<RolloutDto>> {
     let access = caller.require(&state, Permission::Deploy).await?;
@@ -800,6 +830,8 @@ pub async fn cancel(
         )
         .await?;
     tracing::info!(rollout_id = %id, by = %caller.username, canceled, "rollout canceled");
+    let details = serde_json::json!({"canceled_executions": canceled});
+    audit::record(&state, &caller, &client, "rollout.cancel", &id, details).await;
     let rollout = load(&state, &access, &id).await?;
     dto(&state, rollout).await
 }

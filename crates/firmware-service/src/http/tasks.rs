@@ -6,12 +6,13 @@ use axum::Json;
 use axum::extract::State;
 use axum::http::StatusCode;
 use serde::{Deserialize, Serialize};
+use wf_common::audit::Client;
 use wf_common::error::ErrorEnvelope;
 use wf_common::extract::{self, Path, Query};
 use wf_common::format_millis;
 
 use super::rollouts::{KIND_TASK, Spec, create_rollout};
-use super::{ExecutionStateSchema, Paged, RolloutStateSchema, page, time};
+use super::{ExecutionStateSchema, Paged, RolloutStateSchema, audit, page, time};
 use crate::domain::{ExecutionEvent, ExecutionState, RolloutState, Target};
 use crate::engine::apply_event;
 use crate::error::{Error, Result};
@@ -144,6 +145,7 @@ async fn load(state: &AppState, access: &Access, id: &str) -> Result<(TaskRecord
 pub async fn create(
     State(state): State<AppState>,
     caller: Caller,
+    Client(client): Client,
     extract::Json(req): extract::Json<CreateRequest>,
 ) -> Result<(StatusCode, Json<TaskDto>)> {
     let access = caller.require(&state, Permission::Deploy).await?;
@@ -177,6 +179,19 @@ pub async fn create(
             rollout.id
         ))
     })?;
+    let details = serde_json::json!({
+        "device_id": task.device_id, "firmware_id": rollout.firmware_id,
+        "version": rollout.firmware_version,
+    });
+    audit::record(
+        &state,
+        &caller,
+        &client,
+        "upgrade_task.create",
+        &task.id,
+        details,
+    )
+    .await;
     Ok((StatusCode::CREATED, Json(to_dto(task, &rollout, None))))
 }
 

@@ -1528,7 +1528,7 @@
     const load = async () => {
       try {
         const f = state.filters;
-        const list = await api('GET', '/api/v1/audit-logs' + query({ action: f.action, actor: f.actor, outcome: f.outcome, limit: state.limit, offset: state.offset }));
+        const list = await api('GET', '/api/v1/audit-logs' + query({ action: f.action, actor: f.actor, target: f.target, outcome: f.outcome, limit: state.limit, offset: state.offset }));
         if (!list.items.length) emptyRow(tbody, 6);
         else {
           fill(tbody, list.items.map((a) => h('tr', {},
