@@ -823,17 +823,29 @@ async fn every_change_an_operator_makes_is_in_the_audit_log() {
         "{queued}"
     );
 
-    // Deleting another user's firmware is refused, and recorded as such.
+    // Deleting another user's firmware with a role that reaches only one's
+    // own is refused, and recorded as such.
     let (status, body) = admin.upload_firmware("1.3.0", "req-fw-upload-2").await;
     assert_eq!(status, StatusCode::CREATED, "{body}");
     let spare_id = body["id"].as_str().unwrap().to_string();
+    let (status, body) = admin
+        .send(
+            admin.request(Method::POST, "/api/v1/roles").json(&json!({
+                "name": "own-operators",
+                "scope": "own",
+                "permissions": ["device:read", "device:write", "firmware:read", "firmware:write"],
+            })),
+            "req-role",
+        )
+        .await;
+    assert_eq!(status, StatusCode::CREATED, "{body}");
     let (status, body) = admin
         .send(
             admin.request(Method::POST, "/api/v1/users").json(&json!({
                 "username": "olivia",
                 "email": "olivia@example.com",
                 "password": "operator-password-1",
-                "roles": ["operator"],
+                "roles": ["own-operators"],
             })),
             "req-user",
         )

@@ -32,7 +32,7 @@ async fn migrations_run_up_down_and_up_again() {
 
     // Revert the later migrations one by one, newest first: each takes its
     // column away and keeps the rows.
-    let column_gone = async |sql: &str| sqlx::query(sql).fetch_all(&db.pool).await.is_err();
+    let column_gone = async |sql: &'static str| sqlx::query(sql).fetch_all(&db.pool).await.is_err();
     let seed = status
         .iter()
         .position(|m| m.description.contains("seed"))
