@@ -498,12 +498,11 @@ mod tests {
         );
         assert!(matches!(body, Body::Chunked));
         assert!(
-            parse_head(b"HTTP/1.0 200 OK\r\n\r\n")
+            !parse_head(b"HTTP/1.0 200 OK\r\n\r\n")
                 .unwrap()
                 .unwrap()
                 .1
                 .keep_alive
-                == false
         );
         let (_, answer, body) = parse_head(
             b"HTTP/1.1 200 OK\r\nContent-Length: 3\r\nTransfer-Encoding: gzip, chunked\r\nConnection: keep-alive, close\r\n\r\n",

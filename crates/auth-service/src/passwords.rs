@@ -144,6 +144,7 @@ fn hash_with(params: &Params, password: &str) -> Result<String> {
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
 

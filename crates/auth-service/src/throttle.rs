@@ -177,6 +177,7 @@ fn prune(times: &mut VecDeque<Instant>, now: Instant, window: Duration) {
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
 

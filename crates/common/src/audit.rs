@@ -174,6 +174,7 @@ pub async fn record(bus: &dyn EventBus, event: AuditEvent) {
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
     use axum::http::Request;

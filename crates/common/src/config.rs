@@ -14,6 +14,8 @@ use serde::{Serialize, Serializer};
 pub const ENV_PREFIX: &str = "WF_IOT_";
 
 /// Loads `T` from its defaults, the TOML file (when given) and the environment.
+// figment's error is large, and returned once, at start-up, to be shown.
+#[allow(clippy::result_large_err)]
 pub fn load<T>(file: Option<&Path>) -> Result<T, figment::Error>
 where
     T: Default + Serialize + DeserializeOwned,

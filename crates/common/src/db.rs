@@ -66,12 +66,12 @@ fn prepare_url(url: &str, dialect: Dialect) -> Result<String, sqlx::Error> {
                 .split('?')
                 .next()
                 .unwrap_or_default();
-            if !path.is_empty() && path != ":memory:" {
-                if let Some(dir) = std::path::Path::new(path).parent() {
-                    if !dir.as_os_str().is_empty() {
-                        std::fs::create_dir_all(dir)?;
-                    }
-                }
+            if !path.is_empty()
+                && path != ":memory:"
+                && let Some(dir) = std::path::Path::new(path).parent()
+                && !dir.as_os_str().is_empty()
+            {
+                std::fs::create_dir_all(dir)?;
             }
             Ok(if url.contains("mode=") {
                 url.to_string()
@@ -285,6 +285,7 @@ pub fn is_foreign_key_violation(err: &sqlx::Error) -> bool {
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
 

@@ -152,6 +152,7 @@ pub async fn method_not_allowed_fallback() -> ApiError {
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
     use http_body_util::BodyExt;

@@ -587,9 +587,8 @@ impl Subscription for InProcessSubscription {
             Err(_) => return Ok(Vec::new()),
         };
         let mut entries = Vec::new();
-        match tokio::time::timeout(wait, rx.recv_many(&mut entries, max.max(1))).await {
-            Ok(0) => return Err(BusError::Unavailable("bus closed".into())),
-            Ok(_) | Err(_) => {}
+        if let Ok(0) = tokio::time::timeout(wait, rx.recv_many(&mut entries, max.max(1))).await {
+            return Err(BusError::Unavailable("bus closed".into()));
         }
         let mut out = Vec::with_capacity(entries.len());
         for e in entries {
@@ -743,10 +742,10 @@ impl EventBus for RedisBus {
             .arg("MKSTREAM")
             .query_async(&mut conn)
             .await;
-        if let Err(e) = created {
-            if e.code() != Some("BUSYGROUP") {
-                return Err(e.into());
-            }
+        if let Err(e) = created
+            && e.code() != Some("BUSYGROUP")
+        {
+            return Err(e.into());
         }
         Ok(Box::new(RedisSubscription {
             client: self.client.clone(),
@@ -904,6 +903,7 @@ impl Subscription for RedisSubscription {
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
 

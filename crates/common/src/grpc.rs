@@ -79,10 +79,10 @@ where
 
 /// Forwards the current request id on an outgoing call.
 fn propagate_request_id(req: &mut tonic::Request<()>) {
-    if let Some(id) = telemetry::current_request_id() {
-        if let Ok(v) = id.parse() {
-            req.metadata_mut().insert(REQUEST_ID_HEADER, v);
-        }
+    if let Some(id) = telemetry::current_request_id()
+        && let Ok(v) = id.parse()
+    {
+        req.metadata_mut().insert(REQUEST_ID_HEADER, v);
     }
 }
 

@@ -126,6 +126,7 @@ pub fn finish(router: Router, service: &'static str, body_limit: usize) -> Route
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
     use axum::body::Body;

@@ -498,6 +498,7 @@ impl RemoteJwks {
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
 

@@ -106,6 +106,7 @@ pub fn serve_flag(setting: &str) -> Option<&'static str> {
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
 

@@ -109,6 +109,7 @@ impl<'de> Deserialize<'de> for IpRange {
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
 

@@ -179,6 +179,7 @@ impl utoipa::Modify for BearerAuth {
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
 

@@ -419,6 +419,7 @@ pub fn grpc_request_id(metadata: &tonic::metadata::MetadataMap) -> String {
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
 

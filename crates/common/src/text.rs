@@ -37,6 +37,7 @@ pub fn check_filter(field: &str, value: Option<&str>) -> Result<(), String> {
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
 

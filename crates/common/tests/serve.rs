@@ -2,6 +2,9 @@
 //! sockets: slow headers, huge headers, too many connections from one
 //! address, and shutdown with a request in flight.
 
+// Integration tests fail loudly on purpose: `unwrap` is their assertion.
+#![allow(clippy::unwrap_used)]
+
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 

@@ -256,7 +256,7 @@ async fn sweep_lapsed_brokers(state: AppState, leases_current: Arc<AtomicBool>, 
             continue;
         }
         round += 1;
-        if let Err(e) = sweep_once(&state, round % 10 == 0).await {
+        if let Err(e) = sweep_once(&state, round.is_multiple_of(10)).await {
             tracing::warn!(error = %e, "sweeping devices of lost gateway instances failed; retrying");
         }
     }
@@ -476,10 +476,10 @@ async fn flush_last_seen(
             .lock()
             .map(|mut m| m.drain().collect())
             .unwrap_or_default();
-        if !seen.is_empty() {
-            if let Err(e) = state.store.touch_last_seen(&seen).await {
-                tracing::warn!(error = %e, "recording last-seen times failed");
-            }
+        if !seen.is_empty()
+            && let Err(e) = state.store.touch_last_seen(&seen).await
+        {
+            tracing::warn!(error = %e, "recording last-seen times failed");
         }
         if stopping {
             return;

@@ -56,8 +56,9 @@ impl AppState {
     }
 }
 
-/// Permissions device-service checks.
+/// Permissions device-service checks (named like their codes).
 #[derive(Debug, Clone, Copy)]
+#[allow(clippy::enum_variant_names)]
 pub enum Permission {
     DeviceRead,
     DeviceWrite,

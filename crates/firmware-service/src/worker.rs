@@ -169,7 +169,7 @@ impl Worker {
                     self.config.http_limits.clone(),
                     stop.wait(),
                 );
-                Some(tokio::spawn(async move { serving.await }))
+                Some(tokio::spawn(serving))
             }
             None => None,
         };

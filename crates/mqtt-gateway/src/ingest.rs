@@ -479,6 +479,9 @@ fn status(device: &str, online: bool, reason: &str) -> Event {
     })
 }
 
+/// A topic, its events, and the acknowledgements they release.
+type TopicBatch = (&'static str, Vec<Vec<u8>>, Vec<Ack>);
+
 /// Drains the ingest queue into the event bus: telemetry as
 /// `device.data.received` events of up to `batch_max_messages` messages
 /// (a JSON array each), everything else one event per message, flushed
@@ -532,7 +535,7 @@ impl Batcher {
     async fn flush(&self, batch: &mut Vec<Queued>, stop: &Shutdown) {
         let mut telemetry = Vec::new();
         // Per topic: its events, and the acknowledgements they release.
-        let mut by_topic: [(&'static str, Vec<Vec<u8>>, Vec<Ack>); 4] = [
+        let mut by_topic: [TopicBatch; 4] = [
             (topics::DEVICE_DATA_RECEIVED, Vec::new(), Vec::new()),
             (topics::DEVICE_STATUS_CHANGED, Vec::new(), Vec::new()),
             (topics::DEVICE_COMMAND_RESPONDED, Vec::new(), Vec::new()),

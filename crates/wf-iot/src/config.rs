@@ -126,6 +126,7 @@ impl PlatformConfig {
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used, clippy::result_large_err)]
 mod tests {
     use super::*;
 

@@ -427,6 +427,7 @@ fn print_admin_banner(username: &str, generated: Option<&str>, http_port: u16) {
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
 

@@ -669,6 +669,7 @@ pub async fn run(args: SimulateArgs) -> anyhow::Result<()> {
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used)]
 mod tests {
     #[test]
     fn readings_drift_smoothly_and_devices_differ() {

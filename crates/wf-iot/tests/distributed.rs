@@ -29,6 +29,9 @@
 //! 2 must be installed. Without them it prints why and passes, so `cargo
 //! test --workspace` stays self-contained.
 
+// Integration tests fail loudly on purpose: `unwrap` is their assertion.
+#![allow(clippy::unwrap_used)]
+
 mod support;
 
 use std::collections::HashMap;
@@ -546,17 +549,14 @@ impl Cluster {
             env
         };
         cluster.spawn("firmware", "firmware", firmware_http, firmware_env(&[]));
-        for i in 0..2 {
+        for (i, http) in worker_http.into_iter().enumerate() {
             cluster.spawn(
                 &format!("worker-{}", i + 1),
                 "worker",
-                worker_http[i],
+                http,
                 firmware_env(&[
                     ("WF_IOT_FIRMWARE__WORKER__NAME", format!("worker-{}", i + 1)),
-                    (
-                        "WF_IOT_FIRMWARE__WORKER__HTTP_PORT",
-                        worker_http[i].to_string(),
-                    ),
+                    ("WF_IOT_FIRMWARE__WORKER__HTTP_PORT", http.to_string()),
                     // A killed worker's leases end after 5 s.
                     ("WF_IOT_FIRMWARE__WORKER__LEASE_SECS", "5".into()),
                     ("WF_IOT_FIRMWARE__WORKER__POLL_INTERVAL_MS", "200".into()),
@@ -638,19 +638,19 @@ impl Cluster {
                 .await;
             }
         }
-        if let Ok(client) = redis::Client::open(self.settings.redis.as_str()) {
-            if let Ok(mut conn) = client.get_multiplexed_async_connection().await {
-                let keys: Vec<String> = redis::cmd("KEYS")
-                    .arg(format!("{}*", self.stream_prefix()))
-                    .query_async(&mut conn)
-                    .await
-                    .unwrap_or_default();
-                if !keys.is_empty() {
-                    let _ = redis::cmd("DEL")
-                        .arg(keys)
-                        .query_async::<()>(&mut conn)
-                        .await;
-                }
+        if let Ok(client) = redis::Client::open(self.settings.redis.as_str())
+            && let Ok(mut conn) = client.get_multiplexed_async_connection().await
+        {
+            let keys: Vec<String> = redis::cmd("KEYS")
+                .arg(format!("{}*", self.stream_prefix()))
+                .query_async(&mut conn)
+                .await
+                .unwrap_or_default();
+            if !keys.is_empty() {
+                let _ = redis::cmd("DEL")
+                    .arg(keys)
+                    .query_async::<()>(&mut conn)
+                    .await;
             }
         }
     }

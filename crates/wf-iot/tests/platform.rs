@@ -1,6 +1,9 @@
 //! The whole platform in one process, used the way a person and their
 //! devices use it: REST for people, MQTT for devices.
 
+// Integration tests fail loudly on purpose: `unwrap` is their assertion.
+#![allow(clippy::unwrap_used)]
+
 use std::time::Duration;
 
 use reqwest::StatusCode;

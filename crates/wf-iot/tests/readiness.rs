@@ -7,6 +7,9 @@
 //! (MariaDB, e.g. `mysql://root@127.0.0.1:3306`); each test returns early,
 //! saying so, when its variable is not set (`.ci/run` sets both).
 
+// Integration tests fail loudly on purpose: `unwrap` is their assertion.
+#![allow(clippy::unwrap_used)]
+
 mod support;
 
 use std::net::{IpAddr, Ipv4Addr};

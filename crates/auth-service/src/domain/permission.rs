@@ -100,6 +100,7 @@ impl From<Permission> for PermissionCode {
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
 

@@ -1,5 +1,8 @@
 //! auth-service over its real protocols: HTTP and gRPC.
 
+// Integration tests fail loudly on purpose: `unwrap` is their assertion.
+#![allow(clippy::unwrap_used)]
+
 mod helpers;
 
 mod access;

@@ -115,6 +115,7 @@ pub fn normalize_tags(tags: &[String]) -> Result<Vec<String>, String> {
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
 

@@ -219,6 +219,7 @@ fn parse_time(name: &str, value: Option<&str>) -> Result<Option<i64>, String> {
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
 

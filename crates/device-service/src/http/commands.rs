@@ -128,14 +128,13 @@ pub async fn create(
         }
         None => None,
     };
-    if let Some(key) = &idempotency_key {
-        if let Some(existing) = state
+    if let Some(key) = &idempotency_key
+        && let Some(existing) = state
             .store
             .command_by_idempotency_key(&caller.user_id, key)
             .await?
-        {
-            return replay(existing, &device.id);
-        }
+    {
+        return replay(existing, &device.id);
     }
 
     let now = wf_common::now_millis();
@@ -310,10 +309,10 @@ async fn wait_for(
             () = poll => {}
             () = tokio::time::sleep_until(deadline) => {}
             finished = done.recv() => {
-                if let Ok(finished) = finished {
-                    if finished != id {
-                        continue;
-                    }
+                if let Ok(finished) = finished
+                    && finished != id
+                {
+                    continue;
                 }
             }
         }

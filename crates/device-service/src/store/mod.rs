@@ -87,6 +87,7 @@ impl Drop for Forget<'_> {
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used)]
 mod tests {
     use wf_common::testing::TestDatabase;
 

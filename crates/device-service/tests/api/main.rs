@@ -1,5 +1,8 @@
 //! device-service over its real protocols: HTTP, gRPC and events.
 
+// Integration tests fail loudly on purpose: `unwrap` is their assertion.
+#![allow(clippy::unwrap_used)]
+
 mod helpers;
 
 mod commands;

@@ -44,7 +44,7 @@ async fn stored_telemetry_answers_latest_raw_and_aggregated_queries() {
             )
         })
         .collect();
-    app.publish(topics::DEVICE_DATA_RECEIVED, &[batch.clone()])
+    app.publish(topics::DEVICE_DATA_RECEIVED, std::slice::from_ref(&batch))
         .await;
     let latest = eventually("latest values", || async {
         let l = app

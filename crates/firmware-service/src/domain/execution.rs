@@ -296,6 +296,7 @@ pub fn decide(
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used)]
 mod tests {
     use super::ExecutionState as S;
     use super::*;

@@ -41,6 +41,7 @@ pub fn is_generated_id(s: &str) -> bool {
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
 

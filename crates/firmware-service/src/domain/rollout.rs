@@ -164,6 +164,7 @@ pub fn threshold_exceeded(counts: &StateCounts, threshold_percent: f64, min_fini
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used)]
 mod tests {
     use super::RolloutState as R;
     use super::*;

@@ -101,6 +101,7 @@ fn parse_key(k: &str) -> Result<VerifyingKey, String> {
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
     use ed25519_dalek::pkcs8::EncodePublicKey;

@@ -30,6 +30,7 @@ impl fmt::Display for FirmwareVersion {
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
 

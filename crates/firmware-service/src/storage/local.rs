@@ -74,6 +74,7 @@ impl BlobStore for LocalDirectory {
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
 

@@ -154,6 +154,7 @@ impl BlobStore for ObjectStorage {
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
 
