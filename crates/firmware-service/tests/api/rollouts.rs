@@ -421,7 +421,11 @@ async fn a_scheduled_rollout_waits_for_its_start() {
     let app = TestApp::spawn().await;
     let fw = app.firmware("sensor", "1.0.0", vec![1; 100]).await;
     app.devices("s", 3, "sensor", &[]).await;
-    let start = chrono::Utc::now() + chrono::Duration::milliseconds(1500);
+    // Times are kept to the millisecond; the start is given at that precision.
+    let start = chrono::DateTime::from_timestamp_millis(
+        (chrono::Utc::now() + chrono::Duration::milliseconds(1500)).timestamp_millis(),
+    )
+    .unwrap();
     let rollout = app
         .post_json(
             "/api/v1/rollouts",
