@@ -24,14 +24,13 @@ pub mod ratelimit;
 mod state;
 mod streams;
 
-use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::net::{IpAddr, Ipv4Addr};
 use std::sync::Arc;
 
-use anyhow::Context;
 use serde::{Deserialize, Serialize};
 use state::AppState;
-use tokio::net::TcpListener;
 use wf_common::events::EventBus;
+use wf_common::service::{Listeners, Runner};
 
 pub use domain::routes::RouteGroup;
 pub use loadtest::{LoadReport, load_test};
@@ -216,7 +215,7 @@ impl Default for CorsConfig {
 /// api-gateway with its listener bound.
 pub struct Application {
     state: AppState,
-    http: TcpListener,
+    listeners: Listeners,
 }
 
 impl Application {
@@ -225,17 +224,13 @@ impl Application {
     /// start later.
     pub async fn build(config: Arc<Config>, bus: Arc<dyn EventBus>) -> anyhow::Result<Self> {
         let state = AppState::new(config.clone(), bus)?;
-        let http = wf_common::listen::bind(
-            SocketAddr::new(config.host, config.http_port),
-            "api-gateway HTTP",
-            "gateway.http_port",
-        )
-        .await?;
-        Ok(Self { state, http })
+        let listeners =
+            Listeners::bind_http("api-gateway", "gateway", config.host, config.http_port).await?;
+        Ok(Self { state, listeners })
     }
 
     pub fn http_port(&self) -> u16 {
-        self.http.local_addr().map(|a| a.port()).unwrap_or_default()
+        self.listeners.http_port()
     }
 
     /// Serves HTTP and feeds live streams from the event bus until
@@ -245,28 +240,17 @@ impl Application {
         self,
         shutdown: impl Future<Output = ()> + Send + 'static,
     ) -> anyhow::Result<()> {
-        let stop = self.state.stop.clone();
-        let trigger = stop.clone();
-        tokio::spawn(async move {
-            shutdown.await;
-            trigger.trigger();
-        });
         let router = http::router(self.state.clone())?;
-        let server = wf_common::http::serve(
-            "api-gateway",
-            self.http,
-            router,
-            self.state.config.http_limits.clone(),
-            stop.wait(),
-        );
-        let feed = streams::feed(self.state.clone());
-        tracing::info!(
-            instance = %self.state.instance_id,
-            "api-gateway ready"
-        );
-        let (served, ()) = tokio::join!(server, feed);
-        served.context("api-gateway HTTP server")?;
-        Ok(())
+        tracing::info!(instance = %self.state.instance_id, "api-gateway instance");
+        Runner::with_stop("api-gateway", self.state.stop.clone())
+            .http(
+                self.listeners.http,
+                router,
+                self.state.config.http_limits.clone(),
+            )
+            .task(streams::feed(self.state.clone()))
+            .run_until(shutdown)
+            .await
     }
 }
 

@@ -1,164 +1,64 @@
-//! The auth-service error, mapped once to HTTP and once to gRPC.
+//! auth-service answers with the service kit's error
+//! ([`wf_common::error::Error`]), extended with its refusals under load.
 
-use axum::response::{IntoResponse, Response};
+use tonic::Code;
 use wf_common::ApiError;
-use wf_common::jwt::JwtError;
 
-#[derive(Debug, thiserror::Error)]
-pub enum Error {
-    #[error("{0}")]
-    BadRequest(String),
-    #[error("{0}")]
-    Validation(String),
-    #[error("{0}")]
-    Unauthenticated(String),
-    #[error("{0}")]
-    Forbidden(String),
-    #[error("{0}")]
-    NotFound(String),
-    #[error("{0}")]
-    Conflict(String),
-    #[error("too many failed attempts; retry in {retry_after_secs} s")]
-    Throttled { retry_after_secs: u64 },
-    #[error("the service is busy; retry in {retry_after_secs} s")]
-    Busy { retry_after_secs: u64 },
-    #[error(transparent)]
-    Internal(#[from] anyhow::Error),
+pub use wf_common::error::{Error, Result};
+
+/// Too many failed sign-ins: 429 with `Retry-After`.
+pub fn throttled(retry_after_secs: u64) -> Error {
+    Error::specific(
+        ApiError::too_many_requests(
+            format!("too many failed attempts; retry in {retry_after_secs} s"),
+            retry_after_secs,
+        ),
+        Code::ResourceExhausted,
+    )
 }
 
-pub type Result<T, E = Error> = std::result::Result<T, E>;
-
-impl From<sqlx::Error> for Error {
-    fn from(e: sqlx::Error) -> Self {
-        Self::Internal(e.into())
-    }
+/// Password hashing is saturated: 503 with `Retry-After`.
+pub fn busy(retry_after_secs: u64) -> Error {
+    Error::specific(
+        ApiError {
+            retry_after: Some(retry_after_secs.max(1)),
+            ..ApiError::unavailable(format!(
+                "the service is busy; retry in {retry_after_secs} s"
+            ))
+        },
+        Code::Unavailable,
+    )
 }
 
-impl From<JwtError> for Error {
-    fn from(e: JwtError) -> Self {
-        match e {
-            JwtError::KeysUnavailable(_) => Self::Internal(e.into()),
-            other => Self::Unauthenticated(other.to_string()),
+/// Whether `e` is the refusal of a saturated service.
+pub fn is_busy(e: &Error) -> bool {
+    matches!(
+        e,
+        Error::Specific {
+            grpc: Code::Unavailable,
+            ..
         }
-    }
-}
-
-impl From<Error> for ApiError {
-    fn from(e: Error) -> Self {
-        match e {
-            Error::BadRequest(m) => ApiError::bad_request(m),
-            Error::Validation(m) => ApiError::validation(m),
-            Error::Unauthenticated(m) => ApiError::unauthorized(m),
-            Error::Forbidden(m) => ApiError::forbidden(m),
-            Error::NotFound(m) => ApiError::not_found(m),
-            Error::Conflict(m) => ApiError::conflict(m),
-            e @ Error::Throttled { retry_after_secs } => {
-                ApiError::too_many_requests(e.to_string(), retry_after_secs)
-            }
-            e @ Error::Busy { retry_after_secs } => ApiError {
-                retry_after: Some(retry_after_secs.max(1)),
-                ..ApiError::unavailable(e.to_string())
-            },
-            Error::Internal(cause) => {
-                tracing::error!(error = ?cause, "internal error");
-                ApiError::internal()
-            }
-        }
-    }
-}
-
-impl IntoResponse for Error {
-    fn into_response(self) -> Response {
-        ApiError::from(self).into_response()
-    }
-}
-
-impl From<Error> for tonic::Status {
-    fn from(e: Error) -> Self {
-        match e {
-            Error::BadRequest(m) | Error::Validation(m) => tonic::Status::invalid_argument(m),
-            Error::Unauthenticated(m) => tonic::Status::unauthenticated(m),
-            Error::Forbidden(m) => tonic::Status::permission_denied(m),
-            Error::NotFound(m) => tonic::Status::not_found(m),
-            Error::Conflict(m) => tonic::Status::already_exists(m),
-            e @ Error::Throttled { .. } => tonic::Status::resource_exhausted(e.to_string()),
-            e @ Error::Busy { .. } => tonic::Status::unavailable(e.to_string()),
-            Error::Internal(cause) => {
-                tracing::error!(error = ?cause, "internal error");
-                tonic::Status::internal("internal error")
-            }
-        }
-    }
+    )
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
     use axum::http::StatusCode;
-    use tonic::Code;
-
-    fn cases() -> Vec<(Error, StatusCode, Code)> {
-        vec![
-            (
-                Error::BadRequest("x".into()),
-                StatusCode::BAD_REQUEST,
-                Code::InvalidArgument,
-            ),
-            (
-                Error::Validation("x".into()),
-                StatusCode::UNPROCESSABLE_ENTITY,
-                Code::InvalidArgument,
-            ),
-            (
-                Error::Unauthenticated("x".into()),
-                StatusCode::UNAUTHORIZED,
-                Code::Unauthenticated,
-            ),
-            (
-                Error::Forbidden("x".into()),
-                StatusCode::FORBIDDEN,
-                Code::PermissionDenied,
-            ),
-            (
-                Error::NotFound("x".into()),
-                StatusCode::NOT_FOUND,
-                Code::NotFound,
-            ),
-            (
-                Error::Conflict("x".into()),
-                StatusCode::CONFLICT,
-                Code::AlreadyExists,
-            ),
-            (
-                Error::Busy {
-                    retry_after_secs: 1,
-                },
-                StatusCode::SERVICE_UNAVAILABLE,
-                Code::Unavailable,
-            ),
-            (
-                Error::Throttled {
-                    retry_after_secs: 3,
-                },
-                StatusCode::TOO_MANY_REQUESTS,
-                Code::ResourceExhausted,
-            ),
-            (
-                Error::Internal(anyhow::anyhow!("secret detail")),
-                StatusCode::INTERNAL_SERVER_ERROR,
-                Code::Internal,
-            ),
-        ]
-    }
 
     #[test]
-    fn http_and_grpc_mapping() {
-        for ((http_err, http, _), (grpc_err, _, grpc)) in cases().into_iter().zip(cases()) {
-            let api = ApiError::from(http_err);
-            assert_eq!(api.status, http);
-            let status = tonic::Status::from(grpc_err);
-            assert_eq!(status.code(), grpc);
-            assert!(!status.message().contains("secret detail"));
-        }
+    fn refusals_under_load_say_when_to_retry() {
+        let api = ApiError::from(throttled(3));
+        assert_eq!(api.status, StatusCode::TOO_MANY_REQUESTS);
+        assert_eq!(api.retry_after, Some(3));
+        assert_eq!(
+            tonic::Status::from(throttled(3)).code(),
+            Code::ResourceExhausted
+        );
+        assert!(is_busy(&busy(1)));
+        let api = ApiError::from(busy(1));
+        assert_eq!(api.status, StatusCode::SERVICE_UNAVAILABLE);
+        assert_eq!(api.retry_after, Some(1));
+        assert_eq!(tonic::Status::from(busy(1)).code(), Code::Unavailable);
     }
 }

@@ -12,7 +12,7 @@ mod state;
 pub mod store;
 mod throttle;
 
-use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
@@ -20,11 +20,11 @@ use std::time::Duration;
 use anyhow::Context;
 use secrecy::{ExposeSecret, SecretString};
 use serde::{Deserialize, Serialize};
-use tokio::net::TcpListener;
 use wf_common::db::Db;
 use wf_common::events::EventBus;
 use wf_common::jwt::{JwtVerifier, SigningKey};
 use wf_common::net::IpRange;
+use wf_common::service::{Listeners, Runner};
 
 pub use passwords::{HashingLimit, PasswordHashing};
 pub use state::{AppState, CreateUser};
@@ -189,8 +189,7 @@ pub enum AdminBootstrap {
 /// auth-service with its listeners bound.
 pub struct Application {
     state: AppState,
-    http: TcpListener,
-    grpc: TcpListener,
+    listeners: Listeners,
     bus: Option<Arc<dyn EventBus>>,
 }
 
@@ -199,22 +198,17 @@ impl Application {
     /// signing key and binds both listeners; port 0 picks free ports.
     pub async fn build(config: Arc<Config>) -> anyhow::Result<Self> {
         let state = open(config.clone()).await?;
-        let http = wf_common::listen::bind(
-            SocketAddr::new(config.host, config.http_port),
-            "auth-service HTTP",
-            "auth.http_port",
-        )
-        .await?;
-        let grpc = wf_common::listen::bind(
-            SocketAddr::new(config.host, config.grpc_port),
-            "auth-service gRPC",
-            "auth.grpc_port",
+        let listeners = Listeners::bind(
+            "auth-service",
+            "auth",
+            config.host,
+            config.http_port,
+            config.grpc_port,
         )
         .await?;
         Ok(Self {
             state,
-            http,
-            grpc,
+            listeners,
             bus: None,
         })
     }
@@ -228,11 +222,11 @@ impl Application {
     }
 
     pub fn http_port(&self) -> u16 {
-        self.http.local_addr().map(|a| a.port()).unwrap_or_default()
+        self.listeners.http_port()
     }
 
     pub fn grpc_port(&self) -> u16 {
-        self.grpc.local_addr().map(|a| a.port()).unwrap_or_default()
+        self.listeners.grpc_port()
     }
 
     pub fn state(&self) -> &AppState {
@@ -269,20 +263,11 @@ impl Application {
         self,
         shutdown: impl Future<Output = ()> + Send + 'static,
     ) -> anyhow::Result<()> {
-        let stop = wf_common::shutdown::Shutdown::new();
-        let router = http::router(self.state.clone());
-        let http_stop = stop.wait();
-        let http = wf_common::http::serve(
-            "auth-service",
-            self.http,
-            router,
-            self.state.config.http_limits.clone(),
-            http_stop,
-        );
-        let grpc = grpc::serve(self.state.clone(), self.grpc, stop.wait());
-        let housekeeping = housekeeping(self.state.clone(), stop.wait());
+        let Listeners { http, grpc } = self.listeners;
+        let runner = Runner::new("auth-service");
+        let housekeeping = housekeeping(self.state.clone(), runner.stop().wait());
         let audit_events = {
-            let (state, bus, stop) = (self.state.clone(), self.bus.clone(), stop.wait());
+            let (state, bus, stop) = (self.state.clone(), self.bus, runner.stop().wait());
             async move {
                 match bus {
                     Some(bus) => consume::run(state, bus, stop).await,
@@ -292,16 +277,21 @@ impl Application {
                 }
             }
         };
-        let trigger = stop.clone();
-        tokio::spawn(async move {
-            shutdown.await;
-            trigger.trigger();
-        });
-        tracing::info!("auth-service ready");
-        let (http, grpc, (), ()) = tokio::join!(http, grpc, housekeeping, audit_events);
-        http.context("auth-service HTTP server")?;
-        grpc.context("auth-service gRPC server")?;
-        Ok(())
+        runner
+            .http(
+                http,
+                http::router(self.state.clone()),
+                self.state.config.http_limits.clone(),
+            )
+            .task(housekeeping)
+            .task(audit_events)
+            .grpc(
+                grpc,
+                &self.state.config.internal_token,
+                grpc::service(self.state.clone()),
+            )
+            .run_until(shutdown)
+            .await
     }
 }
 

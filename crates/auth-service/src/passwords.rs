@@ -94,9 +94,7 @@ impl Hasher {
             Err(_) => {
                 metrics::counter!("wf_auth_hashing_refused_total").increment(1);
                 tracing::warn!("password hashing is saturated; a request was refused");
-                Err(Error::Busy {
-                    retry_after_secs: 1,
-                })
+                Err(crate::error::busy(1))
             }
         }
     }
@@ -197,7 +195,7 @@ mod limit_tests {
         .unwrap();
         let held = hasher.slot().await.unwrap();
         let refused = hasher.verify("x".into(), None).await.unwrap_err();
-        assert!(matches!(refused, Error::Busy { .. }), "{refused:?}");
+        assert!(crate::error::is_busy(&refused), "{refused:?}");
         drop(held);
         assert!(!hasher.verify("x".into(), None).await.unwrap());
     }

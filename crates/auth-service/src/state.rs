@@ -61,9 +61,7 @@ impl Identity {
         if self.can(permission) {
             Ok(())
         } else {
-            Err(Error::Forbidden(format!(
-                "this requires the {permission} permission"
-            )))
+            Err(wf_common::caller::forbidden(permission.code()))
         }
     }
 
@@ -253,9 +251,9 @@ impl AppState {
                     Some(serde_json::json!({ "limit": throttled.scope })),
                 ))
                 .await;
-                return Err(Error::Throttled {
-                    retry_after_secs: throttled.retry_after.as_secs().max(1),
-                });
+                return Err(crate::error::throttled(
+                    throttled.retry_after.as_secs().max(1),
+                ));
             }
         };
         let ok = match self

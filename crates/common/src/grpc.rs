@@ -340,6 +340,16 @@ impl Page {
     }
 }
 
+/// Maps a failed call to another service: not found and invalid argument
+/// pass through; anything else means `service` is unavailable.
+pub fn call_error(service: &str, status: tonic::Status) -> crate::Error {
+    match status.code() {
+        tonic::Code::NotFound => crate::Error::NotFound(status.message().to_string()),
+        tonic::Code::InvalidArgument => crate::Error::Validation(status.message().to_string()),
+        _ => crate::Error::Unavailable(format!("{service}: {}", status.message())),
+    }
+}
+
 /// A channel to another service that connects on first use, so services
 /// can start in any order; calls fail after a short connect timeout rather
 /// than hang. Every call carries `token` and the current request id.

@@ -3,6 +3,8 @@
 //! signing and verification, database access and graceful shutdown.
 
 pub mod audit;
+pub mod caller;
+pub mod clients;
 pub mod config;
 pub mod db;
 pub mod error;
@@ -14,16 +16,18 @@ pub mod jwt;
 pub mod listen;
 pub mod net;
 pub mod openapi;
+pub mod paging;
 pub mod permissions;
 pub mod random;
 pub mod retry;
+pub mod service;
 pub mod shutdown;
 pub mod telemetry;
 #[cfg(feature = "testing")]
 pub mod testing;
 pub mod text;
 
-pub use error::ApiError;
+pub use error::{ApiError, Error};
 
 /// Milliseconds since the Unix epoch.
 pub fn now_millis() -> i64 {

@@ -10,16 +10,16 @@ mod ingest;
 mod state;
 pub mod store;
 
-use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context;
 use serde::{Deserialize, Serialize};
-use tokio::net::TcpListener;
 use wf_common::db::Db;
 use wf_common::events::EventBus;
 use wf_common::jwt::JwtVerifier;
+use wf_common::service::{Listeners, Runner};
 
 pub use state::AppState;
 
@@ -154,8 +154,7 @@ pub async fn connect_db(config: &Config) -> anyhow::Result<Db> {
 /// device-service with its listeners bound.
 pub struct Application {
     state: AppState,
-    http: TcpListener,
-    grpc: TcpListener,
+    listeners: Listeners,
 }
 
 impl Application {
@@ -201,27 +200,23 @@ impl Application {
             gateway,
             bus,
         );
-        let http = wf_common::listen::bind(
-            SocketAddr::new(config.host, config.http_port),
-            "device-service HTTP",
-            "device.http_port",
+        let listeners = Listeners::bind(
+            "device-service",
+            "device",
+            config.host,
+            config.http_port,
+            config.grpc_port,
         )
         .await?;
-        let grpc = wf_common::listen::bind(
-            SocketAddr::new(config.host, config.grpc_port),
-            "device-service gRPC",
-            "device.grpc_port",
-        )
-        .await?;
-        Ok(Self { state, http, grpc })
+        Ok(Self { state, listeners })
     }
 
     pub fn http_port(&self) -> u16 {
-        self.http.local_addr().map(|a| a.port()).unwrap_or_default()
+        self.listeners.http_port()
     }
 
     pub fn grpc_port(&self) -> u16 {
-        self.grpc.local_addr().map(|a| a.port()).unwrap_or_default()
+        self.listeners.grpc_port()
     }
 
     /// Serves HTTP and gRPC and consumes device events until `shutdown`
@@ -230,26 +225,22 @@ impl Application {
         self,
         shutdown: impl Future<Output = ()> + Send + 'static,
     ) -> anyhow::Result<()> {
-        let stop = wf_common::shutdown::Shutdown::new();
-        let router = http::router(self.state.clone());
-        let http = wf_common::http::serve(
-            "device-service",
-            self.http,
-            router,
-            self.state.config.http_limits.clone(),
-            stop.wait(),
-        );
-        let grpc = grpc::serve(self.state.clone(), self.grpc, stop.wait());
-        let workers = ingest::run(self.state.clone(), stop.clone());
-        let trigger = stop.clone();
-        tokio::spawn(async move {
-            shutdown.await;
-            trigger.trigger();
-        });
-        tracing::info!("device-service ready");
-        let (http, grpc, ()) = tokio::join!(http, grpc, workers);
-        http.context("device-service HTTP server")?;
-        grpc.context("device-service gRPC server")?;
-        Ok(())
+        let Listeners { http, grpc } = self.listeners;
+        let runner = Runner::new("device-service");
+        let workers = ingest::run(self.state.clone(), runner.stop());
+        runner
+            .http(
+                http,
+                http::router(self.state.clone()),
+                self.state.config.http_limits.clone(),
+            )
+            .task(workers)
+            .grpc(
+                grpc,
+                &self.state.config.internal_token,
+                grpc::service(self.state.clone()),
+            )
+            .run_until(shutdown)
+            .await
     }
 }

@@ -4,8 +4,12 @@ use std::ops::Deref;
 use std::sync::Arc;
 
 use tokio::sync::broadcast;
+use wf_common::audit::TrustedProxies;
+pub use wf_common::caller::Caller;
+use wf_common::caller::{Authority, PermissionCode};
 use wf_common::events::EventBus;
-use wf_common::jwt::{AccessClaims, JwtVerifier};
+use wf_common::jwt::JwtVerifier;
+use wf_common::net::IpRange;
 use wf_common::permissions::Access;
 
 use crate::Config;
@@ -65,8 +69,8 @@ pub enum Permission {
     DeviceCommand,
 }
 
-impl Permission {
-    pub fn code(self) -> &'static str {
+impl PermissionCode for Permission {
+    fn code(self) -> &'static str {
         match self {
             Self::DeviceRead => "device:read",
             Self::DeviceWrite => "device:write",
@@ -75,54 +79,19 @@ impl Permission {
     }
 }
 
-/// An authenticated caller.
-#[derive(Debug, Clone)]
-pub struct Caller {
-    pub user_id: String,
-    pub username: String,
-    /// A superuser or a holder of the admin role (who may, among others,
-    /// hand a device to another owner). Which devices a permission reaches
-    /// is the scope of the roles granting it (see [`Access`]).
-    pub is_admin: bool,
-}
-
-impl Caller {
-    /// The caller behind verified `claims`, as auth-service sees the
-    /// account now: a disabled account, or a token from before a password
-    /// change, is refused, and a role change applies, within the permission
-    /// cache's time rather than the token's lifetime.
-    pub async fn from_claims(state: &AppState, claims: AccessClaims) -> Result<Self> {
-        let is_admin = state
-            .auth
-            .current_admin(&claims)
-            .await
-            .map_err(|s| crate::clients::call_error("auth-service", s))?
-            .ok_or_else(|| Error::Unauthenticated(wf_common::permissions::SESSION_ENDED.into()))?;
-        Ok(Self {
-            is_admin,
-            user_id: claims.sub,
-            username: claims.username,
-        })
+impl Authority for AppState {
+    fn verifier(&self) -> &JwtVerifier {
+        &self.verifier
     }
 
-    /// Asks auth-service (through the cache) whether the caller holds
-    /// `permission`, and which devices it reaches.
-    pub async fn require(&self, state: &AppState, permission: Permission) -> Result<Access> {
-        match state
-            .auth
-            .check_permission(&self.user_id, permission.code())
-            .await
-            .map_err(|s| crate::clients::call_error("auth-service", s))?
-        {
-            Some(scope) => Ok(Access {
-                user_id: self.user_id.clone(),
-                scope,
-            }),
-            None => Err(Error::Forbidden(format!(
-                "this requires the {} permission",
-                permission.code()
-            ))),
-        }
+    fn permissions(&self) -> &AuthClient {
+        &self.auth
+    }
+}
+
+impl TrustedProxies for AppState {
+    fn trusted_proxies(&self) -> &[IpRange] {
+        &self.config.trusted_proxies
     }
 }
 

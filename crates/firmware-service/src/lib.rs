@@ -35,7 +35,7 @@ pub mod fuzzing {
     pub use crate::http::read_upload_body;
 }
 
-use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
@@ -43,10 +43,10 @@ use std::time::Duration;
 use anyhow::Context;
 use secrecy::{ExposeSecret, SecretString};
 use serde::{Deserialize, Serialize};
-use tokio::net::TcpListener;
 use wf_common::db::Db;
 use wf_common::events::EventBus;
 use wf_common::jwt::JwtVerifier;
+use wf_common::service::{Listeners, Runner};
 
 pub use state::AppState;
 pub use storage::{StorageBackend, StorageConfig};
@@ -255,8 +255,7 @@ async fn open_store(config: &Config) -> anyhow::Result<(store::Store, domain::Li
 /// firmware-service with its listeners bound.
 pub struct Application {
     state: AppState,
-    http: TcpListener,
-    grpc: TcpListener,
+    listeners: Listeners,
 }
 
 impl Application {
@@ -302,27 +301,23 @@ impl Application {
             signing_keys,
             bus,
         });
-        let http = wf_common::listen::bind(
-            SocketAddr::new(config.host, config.http_port),
-            "firmware-service HTTP",
-            "firmware.http_port",
+        let listeners = Listeners::bind(
+            "firmware-service",
+            "firmware",
+            config.host,
+            config.http_port,
+            config.grpc_port,
         )
         .await?;
-        let grpc = wf_common::listen::bind(
-            SocketAddr::new(config.host, config.grpc_port),
-            "firmware-service gRPC",
-            "firmware.grpc_port",
-        )
-        .await?;
-        Ok(Self { state, http, grpc })
+        Ok(Self { state, listeners })
     }
 
     pub fn http_port(&self) -> u16 {
-        self.http.local_addr().map(|a| a.port()).unwrap_or_default()
+        self.listeners.http_port()
     }
 
     pub fn grpc_port(&self) -> u16 {
-        self.grpc.local_addr().map(|a| a.port()).unwrap_or_default()
+        self.listeners.grpc_port()
     }
 
     /// Serves HTTP and gRPC until `shutdown` resolves, then drains
@@ -331,25 +326,19 @@ impl Application {
         self,
         shutdown: impl Future<Output = ()> + Send + 'static,
     ) -> anyhow::Result<()> {
-        let stop = wf_common::shutdown::Shutdown::new();
-        let router = http::router(self.state.clone());
-        let http = wf_common::http::serve(
-            "firmware-service",
-            self.http,
-            router,
-            self.state.config.http_limits.clone(),
-            stop.wait(),
-        );
-        let grpc = grpc::serve(self.state.clone(), self.grpc, stop.wait());
-        let trigger = stop.clone();
-        tokio::spawn(async move {
-            shutdown.await;
-            trigger.trigger();
-        });
-        tracing::info!("firmware-service ready");
-        let (http, grpc) = tokio::join!(http, grpc);
-        http.context("firmware-service HTTP server")?;
-        grpc.context("firmware-service gRPC server")?;
-        Ok(())
+        let Listeners { http, grpc } = self.listeners;
+        Runner::new("firmware-service")
+            .http(
+                http,
+                http::router(self.state.clone()),
+                self.state.config.http_limits.clone(),
+            )
+            .grpc(
+                grpc,
+                &self.state.config.internal_token,
+                grpc::service(self.state.clone()),
+            )
+            .run_until(shutdown)
+            .await
     }
 }

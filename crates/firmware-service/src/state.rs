@@ -3,14 +3,17 @@
 use std::ops::Deref;
 use std::sync::Arc;
 
+use wf_common::audit::TrustedProxies;
+pub use wf_common::caller::Caller;
+use wf_common::caller::{Authority, PermissionCode};
 use wf_common::events::EventBus;
-use wf_common::jwt::{AccessClaims, JwtVerifier};
+use wf_common::jwt::JwtVerifier;
+use wf_common::net::IpRange;
 pub use wf_common::permissions::Access;
 
 use crate::Config;
 use crate::clients::{AuthClient, DeviceClient};
 use crate::domain::{LinkSigner, PublicKeys};
-use crate::error::{Error, Result};
 use crate::storage::BlobStore;
 use crate::store::Store;
 
@@ -57,8 +60,8 @@ pub enum Permission {
     Deploy,
 }
 
-impl Permission {
-    pub fn code(self) -> &'static str {
+impl PermissionCode for Permission {
+    fn code(self) -> &'static str {
         match self {
             Self::Read => "firmware:read",
             Self::Write => "firmware:write",
@@ -67,53 +70,18 @@ impl Permission {
     }
 }
 
-/// An authenticated user.
-#[derive(Debug, Clone)]
-pub struct Caller {
-    pub user_id: String,
-    pub username: String,
+impl Authority for AppState {
+    fn verifier(&self) -> &JwtVerifier {
+        &self.verifier
+    }
+
+    fn permissions(&self) -> &AuthClient {
+        &self.auth
+    }
 }
 
-impl Caller {
-    /// The caller behind verified `claims`, as auth-service sees the
-    /// account now: a disabled account, or a token from before a password
-    /// change, is refused within the permission cache's time.
-    pub async fn from_claims(state: &AppState, claims: AccessClaims) -> Result<Self> {
-        state
-            .auth
-            .current_admin(&claims)
-            .await
-            .map_err(|s| crate::clients::call_error("auth-service", s))?
-            .ok_or_else(|| Error::Unauthenticated(wf_common::permissions::SESSION_ENDED.into()))?;
-        Ok(Self {
-            user_id: claims.sub,
-            username: claims.username,
-        })
-    }
-
-    /// Asks auth-service (through the cache) whether the caller holds
-    /// `permission`, and whose rollouts, tasks, firmware and devices it
-    /// reaches (the rule device-service applies).
-    pub async fn require(&self, state: &AppState, permission: Permission) -> Result<Access> {
-        match state
-            .auth
-            .check_permission(&self.user_id, permission.code())
-            .await
-            .map_err(|s| crate::clients::call_error("auth-service", s))?
-        {
-            Some(scope) => Ok(Access {
-                user_id: self.user_id.clone(),
-                scope,
-            }),
-            None => Err(Error::Forbidden(format!(
-                "this requires the {} permission",
-                permission.code()
-            ))),
-        }
-    }
-
-    /// How this caller appears in execution histories.
-    pub fn actor(&self) -> String {
-        format!("user:{}", self.username)
+impl TrustedProxies for AppState {
+    fn trusted_proxies(&self) -> &[IpRange] {
+        &self.config.trusted_proxies
     }
 }

@@ -22,7 +22,7 @@ use anyhow::Context;
 use futures_util::StreamExt;
 use serde_json::json;
 use wf_common::events::{Delivery, EventBus, StatusChanged, decode_all, run_consumer, topics};
-use wf_common::shutdown::Shutdown;
+use wf_common::service::Runner;
 
 use crate::Config;
 use crate::clients::GatewayClient;
@@ -154,25 +154,9 @@ impl Worker {
         mut self,
         shutdown: impl Future<Output = ()> + Send + 'static,
     ) -> anyhow::Result<()> {
-        let stop = Shutdown::new();
-        let trigger = stop.clone();
-        tokio::spawn(async move {
-            shutdown.await;
-            trigger.trigger();
-        });
-        let ops = match self.http.take() {
-            Some(listener) => {
-                let serving = wf_common::http::serve(
-                    "firmware-worker",
-                    listener,
-                    self.ops_router(),
-                    self.config.http_limits.clone(),
-                    stop.wait(),
-                );
-                Some(tokio::spawn(serving))
-            }
-            None => None,
-        };
+        let ops = self.http.take();
+        let runner = Runner::new("firmware-worker");
+        let stop = runner.stop();
         let consumers = crate::events::run(
             self.store.clone(),
             self.bus.clone(),
@@ -193,7 +177,7 @@ impl Worker {
         for state in ["completed", "aborted"] {
             metrics::counter!("wf_rollouts_finished_total", "state" => state).increment(0);
         }
-        tracing::info!(worker = %self.name(), "firmware worker ready");
+        tracing::info!(worker = %self.name(), "firmware worker starting");
         let rounds = async {
             let stopped = stop.wait();
             tokio::pin!(stopped);
@@ -217,12 +201,13 @@ impl Worker {
                 }
             }
         };
-        tokio::join!(consumers, comebacks, rounds);
-        if let Some(ops) = ops {
-            ops.await
-                .context("the worker's HTTP server")?
-                .context("the worker's HTTP server")?;
-        }
+        runner
+            .http(ops, self.ops_router(), self.config.http_limits.clone())
+            .task(consumers)
+            .task(comebacks)
+            .task(rounds)
+            .run_until(shutdown)
+            .await?;
         tracing::info!(worker = %self.name(), "firmware worker stopped");
         Ok(())
     }
@@ -452,7 +437,7 @@ impl Worker {
                 let topic = format!("devices/{device_id}/ota");
                 match self
                     .gateway
-                    .publish(topic, payload.to_string().into_bytes())
+                    .publish(topic, payload.to_string().into_bytes(), 1)
                     .await
                 {
                     Ok(()) => {
@@ -533,7 +518,7 @@ impl Worker {
         let topic = format!("devices/{}/ota", task.device_id);
         match self
             .gateway
-            .publish(topic, payload.to_string().into_bytes())
+            .publish(topic, payload.to_string().into_bytes(), 1)
             .await
         {
             Ok(()) => {

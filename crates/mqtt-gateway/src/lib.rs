@@ -35,8 +35,8 @@ use std::time::Duration;
 use anyhow::Context;
 use secrecy::{ExposeSecret, SecretString};
 use serde::{Deserialize, Serialize};
-use tokio::net::TcpListener;
 use wf_common::events::EventBus;
+use wf_common::service::{Listeners, Runner};
 use wf_common::shutdown::Shutdown;
 
 use crate::broker::Backend;
@@ -308,8 +308,7 @@ pub struct Application {
     state: AppState,
     backend: Backend,
     batcher: Batcher,
-    http: TcpListener,
-    grpc: TcpListener,
+    listeners: Listeners,
 }
 
 impl Application {
@@ -355,16 +354,12 @@ impl Application {
                     .context("[mqtt_gateway.mosquitto]")?,
             )),
         };
-        let http = wf_common::listen::bind(
-            SocketAddr::new(config.service_host(), config.http_port),
-            "mqtt-gateway HTTP",
-            "mqtt_gateway.http_port",
-        )
-        .await?;
-        let grpc = wf_common::listen::bind(
-            SocketAddr::new(config.service_host(), config.grpc_port),
-            "mqtt-gateway gRPC",
-            "mqtt_gateway.grpc_port",
+        let listeners = Listeners::bind(
+            "mqtt-gateway",
+            "mqtt_gateway",
+            config.service_host(),
+            config.http_port,
+            config.grpc_port,
         )
         .await?;
         let state = AppState {
@@ -378,8 +373,7 @@ impl Application {
             state,
             backend,
             batcher,
-            http,
-            grpc,
+            listeners,
         })
     }
 
@@ -396,11 +390,11 @@ impl Application {
     }
 
     pub fn http_port(&self) -> u16 {
-        self.http.local_addr().map(|a| a.port()).unwrap_or_default()
+        self.listeners.http_port()
     }
 
     pub fn grpc_port(&self) -> u16 {
-        self.grpc.local_addr().map(|a| a.port()).unwrap_or_default()
+        self.listeners.grpc_port()
     }
 
     /// Serves until `shutdown` resolves. Then the embedded broker stops
@@ -411,7 +405,9 @@ impl Application {
         self,
         shutdown: impl Future<Output = ()> + Send + 'static,
     ) -> anyhow::Result<()> {
-        let stop = Shutdown::new();
+        let Listeners { http, grpc } = self.listeners;
+        let runner = Runner::new("mqtt-gateway");
+        let stop = runner.stop();
         let events_stop = Shutdown::new();
         let batcher = tokio::spawn(self.batcher.run(events_stop.clone()));
         let broker = {
@@ -424,49 +420,35 @@ impl Application {
                 let _ = batcher.await;
             }
         };
-        // A server that fails stops the others too.
-        let http = {
-            let serving = wf_common::http::serve(
-                "mqtt-gateway",
-                self.http,
+        let heartbeat = {
+            let (state, stop) = (self.state.clone(), stop.clone());
+            async move {
+                if let Some(broker) = state.ingest.broker_id() {
+                    heartbeat(
+                        state.bus.clone(),
+                        broker.to_string(),
+                        Duration::from_secs(state.config.broker_heartbeat_secs),
+                        stop,
+                    )
+                    .await;
+                }
+            }
+        };
+        runner
+            .http(
+                http,
                 http::router(self.state.clone()),
                 self.state.config.http_limits.clone(),
-                stop.wait(),
-            );
-            let stop = stop.clone();
-            async move {
-                let result = serving.await;
-                stop.trigger();
-                result
-            }
-        };
-        let grpc = {
-            let serving = grpc::serve(self.state.clone(), self.grpc, stop.clone());
-            let stop = stop.clone();
-            async move {
-                let result = serving.await;
-                stop.trigger();
-                result
-            }
-        };
-        let trigger = stop.clone();
-        tokio::spawn(async move {
-            shutdown.await;
-            trigger.trigger();
-        });
-        if let Some(broker) = self.state.ingest.broker_id() {
-            tokio::spawn(heartbeat(
-                self.state.bus.clone(),
-                broker.to_string(),
-                Duration::from_secs(self.state.config.broker_heartbeat_secs),
-                stop.clone(),
-            ));
-        }
-        tracing::info!("mqtt-gateway ready");
-        let (http, grpc, ()) = tokio::join!(http, grpc, broker);
-        http.context("mqtt-gateway HTTP server")?;
-        grpc.context("mqtt-gateway gRPC server")?;
-        Ok(())
+            )
+            .grpc(
+                grpc,
+                &self.state.config.internal_token,
+                grpc::service(self.state.clone(), stop),
+            )
+            .task(broker)
+            .task(heartbeat)
+            .run_until(shutdown)
+            .await
     }
 }
 
@@ -488,13 +470,18 @@ async fn heartbeat(bus: Arc<dyn EventBus>, broker: String, interval: Duration, s
             at: wf_common::now_millis(),
             lease_ms,
         };
-        if let Err(e) = wf_common::events::publish_json(
+        let beats = [beat];
+        let published = wf_common::events::publish_json(
             bus.as_ref(),
             wf_common::events::topics::MQTT_BROKER_HEARTBEAT,
-            &[beat],
-        )
-        .await
-        {
+            &beats,
+        );
+        // A bus that is down does not hold up shutdown.
+        let published = tokio::select! {
+            published = published => published,
+            () = stop.wait() => return,
+        };
+        if let Err(e) = published {
             metrics::counter!("wf_mqtt_heartbeats_failed_total").increment(1);
             tracing::warn!(error = %e, "the broker heartbeat was not published; retrying at the next one");
         }

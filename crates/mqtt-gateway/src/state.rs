@@ -28,23 +28,23 @@ impl AppState {
     /// the device's own (with an external broker it would even come back
     /// through the gateway's subscriptions as if the device had sent it).
     pub async fn publish(&self, topic: &str, payload: Bytes, qos: u32, retain: bool) -> Result<()> {
-        let topic = TopicName::parse(topic).map_err(Error::InvalidArgument)?;
+        let topic = TopicName::parse(topic).map_err(Error::BadRequest)?;
         let Some((_, suffix)) = topic.device_topic() else {
-            return Err(Error::InvalidArgument(format!(
+            return Err(Error::BadRequest(format!(
                 "\"{topic}\" is not a device topic (devices/{{id}}/...)"
             )));
         };
         if Route::of(suffix).is_upstream() {
-            return Err(Error::InvalidArgument(format!(
+            return Err(Error::BadRequest(format!(
                 "\"{topic}\" is a topic the device publishes on; the platform may not"
             )));
         }
         let qos = u8::try_from(qos)
             .ok()
             .filter(|q| *q <= 2)
-            .ok_or_else(|| Error::InvalidArgument(format!("qos must be 0, 1 or 2, not {qos}")))?;
+            .ok_or_else(|| Error::BadRequest(format!("qos must be 0, 1 or 2, not {qos}")))?;
         if payload.len() > self.config.max_payload_bytes {
-            return Err(Error::InvalidArgument(format!(
+            return Err(Error::BadRequest(format!(
                 "the payload has {} bytes; at most {} are accepted",
                 payload.len(),
                 self.config.max_payload_bytes

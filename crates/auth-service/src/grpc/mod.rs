@@ -1,7 +1,6 @@
 //! auth-service's gRPC API (`wfiot.auth.v1.AuthService`), with
 //! grpc.health.v1 and reflection.
 
-use tokio::net::TcpListener;
 use tonic::{Request, Response, Status};
 use wf_proto::auth::auth_service_server::{AuthService, AuthServiceServer};
 use wf_proto::auth::{
@@ -12,20 +11,9 @@ use wf_proto::auth::{
 use crate::domain::PermissionCode;
 use crate::state::AppState;
 
-pub async fn serve(
-    state: AppState,
-    listener: TcpListener,
-    shutdown: impl Future<Output = ()> + Send + 'static,
-) -> anyhow::Result<()> {
-    let token = state.config.internal_token.clone();
-    wf_common::grpc::serve(
-        "auth-service",
-        &token,
-        AuthServiceServer::new(AuthGrpc { state }),
-        listener,
-        shutdown,
-    )
-    .await
+/// auth-service's gRPC service, for the kit's runner.
+pub fn service(state: AppState) -> AuthServiceServer<AuthGrpc> {
+    AuthServiceServer::new(AuthGrpc { state })
 }
 
 pub struct AuthGrpc {

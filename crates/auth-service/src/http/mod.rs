@@ -7,7 +7,6 @@ mod users;
 
 use axum::Router;
 use axum::extract::FromRequestParts;
-use axum::http::header::AUTHORIZATION;
 use axum::http::request::Parts;
 use axum::routing::{get, post, put};
 use utoipa::OpenApi;
@@ -82,22 +81,7 @@ impl FromRequestParts<AppState> for Caller {
     type Rejection = Error;
 
     async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self> {
-        let value = parts
-            .headers
-            .get(AUTHORIZATION)
-            .ok_or_else(|| Error::Unauthenticated("missing bearer token".into()))?;
-        let token = value
-            .to_str()
-            .ok()
-            .and_then(|v| {
-                v.strip_prefix("Bearer ")
-                    .or_else(|| v.strip_prefix("bearer "))
-            })
-            .map(str::trim)
-            .filter(|t| !t.is_empty())
-            .ok_or_else(|| {
-                Error::Unauthenticated("expected Authorization: Bearer <token>".into())
-            })?;
+        let token = wf_common::caller::require_bearer(parts)?;
         state.authenticate(token).await.map(Caller)
     }
 }
@@ -111,38 +95,4 @@ impl wf_common::audit::TrustedProxies for AppState {
     }
 }
 
-/// `?limit=&offset=` paging, shared by the list endpoints.
-#[derive(Debug, Clone, Copy)]
-pub struct Page {
-    pub limit: i64,
-    pub offset: i64,
-}
-
-impl Page {
-    pub const DEFAULT_LIMIT: i64 = 50;
-    pub const MAX_LIMIT: i64 = 500;
-
-    pub fn from_query(limit: Option<i64>, offset: Option<i64>) -> Result<Self> {
-        let limit = limit.unwrap_or(Self::DEFAULT_LIMIT);
-        let offset = offset.unwrap_or(0);
-        if !(1..=Self::MAX_LIMIT).contains(&limit) {
-            return Err(Error::Validation(format!(
-                "limit must be between 1 and {}",
-                Self::MAX_LIMIT
-            )));
-        }
-        if offset < 0 {
-            return Err(Error::Validation("offset must not be negative".into()));
-        }
-        Ok(Self { limit, offset })
-    }
-}
-
-/// A page of results.
-#[derive(Debug, serde::Serialize, utoipa::ToSchema)]
-pub struct Paged<T> {
-    pub items: Vec<T>,
-    pub total: i64,
-    pub limit: i64,
-    pub offset: i64,
-}
+pub use wf_common::paging::{Page, Paged};

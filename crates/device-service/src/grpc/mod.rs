@@ -1,7 +1,6 @@
 //! device-service's gRPC API (`wfiot.device.v1.DeviceService`), with
 //! grpc.health.v1 and reflection.
 
-use tokio::net::TcpListener;
 use tonic::{Request, Response, Status};
 use wf_proto::device::device_service_server::{DeviceService, DeviceServiceServer};
 use wf_proto::device::{
@@ -13,20 +12,9 @@ use crate::domain::secret_matches;
 use crate::state::AppState;
 use crate::store::{DeviceFilter, DeviceRecord, DeviceSort};
 
-pub async fn serve(
-    state: AppState,
-    listener: TcpListener,
-    shutdown: impl Future<Output = ()> + Send + 'static,
-) -> anyhow::Result<()> {
-    let token = state.config.internal_token.clone();
-    wf_common::grpc::serve(
-        "device-service",
-        &token,
-        DeviceServiceServer::new(DeviceGrpc { state }),
-        listener,
-        shutdown,
-    )
-    .await
+/// device-service's gRPC service, for the kit's runner.
+pub fn service(state: AppState) -> DeviceServiceServer<DeviceGrpc> {
+    DeviceServiceServer::new(DeviceGrpc { state })
 }
 
 pub struct DeviceGrpc {

@@ -13,7 +13,7 @@ use wf_common::error::ErrorEnvelope;
 use wf_common::extract::{self, Path, Query};
 use wf_common::format_millis;
 
-use super::{Paged, audit, page};
+use super::{Page, Paged};
 use crate::domain::{CommandName, CommandStatus};
 use crate::error::{Error, Result};
 use crate::state::{AppState, Caller, Permission};
@@ -167,15 +167,15 @@ pub async fn create(
         Err(e) => return Err(e),
     }
     let details = json!({"command_id": command.id, "name": command.name, "timeout_s": timeout_s});
-    audit::record(
-        &state,
-        &caller,
-        &client,
-        "device.command",
-        &device.id,
-        details,
-    )
-    .await;
+    caller
+        .record(
+            state.bus.as_ref(),
+            &client,
+            "device.command",
+            &device.id,
+            details,
+        )
+        .await;
 
     match publish(&state, &load(&state, &command.id).await?).await {
         Ok(()) => {
@@ -360,7 +360,7 @@ async fn listing(
     limit: Option<i64>,
     offset: Option<i64>,
 ) -> Result<Json<Paged<CommandDto>>> {
-    let (limit, offset) = page(limit, offset)?;
+    let Page { limit, offset } = Page::from_query(limit, offset)?;
     let (commands, total) = state.store.list_commands(&filter, limit, offset).await?;
     Ok(Json(Paged {
         items: commands.into_iter().map(CommandDto::from).collect(),

@@ -12,7 +12,7 @@ use wf_common::extract::{self, Path, Query};
 use wf_common::format_millis;
 use wf_common::permissions::Scope;
 
-use super::{Paged, audit, page};
+use super::{Page, Paged};
 use crate::domain::{DeviceId, DeviceSecret, Tag, normalize_tags};
 use crate::error::{Error, Result};
 use crate::state::{AppState, Caller, Permission};
@@ -163,15 +163,15 @@ pub async fn create(
     };
     state.store.insert_device(&device).await?;
     let details = serde_json::json!({"name": device.name, "device_type": device.device_type});
-    audit::record(
-        &state,
-        &caller,
-        &client,
-        "device.create",
-        &device.id,
-        details,
-    )
-    .await;
+    caller
+        .record(
+            state.bus.as_ref(),
+            &client,
+            "device.create",
+            &device.id,
+            details,
+        )
+        .await;
     sync_credentials(&state, &device.id, secret.expose()).await;
     let record = state.device_for(&access, &device.id).await?;
     tracing::info!(device_id = %record.id, owner = %caller.username, "device created");
@@ -237,7 +237,7 @@ pub async fn list(
     Query(q): Query<ListQuery>,
 ) -> Result<Json<Paged<DeviceDto>>> {
     let access = caller.require(&state, Permission::DeviceRead).await?;
-    let (limit, offset) = page(q.limit, q.offset)?;
+    let Page { limit, offset } = Page::from_query(q.limit, q.offset)?;
     for (field, value) in [
         ("name", &q.name),
         ("type", &q.device_type),
@@ -353,15 +353,15 @@ pub async fn update(
     {
         return Err(Error::NotFound(format!("no device with id {id:?}")));
     }
-    audit::record(
-        &state,
-        &caller,
-        &client,
-        "device.update",
-        &id,
-        changed(&update),
-    )
-    .await;
+    caller
+        .record(
+            state.bus.as_ref(),
+            &client,
+            "device.update",
+            &id,
+            changed(&update),
+        )
+        .await;
     Ok(Json(state.device_for(&access, &id).await?.into()))
 }
 
@@ -380,15 +380,15 @@ pub async fn delete(
     if !state.store.delete_device(&id).await? {
         return Err(Error::NotFound(format!("no device with id {id:?}")));
     }
-    audit::record(
-        &state,
-        &caller,
-        &client,
-        "device.delete",
-        &id,
-        serde_json::json!({}),
-    )
-    .await;
+    caller
+        .record(
+            state.bus.as_ref(),
+            &client,
+            "device.delete",
+            &id,
+            serde_json::json!({}),
+        )
+        .await;
     let event = DeviceDeleted {
         device_id: id.clone(),
         at: wf_common::now_millis(),
@@ -417,15 +417,15 @@ pub async fn rotate_secret(
         .store
         .set_secret_hash(&id, &secret.hash(), wf_common::now_millis())
         .await?;
-    audit::record(
-        &state,
-        &caller,
-        &client,
-        "device.secret_rotate",
-        &id,
-        serde_json::json!({}),
-    )
-    .await;
+    caller
+        .record(
+            state.bus.as_ref(),
+            &client,
+            "device.secret_rotate",
+            &id,
+            serde_json::json!({}),
+        )
+        .await;
     sync_credentials(&state, &id, secret.expose()).await;
     Ok(Json(with_secret(
         state.device_for(&access, &id).await?,
@@ -473,7 +473,7 @@ pub async fn transfer(
         .auth
         .user_exists(owner_id)
         .await
-        .map_err(|s| crate::clients::call_error("auth-service", s))?
+        .map_err(|s| wf_common::grpc::call_error("auth-service", s))?
     {
         return Err(Error::Validation(format!("no user with id {owner_id:?}")));
     }
@@ -484,15 +484,15 @@ pub async fn transfer(
     {
         return Err(Error::NotFound(format!("no device with id {id:?}")));
     }
-    audit::record(
-        &state,
-        &caller,
-        &client,
-        "device.transfer",
-        &id,
-        serde_json::json!({ "from": previous.owner_id, "to": owner_id }),
-    )
-    .await;
+    caller
+        .record(
+            state.bus.as_ref(),
+            &client,
+            "device.transfer",
+            &id,
+            serde_json::json!({ "from": previous.owner_id, "to": owner_id }),
+        )
+        .await;
     tracing::info!(device_id = %id, from = %previous.owner_id, to = %owner_id, by = %caller.username, "device handed to another owner");
     Ok(Json(state.device_for(&access, &id).await?.into()))
 }
@@ -520,7 +520,7 @@ pub async fn status_history(
 ) -> Result<Json<Vec<StatusDto>>> {
     let access = caller.require(&state, Permission::DeviceRead).await?;
     state.device_for(&access, &id).await?;
-    let (limit, _) = page(q.limit, None)?;
+    let Page { limit, .. } = Page::from_query(q.limit, None)?;
     let history = state.store.status_history(&id, limit).await?;
     Ok(Json(
         history

@@ -1,21 +1,16 @@
 //! device-service's REST API under /api/v1/devices.
 
-mod audit;
 pub(crate) mod commands;
 mod devices;
 mod telemetry;
 
 use axum::Router;
-use axum::extract::FromRequestParts;
-use axum::http::header::AUTHORIZATION;
-use axum::http::request::Parts;
 use axum::routing::{get, post, put};
 use utoipa::OpenApi;
 use wf_common::http::{finish, ops_routes};
 use wf_common::openapi::BearerAuth;
 
-use crate::error::{Error, Result};
-use crate::state::{AppState, Caller};
+use crate::state::AppState;
 
 pub fn router(state: AppState) -> Router {
     let db_check = wf_common::http::database_check(state.store.db().clone());
@@ -79,50 +74,4 @@ pub fn router(state: AppState) -> Router {
 )]
 pub struct ApiDoc;
 
-/// The caller, from `Authorization: Bearer <access token>` verified against
-/// auth-service's published keys.
-impl FromRequestParts<AppState> for Caller {
-    type Rejection = Error;
-
-    async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self> {
-        let token = parts
-            .headers
-            .get(AUTHORIZATION)
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| {
-                v.strip_prefix("Bearer ")
-                    .or_else(|| v.strip_prefix("bearer "))
-            })
-            .map(str::trim)
-            .filter(|t| !t.is_empty())
-            .ok_or_else(|| {
-                Error::Unauthenticated("expected Authorization: Bearer <token>".into())
-            })?;
-        let claims = state.verifier.verify(token).await?;
-        Caller::from_claims(state, claims).await
-    }
-}
-
-/// `?limit=&offset=` bounds shared by list endpoints.
-pub fn page(limit: Option<i64>, offset: Option<i64>) -> Result<(i64, i64)> {
-    const MAX: i64 = 500;
-    let limit = limit.unwrap_or(50);
-    let offset = offset.unwrap_or(0);
-    if !(1..=MAX).contains(&limit) {
-        return Err(Error::Validation(format!(
-            "limit must be between 1 and {MAX}"
-        )));
-    }
-    if offset < 0 {
-        return Err(Error::Validation("offset must not be negative".into()));
-    }
-    Ok((limit, offset))
-}
-
-#[derive(Debug, serde::Serialize, utoipa::ToSchema)]
-pub struct Paged<T> {
-    pub items: Vec<T>,
-    pub total: i64,
-    pub limit: i64,
-    pub offset: i64,
-}
+pub use wf_common::paging::{Page, Paged};

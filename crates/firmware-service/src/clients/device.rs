@@ -2,8 +2,8 @@ use wf_common::grpc::{InternalChannel, InternalToken};
 use wf_proto::device::device_service_client::DeviceServiceClient;
 use wf_proto::device::{AuthenticateDeviceRequest, Device, GetDeviceRequest, ListDevicesRequest};
 
-use super::{call_error, lazy_channel};
 use crate::error::{Error, Result};
+use wf_common::grpc::{call_error, internal_channel};
 
 /// Devices per page when resolving a rollout's targets.
 const PAGE: u32 = 1000;
@@ -48,7 +48,7 @@ pub struct DeviceClient {
 impl DeviceClient {
     pub fn new(url: &str, token: &InternalToken) -> Result<Self> {
         Ok(Self {
-            client: DeviceServiceClient::new(lazy_channel(url, token)?),
+            client: DeviceServiceClient::new(internal_channel(url, token)?),
         })
     }
 

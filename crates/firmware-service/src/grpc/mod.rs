@@ -1,7 +1,6 @@
 //! firmware-service's gRPC API (`wfiot.firmware.v1.FirmwareService`), with
 //! grpc.health.v1 and reflection.
 
-use tokio::net::TcpListener;
 use tonic::{Request, Response, Status};
 use wf_proto::firmware::firmware_service_server::{FirmwareService, FirmwareServiceServer};
 use wf_proto::firmware::{
@@ -12,20 +11,9 @@ use wf_proto::firmware::{
 use crate::state::AppState;
 use crate::store::FirmwareRecord;
 
-pub async fn serve(
-    state: AppState,
-    listener: TcpListener,
-    shutdown: impl Future<Output = ()> + Send + 'static,
-) -> anyhow::Result<()> {
-    let token = state.config.internal_token.clone();
-    wf_common::grpc::serve(
-        "firmware-service",
-        &token,
-        FirmwareServiceServer::new(FirmwareGrpc { state }),
-        listener,
-        shutdown,
-    )
-    .await
+/// firmware-service's gRPC service, for the kit's runner.
+pub fn service(state: AppState) -> FirmwareServiceServer<FirmwareGrpc> {
+    FirmwareServiceServer::new(FirmwareGrpc { state })
 }
 
 pub struct FirmwareGrpc {

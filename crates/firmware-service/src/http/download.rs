@@ -24,7 +24,6 @@ use wf_common::ApiError;
 use wf_common::error::ErrorEnvelope;
 use wf_common::extract::{Path, Query};
 
-use super::bearer;
 use crate::error::{Error, Result};
 use crate::state::{AppState, Caller, Permission};
 
@@ -173,7 +172,7 @@ async fn authorize(
         require_open_execution(state, device_id, firmware_id, "device").await?;
         return Ok(Downloader::Device(device_id.to_string()));
     }
-    if bearer(parts).is_some() {
+    if wf_common::caller::bearer_token(parts).is_some() {
         let caller =
             <Caller as axum::extract::FromRequestParts<AppState>>::from_request_parts(parts, state)
                 .await?;

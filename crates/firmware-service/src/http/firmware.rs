@@ -15,7 +15,7 @@ use wf_common::error::ErrorEnvelope;
 use wf_common::extract::{Path, Query};
 use wf_common::format_millis;
 
-use super::{FORM_OVERHEAD, Paged, audit, page};
+use super::{FORM_OVERHEAD, Page, Paged};
 use crate::domain::{FirmwareVersion, Sha256Digest, check_device_type, new_id};
 use crate::error::{Error, Result};
 use crate::state::{AppState, Caller, Permission};
@@ -70,7 +70,7 @@ const MAX_TEXT_FIELD: usize = 16 * 1024;
 const WRITE_QUEUE: usize = 8;
 
 fn too_large(max: u64) -> Error {
-    Error::PayloadTooLarge(format!("firmware images are limited to {max} bytes"))
+    crate::error::payload_too_large(format!("firmware images are limited to {max} bytes"))
 }
 
 fn multipart_error(e: MultipartError, max: u64) -> Error {
@@ -140,8 +140,8 @@ fn check_form(form: Form) -> Result<Checked> {
         .map(|s| s.trim().to_string())
         .filter(|s| !s.is_empty());
     if signature.as_ref().is_some_and(|s| s.len() > 200) {
-        return Err(Error::BadSignature(
-            "the signature must be a base64 Ed25519 signature".into(),
+        return Err(crate::error::bad_signature(
+            "the signature must be a base64 Ed25519 signature",
         ));
     }
     Ok(Checked {
@@ -404,7 +404,7 @@ pub async fn upload(
         && expected != received.digest
     {
         metrics::counter!("wf_firmware_uploads_refused_total", "reason" => "digest").increment(1);
-        return Err(Error::DigestMismatch(format!(
+        return Err(crate::error::digest_mismatch(format!(
             "the file's SHA-256 is {}, not the {} that was sent; nothing was kept",
             received.digest.to_hex(),
             expected.to_hex()
@@ -415,12 +415,12 @@ pub async fn upload(
             if let Err(e) = state.signing_keys.verify(&received.digest, signature) {
                 metrics::counter!("wf_firmware_uploads_refused_total", "reason" => "signature")
                     .increment(1);
-                return Err(Error::BadSignature(e));
+                return Err(crate::error::bad_signature(e));
             }
         }
         None if state.config.require_signature => {
-            return Err(Error::BadSignature(
-                "this service accepts signed firmware only".into(),
+            return Err(crate::error::bad_signature(
+                "this service accepts signed firmware only",
             ));
         }
         None => {}
@@ -451,7 +451,9 @@ pub async fn upload(
         "name": record.name, "device_type": record.device_type, "version": record.version,
         "size": record.size, "sha256": record.sha256,
     });
-    audit::record(&state, &caller, &client, "firmware.upload", &id, details).await;
+    caller
+        .record(state.bus.as_ref(), &client, "firmware.upload", &id, details)
+        .await;
     tracing::info!(
         firmware_id = %id,
         device_type = %record.device_type,
@@ -491,7 +493,7 @@ pub async fn list(
     Query(q): Query<ListQuery>,
 ) -> Result<Json<Paged<FirmwareDto>>> {
     caller.require(&state, Permission::Read).await?;
-    let (limit, offset) = page(q.limit, q.offset)?;
+    let Page { limit, offset } = Page::from_query(q.limit, q.offset)?;
     wf_common::text::check_filter("device_type", q.device_type.as_deref())
         .map_err(Error::Validation)?;
     let device_type = q.device_type.filter(|t| !t.trim().is_empty());
@@ -556,7 +558,9 @@ pub async fn delete(
     if !access.reaches(&firmware.created_by) {
         metrics::counter!("wf_firmware_refused_total", "reason" => "not_owner").increment(1);
         tracing::warn!(firmware_id = %id, by = %caller.username, "refused: deleting another user's firmware");
-        audit::record_denied(&state, &caller, &client, "firmware.delete", &id).await;
+        caller
+            .record_denied(state.bus.as_ref(), &client, "firmware.delete", &id)
+            .await;
         return Err(Error::Forbidden(
             "only the image's uploader or an admin can delete it".into(),
         ));
@@ -566,7 +570,9 @@ pub async fn delete(
     }
     let details =
         serde_json::json!({"device_type": firmware.device_type, "version": firmware.version});
-    audit::record(&state, &caller, &client, "firmware.delete", &id, details).await;
+    caller
+        .record(state.bus.as_ref(), &client, "firmware.delete", &id, details)
+        .await;
     if let Err(e) = state.blobs.delete(&firmware.storage_key).await {
         // The row is gone, so nothing can reach the file any more.
         tracing::warn!(firmware_id = %id, error = %e, "removing a deleted image's file failed");

@@ -1,7 +1,6 @@
 //! firmware-service's REST API: /api/v1/firmware, /api/v1/rollouts and
 //! /api/v1/upgrade-tasks.
 
-mod audit;
 mod download;
 mod firmware;
 mod rollouts;
@@ -12,9 +11,7 @@ pub use firmware::read_upload_body;
 use std::sync::Arc;
 
 use axum::Router;
-use axum::extract::{DefaultBodyLimit, FromRequestParts};
-use axum::http::header::AUTHORIZATION;
-use axum::http::request::Parts;
+use axum::extract::DefaultBodyLimit;
 use axum::routing::{get, post};
 use utoipa::OpenApi;
 use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
@@ -23,8 +20,7 @@ use wf_common::http::{ReadinessCheck, finish, ops_routes};
 use wf_common::openapi::BearerAuth;
 
 use crate::domain::{ExecutionState, RolloutState};
-use crate::error::{Error, Result};
-use crate::state::{AppState, Caller};
+use crate::state::AppState;
 
 /// Room for the text fields and multipart framing around an image.
 const FORM_OVERHEAD: u64 = 256 * 1024;
@@ -218,57 +214,7 @@ impl utoipa::ToSchema for ExecutionStateSchema {
     }
 }
 
-/// The bearer token of a request, if it carries one.
-fn bearer(parts: &Parts) -> Option<&str> {
-    parts
-        .headers
-        .get(AUTHORIZATION)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| {
-            v.strip_prefix("Bearer ")
-                .or_else(|| v.strip_prefix("bearer "))
-        })
-        .map(str::trim)
-        .filter(|t| !t.is_empty())
-}
-
-/// The caller, from `Authorization: Bearer <access token>` verified against
-/// auth-service's published keys.
-impl FromRequestParts<AppState> for Caller {
-    type Rejection = Error;
-
-    async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self> {
-        let token = bearer(parts).ok_or_else(|| {
-            Error::Unauthenticated("expected Authorization: Bearer <token>".into())
-        })?;
-        let claims = state.verifier.verify(token).await?;
-        Caller::from_claims(state, claims).await
-    }
-}
-
-/// `?limit=&offset=` bounds shared by list endpoints.
-pub fn page(limit: Option<i64>, offset: Option<i64>) -> Result<(i64, i64)> {
-    const MAX: i64 = 500;
-    let limit = limit.unwrap_or(50);
-    let offset = offset.unwrap_or(0);
-    if !(1..=MAX).contains(&limit) {
-        return Err(Error::Validation(format!(
-            "limit must be between 1 and {MAX}"
-        )));
-    }
-    if offset < 0 {
-        return Err(Error::Validation("offset must not be negative".into()));
-    }
-    Ok((limit, offset))
-}
-
-#[derive(Debug, serde::Serialize, utoipa::ToSchema)]
-pub struct Paged<T> {
-    pub items: Vec<T>,
-    pub total: i64,
-    pub limit: i64,
-    pub offset: i64,
-}
+pub use wf_common::paging::{Page, Paged};
 
 /// RFC 3339 for optional timestamps.
 fn time(ms: Option<i64>) -> Option<String> {

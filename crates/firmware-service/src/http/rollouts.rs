@@ -20,7 +20,7 @@ use wf_common::error::ErrorEnvelope;
 use wf_common::extract::{self, Path, Query};
 use wf_common::format_millis;
 
-use super::{ExecutionStateSchema, Paged, RolloutStateSchema, audit, page, time};
+use super::{ExecutionStateSchema, Page, Paged, RolloutStateSchema, time};
 use crate::clients::{DeviceQuery, MAX_TARGETS};
 use crate::domain::{ExecutionState, RolloutState, StateCounts, Target, check_device_type, new_id};
 use crate::error::{Error, Result};
@@ -605,15 +605,15 @@ pub async fn create(
         "version": rollout.firmware_version, "target_count": counts.total(),
         "skipped": skipped.len(),
     });
-    audit::record(
-        &state,
-        &caller,
-        &client,
-        "rollout.create",
-        &rollout.id,
-        details,
-    )
-    .await;
+    caller
+        .record(
+            state.bus.as_ref(),
+            &client,
+            "rollout.create",
+            &rollout.id,
+            details,
+        )
+        .await;
     let mut dto = RolloutDto::new(rollout, &counts);
     dto.skipped_devices = Some(skipped);
     Ok((StatusCode::CREATED, Json(dto)))
@@ -649,7 +649,7 @@ pub async fn list(
     Query(q): Query<ListQuery>,
 ) -> Result<Json<Paged<RolloutDto>>> {
     let access = caller.require(&state, Permission::Read).await?;
-    let (limit, offset) = page(q.limit, q.offset)?;
+    let Page { limit, offset } = Page::from_query(q.limit, q.offset)?;
     let filter = match q.state.as_deref().filter(|s| !s.is_empty()) {
         None => None,
         Some(s) => Some(RolloutState::parse(s).ok_or_else(|| {
@@ -758,15 +758,15 @@ pub async fn pause(
     let access = caller.require(&state, Permission::Deploy).await?;
     let (_, rollout) = control(&state, &access, &id, |r| r.state.pause()).await?;
     tracing::info!(rollout_id = %id, by = %caller.username, "rollout paused");
-    audit::record(
-        &state,
-        &caller,
-        &client,
-        "rollout.pause",
-        &id,
-        serde_json::json!({}),
-    )
-    .await;
+    caller
+        .record(
+            state.bus.as_ref(),
+            &client,
+            "rollout.pause",
+            &id,
+            serde_json::json!({}),
+        )
+        .await;
     dto(&state, rollout).await
 }
 
@@ -795,7 +795,9 @@ pub async fn resume(
     .await?;
     tracing::info!(rollout_id = %id, by = %caller.username, "rollout resumed");
     let details = serde_json::json!({"state": rollout.state.as_str()});
-    audit::record(&state, &caller, &client, "rollout.resume", &id, details).await;
+    caller
+        .record(state.bus.as_ref(), &client, "rollout.resume", &id, details)
+        .await;
     dto(&state, rollout).await
 }
 
@@ -831,7 +833,9 @@ pub async fn cancel(
         .await?;
     tracing::info!(rollout_id = %id, by = %caller.username, canceled, "rollout canceled");
     let details = serde_json::json!({"canceled_executions": canceled});
-    audit::record(&state, &caller, &client, "rollout.cancel", &id, details).await;
+    caller
+        .record(state.bus.as_ref(), &client, "rollout.cancel", &id, details)
+        .await;
     let rollout = load(&state, &access, &id).await?;
     dto(&state, rollout).await
 }
@@ -870,7 +874,7 @@ pub async fn executions(
 ) -> Result<Json<Paged<ExecutionDto>>> {
     let access = caller.require(&state, Permission::Read).await?;
     load(&state, &access, &id).await?;
-    let (limit, offset) = page(q.limit, q.offset)?;
+    let Page { limit, offset } = Page::from_query(q.limit, q.offset)?;
     let filter =
         match q.state.as_deref().filter(|s| !s.is_empty()) {
             None => None,

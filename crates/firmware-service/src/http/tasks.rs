@@ -12,7 +12,7 @@ use wf_common::extract::{self, Path, Query};
 use wf_common::format_millis;
 
 use super::rollouts::{KIND_TASK, Spec, create_rollout};
-use super::{ExecutionStateSchema, Paged, RolloutStateSchema, audit, page, time};
+use super::{ExecutionStateSchema, Page, Paged, RolloutStateSchema, time};
 use crate::domain::{ExecutionEvent, ExecutionState, RolloutState, Target};
 use crate::engine::apply_event;
 use crate::error::{Error, Result};
@@ -183,15 +183,15 @@ pub async fn create(
         "device_id": task.device_id, "firmware_id": rollout.firmware_id,
         "version": rollout.firmware_version,
     });
-    audit::record(
-        &state,
-        &caller,
-        &client,
-        "upgrade_task.create",
-        &task.id,
-        details,
-    )
-    .await;
+    caller
+        .record(
+            state.bus.as_ref(),
+            &client,
+            "upgrade_task.create",
+            &task.id,
+            details,
+        )
+        .await;
     Ok((StatusCode::CREATED, Json(to_dto(task, &rollout, None))))
 }
 
@@ -224,7 +224,7 @@ pub async fn list(
     Query(q): Query<ListQuery>,
 ) -> Result<Json<Paged<TaskDto>>> {
     let access = caller.require(&state, Permission::Read).await?;
-    let (limit, offset) = page(q.limit, q.offset)?;
+    let Page { limit, offset } = Page::from_query(q.limit, q.offset)?;
     wf_common::text::check_filter("device_id", q.device_id.as_deref())
         .map_err(Error::Validation)?;
     let device = q.device_id.filter(|d| !d.trim().is_empty());

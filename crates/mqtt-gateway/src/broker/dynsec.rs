@@ -204,7 +204,7 @@ fn all_succeeded(replies: &[Reply], device: &str) -> Result<()> {
         .find_map(|r| r.error.as_ref().map(|e| (r, e)))
     {
         None => Ok(()),
-        Some((reply, error)) => Err(Error::Broker(format!(
+        Some((reply, error)) => Err(crate::error::broker_refused(format!(
             "Mosquitto refused {} for {device:?}: {error}",
             reply.command
         ))),
@@ -271,7 +271,7 @@ impl Dynsec {
         }
         let replies = answered?;
         if replies.len() != commands.len() {
-            return Err(Error::Broker(format!(
+            return Err(crate::error::broker_refused(format!(
                 "Mosquitto answered {} of {} dynamic-security commands",
                 replies.len(),
                 commands.len()
@@ -364,7 +364,7 @@ impl Dynsec {
             .filter(|c| c.textname.as_deref() != Some(MANAGED))
         {
             tracing::warn!(device_id = %device, textname = ?other.textname, "a Mosquitto client that wf-iot does not manage has this device's name");
-            return Err(Error::Conflict(format!(
+            return Err(crate::error::precondition(format!(
                 "Mosquitto already has a client named {:?} that wf-iot does not manage; \
                  rename or remove it there before this device can connect",
                 device.as_str()
@@ -418,7 +418,7 @@ impl Dynsec {
             .request(vec![get_client(admin), get_role(GATEWAY_ROLE)])
             .await?;
         let client = found[0].client().ok_or_else(|| {
-            Error::Broker(format!(
+            crate::error::broker_refused(format!(
                 "the dynamic-security plugin does not know the admin client {admin:?}: {}",
                 found[0].error.as_deref().unwrap_or("no such client")
             ))

@@ -235,7 +235,7 @@ impl BrokerLink for EmbeddedLink {
             1 => QoS::AtLeastOnce,
             2 => QoS::ExactlyOnce,
             other => {
-                return Err(Error::InvalidArgument(format!(
+                return Err(Error::BadRequest(format!(
                     "qos must be 0, 1 or 2, not {other}"
                 )));
             }

@@ -272,7 +272,7 @@ impl BrokerLink for MosquittoLink {
             1 => QoS::AtLeastOnce,
             2 => QoS::ExactlyOnce,
             other => {
-                return Err(Error::InvalidArgument(format!(
+                return Err(Error::BadRequest(format!(
                     "qos must be 0, 1 or 2, not {other}"
                 )));
             }

@@ -3,7 +3,6 @@
 
 use std::sync::Arc;
 
-use tokio::net::TcpListener;
 use tokio::sync::{broadcast, mpsc};
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status};
@@ -22,18 +21,10 @@ use crate::state::AppState;
 /// Messages buffered per `SubscribeTopic` stream towards its client.
 const STREAM_BUFFER: usize = 256;
 
-/// Serves until `stop` is triggered; open `SubscribeTopic` streams end then.
-pub async fn serve(state: AppState, listener: TcpListener, stop: Shutdown) -> anyhow::Result<()> {
-    let token = state.config.internal_token.clone();
-    let shutdown = stop.wait();
-    wf_common::grpc::serve(
-        "mqtt-gateway",
-        &token,
-        MqttGatewayServer::new(MqttGrpc { state, stop }),
-        listener,
-        shutdown,
-    )
-    .await
+/// mqtt-gateway's gRPC service, for the kit's runner; open
+/// `SubscribeTopic` streams end when `stop` is triggered.
+pub fn service(state: AppState, stop: Shutdown) -> MqttGatewayServer<MqttGrpc> {
+    MqttGatewayServer::new(MqttGrpc { state, stop })
 }
 
 pub struct MqttGrpc {
@@ -60,8 +51,8 @@ impl MqttGateway for MqttGrpc {
         &self,
         request: Request<SubscribeTopicRequest>,
     ) -> Result<Response<Self::SubscribeTopicStream>, Status> {
-        let filter = TopicFilter::parse(&request.into_inner().topic_filter)
-            .map_err(Error::InvalidArgument)?;
+        let filter =
+            TopicFilter::parse(&request.into_inner().topic_filter).map_err(Error::BadRequest)?;
         let feed = self.state.ingest.feed();
         let (tx, rx) = mpsc::channel(STREAM_BUFFER);
         tokio::spawn(relay(filter, feed, tx, self.stop.clone()));
@@ -76,7 +67,7 @@ impl MqttGateway for MqttGrpc {
         // dropped so the new secret counts at once; an external broker's
         // own credential store is updated (Mosquitto dynamic security).
         let req = request.into_inner();
-        let device = DeviceId::parse(&req.device_id).map_err(Error::InvalidArgument)?;
+        let device = DeviceId::parse(&req.device_id).map_err(Error::BadRequest)?;
         self.state.authenticator.forget(device.as_str());
         self.state
             .broker

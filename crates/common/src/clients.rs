@@ -1,23 +1,29 @@
-use wf_common::grpc::{InternalChannel, InternalToken};
+//! Clients of the services that several others call, built on
+//! [`crate::grpc::internal_channel`] (lazy, carrying the internal token and
+//! the request id) and mapping failures with [`crate::grpc::call_error`].
+
 use wf_proto::mqtt::mqtt_gateway_client::MqttGatewayClient;
 use wf_proto::mqtt::{PublishMessageRequest, SyncDeviceCredentialsRequest};
 
-use super::{call_error, lazy_channel};
 use crate::error::Result;
+use crate::grpc::{InternalChannel, InternalToken, call_error, internal_channel};
 
-/// mqtt-gateway: how commands reach devices, and how an external broker
-/// learns device credentials.
+/// mqtt-gateway: how commands and OTA notifications reach devices, and how
+/// an external broker learns device credentials.
+#[derive(Clone)]
 pub struct GatewayClient {
     client: MqttGatewayClient<InternalChannel>,
 }
 
 impl GatewayClient {
+    /// mqtt-gateway's gRPC `url`, connected on first use.
     pub fn new(url: &str, token: &InternalToken) -> Result<Self> {
         Ok(Self {
-            client: MqttGatewayClient::new(lazy_channel(url, token)?),
+            client: MqttGatewayClient::new(internal_channel(url, token)?),
         })
     }
 
+    /// Publishes `payload` on `topic` at `qos`, not retained.
     pub async fn publish(&self, topic: String, payload: Vec<u8>, qos: u32) -> Result<()> {
         self.client
             .clone()
