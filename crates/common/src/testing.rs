@@ -1,8 +1,66 @@
 //! Test support shared by the services' integration tests (feature
 //! `testing`): fresh databases on SQLite or on the MariaDB/MySQL server
-//! named by `WF_IOT_TEST_MYSQL_URL`, and a private Mosquitto ([`mosquitto`]).
+//! named by `WF_IOT_TEST_MYSQL_URL`, a private Mosquitto ([`mosquitto`]),
+//! waiting for what happens in the background ([`eventually`]) and the
+//! services' logs on demand ([`init_logs`]). Starting auth-service beside
+//! a service is `wf-testkit`'s, which may depend on the services.
 
 pub mod mosquitto;
+
+use std::time::Duration;
+
+/// How long [`eventually`] waits.
+pub const EVENTUALLY: Duration = Duration::from_secs(10);
+
+/// Polls `check` every 50 ms until it returns `Some`, and panics naming
+/// `what` after [`EVENTUALLY`].
+pub async fn eventually<T, Fut>(what: &str, check: impl FnMut() -> Fut) -> T
+where
+    Fut: Future<Output = Option<T>>,
+{
+    eventually_within(what, EVENTUALLY, check).await
+}
+
+/// [`eventually`], waiting up to `within`.
+pub async fn eventually_within<T, Fut>(
+    what: &str,
+    within: Duration,
+    mut check: impl FnMut() -> Fut,
+) -> T
+where
+    Fut: Future<Output = Option<T>>,
+{
+    let deadline = tokio::time::Instant::now() + within;
+    loop {
+        if let Some(v) = check().await {
+            return v;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "timed out after {within:?} waiting for {what}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// Shows the services' logs in a test's output when `TEST_LOG` is set, at
+/// the level (or `RUST_LOG`-style filter) it names, `TEST_LOG=1` meaning
+/// `info`; without it, tests run silent. Call it first in a test (the
+/// harnesses' builders do); the first call in a test binary decides.
+pub fn init_logs() {
+    use tracing_subscriber::EnvFilter;
+    let Ok(level) = std::env::var("TEST_LOG") else {
+        return;
+    };
+    let filter = match level.trim() {
+        "" | "1" | "true" => "info".to_string(),
+        other => other.to_string(),
+    };
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(EnvFilter::try_new(&filter).unwrap_or_else(|_| EnvFilter::new("info")))
+        .with_test_writer()
+        .try_init();
+}
 
 /// A fresh, empty database: a SQLite file in a temporary directory, or a
 /// new database on the server in `WF_IOT_TEST_MYSQL_URL`, dropped when this

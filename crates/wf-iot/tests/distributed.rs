@@ -46,8 +46,9 @@ use reqwest::StatusCode;
 use rumqttc::QoS;
 use serde_json::{Value, json};
 use sha2::{Digest, Sha256};
-use support::{TcpProxy, env, eventually, free_port, readiness, unique_suffix};
+use support::{TcpProxy, env, free_port, readiness, unique_suffix};
 use wf_common::db::Db;
+use wf_common::testing::eventually_within;
 use wf_common::testing::mosquitto::{
     ADMIN as MOSQUITTO_ADMIN, ADMIN_PASSWORD as MOSQUITTO_ADMIN_PASSWORD, MosquittoServer,
 };
@@ -797,7 +798,7 @@ impl Client {
     }
 
     async fn wait_rollout(&self, id: &str, within: Duration) -> Value {
-        eventually(&format!("rollout {id} to finish"), within, || async {
+        eventually_within(&format!("rollout {id} to finish"), within, || async {
             let r = self.try_get(&format!("/api/v1/rollouts/{id}")).await?;
             matches!(
                 r["state"].as_str(),
@@ -819,7 +820,7 @@ async fn connect_devices(
 ) -> Vec<Device> {
     let mut devices = Vec::new();
     for c in creds {
-        let device = eventually(
+        let device = eventually_within(
             &format!("{} to connect to Mosquitto", c.id),
             Duration::from_secs(20),
             || async {
@@ -1027,7 +1028,7 @@ async fn services_run_apart_and_survive_losing_replicas() {
     })
     .unwrap();
     let devices = connect_devices(&creds, cluster.mosquitto.port, &stats, &ota).await;
-    eventually("every device online", Duration::from_secs(30), || async {
+    eventually_within("every device online", Duration::from_secs(30), || async {
         let summary = operator.try_get("/api/v1/devices/summary").await?;
         (summary["online"] == DEVICES as u64).then_some(())
     })
@@ -1041,7 +1042,7 @@ async fn services_run_apart_and_survive_losing_replicas() {
     // within its lease once that gateway is killed: no one else holds its
     // connection, and nothing said goodbye.
     let edge_creds = api.provision("edge", 1, "edge-sensor").await.unwrap();
-    let edge_device = eventually(
+    let edge_device = eventually_within(
         "a device to connect to mqtt-edge",
         Duration::from_secs(20),
         || async {
@@ -1060,7 +1061,7 @@ async fn services_run_apart_and_survive_losing_replicas() {
     )
     .await;
     let edge_path = format!("/api/v1/devices/{}", edge_creds[0].id);
-    eventually(
+    eventually_within(
         "the edge device online",
         Duration::from_secs(20),
         || async {
@@ -1071,7 +1072,7 @@ async fn services_run_apart_and_survive_losing_replicas() {
     .await;
     cluster.service("mqtt-edge").kill();
     let killed = Instant::now();
-    eventually(
+    eventually_within(
         "the edge device offline after its gateway died",
         Duration::from_secs(30),
         || async {
@@ -1098,7 +1099,7 @@ async fn services_run_apart_and_survive_losing_replicas() {
 
     // The audit log: device-service published each creation on Redis, and
     // auth-service, another process, stored it under the device's id.
-    let entry = eventually(
+    let entry = eventually_within(
         "the device's creation in the audit log",
         Duration::from_secs(20),
         || async {
@@ -1201,7 +1202,7 @@ async fn services_run_apart_and_survive_losing_replicas() {
         "gateway",
     ] {
         let base = cluster.url(name);
-        let body = eventually(
+        let body = eventually_within(
             &format!("{name} to report Redis unreachable"),
             Duration::from_secs(20),
             || async {
@@ -1244,7 +1245,7 @@ async fn services_run_apart_and_survive_losing_replicas() {
             publish_readings(&devices, base_ts2, 80, Duration::from_millis(100), &sent2).await;
         })
     };
-    eventually(
+    eventually_within(
         "the second run under way",
         Duration::from_secs(20),
         || async {
@@ -1295,7 +1296,7 @@ async fn services_run_apart_and_survive_losing_replicas() {
         ("device.status.changed", "device-service"),
         ("device.ota.progress", "firmware-service"),
     ] {
-        eventually(
+        eventually_within(
             &format!("no {topic} event left pending in {group}"),
             Duration::from_secs(30),
             || async { (cluster.pending_events(topic, group).await == 0).then_some(()) },
@@ -1331,7 +1332,7 @@ async fn services_run_apart_and_survive_losing_replicas() {
     for path in ["/api/v1/devices", "/api/v1/firmware", "/api/v1/rollouts"] {
         // Several requests, so that both device-service replicas answer.
         for _ in 0..4 {
-            eventually(
+            eventually_within(
                 &format!("{path} refused to the disabled account"),
                 Duration::from_secs(10),
                 || async { (operator.get(path).await.0 == StatusCode::UNAUTHORIZED).then_some(()) },

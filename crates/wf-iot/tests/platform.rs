@@ -9,6 +9,7 @@ use std::time::Duration;
 use reqwest::StatusCode;
 use rumqttc::{AsyncClient, Event, MqttOptions, Packet, QoS};
 use serde_json::{Value, json};
+use wf_common::testing::eventually;
 use wf_iot::platform::Platform;
 use wf_iot::simulate::{Api, Credentials, Stats, connect};
 
@@ -122,19 +123,6 @@ async fn connect_device(
         tokio::time::sleep(Duration::from_millis(300)).await;
     }
     panic!("{} could not connect: {last:?}", creds.id);
-}
-
-async fn eventually<T, Fut: Future<Output = Option<T>>>(
-    what: &str,
-    mut check: impl FnMut() -> Fut,
-) -> T {
-    for _ in 0..150 {
-        if let Some(v) = check().await {
-            return v;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    panic!("timed out waiting for {what}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

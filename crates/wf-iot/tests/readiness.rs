@@ -16,14 +16,15 @@ use std::net::{IpAddr, Ipv4Addr};
 use std::sync::Arc;
 use std::time::Duration;
 
-use support::{TcpProxy, env, eventually, readiness, unique_suffix};
+use support::{TcpProxy, env, readiness, unique_suffix};
 use wf_common::events::{EventBus, RedisBus, RedisBusConfig};
+use wf_common::testing::eventually_within;
 
 const LOCALHOST: IpAddr = IpAddr::V4(Ipv4Addr::LOCALHOST);
 
 /// Waits until `/readyz` at `base` says `ready`; returns its body.
 async fn wait_readiness(client: &reqwest::Client, base: &str, ready: bool) -> serde_json::Value {
-    eventually(
+    eventually_within(
         &format!("{base}/readyz to say ready = {ready}"),
         Duration::from_secs(30),
         || async {

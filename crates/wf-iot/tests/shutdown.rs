@@ -13,7 +13,8 @@ use std::time::{Duration, Instant};
 
 use reqwest::StatusCode;
 use serde_json::{Value, json};
-use support::{eventually, free_port};
+use support::free_port;
+use wf_common::testing::eventually_within;
 
 const BIN: &str = env!("CARGO_BIN_EXE_wf-iot");
 const PASSWORD: &str = "shutdown-test-password";
@@ -116,7 +117,7 @@ impl Drop for Server {
 
 /// Logs in as the admin once the platform answers.
 async fn login(http: &reqwest::Client, auth: &str) -> String {
-    eventually(
+    eventually_within(
         "the platform to answer",
         Duration::from_secs(60),
         || async {
@@ -181,7 +182,7 @@ async fn after_a_crash_a_restart_shows_no_device_online_that_is_not_connected() 
     options.set_credentials("crash-1", secret);
     let (_client, mut event_loop) = rumqttc::AsyncClient::new(options, 10);
     let polling = tokio::spawn(async move { while event_loop.poll().await.is_ok() {} });
-    eventually("the device online", Duration::from_secs(20), || async {
+    eventually_within("the device online", Duration::from_secs(20), || async {
         (online(&http, &devices, &token).await == Some(true)).then_some(())
     })
     .await;
@@ -257,7 +258,7 @@ async fn shutdown_says_what_it_waits_for_and_a_second_signal_exits_at_once() {
             .await
         }
     });
-    eventually(
+    eventually_within(
         "the command to be created",
         Duration::from_secs(10),
         || async {
@@ -277,7 +278,7 @@ async fn shutdown_says_what_it_waits_for_and_a_second_signal_exits_at_once() {
     assert!(!waiting.is_finished());
 
     signal(&server.child, "TERM");
-    let line = eventually(
+    let line = eventually_within(
         "a log line naming the request shutdown waits for",
         Duration::from_secs(15),
         || async {
@@ -321,7 +322,7 @@ async fn with_nothing_in_flight_one_signal_stops_the_platform_cleanly() {
         log: dir.path().join("serve.log"),
     };
     let http = reqwest::Client::new();
-    eventually(
+    eventually_within(
         "the platform to answer",
         Duration::from_secs(60),
         || async {
@@ -391,7 +392,7 @@ async fn the_start_names_the_console_and_wf_iot_toml_makes_a_moved_port_stick() 
         log: dir.path().join("serve.log"),
     };
     let banner = format!("console        http://localhost:{console}/");
-    eventually("the banner", Duration::from_secs(60), || async {
+    eventually_within("the banner", Duration::from_secs(60), || async {
         server.log().contains(&banner).then_some(())
     })
     .await;

@@ -15,7 +15,8 @@ use std::time::Duration;
 
 use reqwest::StatusCode;
 use serde_json::{Value, json};
-use support::{TcpProxy, eventually, free_port};
+use support::{TcpProxy, free_port};
+use wf_common::testing::eventually_within;
 use wf_common::testing::mosquitto::MosquittoServer;
 use wf_iot::platform::Platform;
 use wf_iot::simulate::{Api, Stats, connect, device_ids};
@@ -211,7 +212,7 @@ async fn a_second_simulation_does_not_take_over_the_devices_of_a_running_one() {
     .stderr(file)
     .spawn()
     .unwrap();
-    eventually(
+    eventually_within(
         "the first simulation's devices online",
         Duration::from_secs(30),
         || async { (api.online(&ids).await.ok()?.len() == 3).then_some(()) },
@@ -285,13 +286,13 @@ async fn devices_reconnect_with_backoff_after_the_platform_restarts() {
                 .unwrap(),
         );
     }
-    eventually("the devices online", Duration::from_secs(20), || async {
+    eventually_within("the devices online", Duration::from_secs(20), || async {
         (api.online(&ids).await.ok()?.len() == 4).then_some(())
     })
     .await;
 
     platform.stop().await.unwrap();
-    eventually("the devices to notice", Duration::from_secs(20), || async {
+    eventually_within("the devices to notice", Duration::from_secs(20), || async {
         (stats.connected.load(Ordering::Relaxed) == 0).then_some(())
     })
     .await;
@@ -305,7 +306,7 @@ async fn devices_reconnect_with_backoff_after_the_platform_restarts() {
     let platform = Platform::start_local(dir.path(), PASSWORD).await.unwrap();
     proxy.point_at(vec![mqtt(&platform)]);
     let api = login(&platform).await;
-    eventually(
+    eventually_within(
         "the devices back online on the restarted platform",
         Duration::from_secs(30),
         || async { (api.online(&ids).await.ok()?.len() == 4).then_some(()) },

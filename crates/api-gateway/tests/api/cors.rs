@@ -7,11 +7,13 @@ use crate::helpers::TestApp;
 const CONSOLE: &str = "https://console.example.com";
 
 async fn app() -> TestApp {
-    TestApp::spawn_with(|c| {
-        c.cors.allowed_origins = vec![CONSOLE.into()];
-        c.cors.allow_credentials = true;
-    })
-    .await
+    TestApp::builder()
+        .configure(|c| {
+            c.cors.allowed_origins = vec![CONSOLE.into()];
+            c.cors.allow_credentials = true;
+        })
+        .spawn()
+        .await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

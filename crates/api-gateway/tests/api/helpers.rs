@@ -23,15 +23,14 @@ use tokio_stream::wrappers::TcpListenerStream;
 use wf_common::events::{EventBus, InProcessBus, publish_json};
 use wf_common::jwt::SigningKey;
 use wf_common::shutdown::Shutdown;
-use wf_common::testing::TestDatabase;
 use wf_proto::mqtt::mqtt_gateway_server::{MqttGateway, MqttGatewayServer};
 use wf_proto::mqtt::{
     MqttMessage, PublishMessageRequest, PublishMessageResponse, SubscribeTopicRequest,
     SyncDeviceCredentialsRequest, SyncDeviceCredentialsResponse,
 };
+use wf_testkit::{Accounts, AuthServer, TestDatabase};
 
-pub const ADMIN_PASSWORD: &str = "admin-password-1";
-pub const USER_PASSWORD: &str = "user-password-1";
+pub use wf_testkit::{ADMIN_PASSWORD, eventually};
 
 /// device-service's view of mqtt-gateway: accepts and forgets.
 #[derive(Clone, Default)]
@@ -187,20 +186,51 @@ pub async fn closed_url() -> String {
     url
 }
 
+/// The services and a first gateway; also the test's [`Accounts`], managed
+/// through that gateway (`app.user(..)`, `app.admin_token`).
 pub struct TestApp {
     /// The first gateway.
     pub base: String,
-    pub auth_url: String,
+    pub auth: AuthServer,
+    pub accounts: Accounts,
     pub device_url: String,
     pub firmware_url: String,
     pub client: reqwest::Client,
     pub bus: Arc<InProcessBus>,
     pub firmware: Arc<UpstreamLog>,
-    pub admin_token: String,
     pub shutdown: Shutdown,
-    signing_key_file: std::path::PathBuf,
-    _dbs: (TestDatabase, TestDatabase),
-    _dir: tempfile::TempDir,
+    _db: TestDatabase,
+}
+
+impl std::ops::Deref for TestApp {
+    type Target = Accounts;
+
+    fn deref(&self) -> &Accounts {
+        &self.accounts
+    }
+}
+
+/// A [`TestApp`] to be: its first gateway's configuration, changed by
+/// [`configure`](Self::configure) before [`spawn`](Self::spawn).
+#[derive(Default)]
+pub struct TestAppBuilder {
+    configure: Option<Adjust>,
+}
+
+/// A change to the first gateway's configuration, applied once the
+/// upstreams' addresses are known.
+type Adjust = Box<dyn FnOnce(&mut Config)>;
+
+impl TestAppBuilder {
+    pub fn configure(mut self, adjust: impl FnOnce(&mut Config) + 'static) -> Self {
+        self.configure = Some(Box::new(adjust));
+        self
+    }
+
+    /// Starts the services and the first gateway.
+    pub async fn spawn(self) -> TestApp {
+        TestApp::start(self.configure.unwrap_or_else(|| Box::new(|_| {}))).await
+    }
 }
 
 /// The gateway configuration tests start from: every upstream of `app`,
@@ -223,41 +253,20 @@ pub fn base_config(auth: &str, device: &str, firmware: &str) -> Config {
 
 impl TestApp {
     pub async fn spawn() -> Self {
-        Self::spawn_with(|_| {}).await
+        Self::builder().spawn().await
     }
 
-    /// Starts the services and a first gateway configured by `configure`.
-    pub async fn spawn_with(configure: impl FnOnce(&mut Config)) -> Self {
+    pub fn builder() -> TestAppBuilder {
+        TestAppBuilder::default()
+    }
+
+    async fn start(configure: Adjust) -> Self {
+        wf_testkit::init_logs();
         let shutdown = Shutdown::new();
-        let dir = tempfile::tempdir().unwrap();
         let localhost = "127.0.0.1".parse().unwrap();
         // One secret for the calls between the services of this test.
         let internal_token = wf_common::grpc::InternalToken::generate();
-
-        let auth_db = TestDatabase::new("auth.db");
-        let signing_key_file = dir.path().join("key.pem");
-        let auth = auth_service::Application::build(Arc::new(auth_service::Config {
-            internal_token: internal_token.clone(),
-            host: localhost,
-            http_port: 0,
-            grpc_port: 0,
-            database_url: auth_db.url.clone(),
-            signing_key_file: signing_key_file.clone(),
-            password_hashing: auth_service::PasswordHashing {
-                memory_kib: 1024,
-                iterations: 1,
-                parallelism: 1,
-            },
-            ..auth_service::Config::default()
-        }))
-        .await
-        .unwrap();
-        auth.ensure_admin(Some(ADMIN_PASSWORD.into()))
-            .await
-            .unwrap();
-        let auth_url = format!("http://127.0.0.1:{}", auth.http_port());
-        let auth_grpc = format!("http://127.0.0.1:{}", auth.grpc_port());
-        tokio::spawn(auth.run_until_stopped(shutdown.wait()));
+        let auth = AuthServer::start(&internal_token, &shutdown).await;
 
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let mqtt_url = format!("http://{}", listener.local_addr().unwrap());
@@ -276,8 +285,8 @@ impl TestApp {
                 http_port: 0,
                 grpc_port: 0,
                 database_url: device_db.url.clone(),
-                auth_grpc_url: auth_grpc,
-                auth_jwks_url: format!("{auth_url}/.well-known/jwks.json"),
+                auth_grpc_url: auth.grpc_url.clone(),
+                auth_jwks_url: auth.jwks_url.clone(),
                 mqtt_gateway_url: mqtt_url,
                 permission_cache_ttl_secs: 1,
                 ..device_service::Config::default()
@@ -293,26 +302,24 @@ impl TestApp {
 
         let mut app = TestApp {
             base: String::new(),
-            auth_url,
+            accounts: auth.accounts.clone(),
+            auth,
             device_url,
             firmware_url,
             client: reqwest::Client::new(),
             bus,
             firmware,
-            admin_token: String::new(),
             shutdown,
-            signing_key_file,
-            _dbs: (auth_db, device_db),
-            _dir: dir,
+            _db: device_db,
         };
         app.base = app.gateway_with(configure).await;
-        app.admin_token = app.login("admin", ADMIN_PASSWORD).await;
+        app.accounts = Accounts::at(&app.base).await;
         app
     }
 
     /// This app's default gateway configuration.
     pub fn config(&self) -> Config {
-        base_config(&self.auth_url, &self.device_url, &self.firmware_url)
+        base_config(&self.auth.base, &self.device_url, &self.firmware_url)
     }
 
     /// Starts another gateway in front of the same services; returns its URL.
@@ -329,53 +336,6 @@ impl TestApp {
         let url = format!("http://127.0.0.1:{}", app.http_port());
         tokio::spawn(app.run_until_stopped(self.shutdown.wait()));
         url
-    }
-
-    pub async fn login(&self, username: &str, password: &str) -> String {
-        let resp = self
-            .client
-            .post(format!("{}/api/v1/auth/login", self.base))
-            .json(&json!({ "username": username, "password": password }))
-            .send()
-            .await
-            .unwrap();
-        assert_eq!(resp.status(), StatusCode::OK, "login of {username}");
-        resp.json::<Value>().await.unwrap()["access_token"]
-            .as_str()
-            .unwrap()
-            .to_string()
-    }
-
-    /// Creates a user with `roles` through the gateway and logs in.
-    pub async fn user(&self, username: &str, roles: &[&str]) -> String {
-        let resp = self
-            .request(
-                Method::POST,
-                "/api/v1/users",
-                Some(&self.admin_token),
-                Some(json!({
-                    "username": username,
-                    "email": format!("{username}@example.com"),
-                    "password": USER_PASSWORD,
-                    "roles": roles,
-                })),
-            )
-            .await;
-        assert_eq!(resp.status(), StatusCode::CREATED);
-        self.login(username, USER_PASSWORD).await
-    }
-
-    /// Creates a role of `scope` (`fleet` or `own`) with `permissions`.
-    pub async fn role(&self, name: &str, scope: &str, permissions: &[&str]) {
-        let resp = self
-            .request(
-                Method::POST,
-                "/api/v1/roles",
-                Some(&self.admin_token),
-                Some(json!({ "name": name, "scope": scope, "permissions": permissions })),
-            )
-            .await;
-        assert_eq!(resp.status(), StatusCode::CREATED, "creating role {name}");
     }
 
     pub async fn request(
@@ -415,7 +375,7 @@ impl TestApp {
 
     /// auth-service's signing key, to forge tokens with.
     pub fn signing_key(&self) -> SigningKey {
-        SigningKey::from_pkcs8_pem(&std::fs::read_to_string(&self.signing_key_file).unwrap())
+        SigningKey::from_pkcs8_pem(&std::fs::read_to_string(&self.auth.signing_key_file).unwrap())
             .unwrap()
     }
 
@@ -471,21 +431,6 @@ pub async fn assert_error(resp: reqwest::Response, status: StatusCode, code: &st
     let body: Value = resp.json().await.unwrap();
     assert_eq!(body["error"]["code"], code, "{body}");
     body
-}
-
-/// Polls `check` until it returns `Some`, for up to ten seconds.
-pub async fn eventually<T, F, Fut>(what: &str, mut check: F) -> T
-where
-    F: FnMut() -> Fut,
-    Fut: Future<Output = Option<T>>,
-{
-    for _ in 0..200 {
-        if let Some(v) = check().await {
-            return v;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    panic!("timed out waiting for {what}");
 }
 
 /// Reads Server-Sent Events from a response.

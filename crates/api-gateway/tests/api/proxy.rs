@@ -213,11 +213,13 @@ async fn downloads_stream_back_as_they_come() {
 async fn oversized_bodies_are_refused() {
     // Small sizes: the gateway answers before reading the whole body, and
     // bodies this small are already in hand when it does.
-    let app = TestApp::spawn_with(|c| {
-        c.max_upload_bytes = 2000;
-        c.max_body_bytes = 1000;
-    })
-    .await;
+    let app = TestApp::builder()
+        .configure(|c| {
+            c.max_upload_bytes = 2000;
+            c.max_body_bytes = 1000;
+        })
+        .spawn()
+        .await;
     // Declared too large: refused before anything is sent on.
     let resp = app
         .client

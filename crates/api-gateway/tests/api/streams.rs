@@ -225,7 +225,10 @@ async fn a_stream_ends_when_its_token_expires() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_stream_ends_when_access_is_withdrawn() {
-    let app = TestApp::spawn_with(|c| c.stream_recheck_secs = 1).await;
+    let app = TestApp::builder()
+        .configure(|c| c.stream_recheck_secs = 1)
+        .spawn()
+        .await;
     let alice = app.user("alice", &["operator"]).await;
     let id = app.device(&alice, "Alice's boiler").await;
     let mut events =

@@ -79,6 +79,7 @@ impl TestAppBuilder {
     }
 
     pub async fn spawn(mut self) -> TestApp {
+        wf_common::testing::init_logs();
         let db = TestDatabase::new("auth.db");
         self.config.database_url = db.url.clone();
         let config = Arc::new(self.config);

@@ -115,7 +115,10 @@ async fn a_command_is_sent_and_its_response_recorded() {
 
 #[tokio::test]
 async fn a_device_that_comes_back_gets_its_open_commands_again() {
-    let app = TestApp::spawn_with(|c| c.command_redelivery_delay_ms = 50).await;
+    let app = TestApp::builder()
+        .configure(|c| c.command_redelivery_delay_ms = 50)
+        .spawn()
+        .await;
     app.device(&app.admin_token, json!({ "id": "back-1", "name": "B" }))
         .await;
     let mut ids = Vec::new();
@@ -352,7 +355,10 @@ async fn wait_true_returns_the_answer_or_the_timeout() {
 /// with a longer timeout comes back `202` as it stands, and stays open.
 #[tokio::test]
 async fn a_wait_never_outlasts_the_longest_wait() {
-    let app = TestApp::spawn_with(|c| c.command_max_wait_secs = 1).await;
+    let app = TestApp::builder()
+        .configure(|c| c.command_max_wait_secs = 1)
+        .spawn()
+        .await;
     app.device(&app.admin_token, json!({ "id": "w-2", "name": "W" }))
         .await;
     let started = std::time::Instant::now();

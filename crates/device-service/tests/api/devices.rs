@@ -912,7 +912,10 @@ async fn a_finished_update_records_the_devices_firmware_version() {
 /// that follows a write sees it, whichever path wrote.
 #[tokio::test]
 async fn reads_through_the_device_cache_follow_every_write() {
-    let app = TestApp::spawn_with(|c| c.device_cache_capacity = 16).await;
+    let app = TestApp::builder()
+        .configure(|c| c.device_cache_capacity = 16)
+        .spawn()
+        .await;
     let admin = app.admin_token.clone();
     app.device(
         &admin,

@@ -5,21 +5,20 @@
 //! on its own and end to end).
 
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
 
 use reqwest::{Method, Response, StatusCode};
-use serde_json::{Value, json};
+use serde_json::Value;
 use tokio_stream::wrappers::TcpListenerStream;
 use wf_common::events::{EventBus, InProcessBus, publish_json};
 use wf_common::shutdown::Shutdown;
-use wf_common::testing::TestDatabase;
 use wf_proto::mqtt::mqtt_gateway_server::{MqttGateway, MqttGatewayServer};
 use wf_proto::mqtt::{
     MqttMessage, PublishMessageRequest, PublishMessageResponse, SubscribeTopicRequest,
     SyncDeviceCredentialsRequest, SyncDeviceCredentialsResponse,
 };
+use wf_testkit::{Accounts, AuthServer, TestDatabase};
 
-pub const ADMIN_PASSWORD: &str = "admin-password-1";
+pub use wf_testkit::eventually;
 
 /// What the stand-in gateway was asked to do.
 #[derive(Default)]
@@ -72,57 +71,47 @@ impl MqttGateway for RecordingGateway {
     }
 }
 
+/// device-service under test; also its test's [`Accounts`] (`app.user(..)`,
+/// `app.admin_token`).
 pub struct TestApp {
     pub base: String,
-    pub auth_base: String,
+    pub auth: AuthServer,
     pub grpc_port: u16,
     pub internal_token: wf_common::grpc::InternalToken,
     pub client: reqwest::Client,
     pub bus: Arc<InProcessBus>,
     pub gateway: RecordingGateway,
-    pub admin_token: String,
     shutdown: Shutdown,
-    _dbs: (TestDatabase, TestDatabase),
-    _dir: tempfile::TempDir,
+    _db: TestDatabase,
 }
 
-impl TestApp {
-    pub async fn spawn() -> Self {
-        Self::spawn_with(|_| {}).await
+impl std::ops::Deref for TestApp {
+    type Target = Accounts;
+
+    fn deref(&self) -> &Accounts {
+        &self.auth.accounts
+    }
+}
+
+/// A [`TestApp`] to be: device-service's configuration, changed by
+/// [`configure`](Self::configure) before [`spawn`](Self::spawn).
+pub struct TestAppBuilder {
+    config: device_service::Config,
+}
+
+impl TestAppBuilder {
+    pub fn configure(mut self, adjust: impl FnOnce(&mut device_service::Config)) -> Self {
+        adjust(&mut self.config);
+        self
     }
 
-    /// [`TestApp::spawn`] with device-service's configuration changed by
-    /// `adjust`.
-    pub async fn spawn_with(adjust: impl FnOnce(&mut device_service::Config)) -> Self {
+    /// Starts auth-service, the stand-in gateway and device-service.
+    pub async fn spawn(self) -> TestApp {
+        wf_testkit::init_logs();
         let shutdown = Shutdown::new();
-        let dir = tempfile::tempdir().unwrap();
-        let localhost = "127.0.0.1".parse().unwrap();
         // One secret for the calls between the services of this test.
         let internal_token = wf_common::grpc::InternalToken::generate();
-
-        let auth_db = TestDatabase::new("auth.db");
-        let auth = auth_service::Application::build(Arc::new(auth_service::Config {
-            internal_token: internal_token.clone(),
-            host: localhost,
-            http_port: 0,
-            grpc_port: 0,
-            database_url: auth_db.url.clone(),
-            signing_key_file: dir.path().join("key.pem"),
-            password_hashing: auth_service::PasswordHashing {
-                memory_kib: 1024,
-                iterations: 1,
-                parallelism: 1,
-            },
-            ..auth_service::Config::default()
-        }))
-        .await
-        .unwrap();
-        auth.ensure_admin(Some(ADMIN_PASSWORD.into()))
-            .await
-            .unwrap();
-        let auth_base = format!("http://127.0.0.1:{}", auth.http_port());
-        let auth_grpc = format!("http://127.0.0.1:{}", auth.grpc_port());
-        tokio::spawn(auth.run_until_stopped(shutdown.wait()));
+        let auth = AuthServer::start(&internal_token, &shutdown).await;
 
         let gateway = RecordingGateway::default();
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
@@ -133,22 +122,15 @@ impl TestApp {
         tokio::spawn(server);
 
         let bus = Arc::new(InProcessBus::new());
-        let device_db = TestDatabase::new("devices.db");
-        let mut config = device_service::Config {
+        let db = TestDatabase::new("devices.db");
+        let config = device_service::Config {
             internal_token: internal_token.clone(),
-            host: localhost,
-            http_port: 0,
-            grpc_port: 0,
-            database_url: device_db.url.clone(),
-            auth_grpc_url: auth_grpc,
-            auth_jwks_url: format!("{auth_base}/.well-known/jwks.json"),
+            database_url: db.url.clone(),
+            auth_grpc_url: auth.grpc_url.clone(),
+            auth_jwks_url: auth.jwks_url.clone(),
             mqtt_gateway_url: gateway_url,
-            permission_cache_ttl_secs: 1,
-            max_series_points: 1000,
-            max_body_bytes: 4096,
-            ..device_service::Config::default()
+            ..self.config
         };
-        adjust(&mut config);
         let app =
             device_service::Application::build(Arc::new(config), bus.clone() as Arc<dyn EventBus>)
                 .await
@@ -156,86 +138,37 @@ impl TestApp {
         let base = format!("http://127.0.0.1:{}", app.http_port());
         let grpc_port = app.grpc_port();
         tokio::spawn(app.run_until_stopped(shutdown.wait()));
-
-        let mut test = TestApp {
+        TestApp {
             base,
-            auth_base,
+            auth,
             grpc_port,
             internal_token,
             client: reqwest::Client::new(),
             bus,
             gateway,
-            admin_token: String::new(),
             shutdown,
-            _dbs: (auth_db, device_db),
-            _dir: dir,
-        };
-        test.admin_token = test.login("admin", ADMIN_PASSWORD).await;
-        test
+            _db: db,
+        }
+    }
+}
+
+impl TestApp {
+    pub async fn spawn() -> Self {
+        Self::builder().spawn().await
     }
 
-    pub async fn login(&self, username: &str, password: &str) -> String {
-        let resp = self
-            .client
-            .post(format!("{}/api/v1/auth/login", self.auth_base))
-            .json(&json!({ "username": username, "password": password }))
-            .send()
-            .await
-            .unwrap();
-        assert_eq!(resp.status(), StatusCode::OK, "login of {username}");
-        resp.json::<Value>().await.unwrap()["access_token"]
-            .as_str()
-            .unwrap()
-            .to_string()
-    }
-
-    /// Creates a user with the given roles (through auth-service) and logs in.
-    pub async fn user(&self, username: &str, roles: &[&str]) -> String {
-        let resp = self
-            .client
-            .post(format!("{}/api/v1/users", self.auth_base))
-            .bearer_auth(&self.admin_token)
-            .json(&json!({
-                "username": username,
-                "email": format!("{username}@example.com"),
-                "password": "user-password-1",
-                "roles": roles,
-            }))
-            .send()
-            .await
-            .unwrap();
-        assert_eq!(resp.status(), StatusCode::CREATED);
-        self.login(username, "user-password-1").await
-    }
-
-    /// Creates a role (through auth-service) with `scope` (`fleet` or
-    /// `own`) and `permissions`.
-    pub async fn role(&self, name: &str, scope: &str, permissions: &[&str]) {
-        let resp = self
-            .client
-            .post(format!("{}/api/v1/roles", self.auth_base))
-            .bearer_auth(&self.admin_token)
-            .json(&json!({ "name": name, "scope": scope, "permissions": permissions }))
-            .send()
-            .await
-            .unwrap();
-        assert_eq!(resp.status(), StatusCode::CREATED, "creating role {name}");
-    }
-
-    /// The user id behind `token`.
-    pub async fn user_id(&self, token: &str) -> String {
-        let resp = self
-            .client
-            .get(format!("{}/api/v1/auth/me", self.auth_base))
-            .bearer_auth(token)
-            .send()
-            .await
-            .unwrap();
-        assert_eq!(resp.status(), StatusCode::OK);
-        resp.json::<Value>().await.unwrap()["id"]
-            .as_str()
-            .unwrap()
-            .to_string()
+    pub fn builder() -> TestAppBuilder {
+        TestAppBuilder {
+            config: device_service::Config {
+                host: "127.0.0.1".parse().unwrap(),
+                http_port: 0,
+                grpc_port: 0,
+                permission_cache_ttl_secs: 1,
+                max_series_points: 1000,
+                max_body_bytes: 4096,
+                ..device_service::Config::default()
+            },
+        }
     }
 
     pub async fn request(
@@ -289,21 +222,6 @@ impl Drop for TestApp {
     fn drop(&mut self) {
         self.shutdown.trigger();
     }
-}
-
-/// Polls `check` until it returns `Some`, for up to five seconds.
-pub async fn eventually<T, F, Fut>(what: &str, mut check: F) -> T
-where
-    F: FnMut() -> Fut,
-    Fut: Future<Output = Option<T>>,
-{
-    for _ in 0..100 {
-        if let Some(v) = check().await {
-            return v;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    panic!("timed out waiting for {what}");
 }
 
 /// Asserts an error response's status and envelope code.

@@ -11,7 +11,7 @@ use sha2::{Digest, Sha256};
 use wf_proto::firmware::firmware_service_client::FirmwareServiceClient;
 use wf_proto::firmware::{GetFirmwareRequest, ListFirmwareRequest};
 
-use crate::helpers::{Behaviour, TestApp, assert_error, eventually, hex};
+use crate::helpers::{Behaviour, TestApp, assert_error, eventually_within, hex};
 
 fn image(len: usize, seed: u8) -> Vec<u8> {
     (0..len)
@@ -185,9 +185,11 @@ async fn devices_download_with_their_credentials_or_their_link() {
         )
         .await;
     let open_id = open["id"].as_str().unwrap().to_string();
-    let notice = eventually("the device to be notified", 20, || async {
-        app.fleet.notifications_of(dev).first().cloned()
-    })
+    let notice = eventually_within(
+        "the device to be notified",
+        std::time::Duration::from_secs(20),
+        || async { app.fleet.notifications_of(dev).first().cloned() },
+    )
     .await;
     let open_link = notice["url"].as_str().unwrap().to_string();
     let resp = with_credentials(dev, secret).await.unwrap();
@@ -272,12 +274,16 @@ async fn devices_download_with_their_credentials_or_their_link() {
         )
         .await;
     let task_id = task["id"].as_str().unwrap().to_string();
-    let done = eventually("the upgrade task to succeed", 20, || async {
-        let t = app
-            .get_json(&format!("/api/v1/upgrade-tasks/{task_id}"))
-            .await;
-        (t["state"] == "succeeded").then_some(t)
-    })
+    let done = eventually_within(
+        "the upgrade task to succeed",
+        std::time::Duration::from_secs(20),
+        || async {
+            let t = app
+                .get_json(&format!("/api/v1/upgrade-tasks/{task_id}"))
+                .await;
+            (t["state"] == "succeeded").then_some(t)
+        },
+    )
     .await;
     assert_eq!(done["reported_version"], "2.0.0");
     assert_eq!(app.fleet.downloads.lock().unwrap()[&devices[1].0], 1);
@@ -354,7 +360,11 @@ async fn a_digest_mismatch_keeps_nothing() {
 
 #[tokio::test]
 async fn oversized_uploads_are_refused_whether_announced_or_streamed() {
-    let app = TestApp::spawn_with(|c| c.max_firmware_bytes = 64 * 1024, 0).await;
+    let app = TestApp::builder()
+        .configure(|c| c.max_firmware_bytes = 64 * 1024)
+        .workers(0)
+        .spawn()
+        .await;
     let fields = [
         ("name", "Big"),
         ("device_type", "boiler"),
@@ -405,7 +415,11 @@ async fn signatures_are_verified_against_the_configured_keys() {
         .verifying_key()
         .to_public_key_pem(Default::default())
         .unwrap();
-    let app = TestApp::spawn_with(move |c| c.signing_public_keys = vec![pem], 0).await;
+    let app = TestApp::builder()
+        .configure(move |c| c.signing_public_keys = vec![pem])
+        .workers(0)
+        .spawn()
+        .await;
     let data = image(20_000, 5);
     let digest = Sha256::digest(&data);
     let good = STANDARD.encode(signer.sign(&digest).to_bytes());
@@ -456,17 +470,17 @@ async fn signatures_are_verified_against_the_configured_keys() {
     assert_eq!(fw["signature"], good.as_str());
 
     // A service that requires signatures refuses unsigned images.
-    let strict = TestApp::spawn_with(
-        {
+    let strict = TestApp::builder()
+        .configure({
             let key = STANDARD.encode(signer.verifying_key().to_bytes());
             move |c| {
                 c.signing_public_keys = vec![key];
                 c.require_signature = true;
             }
-        },
-        0,
-    )
-    .await;
+        })
+        .workers(0)
+        .spawn()
+        .await;
     assert_error(
         strict
             .upload_as(
@@ -488,7 +502,7 @@ async fn signatures_are_verified_against_the_configured_keys() {
 
 #[tokio::test]
 async fn file_names_never_reach_the_file_system() {
-    let app = TestApp::spawn_with(|_| {}, 0).await;
+    let app = TestApp::builder().workers(0).spawn().await;
     let escape = app.dir.path().join("escaped.bin");
     let hostile = format!("../../../../..{}", escape.display());
     let resp = app
@@ -528,7 +542,7 @@ async fn file_names_never_reach_the_file_system() {
 
 #[tokio::test]
 async fn malformed_forms_are_refused_clearly() {
-    let app = TestApp::spawn_with(|_| {}, 0).await;
+    let app = TestApp::builder().workers(0).spawn().await;
     let token = app.admin_token.clone();
     let upload = |fields: Vec<(&'static str, &'static str)>, data: Vec<u8>| {
         let app = &app;
@@ -679,7 +693,7 @@ async fn malformed_forms_are_refused_clearly() {
 /// with the digest checked whichever comes first.
 #[tokio::test]
 async fn parts_are_accepted_in_any_order() {
-    let app = TestApp::spawn_with(|_| {}, 0).await;
+    let app = TestApp::builder().workers(0).spawn().await;
     let data = image(50_000, 3);
     let digest = hex(&Sha256::digest(&data));
     let send = |form: reqwest::multipart::Form| {
@@ -777,18 +791,18 @@ async fn an_s3_bucket_stores_and_serves_images() {
     };
     let endpoint = std::env::var("WF_IOT_TEST_S3_ENDPOINT").unwrap_or_default();
     let prefix = format!("wf-test-{}/", uuid::Uuid::new_v4().simple());
-    let app = TestApp::spawn_with(
-        move |c| {
+    let app = TestApp::builder()
+        .configure(move |c| {
             c.storage.backend = firmware_service::StorageBackend::S3;
             c.storage.s3.bucket = bucket;
             c.storage.s3.allow_http = endpoint.starts_with("http://");
             c.storage.s3.endpoint = endpoint;
             c.storage.s3.region = "us-east-1".into();
             c.storage.s3.prefix = prefix;
-        },
-        0,
-    )
-    .await;
+        })
+        .workers(0)
+        .spawn()
+        .await;
     let data = image(300_000, 8);
     let fw = app.firmware("boiler", "1.0.0", data.clone()).await;
     let id = fw["id"].as_str().unwrap();

@@ -18,14 +18,14 @@ use tokio::sync::mpsc;
 use tokio_stream::wrappers::TcpListenerStream;
 use wf_common::events::{EventBus, InProcessBus, OtaProgress, publish_json, topics};
 use wf_common::shutdown::Shutdown;
-use wf_common::testing::TestDatabase;
 use wf_proto::mqtt::mqtt_gateway_server::{MqttGateway, MqttGatewayServer};
 use wf_proto::mqtt::{
     MqttMessage, PublishMessageRequest, PublishMessageResponse, SubscribeTopicRequest,
     SyncDeviceCredentialsRequest, SyncDeviceCredentialsResponse,
 };
+use wf_testkit::{Accounts, AuthServer, TestDatabase};
 
-pub const ADMIN_PASSWORD: &str = "admin-password-1";
+pub use wf_testkit::eventually_within;
 
 /// An OTA notification as a device received it.
 #[derive(Debug, Clone)]
@@ -245,78 +245,99 @@ impl WorkerHandle {
     }
 }
 
+/// firmware-service under test; also its test's [`Accounts`]
+/// (`app.user(..)`, `app.admin_token`).
 pub struct TestApp {
     pub base: String,
     pub device_base: String,
-    pub auth_base: String,
+    pub auth: AuthServer,
     pub grpc_port: u16,
     pub client: reqwest::Client,
     pub bus: Arc<InProcessBus>,
     pub fleet: Fleet,
-    pub admin_token: String,
     pub config: Arc<firmware_service::Config>,
     shutdown: Shutdown,
     workers: Vec<WorkerHandle>,
-    _dbs: (TestDatabase, TestDatabase, TestDatabase),
+    _dbs: (TestDatabase, TestDatabase),
     pub dir: tempfile::TempDir,
+}
+
+impl std::ops::Deref for TestApp {
+    type Target = Accounts;
+
+    fn deref(&self) -> &Accounts {
+        &self.auth.accounts
+    }
 }
 
 impl TestApp {
     /// With one worker running.
     pub async fn spawn() -> Self {
-        Self::spawn_with(|_| {}, 1).await
+        Self::builder().spawn().await
     }
 
-    /// `configure` adjusts firmware-service's configuration; `workers`
-    /// start beside it (more can be started later).
-    pub async fn spawn_with(
-        configure: impl FnOnce(&mut firmware_service::Config),
-        workers: usize,
-    ) -> Self {
-        let (mut app, handles) = Self::spawn_keeping_workers(configure, workers).await;
-        // They stop with the app.
+    pub fn builder() -> TestAppBuilder {
+        let dir = tempfile::tempdir().unwrap();
+        let mut config = firmware_service::Config {
+            host: "127.0.0.1".parse().unwrap(),
+            http_port: 0,
+            grpc_port: 0,
+            permission_cache_ttl_secs: 1,
+            max_firmware_bytes: 4 * 1024 * 1024,
+            ..firmware_service::Config::default()
+        }
+        .with_data_dir(dir.path());
+        config.worker.poll_interval_ms = 50;
+        config.worker.name = "worker-1".into();
+        TestAppBuilder {
+            config,
+            workers: 1,
+            dir,
+        }
+    }
+}
+
+/// A [`TestApp`] to be: firmware-service's configuration, changed by
+/// [`configure`](Self::configure), and how many workers start beside it.
+pub struct TestAppBuilder {
+    config: firmware_service::Config,
+    workers: usize,
+    dir: tempfile::TempDir,
+}
+
+impl TestAppBuilder {
+    pub fn configure(mut self, adjust: impl FnOnce(&mut firmware_service::Config)) -> Self {
+        adjust(&mut self.config);
+        self
+    }
+
+    /// Workers started with the service (more can be started later); 1
+    /// unless set.
+    pub fn workers(mut self, n: usize) -> Self {
+        self.workers = n;
+        self
+    }
+
+    /// Starts the services; the workers stop with the app.
+    pub async fn spawn(self) -> TestApp {
+        let (mut app, handles) = self.spawn_keeping_workers().await;
         app.workers = handles;
         app
     }
 
-    /// Like [`TestApp::spawn_with`], returning the workers to control.
-    pub async fn spawn_keeping_workers(
-        configure: impl FnOnce(&mut firmware_service::Config),
-        workers: usize,
-    ) -> (Self, Vec<WorkerHandle>) {
-        wf_common::telemetry::init_logging(&wf_common::telemetry::LogConfig {
-            level: "warn,rmqtt=off".into(),
-            ..Default::default()
-        });
+    /// [`TestAppBuilder::spawn`], returning the workers to control.
+    pub async fn spawn_keeping_workers(self) -> (TestApp, Vec<WorkerHandle>) {
+        wf_testkit::init_logs();
+        let Self {
+            config,
+            workers,
+            dir,
+        } = self;
         let shutdown = Shutdown::new();
-        let dir = tempfile::tempdir().unwrap();
         let localhost = "127.0.0.1".parse().unwrap();
         // One secret for the calls between the services of this test.
         let internal_token = wf_common::grpc::InternalToken::generate();
-
-        let auth_db = TestDatabase::new("auth.db");
-        let auth = auth_service::Application::build(Arc::new(auth_service::Config {
-            internal_token: internal_token.clone(),
-            host: localhost,
-            http_port: 0,
-            grpc_port: 0,
-            database_url: auth_db.url.clone(),
-            signing_key_file: dir.path().join("key.pem"),
-            password_hashing: auth_service::PasswordHashing {
-                memory_kib: 1024,
-                iterations: 1,
-                parallelism: 1,
-            },
-            ..auth_service::Config::default()
-        }))
-        .await
-        .unwrap();
-        auth.ensure_admin(Some(ADMIN_PASSWORD.into()))
-            .await
-            .unwrap();
-        let auth_base = format!("http://127.0.0.1:{}", auth.http_port());
-        let auth_grpc = format!("http://127.0.0.1:{}", auth.grpc_port());
-        tokio::spawn(auth.run_until_stopped(shutdown.wait()));
+        let auth = AuthServer::start(&internal_token, &shutdown).await;
 
         let bus = Arc::new(InProcessBus::new());
         let (ota_tx, ota_rx) = mpsc::unbounded_channel();
@@ -330,7 +351,6 @@ impl TestApp {
         );
         let fleet = Fleet::start(bus.clone(), ota_rx);
 
-        let jwks = format!("{auth_base}/.well-known/jwks.json");
         let device_db = TestDatabase::new("devices.db");
         let device = device_service::Application::build(
             Arc::new(device_service::Config {
@@ -339,8 +359,8 @@ impl TestApp {
                 http_port: 0,
                 grpc_port: 0,
                 database_url: device_db.url.clone(),
-                auth_grpc_url: auth_grpc.clone(),
-                auth_jwks_url: jwks.clone(),
+                auth_grpc_url: auth.grpc_url.clone(),
+                auth_jwks_url: auth.jwks_url.clone(),
                 mqtt_gateway_url: gateway_url.clone(),
                 permission_cache_ttl_secs: 60,
                 consumer_name: "device-test".into(),
@@ -357,22 +377,13 @@ impl TestApp {
         let firmware_db = TestDatabase::new("firmware.db");
         let mut config = firmware_service::Config {
             internal_token: internal_token.clone(),
-            host: localhost,
-            http_port: 0,
-            grpc_port: 0,
             database_url: firmware_db.url.clone(),
-            auth_grpc_url: auth_grpc,
-            auth_jwks_url: jwks,
+            auth_grpc_url: auth.grpc_url.clone(),
+            auth_jwks_url: auth.jwks_url.clone(),
             device_service_url: device_grpc,
             mqtt_gateway_url: gateway_url,
-            permission_cache_ttl_secs: 1,
-            max_firmware_bytes: 4 * 1024 * 1024,
-            ..firmware_service::Config::default()
-        }
-        .with_data_dir(dir.path());
-        config.worker.poll_interval_ms = 50;
-        config.worker.name = "worker-1".into();
-        configure(&mut config);
+            ..config
+        };
         let app = firmware_service::Application::build(
             Arc::new(config.clone()),
             bus.clone() as Arc<dyn EventBus>,
@@ -384,29 +395,29 @@ impl TestApp {
         let grpc_port = app.grpc_port();
         tokio::spawn(app.run_until_stopped(shutdown.wait()));
 
-        let mut test = TestApp {
+        let test = TestApp {
             base,
             device_base,
-            auth_base,
+            auth,
             grpc_port,
             client: reqwest::Client::new(),
             bus,
             fleet,
-            admin_token: String::new(),
             config: Arc::new(config),
             shutdown,
             workers: Vec::new(),
-            _dbs: (auth_db, device_db, firmware_db),
+            _dbs: (device_db, firmware_db),
             dir,
         };
         let mut handles = Vec::new();
         for i in 1..=workers {
             handles.push(test.start_worker(&format!("worker-{i}")).await);
         }
-        test.admin_token = test.login("admin", ADMIN_PASSWORD).await;
         (test, handles)
     }
+}
 
+impl TestApp {
     /// Starts a worker named `name` on the same database and bus.
     pub async fn start_worker(&self, name: &str) -> WorkerHandle {
         let mut config = (*self.config).clone();
@@ -434,78 +445,10 @@ impl TestApp {
         }
     }
 
-    pub async fn login(&self, username: &str, password: &str) -> String {
-        let resp = self
-            .client
-            .post(format!("{}/api/v1/auth/login", self.auth_base))
-            .json(&json!({ "username": username, "password": password }))
-            .send()
-            .await
-            .unwrap();
-        assert_eq!(resp.status(), StatusCode::OK, "login of {username}");
-        resp.json::<Value>().await.unwrap()["access_token"]
-            .as_str()
-            .unwrap()
-            .to_string()
-    }
-
-    /// Creates a role holding `permissions` and a user holding it; logs in.
+    /// A user holding `permissions` through a fleet-wide role made for
+    /// them; logs in.
     pub async fn user_with(&self, username: &str, permissions: &[&str]) -> String {
         self.user_scoped(username, "fleet", permissions).await
-    }
-
-    /// A user holding `permissions` through a role of `scope` (`fleet` or
-    /// `own`) made for them.
-    pub async fn user_scoped(&self, username: &str, scope: &str, permissions: &[&str]) -> String {
-        let role = format!("role-{username}");
-        let resp = self
-            .client
-            .post(format!("{}/api/v1/roles", self.auth_base))
-            .bearer_auth(&self.admin_token)
-            .json(&json!({ "name": role, "scope": scope, "permissions": permissions }))
-            .send()
-            .await
-            .unwrap();
-        assert_eq!(
-            resp.status(),
-            StatusCode::CREATED,
-            "{}",
-            resp.text().await.unwrap()
-        );
-        let resp = self
-            .client
-            .post(format!("{}/api/v1/users", self.auth_base))
-            .bearer_auth(&self.admin_token)
-            .json(&json!({
-                "username": username,
-                "email": format!("{username}@example.com"),
-                "password": "user-password-1",
-                "roles": [role],
-            }))
-            .send()
-            .await
-            .unwrap();
-        assert_eq!(resp.status(), StatusCode::CREATED);
-        self.login(username, "user-password-1").await
-    }
-
-    /// Creates a user holding the roles named; logs in.
-    pub async fn user_in_roles(&self, username: &str, roles: &[&str]) -> String {
-        let resp = self
-            .client
-            .post(format!("{}/api/v1/users", self.auth_base))
-            .bearer_auth(&self.admin_token)
-            .json(&json!({
-                "username": username,
-                "email": format!("{username}@example.com"),
-                "password": "user-password-1",
-                "roles": roles,
-            }))
-            .send()
-            .await
-            .unwrap();
-        assert_eq!(resp.status(), StatusCode::CREATED);
-        self.login(username, "user-password-1").await
     }
 
     pub async fn request(
@@ -692,25 +635,6 @@ impl TestApp {
 impl Drop for TestApp {
     fn drop(&mut self) {
         self.shutdown.trigger();
-    }
-}
-
-/// Polls `check` until it returns `Some`, for up to `secs` seconds.
-pub async fn eventually<T, F, Fut>(what: &str, secs: u64, mut check: F) -> T
-where
-    F: FnMut() -> Fut,
-    Fut: Future<Output = Option<T>>,
-{
-    let deadline = std::time::Instant::now() + Duration::from_secs(secs);
-    loop {
-        if let Some(v) = check().await {
-            return v;
-        }
-        assert!(
-            std::time::Instant::now() < deadline,
-            "timed out waiting for {what}"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
     }
 }
 

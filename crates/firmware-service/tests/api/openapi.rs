@@ -82,7 +82,7 @@ fn the_router_source_is_understood() {
 
 #[tokio::test]
 async fn every_route_is_documented_with_its_methods() {
-    let app = TestApp::spawn_with(|_| {}, 0).await;
+    let app = TestApp::builder().workers(0).spawn().await;
     // Public, like the service's other operational routes.
     let resp = app
         .client

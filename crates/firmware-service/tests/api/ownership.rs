@@ -55,7 +55,7 @@ async fn rollouts_tasks_and_firmware_follow_the_scope_of_roles() {
     let app = TestApp::spawn().await;
     // Devices stay notified, so rollouts and tasks stay open.
     app.fleet.script(|_, _| Behaviour::Hang);
-    let admin = app.user_in_roles("c-admin", &["admin"]).await;
+    let admin = app.user("c-admin", &["admin"]).await;
     const OPERATOR: [&str; 6] = [
         "device:read",
         "device:write",
@@ -66,8 +66,8 @@ async fn rollouts_tasks_and_firmware_follow_the_scope_of_roles() {
     ];
     let op_a = app.user_scoped("op-a", "own", &OPERATOR).await;
     let op_b = app.user_scoped("op-b", "own", &OPERATOR).await;
-    let op_f = app.user_in_roles("op-f", &["operator"]).await;
-    let viewer = app.user_in_roles("c-viewer", &["viewer"]).await;
+    let op_f = app.user("op-f", &["operator"]).await;
+    let viewer = app.user("c-viewer", &["viewer"]).await;
     let usermgr = app.user_with("c-usermgr", &["user:manage"]).await;
 
     let fw = app.firmware("meter", "2.0.0", vec![7; 4096]).await;

@@ -8,7 +8,7 @@ use crate::helpers::{TestApp, assert_error};
 
 #[tokio::test]
 async fn permission_matrix() {
-    let app = TestApp::spawn_with(|_| {}, 0).await;
+    let app = TestApp::builder().workers(0).spawn().await;
     let fw = app.firmware("boiler", "1.0.0", vec![7; 1000]).await;
     let id = fw["id"].as_str().unwrap().to_string();
     app.devices("boiler", 2, "boiler", &["site"]).await;

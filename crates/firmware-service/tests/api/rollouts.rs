@@ -9,7 +9,7 @@ use serde_json::{Value, json};
 use wf_proto::firmware::firmware_service_client::FirmwareServiceClient;
 use wf_proto::firmware::{GetRolloutRequest, ListDeviceExecutionsRequest};
 
-use crate::helpers::{Behaviour, TestApp, assert_error, eventually};
+use crate::helpers::{Behaviour, TestApp, assert_error, eventually_within};
 
 fn states(history: &Value) -> Vec<String> {
     history
@@ -208,7 +208,11 @@ async fn failing_devices_push_a_rollout_past_its_threshold() {
 
 #[tokio::test]
 async fn a_device_that_comes_back_is_notified_again_at_once() {
-    let app = TestApp::spawn_with(|c| c.worker.renotify_delay_ms = 50, 1).await;
+    let app = TestApp::builder()
+        .configure(|c| c.worker.renotify_delay_ms = 50)
+        .workers(1)
+        .spawn()
+        .await;
     let fw = app.firmware("gate", "5.0.0", vec![6; 100]).await;
     app.devices("gate", 2, "gate", &[]).await;
     app.fleet.script(|device, nth| match (device, nth) {
@@ -223,11 +227,15 @@ async fn a_device_that_comes_back_is_notified_again_at_once() {
         )
         .await;
     let id = rollout["id"].as_str().unwrap().to_string();
-    eventually("both notified, one done", 20, || async {
-        let e = execution(&app, &id, "gate-0002").await;
-        (app.fleet.notifications_of("gate-0001").len() == 1 && e["state"] == "succeeded")
-            .then_some(())
-    })
+    eventually_within(
+        "both notified, one done",
+        std::time::Duration::from_secs(20),
+        || async {
+            let e = execution(&app, &id, "gate-0002").await;
+            (app.fleet.notifications_of("gate-0001").len() == 1 && e["state"] == "succeeded")
+                .then_some(())
+        },
+    )
     .await;
     // Both come online: only the one still notified hears again, long
     // before its 300 s timeout, and the rollout completes.
@@ -366,9 +374,11 @@ async fn pause_resume_and_cancel() {
             .await
         }
     };
-    eventually("a few notifications", 20, || async {
-        (app.fleet.notifications() >= 5).then_some(())
-    })
+    eventually_within(
+        "a few notifications",
+        std::time::Duration::from_secs(20),
+        || async { (app.fleet.notifications() >= 5).then_some(()) },
+    )
     .await;
     let paused: Value = action("pause").await.json().await.unwrap();
     assert_eq!(paused["state"], "paused");
@@ -390,9 +400,11 @@ async fn pause_resume_and_cancel() {
     let resumed: Value = action("resume").await.json().await.unwrap();
     assert_eq!(resumed["state"], "running");
     assert_error(action("resume").await, StatusCode::CONFLICT, "conflict").await;
-    eventually("more notifications", 20, || async {
-        (app.fleet.notifications() >= sent + 5).then_some(())
-    })
+    eventually_within(
+        "more notifications",
+        std::time::Duration::from_secs(20),
+        || async { (app.fleet.notifications() >= sent + 5).then_some(()) },
+    )
     .await;
     let canceled: Value = action("cancel").await.json().await.unwrap();
     assert_eq!(canceled["state"], "canceled");
@@ -454,7 +466,7 @@ async fn a_scheduled_rollout_waits_for_its_start() {
 
 #[tokio::test]
 async fn targets_are_checked_through_device_service() {
-    let app = TestApp::spawn_with(|_| {}, 0).await;
+    let app = TestApp::builder().workers(0).spawn().await;
     let fw = app.firmware("sensor", "1.0.0", vec![1; 100]).await;
     app.devices("s", 2, "sensor", &["a"]).await;
     app.devices("c", 1, "camera", &["a"]).await;
@@ -546,10 +558,14 @@ async fn upgrade_tasks_and_deleted_devices() {
     let id = task["id"].as_str().unwrap().to_string();
     assert!(id.starts_with("ex-"));
     assert_eq!(task["state"], "queued");
-    let done = eventually("the task to succeed", 20, || async {
-        let t = app.get_json(&format!("/api/v1/upgrade-tasks/{id}")).await;
-        (t["state"] == "succeeded").then_some(t)
-    })
+    let done = eventually_within(
+        "the task to succeed",
+        std::time::Duration::from_secs(20),
+        || async {
+            let t = app.get_json(&format!("/api/v1/upgrade-tasks/{id}")).await;
+            (t["state"] == "succeeded").then_some(t)
+        },
+    )
     .await;
     assert_eq!(done["reported_version"], "7.0.0");
     assert_eq!(
@@ -562,10 +578,14 @@ async fn upgrade_tasks_and_deleted_devices() {
             "succeeded"
         ]
     );
-    let done = eventually("the task's rollout to complete", 20, || async {
-        let t = app.get_json(&format!("/api/v1/upgrade-tasks/{id}")).await;
-        (t["rollout_state"] == "completed").then_some(t)
-    })
+    let done = eventually_within(
+        "the task's rollout to complete",
+        std::time::Duration::from_secs(20),
+        || async {
+            let t = app.get_json(&format!("/api/v1/upgrade-tasks/{id}")).await;
+            (t["rollout_state"] == "completed").then_some(t)
+        },
+    )
     .await;
     assert_eq!(done["firmware_version"], "7.0.0");
     assert_error(
@@ -594,9 +614,11 @@ async fn upgrade_tasks_and_deleted_devices() {
         )
         .await;
     let hung_id = hung["id"].as_str().unwrap().to_string();
-    eventually("the notification", 20, || async {
-        (!app.fleet.notifications_of("p-0002").is_empty()).then_some(())
-    })
+    eventually_within(
+        "the notification",
+        std::time::Duration::from_secs(20),
+        || async { (!app.fleet.notifications_of("p-0002").is_empty()).then_some(()) },
+    )
     .await;
     assert_error(
         app.request(
@@ -618,12 +640,16 @@ async fn upgrade_tasks_and_deleted_devices() {
         .await
         .unwrap();
     assert_eq!(resp.status(), StatusCode::NO_CONTENT);
-    let canceled = eventually("the deleted device's task to be canceled", 20, || async {
-        let t = app
-            .get_json(&format!("/api/v1/upgrade-tasks/{hung_id}"))
-            .await;
-        (t["state"] == "canceled").then_some(t)
-    })
+    let canceled = eventually_within(
+        "the deleted device's task to be canceled",
+        std::time::Duration::from_secs(20),
+        || async {
+            let t = app
+                .get_json(&format!("/api/v1/upgrade-tasks/{hung_id}"))
+                .await;
+            (t["state"] == "canceled").then_some(t)
+        },
+    )
     .await;
     assert_eq!(canceled["error"], "the device was deleted");
     let last = canceled["history"]
@@ -644,9 +670,11 @@ async fn upgrade_tasks_and_deleted_devices() {
         )
         .await;
     let tid = t["id"].as_str().unwrap().to_string();
-    eventually("the notification", 20, || async {
-        (!app.fleet.notifications_of("q-0001").is_empty()).then_some(())
-    })
+    eventually_within(
+        "the notification",
+        std::time::Duration::from_secs(20),
+        || async { (!app.fleet.notifications_of("q-0001").is_empty()).then_some(()) },
+    )
     .await;
     let c = app
         .post_json(&format!("/api/v1/upgrade-tasks/{tid}/cancel"), json!({}))

@@ -5,7 +5,7 @@ use std::collections::HashMap;
 
 use serde_json::{Value, json};
 
-use crate::helpers::{TestApp, eventually};
+use crate::helpers::{TestApp, eventually_within};
 
 /// Every execution of a rollout with its history.
 async fn executions(app: &TestApp, id: &str) -> Vec<Value> {
@@ -36,14 +36,14 @@ fn transitions_to<'a>(execution: &'a Value, state: &str) -> Vec<&'a Value> {
 
 #[tokio::test]
 async fn two_workers_share_the_work() {
-    let (app, _workers) = TestApp::spawn_keeping_workers(
-        |c| {
+    let (app, _workers) = TestApp::builder()
+        .configure(|c| {
             c.worker.batch_size = 10;
             c.worker.poll_interval_ms = 20;
-        },
-        2,
-    )
-    .await;
+        })
+        .workers(2)
+        .spawn_keeping_workers()
+        .await;
     let fw = app.firmware("sensor", "1.5.0", vec![2; 500]).await;
     app.devices("s", 200, "sensor", &[]).await;
     let rollout = app
@@ -80,14 +80,14 @@ async fn two_workers_share_the_work() {
 
 #[tokio::test]
 async fn a_worker_killed_mid_rollout_loses_nothing_and_counts_nothing_twice() {
-    let (app, mut workers) = TestApp::spawn_keeping_workers(
-        |c| {
+    let (app, mut workers) = TestApp::builder()
+        .configure(|c| {
             c.worker.lease_secs = 1;
             c.worker.batch_size = 5;
-        },
-        1,
-    )
-    .await;
+        })
+        .workers(1)
+        .spawn_keeping_workers()
+        .await;
     let fw = app.firmware("sensor", "3.0.0", vec![4; 500]).await;
     app.devices("s", 80, "sensor", &[]).await;
     let rollout = app
@@ -102,9 +102,11 @@ async fn a_worker_killed_mid_rollout_loses_nothing_and_counts_nothing_twice() {
         )
         .await;
     let id = rollout["id"].as_str().unwrap().to_string();
-    eventually("the first notifications", 20, || async {
-        (app.fleet.notifications() >= 20).then_some(())
-    })
+    eventually_within(
+        "the first notifications",
+        std::time::Duration::from_secs(20),
+        || async { (app.fleet.notifications() >= 20).then_some(()) },
+    )
     .await;
     workers.pop().unwrap().kill().await;
     let at_kill = app.get_json(&format!("/api/v1/rollouts/{id}")).await;

@@ -183,6 +183,7 @@ impl TestAppBuilder {
     }
 
     pub async fn spawn(mut self) -> TestApp {
+        wf_common::testing::init_logs();
         let auth_calls = Arc::new(AtomicUsize::new(0));
         let device_service = FakeDeviceService {
             secrets: self.secrets,

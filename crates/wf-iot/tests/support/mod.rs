@@ -172,26 +172,6 @@ async fn relay(state: Arc<ProxyState>, mut inbound: TcpStream) {
     }
 }
 
-/// Polls `check` every 100 ms until it returns `Some`, or panics naming
-/// `what` once `within` has passed.
-pub async fn eventually<T, Fut: Future<Output = Option<T>>>(
-    what: &str,
-    within: Duration,
-    mut check: impl FnMut() -> Fut,
-) -> T {
-    let deadline = tokio::time::Instant::now() + within;
-    loop {
-        if let Some(v) = check().await {
-            return v;
-        }
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "timed out after {within:?} waiting for {what}"
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-}
-
 /// `GET url/readyz`: whether it answered 200, and its body.
 pub async fn readiness(client: &reqwest::Client, base: &str) -> Option<(bool, serde_json::Value)> {
     let resp = client
