@@ -178,10 +178,137 @@ impl utoipa::Modify for BearerAuth {
     }
 }
 
+/// The answers an operation behind the `bearer` scheme can give whatever
+/// it does, added to each such operation that does not document them
+/// itself: 401 always; 403 and 503 where every operation checks a
+/// permission with auth-service (`forbidden`, `unavailable`). And 500 on
+/// every operation. Handlers document only what is particular to them.
+pub struct StandardResponses {
+    pub forbidden: bool,
+    pub unavailable: bool,
+}
+
+/// [`StandardResponses`] of a service that checks every operation's
+/// permission with auth-service (device-service, firmware-service).
+pub const PERMISSION_CHECKED: StandardResponses = StandardResponses {
+    forbidden: true,
+    unavailable: true,
+};
+
+/// [`StandardResponses`] of auth-service, which documents its refusals per
+/// operation.
+pub const AUTHENTICATED: StandardResponses = StandardResponses {
+    forbidden: false,
+    unavailable: false,
+};
+
+impl StandardResponses {
+    fn answers(&self, secured: bool) -> Vec<(&'static str, &'static str)> {
+        let mut answers = vec![(
+            "500",
+            "Internal error; the cause is logged with the request id",
+        )];
+        if secured {
+            answers.push((
+                "401",
+                "No access token, or one that is invalid, expired or revoked",
+            ));
+            if self.forbidden {
+                answers.push((
+                    "403",
+                    "The caller lacks the permission this operation needs",
+                ));
+            }
+            if self.unavailable {
+                answers.push((
+                    "503",
+                    "auth-service (keys or permission check) did not answer; retry shortly",
+                ));
+            }
+        }
+        answers
+    }
+}
+
+impl utoipa::Modify for StandardResponses {
+    fn modify(&self, openapi: &mut utoipa::openapi::OpenApi) {
+        use utoipa::openapi::{ContentBuilder, Ref, ResponseBuilder};
+        for item in openapi.paths.paths.values_mut() {
+            let operations = [
+                &mut item.get,
+                &mut item.put,
+                &mut item.post,
+                &mut item.delete,
+                &mut item.patch,
+            ];
+            for operation in operations.into_iter().flatten() {
+                let secured = operation.security.iter().flatten().any(|requirement| {
+                    serde_json::to_value(requirement).is_ok_and(|v| v.get("bearer").is_some())
+                });
+                for (status, description) in self.answers(secured) {
+                    operation
+                        .responses
+                        .responses
+                        .entry(status.to_string())
+                        .or_insert_with(|| {
+                            ResponseBuilder::new()
+                                .description(description)
+                                .content(
+                                    "application/json",
+                                    ContentBuilder::new()
+                                        .schema(Some(Ref::from_schema_name("ErrorEnvelope")))
+                                        .build(),
+                                )
+                                .build()
+                                .into()
+                        });
+                }
+            }
+        }
+    }
+}
+
 #[cfg(test)]
 #[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn secured_operations_get_the_standard_answers_they_do_not_document() {
+        #[derive(utoipa::OpenApi)]
+        #[openapi(
+            paths(secured, open),
+            modifiers(&ONLY_FORBIDDEN)
+        )]
+        struct Doc;
+        const ONLY_FORBIDDEN: StandardResponses = StandardResponses {
+            forbidden: true,
+            unavailable: false,
+        };
+        let doc = serde_json::to_value(<Doc as utoipa::OpenApi>::openapi()).unwrap();
+        let secured = &doc["paths"]["/secured"]["get"]["responses"];
+        assert_eq!(secured["403"]["description"], "Only its owner");
+        assert!(
+            secured["401"]["content"]["application/json"]["schema"]["$ref"]
+                .as_str()
+                .unwrap()
+                .ends_with("/ErrorEnvelope")
+        );
+        assert!(secured["500"].is_object());
+        assert!(secured.get("503").is_none());
+        let open = &doc["paths"]["/open"]["get"]["responses"];
+        assert!(open.get("401").is_none());
+        assert!(open["500"].is_object());
+    }
+
+    #[utoipa::path(get, path = "/secured", security(("bearer" = [])),
+        responses((status = 200), (status = 403, description = "Only its owner")))]
+    #[allow(dead_code)]
+    fn secured() {}
+
+    #[utoipa::path(get, path = "/open", responses((status = 200)))]
+    #[allow(dead_code)]
+    fn open() {}
 
     #[test]
     fn documents_merge_their_paths_and_schemas() {

@@ -29,7 +29,7 @@ pub struct LoginRequest {
 /// growing delays and per client address, never by locking the account; a
 /// username and its e-mail count as one account.
 #[utoipa::path(post, path = "/api/v1/auth/login", tag = "auth", request_body = LoginRequest,
-    responses((status = 200, body = TokenPair), (status = 401, body = ErrorEnvelope), (status = 422, body = ErrorEnvelope),
+    responses((status = 200, body = TokenPair), (status = 422, body = ErrorEnvelope),
         (status = 429, description = "This client failed too often for this account, or too often overall; see Retry-After", body = ErrorEnvelope,
             headers(("Retry-After" = u64, description = "Seconds to wait"))),
         (status = 503, description = "Password hashing is saturated; see Retry-After", body = ErrorEnvelope,
@@ -59,7 +59,7 @@ pub struct RefreshRequest {
 /// family (401), except within `refresh_reuse_grace_secs` of its first use,
 /// when it is answered with a new pair of the same family.
 #[utoipa::path(post, path = "/api/v1/auth/refresh", tag = "auth", request_body = RefreshRequest,
-    responses((status = 200, body = TokenPair), (status = 401, body = ErrorEnvelope)))]
+    responses((status = 200, body = TokenPair)))]
 pub async fn refresh(
     State(state): State<AppState>,
     Client(client): Client,
@@ -89,7 +89,7 @@ pub struct MeResponse {
 }
 
 #[utoipa::path(get, path = "/api/v1/auth/me", tag = "auth", security(("bearer" = [])),
-    responses((status = 200, body = MeResponse), (status = 401, body = ErrorEnvelope)))]
+    responses((status = 200, body = MeResponse)))]
 pub async fn me(Caller(caller): Caller) -> Json<MeResponse> {
     let permissions = caller.effective_permissions();
     Json(MeResponse {

@@ -11,7 +11,7 @@ use axum::http::request::Parts;
 use axum::routing::{get, post, put};
 use utoipa::OpenApi;
 use wf_common::http::{finish, ops_routes};
-use wf_common::openapi::BearerAuth;
+use wf_common::openapi::{AUTHENTICATED, BearerAuth};
 
 use crate::error::{Error, Result};
 use crate::state::{AppState, Identity};
@@ -69,7 +69,7 @@ pub fn router(state: AppState) -> Router {
         roles::list, roles::get, roles::create, roles::update, roles::delete, roles::set_permissions,
         roles::permissions, audit::list,
     ),
-    modifiers(&BearerAuth),
+    modifiers(&BearerAuth, &AUTHENTICATED),
     tags((name = "auth"), (name = "users"), (name = "roles"), (name = "audit")),
 )]
 pub struct ApiDoc;

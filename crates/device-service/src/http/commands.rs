@@ -393,7 +393,7 @@ pub async fn list(
 /// caller may see (all devices for an administrator, their own for
 /// anyone else).
 #[utoipa::path(get, path = "/api/v1/commands", tag = "commands", security(("bearer" = [])), params(FleetListQuery),
-    responses((status = 200, body = Paged<CommandDto>), (status = 401, body = ErrorEnvelope), (status = 403, body = ErrorEnvelope), (status = 422, body = ErrorEnvelope)))]
+    responses((status = 200, body = Paged<CommandDto>), (status = 422, body = ErrorEnvelope)))]
 pub async fn list_all(
     State(state): State<AppState>,
     caller: Caller,

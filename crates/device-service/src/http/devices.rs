@@ -230,7 +230,7 @@ pub struct ListQuery {
 }
 
 #[utoipa::path(get, path = "/api/v1/devices", tag = "devices", security(("bearer" = [])), params(ListQuery),
-    responses((status = 200, body = Paged<DeviceDto>), (status = 403, body = ErrorEnvelope), (status = 422, body = ErrorEnvelope)))]
+    responses((status = 200, body = Paged<DeviceDto>), (status = 422, body = ErrorEnvelope)))]
 pub async fn list(
     State(state): State<AppState>,
     caller: Caller,
@@ -546,7 +546,7 @@ pub struct Summary {
 
 /// Device counts for the devices the caller may see.
 #[utoipa::path(get, path = "/api/v1/devices/summary", tag = "devices", security(("bearer" = [])),
-    responses((status = 200, body = Summary), (status = 403, body = ErrorEnvelope)))]
+    responses((status = 200, body = Summary)))]
 pub async fn summary(State(state): State<AppState>, caller: Caller) -> Result<Json<Summary>> {
     let access = caller.require(&state, Permission::DeviceRead).await?;
     let owner = access.owner_filter().map(str::to_string);

@@ -8,7 +8,7 @@ use axum::Router;
 use axum::routing::{get, post, put};
 use utoipa::OpenApi;
 use wf_common::http::{finish, ops_routes};
-use wf_common::openapi::BearerAuth;
+use wf_common::openapi::{BearerAuth, PERMISSION_CHECKED};
 
 use crate::state::AppState;
 
@@ -69,7 +69,7 @@ pub fn router(state: AppState) -> Router {
         telemetry::latest, telemetry::series,
         commands::list, commands::list_all, commands::create, commands::get,
     ),
-    modifiers(&BearerAuth),
+    modifiers(&BearerAuth, &PERMISSION_CHECKED),
     tags((name = "devices"), (name = "telemetry"), (name = "commands")),
 )]
 pub struct ApiDoc;

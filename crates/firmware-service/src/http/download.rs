@@ -220,7 +220,6 @@ async fn authorize(
         (status = 404, body = ErrorEnvelope),
         (status = 416, description = "The range starts past the end of the image", body = ErrorEnvelope,
             headers(("Content-Range" = String, description = "`bytes */size`"))),
-        (status = 503, body = ErrorEnvelope),
     ))]
 pub async fn download(
     State(state): State<AppState>,

@@ -368,13 +368,10 @@ fn multipart_rejection(e: MultipartRejection) -> Error {
         (status = 201, description = "Stored", body = FirmwareDto,
             links(("GetFirmware" = (operation_id = "get_firmware", parameters(("id" = "$response.body#/id")))), ("DownloadFirmware" = (operation_id = "download_firmware", parameters(("id" = "$response.body#/id")))), ("DeleteFirmware" = (operation_id = "delete_firmware", parameters(("id" = "$response.body#/id")))))),
         (status = 400, description = "Not a well-formed multipart/form-data body", body = ErrorEnvelope),
-        (status = 401, body = ErrorEnvelope),
-        (status = 403, body = ErrorEnvelope),
         (status = 409, description = "This version exists already for the device type", body = ErrorEnvelope),
         (status = 413, description = "The image is larger than the service accepts", body = ErrorEnvelope),
         (status = 422, description = "A field is missing or invalid, the file is missing, sent twice or empty, \
             or the digest (`digest_mismatch`) or signature (`bad_signature`) does not match", body = ErrorEnvelope),
-        (status = 503, body = ErrorEnvelope),
     ))]
 pub async fn upload(
     State(state): State<AppState>,
@@ -482,10 +479,7 @@ pub struct ListQuery {
     responses(
         (status = 200, body = Paged<FirmwareDto>),
         (status = 400, description = "A query parameter is not of its type", body = ErrorEnvelope),
-        (status = 401, body = ErrorEnvelope),
-        (status = 403, body = ErrorEnvelope),
         (status = 422, description = "limit or offset out of range, or a filter longer than 256 characters", body = ErrorEnvelope),
-        (status = 503, body = ErrorEnvelope),
     ))]
 pub async fn list(
     State(state): State<AppState>,
@@ -514,10 +508,7 @@ pub async fn list(
     params(("id" = String, Path, description = "The firmware id")),
     responses(
         (status = 200, body = FirmwareDto),
-        (status = 401, body = ErrorEnvelope),
-        (status = 403, body = ErrorEnvelope),
         (status = 404, body = ErrorEnvelope),
-        (status = 503, body = ErrorEnvelope),
     ))]
 pub async fn get(
     State(state): State<AppState>,
@@ -539,11 +530,9 @@ pub async fn get(
     params(("id" = String, Path, description = "The firmware id")),
     responses(
         (status = 204, description = "Deleted, with its file"),
-        (status = 401, body = ErrorEnvelope),
         (status = 403, description = "No `firmware:write`, or another user's image (only its uploader or an admin deletes it)", body = ErrorEnvelope),
         (status = 404, body = ErrorEnvelope),
         (status = 409, description = "A rollout or upgrade task still uses it", body = ErrorEnvelope),
-        (status = 503, body = ErrorEnvelope),
     ))]
 pub async fn delete(
     State(state): State<AppState>,

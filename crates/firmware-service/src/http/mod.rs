@@ -17,7 +17,7 @@ use utoipa::OpenApi;
 use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
 use utoipa::openapi::{ObjectBuilder, RefOr, Schema, Type};
 use wf_common::http::{ReadinessCheck, finish, ops_routes};
-use wf_common::openapi::BearerAuth;
+use wf_common::openapi::{BearerAuth, PERMISSION_CHECKED};
 
 use crate::domain::{ExecutionState, RolloutState};
 use crate::state::AppState;
@@ -101,7 +101,7 @@ pub fn router(state: AppState) -> Router {
         rollouts::cancel, rollouts::executions, rollouts::execution,
         tasks::create, tasks::list, tasks::get, tasks::cancel,
     ),
-    modifiers(&BearerAuth, &DeviceBasicAuth),
+    modifiers(&BearerAuth, &DeviceBasicAuth, &PERMISSION_CHECKED),
     tags(
         (name = "firmware", description = "Firmware images: upload, list, read, delete and download"),
         (name = "rollouts", description = "Over-the-air rollouts to many devices"),

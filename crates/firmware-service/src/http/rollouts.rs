@@ -529,14 +529,11 @@ pub async fn create_rollout(
         (status = 201, body = RolloutDto,
             links(("GetRollout" = (operation_id = "get_rollout", parameters(("id" = "$response.body#/id")))), ("PauseRollout" = (operation_id = "pause_rollout", parameters(("id" = "$response.body#/id")))), ("ResumeRollout" = (operation_id = "resume_rollout", parameters(("id" = "$response.body#/id")))), ("CancelRollout" = (operation_id = "cancel_rollout", parameters(("id" = "$response.body#/id")))), ("ListRolloutExecutions" = (operation_id = "list_rollout_executions", parameters(("id" = "$response.body#/id")))))),
         (status = 400, description = "Malformed JSON", body = ErrorEnvelope),
-        (status = 401, body = ErrorEnvelope),
-        (status = 403, body = ErrorEnvelope),
         (status = 409, description = "The devices are being upgraded by another rollout or upgrade task", body = ErrorEnvelope),
         (status = 413, body = ErrorEnvelope),
         (status = 415, description = "Not application/json", body = ErrorEnvelope),
         (status = 422, description = "An invalid field, an unknown firmware, a device that is unknown or another \
             owner's (answered alike), a device of another type, or a target matching no device of the caller's", body = ErrorEnvelope),
-        (status = 503, body = ErrorEnvelope),
     ))]
 pub async fn create(
     State(state): State<AppState>,
@@ -638,10 +635,7 @@ pub struct ListQuery {
     responses(
         (status = 200, body = Paged<RolloutDto>),
         (status = 400, description = "A query parameter is not of its type", body = ErrorEnvelope),
-        (status = 401, body = ErrorEnvelope),
-        (status = 403, body = ErrorEnvelope),
         (status = 422, description = "An unknown state, or limit or offset out of range", body = ErrorEnvelope),
-        (status = 503, body = ErrorEnvelope),
     ))]
 pub async fn list(
     State(state): State<AppState>,
@@ -698,10 +692,7 @@ async fn dto(state: &AppState, rollout: RolloutRecord) -> Result<Json<RolloutDto
     params(("id" = String, Path, description = "The rollout id")),
     responses(
         (status = 200, body = RolloutDto),
-        (status = 401, body = ErrorEnvelope),
-        (status = 403, body = ErrorEnvelope),
         (status = 404, description = "No such rollout among the caller's (another owner's is answered alike)", body = ErrorEnvelope),
-        (status = 503, body = ErrorEnvelope),
     ))]
 pub async fn get(
     State(state): State<AppState>,
@@ -743,11 +734,8 @@ async fn control(
     params(("id" = String, Path, description = "The rollout id")),
     responses(
         (status = 200, description = "Paused", body = RolloutDto),
-        (status = 401, body = ErrorEnvelope),
-        (status = 403, body = ErrorEnvelope),
         (status = 404, description = "No such rollout among the caller's (another owner's is answered alike)", body = ErrorEnvelope),
         (status = 409, description = "Only a scheduled or running rollout can be paused", body = ErrorEnvelope),
-        (status = 503, body = ErrorEnvelope),
     ))]
 pub async fn pause(
     State(state): State<AppState>,
@@ -776,11 +764,8 @@ pub async fn pause(
     params(("id" = String, Path, description = "The rollout id")),
     responses(
         (status = 200, description = "Resumed", body = RolloutDto),
-        (status = 401, body = ErrorEnvelope),
-        (status = 403, body = ErrorEnvelope),
         (status = 404, description = "No such rollout among the caller's (another owner's is answered alike)", body = ErrorEnvelope),
         (status = 409, description = "Only a paused rollout can be resumed", body = ErrorEnvelope),
-        (status = 503, body = ErrorEnvelope),
     ))]
 pub async fn resume(
     State(state): State<AppState>,
@@ -808,11 +793,8 @@ pub async fn resume(
     params(("id" = String, Path, description = "The rollout id")),
     responses(
         (status = 200, description = "Canceled", body = RolloutDto),
-        (status = 401, body = ErrorEnvelope),
-        (status = 403, body = ErrorEnvelope),
         (status = 404, description = "No such rollout among the caller's (another owner's is answered alike)", body = ErrorEnvelope),
         (status = 409, description = "The rollout is finished already", body = ErrorEnvelope),
-        (status = 503, body = ErrorEnvelope),
     ))]
 pub async fn cancel(
     State(state): State<AppState>,
@@ -860,11 +842,8 @@ pub struct ExecutionsQuery {
             links(("GetRolloutExecution" = (operation_id = "get_rollout_execution",
                 parameters(("id" = "$request.path.id"), ("execution_id" = "$response.body#/items/0/id")))))),
         (status = 400, description = "A query parameter is not of its type", body = ErrorEnvelope),
-        (status = 401, body = ErrorEnvelope),
-        (status = 403, body = ErrorEnvelope),
         (status = 404, description = "No such rollout among the caller's (another owner's is answered alike)", body = ErrorEnvelope),
         (status = 422, description = "An unknown state, or limit or offset out of range", body = ErrorEnvelope),
-        (status = 503, body = ErrorEnvelope),
     ))]
 pub async fn executions(
     State(state): State<AppState>,
@@ -899,10 +878,7 @@ pub async fn executions(
     ),
     responses(
         (status = 200, body = ExecutionDto),
-        (status = 401, body = ErrorEnvelope),
-        (status = 403, body = ErrorEnvelope),
         (status = 404, description = "No such rollout among the caller's (another owner's is answered alike)", body = ErrorEnvelope),
-        (status = 503, body = ErrorEnvelope),
     ))]
 pub async fn execution(
     State(state): State<AppState>,

@@ -133,14 +133,11 @@ async fn load(state: &AppState, access: &Access, id: &str) -> Result<(TaskRecord
         (status = 201, body = TaskDto,
             links(("GetUpgradeTask" = (operation_id = "get_upgrade_task", parameters(("id" = "$response.body#/id")))), ("CancelUpgradeTask" = (operation_id = "cancel_upgrade_task", parameters(("id" = "$response.body#/id")))))),
         (status = 400, description = "Malformed JSON", body = ErrorEnvelope),
-        (status = 401, body = ErrorEnvelope),
-        (status = 403, body = ErrorEnvelope),
         (status = 409, description = "Another rollout or upgrade task is upgrading the device", body = ErrorEnvelope),
         (status = 413, body = ErrorEnvelope),
         (status = 415, description = "Not application/json", body = ErrorEnvelope),
         (status = 422, description = "An invalid field, an unknown firmware, a device that is unknown or another owner's \
             (answered alike), or a device of another type", body = ErrorEnvelope),
-        (status = 503, body = ErrorEnvelope),
     ))]
 pub async fn create(
     State(state): State<AppState>,
@@ -213,10 +210,7 @@ pub struct ListQuery {
     responses(
         (status = 200, body = Paged<TaskDto>),
         (status = 400, description = "A query parameter is not of its type", body = ErrorEnvelope),
-        (status = 401, body = ErrorEnvelope),
-        (status = 403, body = ErrorEnvelope),
         (status = 422, description = "limit or offset out of range, or a filter longer than 256 characters", body = ErrorEnvelope),
-        (status = 503, body = ErrorEnvelope),
     ))]
 pub async fn list(
     State(state): State<AppState>,
@@ -245,10 +239,7 @@ pub async fn list(
     params(("id" = String, Path, description = "The upgrade task id (the device's `task_id`)")),
     responses(
         (status = 200, body = TaskDto),
-        (status = 401, body = ErrorEnvelope),
-        (status = 403, body = ErrorEnvelope),
         (status = 404, description = "No such upgrade task among the caller's (another owner's is answered alike)", body = ErrorEnvelope),
-        (status = 503, body = ErrorEnvelope),
     ))]
 pub async fn get(
     State(state): State<AppState>,
@@ -268,11 +259,8 @@ pub async fn get(
     params(("id" = String, Path, description = "The upgrade task id (the device's `task_id`)")),
     responses(
         (status = 200, body = TaskDto),
-        (status = 401, body = ErrorEnvelope),
-        (status = 403, body = ErrorEnvelope),
         (status = 404, description = "No such upgrade task among the caller's (another owner's is answered alike)", body = ErrorEnvelope),
         (status = 409, description = "The task is finished already", body = ErrorEnvelope),
-        (status = 503, body = ErrorEnvelope),
     ))]
 pub async fn cancel(
     State(state): State<AppState>,
