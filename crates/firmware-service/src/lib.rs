@@ -140,7 +140,7 @@ pub struct WorkerConfig {
     pub publish_concurrency: usize,
     /// When a device with a pending update comes online, its notification
     /// is published again after this many milliseconds (the time to
-    /// subscribe to it).
+    /// subscribe to it), at the worker's next round after that.
     pub renotify_delay_ms: u64,
     /// The worker answers `/healthz`, `/readyz` (database and event bus)
     /// and `/metrics` on this port; 0 picks a free one. Unset, `wf-iot

@@ -80,6 +80,8 @@ pub struct Worker {
     bus: Arc<dyn EventBus>,
     /// `/healthz`, `/readyz`, `/metrics`, when `worker.http_port` is set.
     http: Option<tokio::net::TcpListener>,
+    /// Devices back online, with when their notifications go out again.
+    returning: std::sync::Mutex<Vec<(tokio::time::Instant, String)>>,
 }
 
 /// What one round did, for logs and tests.
@@ -121,6 +123,7 @@ impl Worker {
             links,
             bus,
             http,
+            returning: Default::default(),
         })
     }
 
@@ -170,7 +173,7 @@ impl Worker {
             self.config.worker.name.clone(),
             256,
             stop.wait(),
-            |batch| self.renotify_returning(batch),
+            |batch| self.note_returning(batch),
         );
         // On /metrics from the start, at 0, so that alerts see the first one.
         metrics::counter!("wf_ota_renotifications_total").increment(0);
@@ -189,6 +192,9 @@ impl Worker {
                 tokio::select! {
                     () = &mut stopped => return,
                     _ = tick.tick() => {}
+                }
+                if let Err(e) = self.renotify_due().await {
+                    tracing::warn!(worker = %self.name(), error = %e, "notifying returning devices failed");
                 }
                 match self.round().await {
                     Ok(r) if r != Round::default() => {
@@ -408,17 +414,38 @@ impl Worker {
     /// Devices in `batch` that came online get the notification of their
     /// execution again when it is still `notified`: they may have missed it
     /// while away. A device treats a repeated task id as the same task.
-    async fn renotify_returning(&self, batch: Vec<Delivery>) -> anyhow::Result<()> {
-        let back: Vec<String> = decode_all::<StatusChanged>(topics::DEVICE_STATUS_CHANGED, &batch)
+    /// Notes the devices that came back online: their pending
+    /// notifications go out again `renotify_delay_ms` later, from the
+    /// worker's own loop ([`Worker::renotify_due`]), so that the status
+    /// event is acknowledged at once (a device's acknowledgement of its own
+    /// status message waits for every consumer of it).
+    async fn note_returning(&self, batch: Vec<Delivery>) -> anyhow::Result<()> {
+        let due = tokio::time::Instant::now()
+            + Duration::from_millis(self.config.worker.renotify_delay_ms);
+        let back = decode_all::<StatusChanged>(topics::DEVICE_STATUS_CHANGED, &batch)
             .into_iter()
             .filter(|c| c.online)
-            .map(|c| c.device_id)
-            .collect();
-        if back.is_empty() {
-            return Ok(());
+            .map(|c| (due, c.device_id));
+        if let Ok(mut returning) = self.returning.lock() {
+            returning.extend(back);
         }
-        tokio::time::sleep(Duration::from_millis(self.config.worker.renotify_delay_ms)).await;
-        for device_id in back {
+        Ok(())
+    }
+
+    /// Publishes again the pending notifications of the devices that came
+    /// back and whose delay has passed. One lost to a crash before this is
+    /// still covered by the execution's timeout.
+    async fn renotify_due(&self) -> anyhow::Result<()> {
+        let now = tokio::time::Instant::now();
+        let due: Vec<String> = match self.returning.lock() {
+            Ok(mut returning) => {
+                let (due, later) = returning.drain(..).partition(|(at, _)| *at <= now);
+                *returning = later;
+                due.into_iter().map(|(_, device)| device).collect()
+            }
+            Err(_) => Vec::new(),
+        };
+        for device_id in due {
             for task in self.store.open_tasks_of_device(&device_id).await? {
                 // Not one a worker is notifying right now.
                 if task.state != ExecutionState::Notified || task.lease_owner.is_some() {
