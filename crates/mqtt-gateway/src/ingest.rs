@@ -9,10 +9,12 @@
 //!
 //! Events go through a bounded queue to the [`Batcher`]. A device's QoS 1
 //! or 2 message on the embedded broker is acknowledged only once it is
-//! stored ([`Ingest::accept_durable`]): the broker's publish hook waits for
-//! the bus's confirmation ([`EventBus::publish_confirmed`]: in the
-//! all-in-one mode, device-service has committed it; on Redis, it is in the
-//! stream). Everything else (QoS 0, connections, last wills, messages from
+//! stored ([`Ingest::accept_durable`]): the broker's publish hook queues it
+//! in order and hands the broker a gate that opens on the bus's
+//! confirmation ([`EventBus::publish_confirmed`]: in the all-in-one mode,
+//! device-service has committed it; on Redis, it is in the stream); the
+//! connection reads its next messages meanwhile, and its acknowledgements
+//! go out in order as their gates open. Everything else (QoS 0, connections, last wills, messages from
 //! an external broker) never waits: when the queue is full it is dropped
 //! and counted (`wf_mqtt_events_dropped_total{reason="queue_full"}`) rather
 //! than stalling the broker.
@@ -62,6 +64,9 @@ struct Queued {
     /// A device connection waits on `ack`: flush without lingering.
     waiting: bool,
 }
+
+/// Resolves once a message's event is stored, or with why it was not.
+pub type Stored = std::pin::Pin<Box<dyn Future<Output = Result<(), NotStored>> + Send>>;
 
 /// Why a device's message was not acknowledged.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -179,24 +184,26 @@ impl Ingest {
     }
 
     /// [`Ingest::accept`] for a device that waits for its acknowledgement
-    /// (QoS 1 and 2 on the embedded broker): resolves once the message is
-    /// stored (its event confirmed by the bus), at once when it makes no
-    /// event (relayed only; or malformed, with the reason), or with the
-    /// reason it was not stored, counted in
-    /// `wf_mqtt_messages_unacknowledged_total{reason}`.
-    /// Waits for room in the ingest queue rather than dropping.
+    /// (QoS 1 and 2 on the embedded broker). Queues the message's event in
+    /// the order messages come (waiting for room rather than dropping) and
+    /// answers what its acknowledgement waits for: `Ok(Some(stored))`, which
+    /// resolves once the event is confirmed, or with why it was not (within
+    /// `durable_ack_timeout_ms` of the message's arrival; see
+    /// [`Ingest::not_stored`]); `Ok(None)` when it makes no event (relayed
+    /// only); `Err` with the reason it is malformed.
     pub async fn accept_durable(
         &self,
         device: &str,
         topic: &str,
         payload: &Bytes,
         qos: u8,
-    ) -> Result<Option<Malformed>, NotStored> {
+    ) -> Result<Option<Stored>, Malformed> {
         let event = match self.prepare(device, topic, payload, qos, false) {
             Ok(Some(event)) => event,
             Ok(None) => return Ok(None),
-            Err(reason) => return Ok(Some(reason)),
+            Err(reason) => return Err(reason),
         };
+        let deadline = tokio::time::Instant::now() + self.durable_ack_timeout;
         let (tx, rx) = oneshot::channel();
         let queued = Queued {
             event: self.owned(event),
@@ -205,30 +212,37 @@ impl Ingest {
             })),
             waiting: true,
         };
-        let stored = tokio::time::timeout(self.durable_ack_timeout, async {
-            self.events
-                .send(queued)
-                .await
-                .map_err(|_| NotStored::Dropped)?;
-            rx.await.map_err(|_| NotStored::Dropped)
-        })
-        .await
-        .unwrap_or(Err(NotStored::TimedOut));
-        if let Err(why) = stored {
-            metrics::counter!("wf_mqtt_messages_unacknowledged_total", "reason" => why.reason())
-                .increment(1);
-            if should_log(&self.unstored_logged, self.malformed_log_interval, device) {
-                tracing::warn!(
-                    device_id = device,
-                    topic,
-                    reason = why.reason(),
-                    "device message not stored; closing the connection without acknowledging it \
-                     (the device sends it again; more from this device are not logged for {} s)",
-                    self.malformed_log_interval.as_secs()
-                );
+        let queued = match tokio::time::timeout_at(deadline, self.events.send(queued)).await {
+            Ok(Ok(())) => Ok(()),
+            Ok(Err(_)) => Err(NotStored::Dropped),
+            Err(_) => Err(NotStored::TimedOut),
+        };
+        Ok(Some(Box::pin(async move {
+            queued?;
+            match tokio::time::timeout_at(deadline, rx).await {
+                Ok(Ok(())) => Ok(()),
+                Ok(Err(_)) => Err(NotStored::Dropped),
+                Err(_) => Err(NotStored::TimedOut),
             }
+        })))
+    }
+
+    /// Counts and logs a message [`Ingest::accept_durable`] could not
+    /// store: its connection is closed without acknowledging it, and the
+    /// device sends it again.
+    pub fn not_stored(&self, device: &str, topic: &str, why: NotStored) {
+        metrics::counter!("wf_mqtt_messages_unacknowledged_total", "reason" => why.reason())
+            .increment(1);
+        if should_log(&self.unstored_logged, self.malformed_log_interval, device) {
+            tracing::warn!(
+                device_id = device,
+                topic,
+                reason = why.reason(),
+                "device message not stored; closing the connection without acknowledging it \
+                 (the device sends it again; more from this device are not logged for {} s)",
+                self.malformed_log_interval.as_secs()
+            );
         }
-        stored.map(|()| None)
     }
 
     /// [`Ingest::accept`], running `ack` once the message's event is on the

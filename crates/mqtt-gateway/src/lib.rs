@@ -82,6 +82,11 @@ pub struct Config {
     /// not limited; more are closed at once and counted in
     /// `wf_mqtt_connections_refused_total{reason="unanswered_per_ip"}`.
     pub max_unanswered_connections_per_ip: usize,
+    /// Embedded broker: QoS 1 and 2 messages in flight per connection, each
+    /// way (1 to 65535). A device may send this many before it has their
+    /// acknowledgements, which go out in order once each message is stored:
+    /// a wider window lets one database commit acknowledge more of them.
+    pub max_inflight_messages: u16,
     /// Embedded broker: every this many seconds the gateway announces on
     /// the bus (`mqtt.broker.heartbeat`) that its broker instance, and the
     /// connections it holds, are alive; its lease is three intervals. When
@@ -159,6 +164,7 @@ impl Default for Config {
             max_payload_bytes: 64 * 1024,
             connect_timeout_secs: 10,
             max_unanswered_connections_per_ip: 128,
+            max_inflight_messages: 128,
             broker_heartbeat_secs: 5,
             batch_max_messages: 500,
             batch_linger_ms: 20,
@@ -344,6 +350,8 @@ impl Application {
                     max_payload_bytes: config.max_payload_bytes,
                     connect_timeout: Duration::from_secs(config.connect_timeout_secs.max(1)),
                     max_unanswered_per_ip: config.max_unanswered_connections_per_ip,
+                    max_inflight: std::num::NonZeroU16::new(config.max_inflight_messages)
+                        .context("mqtt_gateway.max_inflight_messages must be at least 1")?,
                 };
                 Backend::Embedded(
                     EmbeddedBroker::bind(&settings, authenticator.clone(), ingest.clone()).await?,

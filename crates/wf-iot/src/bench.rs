@@ -101,6 +101,7 @@ async fn ingest(args: IngestArgs) -> anyhow::Result<()> {
     // of telemetry only.
     tokio::time::sleep(Duration::from_millis(200)).await;
     let acked_before = stats.acked.load(Ordering::Relaxed);
+    let sent_before = stats.sent.load(Ordering::Relaxed);
 
     let started = Instant::now();
     let base_ts = wf_common::now_millis() - 86_400_000;
@@ -123,6 +124,7 @@ async fn ingest(args: IngestArgs) -> anyhow::Result<()> {
                     "ts": base_ts + seq as i64,
                 })
                 .to_string();
+                // Counted as sent by the device's event loop once written.
                 if client
                     .publish(topic.clone(), QoS::AtLeastOnce, false, payload)
                     .await
@@ -131,7 +133,6 @@ async fn ingest(args: IngestArgs) -> anyhow::Result<()> {
                     stats.errors.fetch_add(1, Ordering::Relaxed);
                     return;
                 }
-                stats.sent.fetch_add(1, Ordering::Relaxed);
             }
         }));
     }
@@ -163,7 +164,7 @@ async fn ingest(args: IngestArgs) -> anyhow::Result<()> {
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     let stored_at = started.elapsed();
-    let sent = stats.sent.load(Ordering::Relaxed);
+    let sent = stats.sent.load(Ordering::Relaxed) - sent_before;
     let rate = |n: u64, d: Duration| n as f64 / d.as_secs_f64();
 
     println!(

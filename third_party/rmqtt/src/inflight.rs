@@ -419,6 +419,12 @@ impl InInflight {
         self.cached.contains(pid)
     }
 
+    /// Whether another message fits in the window.
+    #[inline]
+    pub(crate) fn has_room(&self) -> bool {
+        self.cached.len() < self.max_inflight as usize
+    }
+
     #[inline]
     pub(crate) fn remove(&mut self, pid: &NonZeroU16) -> bool {
         #[allow(clippy::needless_bool)]

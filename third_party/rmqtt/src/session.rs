@@ -73,6 +73,7 @@ use async_trait::async_trait;
 use bitflags::Flags;
 use bytestring::ByteString;
 use futures::channel::mpsc::unbounded;
+use futures::stream::FuturesOrdered;
 use futures::StreamExt;
 use serde::{Deserialize, Serialize};
 use serde_json::json;
@@ -118,6 +119,30 @@ pub struct SessionState {
     pub server_topic_aliases: Option<Arc<ServerTopicAliases>>,
     pub client_topic_aliases: Option<Arc<ClientTopicAliases>>,
     in_inflight: InInflight,
+    /// QoS 1 acknowledgements waiting for their gates (see
+    /// [`_Session::defer_ack`]), sent in the order the messages came in.
+    pending_acks: FuturesOrdered<PendingAck>,
+}
+
+/// A gate a `message_publish_check_acl` hook may hand to
+/// [`_Session::defer_ack`]: the message's PUBACK (PUBREC for QoS 2) is sent
+/// once it resolves `true`; `false` closes the connection without it.
+pub type AckGate = std::pin::Pin<Box<dyn std::future::Future<Output = bool> + Send>>;
+
+/// A QoS 1 acknowledgement waiting for its gate: the packet id, the result
+/// to answer with, whether the packet id was added to the inbound window,
+/// and the gate's answer.
+struct PendingAck(std::sync::Mutex<std::pin::Pin<Box<dyn std::future::Future<Output = (NonZeroU16, PublishResult, bool, bool)> + Send>>>);
+
+impl std::future::Future for PendingAck {
+    type Output = (NonZeroU16, PublishResult, bool, bool);
+
+    fn poll(self: std::pin::Pin<&mut Self>, cx: &mut std::task::Context<'_>) -> std::task::Poll<Self::Output> {
+        match self.get_mut().0.get_mut() {
+            Ok(fut) => fut.as_mut().poll(cx),
+            Err(poisoned) => poisoned.into_inner().as_mut().poll(cx),
+        }
+    }
 }
 
 impl fmt::Debug for SessionState {
@@ -172,6 +197,7 @@ impl SessionState {
             server_topic_aliases,
             client_topic_aliases,
             in_inflight: InInflight::new(scx, max_inflight.get()),
+            pending_acks: FuturesOrdered::new(),
         }
     }
 
@@ -389,7 +415,21 @@ impl SessionState {
                     }
                 }
 
-                pkt = sink.recv() => {
+                acked = state.pending_acks.next(), if !state.pending_acks.is_empty() => {
+                    if let Some((packet_id, pubres, added, stored)) = acked {
+                        if added {
+                            state.in_inflight.remove(&packet_id);
+                        }
+                        if !stored {
+                            return Err(Reason::from_static("message not stored; not acknowledged"));
+                        }
+                        sink.send_publish_ack(packet_id, pubres).await?;
+                    }
+                }
+
+                // While acknowledgements wait, the next messages are read
+                // as long as the inbound window has room for them.
+                pkt = sink.recv(), if state.pending_acks.is_empty() || state.in_inflight.has_room() => {
                     log::debug!("{:?} pkt: {:?}", state.id, pkt);
                     keep_alive_delay.as_mut().reset(Instant::now() + keep_alive_interval);
                     match pkt? {
@@ -970,17 +1010,31 @@ impl SessionState {
                     Ok(res) => res,
                 };
 
-                let pubres = self.publish(publish).await.inspect_err(|_| {
+                let published = self.publish(publish).await;
+                let gate = self.take_ack_gate();
+                let pubres = published.inspect_err(|_| {
                     if inflight_res {
                         self.in_inflight.remove(&packet_id);
                     }
                 })?;
 
-                let ack_res = sink.send_publish_ack(packet_id, pubres).await;
-                if inflight_res {
-                    self.in_inflight.remove(&packet_id);
+                if gate.is_none() && self.pending_acks.is_empty() {
+                    let ack_res = sink.send_publish_ack(packet_id, pubres).await;
+                    if inflight_res {
+                        self.in_inflight.remove(&packet_id);
+                    }
+                    ack_res?;
+                } else {
+                    // Behind a gate, or behind acknowledgements that wait
+                    // for theirs: acknowledged in order, later.
+                    self.pending_acks.push_back(PendingAck(std::sync::Mutex::new(Box::pin(async move {
+                        let stored = match gate {
+                            Some(gate) => gate.await,
+                            None => true,
+                        };
+                        (packet_id, pubres, inflight_res, stored)
+                    }))));
                 }
-                ack_res?;
             }
             QoS::ExactlyOnce => {
                 let packet_id = Self::packet_id(packet_id)?;
@@ -999,7 +1053,14 @@ impl SessionState {
                     sink.send_publish_received(packet_id, pub_res).await?;
                     return Ok(());
                 }
-                let pub_res = self.publish(publish).await?;
+                let published = self.publish(publish).await;
+                let gate = self.take_ack_gate();
+                let pub_res = published?;
+                if let Some(gate) = gate {
+                    if !gate.await {
+                        return Err(Reason::from_static("message not stored; not acknowledged"));
+                    }
+                }
                 let inflight_res =
                     if pub_res.is_success() { self.in_inflight.add(packet_id, qos)? } else { false };
                 let rec_res = sink.send_publish_received(packet_id, pub_res).await;
@@ -1009,7 +1070,10 @@ impl SessionState {
                 rec_res?;
             }
             QoS::AtMostOnce => {
-                self.publish(publish).await?;
+                let published = self.publish(publish).await;
+                // Nothing to acknowledge.
+                drop(self.take_ack_gate());
+                published?;
             }
         }
         Ok(())
@@ -1892,6 +1956,24 @@ pub struct _Session {
     pub auth_info: Option<AuthInfo>,
     pub extra_attrs: Arc<RwLock<ExtraAttrs>>,
     pub scx: ServerContext,
+    ack_gate: std::sync::Mutex<Option<AckGate>>,
+}
+
+impl _Session {
+    /// Called by a `message_publish_check_acl` hook that allows a QoS 1 or
+    /// 2 message: its acknowledgement waits until `gate` resolves (`false`:
+    /// the connection is closed without it). A QoS 1 connection goes on
+    /// reading its next messages meanwhile, within its inbound window, and
+    /// its acknowledgements keep the order the messages came in.
+    pub fn defer_ack(&self, gate: AckGate) {
+        if let Ok(mut slot) = self.ack_gate.lock() {
+            *slot = Some(gate);
+        }
+    }
+
+    fn take_ack_gate(&self) -> Option<AckGate> {
+        self.ack_gate.lock().ok().and_then(|mut slot| slot.take())
+    }
 }
 
 impl Deref for _Session {
@@ -2253,7 +2335,15 @@ impl Session {
             )
             .await?;
         let extra_attrs = Arc::new(RwLock::new(ExtraAttrs::new()));
-        Ok(Self(Arc::new(_Session { inner: session_like, id, fitter, auth_info, extra_attrs, scx })))
+        Ok(Self(Arc::new(_Session {
+            inner: session_like,
+            id,
+            fitter,
+            auth_info,
+            extra_attrs,
+            scx,
+            ack_gate: std::sync::Mutex::new(None),
+        })))
     }
 
     #[inline]

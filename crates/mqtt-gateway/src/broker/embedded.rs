@@ -85,6 +85,8 @@ pub struct BrokerSettings {
     pub connect_timeout: Duration,
     /// Connections of one address not yet answered, at most (0: no limit).
     pub max_unanswered_per_ip: usize,
+    /// QoS 1 and 2 messages in flight per connection, each way.
+    pub max_inflight: std::num::NonZeroU16,
 }
 
 /// The broker with its listeners bound and its hooks started.
@@ -145,6 +147,7 @@ impl EmbeddedBroker {
                 .max_packet_size(max_packet)
                 .handshake_timeout(settings.connect_timeout)
                 .max_pending_per_ip(settings.max_unanswered_per_ip)
+                .max_inflight(settings.max_inflight)
                 .bind()
         };
         let tcp = listener("mqtt/tcp", settings.mqtt_addr)
@@ -426,34 +429,47 @@ impl Handler for IngestHook {
                     );
                     return (true, acc);
                 }
-                // rmqtt sends the PUBACK (PUBREC) when this hook returns:
-                // only once the message is stored. Not stored: the
+                // The PUBACK (PUBREC) waits until the message is stored;
+                // the connection reads on meanwhile. Not stored: the
                 // connection is closed without it, and the device sends the
                 // message again.
-                let stored = self
+                let device = &session.id.client_id;
+                match self
                     .ingest
                     .accept_durable(
-                        &session.id.client_id,
+                        device,
                         &publish.topic,
                         &publish.payload,
                         publish.qos.value(),
                     )
-                    .await;
-                match stored {
+                    .await
+                {
                     Ok(None) => {}
+                    Ok(Some(stored)) => {
+                        let (ingest, device, topic) = (
+                            self.ingest.clone(),
+                            device.to_string(),
+                            publish.topic.to_string(),
+                        );
+                        session.defer_ack(Box::pin(async move {
+                            match stored.await {
+                                Ok(()) => true,
+                                Err(why) => {
+                                    ingest.not_stored(&device, &topic, why);
+                                    false
+                                }
+                            }
+                        }));
+                    }
                     // MQTT 5 devices learn why in the PUBACK's reason code;
                     // MQTT 3.1.1 has no codes: they get a plain PUBACK, and
                     // the refusal is counted and logged.
-                    Ok(Some(malformed)) => {
+                    Err(malformed) => {
                         let refused = PublishAclResult(PublishResult::reason_code(
                             puback_reason(malformed),
                             Some(malformed.reason().into()),
                             false,
                         ));
-                        return (false, Some(HookResult::PublishAclResult(refused)));
-                    }
-                    Err(_) => {
-                        let refused = PublishAclResult::rejected(true, Some("not stored".into()));
                         return (false, Some(HookResult::PublishAclResult(refused)));
                     }
                 }

@@ -172,6 +172,12 @@ impl TestAppBuilder {
         self
     }
 
+    /// Telemetry messages per `device.data.received` event.
+    pub fn batch_max_messages(mut self, n: usize) -> Self {
+        self.config.batch_max_messages = n;
+        self
+    }
+
     pub fn durable_ack_timeout_ms(mut self, ms: u64) -> Self {
         self.config.durable_ack_timeout_ms = ms;
         self
@@ -454,6 +460,22 @@ impl TestDevice {
             .publish(topic, qos, false, payload.into())
             .await
             .expect("publish queued");
+    }
+
+    /// The packet id of the next PUBACK within `wait`; other packets are
+    /// skipped.
+    pub async fn puback_id_within(&mut self, wait: Duration) -> Option<u16> {
+        tokio::time::timeout(wait, async {
+            loop {
+                match self.incoming.recv().await {
+                    Some(Packet::PubAck(ack)) => return Some(ack.pkid),
+                    Some(_) => {}
+                    None => return None,
+                }
+            }
+        })
+        .await
+        .unwrap_or(None)
     }
 
     /// Whether the broker acknowledges a QoS 1 message (PUBACK) within

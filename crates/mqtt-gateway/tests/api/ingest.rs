@@ -2,7 +2,7 @@
 //! and never block the good ones.
 
 use serde_json::json;
-use wf_common::events::{CommandResponded, MetricValue, OtaProgress, topics};
+use wf_common::events::{CommandResponded, EventBus, MetricValue, OtaProgress, topics};
 
 use rumqttc::QoS;
 use std::time::Duration;
@@ -217,6 +217,58 @@ async fn a_qos1_message_is_acknowledged_only_once_every_consumer_has_handled_it(
 }
 
 #[tokio::test]
+async fn a_device_sends_on_while_its_messages_wait_and_their_acknowledgements_keep_its_order() {
+    let app = TestApp::builder()
+        .with_device("d1", "s1")
+        .batch_max_messages(1)
+        .spawn()
+        .await;
+    // The only consumer group, read without acknowledging: nothing is
+    // stored until the test says so.
+    let mut store = app
+        .bus
+        .subscribe(topics::DEVICE_DATA_RECEIVED, "store", "c")
+        .await
+        .unwrap();
+    let mut d1 = app.device("d1", "s1").await;
+    for n in 0..5 {
+        d1.publish("devices/d1/telemetry", json!({ "n": n }).to_string())
+            .await;
+    }
+    // All five reach the bus although the first is not stored: the
+    // connection was not held to one message at a time.
+    let mut deliveries = Vec::new();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    while deliveries.len() < 5 && tokio::time::Instant::now() < deadline {
+        deliveries.extend(store.next(10, Duration::from_millis(200)).await.unwrap());
+    }
+    assert_eq!(deliveries.len(), 5, "one event per message");
+    assert_eq!(d1.puback_id_within(Duration::from_millis(300)).await, None);
+
+    // The last four are stored: still nothing, the first comes first.
+    let ids: Vec<String> = deliveries.iter().map(|d| d.id.clone()).collect();
+    store.ack(&ids[1..]).await.unwrap();
+    assert_eq!(
+        d1.puback_id_within(Duration::from_millis(500)).await,
+        None,
+        "acknowledged out of order"
+    );
+    // Once the first is stored, all five are acknowledged, in order.
+    store.ack(&ids[..1]).await.unwrap();
+    let mut acked = Vec::new();
+    for _ in 0..5 {
+        acked.push(
+            d1.puback_id_within(Duration::from_secs(5))
+                .await
+                .expect("a PUBACK"),
+        );
+    }
+    let mut sorted = acked.clone();
+    sorted.sort_unstable();
+    assert_eq!(acked, sorted, "PUBACKs out of order");
+}
+
+#[tokio::test]
 async fn a_message_that_is_not_stored_in_time_is_never_acknowledged() {
     let app = TestApp::builder()
         .with_device("d1", "s1")
@@ -250,7 +302,7 @@ async fn a_burst_without_timestamps_gets_a_distinct_stamp_per_message() {
     let d1 = app.device("d1", "s1").await;
     let before = wf_common::now_millis();
     // QoS 0: nothing waits for storage, so the whole burst is received
-    // within a millisecond or two (QoS 1 is taken one message per commit).
+    // within a millisecond or two.
     for i in 0..50 {
         d1.publish_qos(
             "devices/d1/telemetry",
