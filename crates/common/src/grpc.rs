@@ -257,29 +257,46 @@ where
     }
 }
 
+/// A generated tonic server (`XServiceServer<..>`) that [`serve`] can run.
+pub trait GrpcService:
+    tower::Service<
+        http::Request<tonic::body::Body>,
+        Response = http::Response<tonic::body::Body>,
+        Error = std::convert::Infallible,
+        Future: Send + 'static,
+    > + tonic::server::NamedService
+    + Clone
+    + Send
+    + Sync
+    + 'static
+{
+}
+
+impl<S> GrpcService for S where
+    S: tower::Service<
+            http::Request<tonic::body::Body>,
+            Response = http::Response<tonic::body::Body>,
+            Error = std::convert::Infallible,
+            Future: Send + 'static,
+        > + tonic::server::NamedService
+        + Clone
+        + Send
+        + Sync
+        + 'static
+{
+}
+
 /// Serves a service's gRPC API on `listener` until `shutdown` resolves:
 /// with the standard health service (reporting `service` as serving) and
 /// reflection, every call in a span with its request id, and every call but
 /// the health check refused unless it carries `token`.
-pub async fn serve<S>(
+pub async fn serve<S: GrpcService>(
     name: &'static str,
     token: &InternalToken,
     service: S,
     listener: tokio::net::TcpListener,
     shutdown: impl Future<Output = ()> + Send + 'static,
-) -> anyhow::Result<()>
-where
-    S: tower::Service<
-            http::Request<tonic::body::Body>,
-            Response = http::Response<tonic::body::Body>,
-            Error = std::convert::Infallible,
-        > + tonic::server::NamedService
-        + Clone
-        + Send
-        + Sync
-        + 'static,
-    S::Future: Send + 'static,
-{
+) -> anyhow::Result<()> {
     let (health, health_service) = tonic_health::server::health_reporter();
     health.set_serving::<S>().await;
     let reflection = tonic_reflection::server::Builder::configure()

@@ -14,7 +14,7 @@ use anyhow::Context;
 use futures_util::future::{BoxFuture, join, join_all};
 use tokio::net::TcpListener;
 
-use crate::grpc::InternalToken;
+use crate::grpc::{GrpcService, InternalToken};
 use crate::http::HttpLimits;
 use crate::shutdown::Shutdown;
 
@@ -129,24 +129,12 @@ impl<'a> Runner<'a> {
     /// Serves `service` on `listener`, with health, reflection, request ids
     /// and the internal token checked on every call. No listener (a
     /// service bound with [`Listeners::bind_http`]): nothing is served.
-    pub fn grpc<S>(
+    pub fn grpc(
         mut self,
         listener: impl Into<Option<TcpListener>>,
         token: &InternalToken,
-        service: S,
-    ) -> Self
-    where
-        S: tower::Service<
-                http::Request<tonic::body::Body>,
-                Response = http::Response<tonic::body::Body>,
-                Error = std::convert::Infallible,
-            > + tonic::server::NamedService
-            + Clone
-            + Send
-            + Sync
-            + 'static,
-        S::Future: Send + 'static,
-    {
+        service: impl GrpcService,
+    ) -> Self {
         let Some(listener) = listener.into() else {
             return self;
         };

@@ -71,36 +71,35 @@ impl Accounts {
 
     /// Creates a user holding `roles` (password [`USER_PASSWORD`]) and logs in.
     pub async fn user(&self, username: &str, roles: &[&str]) -> String {
-        let resp = self
-            .client
-            .post(format!("{}/api/v1/users", self.base))
-            .bearer_auth(&self.admin_token)
-            .json(&json!({
+        self.create(
+            "users",
+            json!({
                 "username": username,
                 "email": format!("{username}@example.com"),
                 "password": USER_PASSWORD,
                 "roles": roles,
-            }))
-            .send()
-            .await
-            .unwrap();
-        let status = resp.status();
-        assert_eq!(
-            status,
-            StatusCode::CREATED,
-            "creating user {username}: {}",
-            resp.text().await.unwrap_or_default()
-        );
+            }),
+        )
+        .await;
         self.login(username, USER_PASSWORD).await
     }
 
     /// Creates a role of `scope` (`fleet` or `own`) holding `permissions`.
     pub async fn role(&self, name: &str, scope: &str, permissions: &[&str]) {
+        self.create(
+            "roles",
+            json!({ "name": name, "scope": scope, "permissions": permissions }),
+        )
+        .await;
+    }
+
+    /// `POST /api/v1/{collection}` as the administrator, which must answer 201.
+    async fn create(&self, collection: &str, body: Value) {
         let resp = self
             .client
-            .post(format!("{}/api/v1/roles", self.base))
+            .post(format!("{}/api/v1/{collection}", self.base))
             .bearer_auth(&self.admin_token)
-            .json(&json!({ "name": name, "scope": scope, "permissions": permissions }))
+            .json(&body)
             .send()
             .await
             .unwrap();
@@ -108,7 +107,7 @@ impl Accounts {
         assert_eq!(
             status,
             StatusCode::CREATED,
-            "creating role {name}: {}",
+            "creating {collection} {body}: {}",
             resp.text().await.unwrap_or_default()
         );
     }
