@@ -1,7 +1,15 @@
 //! The caller of a service's REST API: who they are (from a verified
 //! access token, as auth-service sees the account now) and what they may do
-//! (a permission and how far it reaches). One extractor and one `require`
-//! for every service that checks permissions through auth-service.
+//! (a permission and how far it reaches).
+//!
+//! One extractor for every service, [`Caller`]: a handler takes `caller:
+//! Caller` and reads the caller's identity through it. Which identity is
+//! the service's state's to say ([`Authenticate`]): auth-service loads the
+//! account with its roles from its own database; every other service is an
+//! [`Authority`], whose callers are [`User`]s checked against auth-service's
+//! published keys and (cached) answers, with one `require`.
+
+use std::ops::Deref;
 
 use axum::extract::FromRequestParts;
 use axum::http::header::AUTHORIZATION;
@@ -13,11 +21,52 @@ use crate::events::EventBus;
 use crate::jwt::{AccessClaims, JwtVerifier};
 use crate::permissions::{Access, PermissionClient, SESSION_ENDED};
 
-/// A service state that authenticates callers: the verifier of access
-/// tokens and auth-service's (cached) answers.
+/// A service state that can tell who holds an access token.
+pub trait Authenticate: Send + Sync {
+    /// Who a caller is, as the service needs to know them.
+    type Identity: Send;
+
+    /// The identity behind `token`, or why it is refused.
+    fn authenticate(&self, token: &str) -> impl Future<Output = Result<Self::Identity>> + Send;
+}
+
+/// A service state that authenticates callers through auth-service: the
+/// verifier of access tokens and auth-service's (cached) answers. Its
+/// callers are [`User`]s.
 pub trait Authority: Send + Sync {
     fn verifier(&self) -> &JwtVerifier;
     fn permissions(&self) -> &PermissionClient;
+}
+
+impl<S: Authority> Authenticate for S {
+    type Identity = User;
+
+    async fn authenticate(&self, token: &str) -> Result<User> {
+        let claims = self.verifier().verify(token).await?;
+        User::from_claims(self.permissions(), claims).await
+    }
+}
+
+/// The caller of a request, from `Authorization: Bearer <access token>`,
+/// authenticated by the service's state; it reads as its identity.
+#[derive(Debug, Clone)]
+pub struct Caller<I = User>(pub I);
+
+impl<I> Deref for Caller<I> {
+    type Target = I;
+
+    fn deref(&self) -> &I {
+        &self.0
+    }
+}
+
+impl<S: Authenticate> FromRequestParts<S> for Caller<S::Identity> {
+    type Rejection = Error;
+
+    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self> {
+        let token = require_bearer(parts)?;
+        state.authenticate(token).await.map(Caller)
+    }
 }
 
 /// A permission a service checks, by its code (`device:read`).
@@ -50,9 +99,9 @@ pub fn forbidden(code: &str) -> Error {
     Error::Forbidden(format!("this requires the {code} permission"))
 }
 
-/// An authenticated user.
+/// A user as a service other than auth-service knows them.
 #[derive(Debug, Clone)]
-pub struct Caller {
+pub struct User {
     pub user_id: String,
     pub username: String,
     /// A superuser or a holder of the admin role (who may, among others,
@@ -61,8 +110,8 @@ pub struct Caller {
     pub is_admin: bool,
 }
 
-impl Caller {
-    /// The caller behind verified `claims`, as auth-service sees the
+impl User {
+    /// The user behind verified `claims`, as auth-service sees the
     /// account now: a disabled account, or a token from before a password
     /// change, is refused, and a role change applies, within the permission
     /// cache's time rather than the token's lifetime.
@@ -139,18 +188,6 @@ impl Caller {
     }
 }
 
-/// The caller, from `Authorization: Bearer <access token>` verified against
-/// auth-service's published keys.
-impl<S: Authority> FromRequestParts<S> for Caller {
-    type Rejection = Error;
-
-    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self> {
-        let token = require_bearer(parts)?;
-        let claims = state.verifier().verify(token).await?;
-        Caller::from_claims(state.permissions(), claims).await
-    }
-}
-
 #[cfg(test)]
 #[allow(clippy::unwrap_used)]
 mod tests {
@@ -162,6 +199,34 @@ mod tests {
             req = req.header(AUTHORIZATION, v);
         }
         req.body(()).unwrap().into_parts().0
+    }
+
+    /// A service that knows one token.
+    struct OneToken;
+
+    impl Authenticate for OneToken {
+        type Identity = String;
+
+        async fn authenticate(&self, token: &str) -> Result<String> {
+            match token {
+                "good" => Ok("alice".into()),
+                _ => Err(Error::Unauthenticated("unknown token".into())),
+            }
+        }
+    }
+
+    #[tokio::test]
+    async fn the_caller_is_who_the_state_says_holds_the_token() {
+        let caller = Caller::from_request_parts(&mut parts(Some("Bearer good")), &OneToken)
+            .await
+            .unwrap();
+        assert_eq!(caller.as_str(), "alice");
+        for header in [Some("Bearer bad"), None, Some("Basic good")] {
+            assert!(matches!(
+                Caller::from_request_parts(&mut parts(header), &OneToken).await,
+                Err(Error::Unauthenticated(_))
+            ));
+        }
     }
 
     #[test]

@@ -60,7 +60,7 @@ fn parse_time(name: &str, value: Option<String>) -> Result<Option<i64>> {
     responses((status = 200, body = Paged<AuditDto>), (status = 403, body = ErrorEnvelope), (status = 422, body = ErrorEnvelope)))]
 pub async fn list(
     State(state): State<AppState>,
-    Caller(caller): Caller,
+    caller: Caller,
     Query(query): Query<ListQuery>,
 ) -> Result<Json<Paged<AuditDto>>> {
     caller.require(Permission::AuditRead)?;

@@ -90,10 +90,11 @@ pub struct MeResponse {
 
 #[utoipa::path(get, path = "/api/v1/auth/me", tag = "auth", security(("bearer" = [])),
     responses((status = 200, body = MeResponse)))]
-pub async fn me(Caller(caller): Caller) -> Json<MeResponse> {
+pub async fn me(caller: Caller) -> Json<MeResponse> {
     let permissions = caller.effective_permissions();
+    let identity = caller.0;
     Json(MeResponse {
-        user: UserDto::new(caller.user, caller.roles),
+        user: UserDto::new(identity.user, identity.roles),
         permissions,
     })
 }
@@ -111,7 +112,7 @@ pub struct ChangePasswordRequest {
         (status = 503, description = "Password hashing is saturated; see Retry-After", body = ErrorEnvelope)))]
 pub async fn change_password(
     State(state): State<AppState>,
-    Caller(caller): Caller,
+    caller: Caller,
     Client(client): Client,
     extract::Json(req): extract::Json<ChangePasswordRequest>,
 ) -> Result<StatusCode> {

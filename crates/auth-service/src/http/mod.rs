@@ -6,14 +6,12 @@ mod roles;
 mod users;
 
 use axum::Router;
-use axum::extract::FromRequestParts;
-use axum::http::request::Parts;
 use axum::routing::{get, post, put};
 use utoipa::OpenApi;
 use wf_common::http::{finish, ops_routes};
 use wf_common::openapi::{AUTHENTICATED, BearerAuth};
 
-use crate::error::{Error, Result};
+use crate::error::Result;
 use crate::state::{AppState, Identity};
 
 pub fn router(state: AppState) -> Router {
@@ -74,15 +72,15 @@ pub fn router(state: AppState) -> Router {
 )]
 pub struct ApiDoc;
 
-/// The authenticated caller, from `Authorization: Bearer <access token>`.
-pub struct Caller(pub Identity);
+/// The authenticated caller, from `Authorization: Bearer <access token>`:
+/// their account as it is now, with its roles and permissions.
+pub type Caller = wf_common::caller::Caller<Identity>;
 
-impl FromRequestParts<AppState> for Caller {
-    type Rejection = Error;
+impl wf_common::caller::Authenticate for AppState {
+    type Identity = Identity;
 
-    async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self> {
-        let token = wf_common::caller::require_bearer(parts)?;
-        state.authenticate(token).await.map(Caller)
+    async fn authenticate(&self, token: &str) -> Result<Identity> {
+        AppState::authenticate(self, token).await
     }
 }
 

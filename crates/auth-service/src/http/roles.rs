@@ -66,7 +66,7 @@ pub struct RoleList {
 
 #[utoipa::path(get, path = "/api/v1/roles", tag = "roles", security(("bearer" = [])),
     responses((status = 200, body = RoleList), (status = 403, body = ErrorEnvelope)))]
-pub async fn list(State(state): State<AppState>, Caller(caller): Caller) -> Result<Json<RoleList>> {
+pub async fn list(State(state): State<AppState>, caller: Caller) -> Result<Json<RoleList>> {
     caller.require_any(&READ)?;
     let items = state
         .store
@@ -82,7 +82,7 @@ pub async fn list(State(state): State<AppState>, Caller(caller): Caller) -> Resu
     responses((status = 200, body = RoleDto), (status = 404, body = ErrorEnvelope)))]
 pub async fn get(
     State(state): State<AppState>,
-    Caller(caller): Caller,
+    caller: Caller,
     Path(id): Path<String>,
 ) -> Result<Json<RoleDto>> {
     caller.require_any(&READ)?;
@@ -143,7 +143,7 @@ async fn known_permissions(state: &AppState, codes: Vec<PermissionCode>) -> Resu
         (status = 409, body = ErrorEnvelope), (status = 422, body = ErrorEnvelope)))]
 pub async fn create(
     State(state): State<AppState>,
-    Caller(caller): Caller,
+    caller: Caller,
     Client(client): Client,
     extract::Json(req): extract::Json<CreateRequest>,
 ) -> Result<(StatusCode, Json<RoleDto>)> {
@@ -201,7 +201,7 @@ pub struct UpdateRequest {
         (status = 404, body = ErrorEnvelope), (status = 409, body = ErrorEnvelope)))]
 pub async fn update(
     State(state): State<AppState>,
-    Caller(caller): Caller,
+    caller: Caller,
     Client(client): Client,
     Path(id): Path<String>,
     extract::Json(req): extract::Json<UpdateRequest>,
@@ -263,7 +263,7 @@ pub async fn update(
         (status = 404, body = ErrorEnvelope), (status = 409, body = ErrorEnvelope)))]
 pub async fn delete(
     State(state): State<AppState>,
-    Caller(caller): Caller,
+    caller: Caller,
     Client(client): Client,
     Path(id): Path<String>,
 ) -> Result<StatusCode> {
@@ -306,7 +306,7 @@ pub struct SetPermissionsRequest {
         (status = 404, body = ErrorEnvelope), (status = 409, body = ErrorEnvelope), (status = 422, body = ErrorEnvelope)))]
 pub async fn set_permissions(
     State(state): State<AppState>,
-    Caller(caller): Caller,
+    caller: Caller,
     Client(client): Client,
     Path(id): Path<String>,
     extract::Json(req): extract::Json<SetPermissionsRequest>,
@@ -353,7 +353,7 @@ pub struct PermissionList {
     responses((status = 200, body = PermissionList), (status = 403, body = ErrorEnvelope)))]
 pub async fn permissions(
     State(state): State<AppState>,
-    Caller(caller): Caller,
+    caller: Caller,
 ) -> Result<Json<PermissionList>> {
     caller.require_any(&READ)?;
     let items = state

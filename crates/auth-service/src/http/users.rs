@@ -78,7 +78,7 @@ pub struct ListQuery {
     responses((status = 200, body = Paged<UserDto>), (status = 403, body = ErrorEnvelope), (status = 422, body = ErrorEnvelope)))]
 pub async fn list(
     State(state): State<AppState>,
-    Caller(caller): Caller,
+    caller: Caller,
     Query(query): Query<ListQuery>,
 ) -> Result<Json<Paged<UserDto>>> {
     caller.require(Permission::UserManage)?;
@@ -134,7 +134,7 @@ pub struct CreateRequest {
         (status = 503, description = "Password hashing is saturated; see Retry-After", body = ErrorEnvelope)))]
 pub async fn create(
     State(state): State<AppState>,
-    Caller(caller): Caller,
+    caller: Caller,
     Client(client): Client,
     extract::Json(req): extract::Json<CreateRequest>,
 ) -> Result<(StatusCode, Json<UserDto>)> {
@@ -172,7 +172,7 @@ pub async fn create(
     responses((status = 200, body = UserDto), (status = 404, body = ErrorEnvelope)))]
 pub async fn get(
     State(state): State<AppState>,
-    Caller(caller): Caller,
+    caller: Caller,
     Path(id): Path<String>,
 ) -> Result<Json<UserDto>> {
     caller.require(Permission::UserManage)?;
@@ -196,7 +196,7 @@ pub struct UpdateRequest {
         (status = 404, body = ErrorEnvelope), (status = 409, body = ErrorEnvelope)))]
 pub async fn update(
     State(state): State<AppState>,
-    Caller(caller): Caller,
+    caller: Caller,
     Client(client): Client,
     Path(id): Path<String>,
     extract::Json(req): extract::Json<UpdateRequest>,
@@ -266,7 +266,7 @@ async fn guard_last_superuser(state: &AppState, id: &str) -> Result<()> {
         (status = 404, body = ErrorEnvelope), (status = 409, body = ErrorEnvelope)))]
 pub async fn delete(
     State(state): State<AppState>,
-    Caller(caller): Caller,
+    caller: Caller,
     Client(client): Client,
     Path(id): Path<String>,
 ) -> Result<StatusCode> {
@@ -292,7 +292,7 @@ pub async fn delete(
         (status = 404, body = ErrorEnvelope)))]
 pub async fn enable(
     State(state): State<AppState>,
-    Caller(caller): Caller,
+    caller: Caller,
     Client(client): Client,
     Path(id): Path<String>,
 ) -> Result<Json<UserDto>> {
@@ -319,7 +319,7 @@ pub async fn enable(
         (status = 404, body = ErrorEnvelope), (status = 409, body = ErrorEnvelope)))]
 pub async fn disable(
     State(state): State<AppState>,
-    Caller(caller): Caller,
+    caller: Caller,
     Client(client): Client,
     Path(id): Path<String>,
 ) -> Result<Json<UserDto>> {
@@ -355,7 +355,7 @@ pub struct ResetPasswordRequest {
         (status = 503, description = "Password hashing is saturated; see Retry-After", body = ErrorEnvelope)))]
 pub async fn reset_password(
     State(state): State<AppState>,
-    Caller(caller): Caller,
+    caller: Caller,
     Client(client): Client,
     Path(id): Path<String>,
     extract::Json(req): extract::Json<ResetPasswordRequest>,
@@ -390,7 +390,7 @@ pub struct SetRolesRequest {
         (status = 404, body = ErrorEnvelope), (status = 422, body = ErrorEnvelope)))]
 pub async fn set_roles(
     State(state): State<AppState>,
-    Caller(caller): Caller,
+    caller: Caller,
     Client(client): Client,
     Path(id): Path<String>,
     extract::Json(req): extract::Json<SetRolesRequest>,

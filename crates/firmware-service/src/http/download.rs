@@ -177,7 +177,7 @@ async fn authorize(
             <Caller as axum::extract::FromRequestParts<AppState>>::from_request_parts(parts, state)
                 .await?;
         caller.require(state, Permission::Read).await?;
-        return Ok(Downloader::User(caller.username));
+        return Ok(Downloader::User(caller.0.username));
     }
     Err(Error::Unauthenticated(
         "download with the link from the OTA notification, device credentials \
