@@ -223,7 +223,9 @@ pub async fn run_consumer<H, Fut>(
                     }
                     Err(e) => {
                         tracing::warn!(topic, error = %e, "subscribing failed; retrying");
-                        sleep_or_stop(&mut backoff, &mut stop).await;
+                        if sleep_or_stop(&mut backoff, &mut stop).await {
+                            return;
+                        }
                         continue;
                     }
                 }
@@ -242,7 +244,9 @@ pub async fn run_consumer<H, Fut>(
                 Err(e) => {
                     tracing::warn!(topic, error = %e, "reading events failed; reconnecting");
                     subscription = None;
-                    sleep_or_stop(&mut backoff, &mut stop).await;
+                    if sleep_or_stop(&mut backoff, &mut stop).await {
+                        return;
+                    }
                     continue;
                 }
             }
@@ -264,21 +268,26 @@ pub async fn run_consumer<H, Fut>(
             }
             Err(e) => {
                 tracing::warn!(topic, error = %e, events = ids.len(), "handling events failed; retrying");
-                sleep_or_stop(&mut backoff, &mut stop).await;
+                if sleep_or_stop(&mut backoff, &mut stop).await {
+                    return;
+                }
             }
         }
     }
 }
 
+/// Waits out `backoff` (then doubles it, up to 10 s); `true` when `stop`
+/// resolved first, which must then not be polled again.
 async fn sleep_or_stop(
     backoff: &mut Duration,
     stop: &mut std::pin::Pin<&mut impl Future<Output = ()>>,
-) {
-    tokio::select! {
-        () = stop.as_mut() => {},
-        () = tokio::time::sleep(*backoff) => {},
-    }
+) -> bool {
+    let stopped = tokio::select! {
+        () = stop.as_mut() => true,
+        () = tokio::time::sleep(*backoff) => false,
+    };
     *backoff = (*backoff * 2).min(Duration::from_secs(10));
+    stopped
 }
 
 // ---------------------------------------------------------------------------
@@ -1081,6 +1090,48 @@ mod tests {
         let got = drain(&mut g, 1).await;
         g.ack(&[got[0].id.clone()]).await.unwrap();
         early.wait().await.unwrap();
+    }
+
+    /// A bus that cannot be reached.
+    struct Unreachable;
+
+    #[async_trait]
+    impl EventBus for Unreachable {
+        async fn publish(&self, _: &str, _: Vec<Vec<u8>>) -> Result<(), BusError> {
+            Err(BusError::Unavailable("unreachable".into()))
+        }
+        async fn subscribe(
+            &self,
+            _: &str,
+            _: &str,
+            _: &str,
+        ) -> Result<Box<dyn Subscription>, BusError> {
+            Err(BusError::Unavailable("unreachable".into()))
+        }
+        async fn ping(&self) -> Result<(), BusError> {
+            Err(BusError::Unavailable("unreachable".into()))
+        }
+    }
+
+    #[tokio::test]
+    async fn a_consumer_stopped_while_it_waits_to_retry_ends() {
+        let stop = crate::shutdown::Shutdown::new();
+        let consumer = tokio::spawn(run_consumer(
+            Arc::new(Unreachable),
+            "t",
+            "g".into(),
+            "c".into(),
+            10,
+            stop.wait(),
+            |_| async { Ok(()) },
+        ));
+        // Within its first backoff (100 ms), after a failed subscribe.
+        tokio::time::sleep(Duration::from_millis(30)).await;
+        stop.trigger();
+        tokio::time::timeout(Duration::from_secs(2), consumer)
+            .await
+            .expect("the consumer ended")
+            .expect("without a panic");
     }
 
     #[tokio::test]
