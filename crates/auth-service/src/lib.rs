@@ -263,7 +263,6 @@ impl Application {
         self,
         shutdown: impl Future<Output = ()> + Send + 'static,
     ) -> anyhow::Result<()> {
-        let Listeners { http, grpc } = self.listeners;
         let runner = Runner::new("auth-service");
         let housekeeping = housekeeping(self.state.clone(), runner.stop().wait());
         let audit_events = {
@@ -278,18 +277,15 @@ impl Application {
             }
         };
         runner
-            .http(
-                http,
+            .serve(
+                self.listeners,
                 http::router(self.state.clone()),
                 self.state.config.http_limits.clone(),
-            )
-            .task(housekeeping)
-            .task(audit_events)
-            .grpc(
-                grpc,
                 &self.state.config.internal_token,
                 grpc::service(self.state.clone()),
             )
+            .task(housekeeping)
+            .task(audit_events)
             .run_until(shutdown)
             .await
     }

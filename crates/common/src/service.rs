@@ -145,6 +145,20 @@ impl<'a> Runner<'a> {
         self
     }
 
+    /// Serves a service's [`Listeners`]: `router` over HTTP within
+    /// `limits`, `service` over gRPC (when bound) checking `token`.
+    pub fn serve(
+        self,
+        listeners: Listeners,
+        router: axum::Router,
+        limits: HttpLimits,
+        token: &InternalToken,
+        service: impl GrpcService,
+    ) -> Self {
+        self.http(listeners.http, router, limits)
+            .grpc(listeners.grpc, token, service)
+    }
+
     /// Runs `task` beside the servers; it is expected to end once the
     /// runner's [`stop`](Self::stop) is triggered.
     pub fn task(mut self, task: impl Future<Output = ()> + Send + 'a) -> Self {

@@ -225,21 +225,17 @@ impl Application {
         self,
         shutdown: impl Future<Output = ()> + Send + 'static,
     ) -> anyhow::Result<()> {
-        let Listeners { http, grpc } = self.listeners;
         let runner = Runner::new("device-service");
         let workers = ingest::run(self.state.clone(), runner.stop());
         runner
-            .http(
-                http,
+            .serve(
+                self.listeners,
                 http::router(self.state.clone()),
                 self.state.config.http_limits.clone(),
-            )
-            .task(workers)
-            .grpc(
-                grpc,
                 &self.state.config.internal_token,
                 grpc::service(self.state.clone()),
             )
+            .task(workers)
             .run_until(shutdown)
             .await
     }

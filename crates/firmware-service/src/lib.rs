@@ -326,15 +326,11 @@ impl Application {
         self,
         shutdown: impl Future<Output = ()> + Send + 'static,
     ) -> anyhow::Result<()> {
-        let Listeners { http, grpc } = self.listeners;
         Runner::new("firmware-service")
-            .http(
-                http,
+            .serve(
+                self.listeners,
                 http::router(self.state.clone()),
                 self.state.config.http_limits.clone(),
-            )
-            .grpc(
-                grpc,
                 &self.state.config.internal_token,
                 grpc::service(self.state.clone()),
             )

@@ -413,7 +413,6 @@ impl Application {
         self,
         shutdown: impl Future<Output = ()> + Send + 'static,
     ) -> anyhow::Result<()> {
-        let Listeners { http, grpc } = self.listeners;
         let runner = Runner::new("mqtt-gateway");
         let stop = runner.stop();
         let events_stop = Shutdown::new();
@@ -443,13 +442,10 @@ impl Application {
             }
         };
         runner
-            .http(
-                http,
+            .serve(
+                self.listeners,
                 http::router(self.state.clone()),
                 self.state.config.http_limits.clone(),
-            )
-            .grpc(
-                grpc,
                 &self.state.config.internal_token,
                 grpc::service(self.state.clone(), stop),
             )

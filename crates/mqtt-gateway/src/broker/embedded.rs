@@ -446,11 +446,9 @@ impl Handler for IngestHook {
                 {
                     Ok(None) => {}
                     Ok(Some(stored)) => {
-                        let (ingest, device, topic) = (
-                            self.ingest.clone(),
-                            device.to_string(),
-                            publish.topic.to_string(),
-                        );
+                        // Reference-counted: no copy per message.
+                        let (ingest, device, topic) =
+                            (self.ingest.clone(), device.clone(), publish.topic.clone());
                         session.defer_ack(Box::pin(async move {
                             match stored.await {
                                 Ok(()) => true,
