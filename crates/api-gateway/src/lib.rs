@@ -152,6 +152,43 @@ impl Default for Config {
 }
 
 impl Config {
+    /// Settings the api-gateway cannot work with, named under `[gateway]`.
+    pub fn check(&self, p: &mut wf_common::config::Problems) {
+        p.require(
+            !self.issuer.trim().is_empty(),
+            "issuer",
+            "must not be empty",
+        );
+        for (setting, url) in [
+            ("auth_url", &self.auth_url),
+            ("device_url", &self.device_url),
+            ("firmware_url", &self.firmware_url),
+        ] {
+            p.require(
+                wf_common::net::is_http_url(url),
+                setting,
+                format_args!("must be an http:// or https:// base URL, not {url:?}"),
+            );
+        }
+        p.require(
+            self.jwks_url.trim().is_empty() || wf_common::net::is_http_url(&self.jwks_url),
+            "jwks_url",
+            format_args!(
+                "must be empty or an http:// or https:// URL, not {:?}",
+                self.jwks_url
+            ),
+        );
+        p.positive(
+            "upstream_connect_timeout_ms",
+            self.upstream_connect_timeout_ms,
+        );
+        p.positive("upstream_timeout_secs", self.upstream_timeout_secs);
+        p.positive("max_body_bytes", self.max_body_bytes);
+        p.positive("max_upload_bytes", self.max_upload_bytes);
+        p.positive("stream_buffer", self.stream_buffer);
+        self.http_limits.check(p);
+    }
+
     /// The JWKS location, derived from `auth_url` when not set.
     pub fn effective_jwks_url(&self) -> String {
         if self.jwks_url.trim().is_empty() {

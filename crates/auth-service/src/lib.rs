@@ -123,6 +123,37 @@ impl Config {
         self
     }
 
+    /// Settings auth-service cannot work with, named under `[auth]`.
+    pub fn check(&self, p: &mut wf_common::config::Problems) {
+        p.require(
+            !self.issuer.trim().is_empty(),
+            "issuer",
+            "must not be empty",
+        );
+        p.positive("access_token_ttl_secs", self.access_token_ttl_secs);
+        p.require(
+            self.refresh_token_ttl_secs > self.access_token_ttl_secs,
+            "refresh_token_ttl_secs",
+            format_args!(
+                "must be longer than access_token_ttl_secs ({}), not {}",
+                self.access_token_ttl_secs, self.refresh_token_ttl_secs
+            ),
+        );
+        p.require(
+            self.refresh_reuse_grace_secs >= 0,
+            "refresh_reuse_grace_secs",
+            "must be 0 (off) or more",
+        );
+        p.positive("database_max_connections", self.database_max_connections);
+        p.positive("max_body_bytes", self.max_body_bytes);
+        p.require(
+            !self.consumer_name.trim().is_empty(),
+            "consumer_name",
+            "must not be empty",
+        );
+        self.http_limits.check(p);
+    }
+
     fn signing_key(&self) -> anyhow::Result<SigningKey> {
         match &self.signing_key_pem {
             Some(pem) if !pem.expose_secret().trim().is_empty() => {

@@ -108,6 +108,13 @@ impl<'de> Deserialize<'de> for IpRange {
     }
 }
 
+/// Whether `url` is an absolute `http://` or `https://` address with a host.
+pub fn is_http_url(url: &str) -> bool {
+    reqwest::Url::parse(url.trim()).is_ok_and(|u| {
+        matches!(u.scheme(), "http" | "https") && u.host_str().is_some_and(|h| !h.is_empty())
+    })
+}
+
 #[cfg(test)]
 #[allow(clippy::unwrap_used)]
 mod tests {
@@ -119,6 +126,15 @@ mod tests {
 
     fn ip(s: &str) -> IpAddr {
         s.parse().unwrap()
+    }
+
+    #[test]
+    fn http_urls() {
+        assert!(is_http_url("http://127.0.0.1:8103"));
+        assert!(is_http_url("https://fw.example.com/base/"));
+        assert!(!is_http_url("ftp://fw.example.com"));
+        assert!(!is_http_url("127.0.0.1:8103"));
+        assert!(!is_http_url(""));
     }
 
     #[test]

@@ -133,6 +133,34 @@ impl Config {
         }
         self
     }
+
+    /// Settings device-service cannot work with, named under `[device]`.
+    pub fn check(&self, p: &mut wf_common::config::Problems) {
+        p.require(
+            !self.issuer.trim().is_empty(),
+            "issuer",
+            "must not be empty",
+        );
+        p.positive("database_max_connections", self.database_max_connections);
+        p.positive("max_series_points", self.max_series_points);
+        p.positive("command_max_timeout_secs", self.command_max_timeout_secs);
+        p.require(
+            (1..=self.command_max_timeout_secs).contains(&self.command_default_timeout_secs),
+            "command_default_timeout_secs",
+            format_args!(
+                "must be from 1 to command_max_timeout_secs ({}), not {}",
+                self.command_max_timeout_secs, self.command_default_timeout_secs
+            ),
+        );
+        p.positive("command_max_wait_secs", self.command_max_wait_secs);
+        p.positive("max_body_bytes", self.max_body_bytes);
+        p.require(
+            !self.consumer_name.trim().is_empty(),
+            "consumer_name",
+            "must not be empty",
+        );
+        self.http_limits.check(p);
+    }
 }
 
 /// Opens the configured database (creating a MySQL database when missing),

@@ -213,6 +213,55 @@ impl Config {
         }
         self
     }
+
+    /// Settings firmware-service and its worker cannot work with, named
+    /// under `[firmware]`.
+    pub fn check(&self, p: &mut wf_common::config::Problems) {
+        p.require(
+            !self.issuer.trim().is_empty(),
+            "issuer",
+            "must not be empty",
+        );
+        p.positive("database_max_connections", self.database_max_connections);
+        p.require(
+            wf_common::net::is_http_url(&self.public_url),
+            "public_url",
+            format_args!(
+                "must be the http:// or https:// address devices download from, not {:?}",
+                self.public_url
+            ),
+        );
+        p.positive("max_firmware_bytes", self.max_firmware_bytes);
+        p.positive("max_body_bytes", self.max_body_bytes);
+        p.positive("download_link_ttl_secs", self.download_link_ttl_secs);
+        if let Err(e) = domain::PublicKeys::parse(&self.signing_public_keys) {
+            p.add("signing_public_keys", e);
+        }
+        p.require(
+            !self.require_signature || !self.signing_public_keys.is_empty(),
+            "require_signature",
+            "needs at least one key in signing_public_keys to check signatures against",
+        );
+        if self.storage.backend == StorageBackend::S3 {
+            p.require(
+                !self.storage.s3.bucket.trim().is_empty(),
+                "storage.s3.bucket",
+                "is required with storage.backend = \"s3\"",
+            );
+        }
+        self.http_limits.check(p);
+        p.section("worker", |p| {
+            p.require(
+                !self.worker.name.trim().is_empty(),
+                "name",
+                "must not be empty",
+            );
+            p.positive("poll_interval_ms", self.worker.poll_interval_ms);
+            p.positive("lease_secs", self.worker.lease_secs);
+            p.positive("batch_size", self.worker.batch_size);
+            p.positive("publish_concurrency", self.worker.publish_concurrency);
+        });
+    }
 }
 
 /// Opens the configured database (creating a MySQL database when missing),

@@ -133,6 +133,28 @@ pub struct Config {
 }
 
 impl Config {
+    /// Settings mqtt-gateway cannot work with, named under
+    /// `[mqtt_gateway]`.
+    pub fn check(&self, p: &mut wf_common::config::Problems) {
+        p.positive("max_payload_bytes", self.max_payload_bytes);
+        p.positive("connect_timeout_secs", self.connect_timeout_secs);
+        p.positive("max_inflight_messages", self.max_inflight_messages);
+        p.positive("batch_max_messages", self.batch_max_messages);
+        p.positive("durable_ack_timeout_ms", self.durable_ack_timeout_ms);
+        p.positive("ingest_queue_capacity", self.ingest_queue_capacity);
+        p.require(
+            !self.device_service_url.trim().is_empty(),
+            "device_service_url",
+            "must name device-service's gRPC endpoint",
+        );
+        if self.broker == BrokerMode::Mosquitto
+            && let Err(e) = self.mosquitto.validate()
+        {
+            p.add("mosquitto", e);
+        }
+        self.http_limits.check(p);
+    }
+
     /// Where the HTTP and gRPC listeners bind.
     pub fn service_host(&self) -> IpAddr {
         self.service_host.unwrap_or(self.host)

@@ -3,7 +3,7 @@
 use std::path::PathBuf;
 
 use clap::{Parser, Subcommand};
-use wf_iot::config::PlatformConfig;
+use wf_iot::config::{PlatformConfig, Role};
 use wf_iot::{bench, migrate, serve, simulate, user};
 
 /// mimalloc instead of the C library's allocator: a request through the
@@ -46,8 +46,18 @@ enum Command {
         #[command(subcommand)]
         action: user::Action,
     },
-    /// Print the effective configuration (secrets masked).
-    Config,
+    /// Print the effective configuration of a service (secrets masked), or
+    /// with --check only whether it is usable; exits with 2 listing every
+    /// problem when it is not.
+    Config {
+        /// The service whose configuration is shown: `all` (the default),
+        /// or one run alone, as `wf-iot serve` takes it.
+        #[arg(long, value_enum, default_value_t = serve::Target::All)]
+        service: serve::Target,
+        /// Print only whether the configuration is usable.
+        #[arg(long)]
+        check: bool,
+    },
     /// Run simulated devices against a running platform.
     Simulate(simulate::SimulateArgs),
     /// Measure throughput on this machine.
@@ -61,17 +71,37 @@ fn main() -> std::process::ExitCode {
         let local = PathBuf::from(DEFAULT_CONFIG_FILE);
         local.is_file().then_some(local)
     });
-    let mut config = match PlatformConfig::load(file.as_deref()) {
+    let role = match &cli.command {
+        Command::Serve { service, .. } | Command::Config { service, .. } => {
+            Some(Role::Serve(*service))
+        }
+        Command::Migrate { .. } | Command::User { .. } => Some(Role::Admin),
+        Command::Simulate(_) | Command::Bench(_) => None,
+    };
+    let loaded = PlatformConfig::load(file.as_deref()).and_then(|mut config| {
+        if let Command::Serve { ports, .. } = &cli.command {
+            ports.apply(&mut config);
+        }
+        match role {
+            Some(role) => config.complete(role),
+            None => Ok(config),
+        }
+    });
+    let config = match loaded {
         Ok(c) => c,
         Err(e) => {
             eprintln!("error: {e:#}");
             return std::process::ExitCode::from(2);
         }
     };
-    if let Command::Serve { ports, .. } = &cli.command {
-        ports.apply(&mut config);
-    }
-    if let Command::Config = cli.command {
+    if let Command::Config { service, check } = cli.command {
+        if check {
+            println!(
+                "the configuration of `wf-iot serve {}` is usable",
+                service_name(service)
+            );
+            return std::process::ExitCode::SUCCESS;
+        }
         return match config.to_toml() {
             Ok(text) => {
                 print!("{text}");
@@ -106,7 +136,7 @@ fn main() -> std::process::ExitCode {
             Command::User { action } => user::run(config, action).await,
             Command::Simulate(args) => simulate::run(args).await,
             Command::Bench(bench) => bench::run(bench).await,
-            Command::Config => Ok(()),
+            Command::Config { .. } => Ok(()),
         }
     });
     match result {
@@ -116,4 +146,13 @@ fn main() -> std::process::ExitCode {
             std::process::ExitCode::FAILURE
         }
     }
+}
+
+/// A target as `wf-iot serve` takes it on the command line.
+fn service_name(target: serve::Target) -> String {
+    use clap::ValueEnum;
+    target
+        .to_possible_value()
+        .map(|v| v.get_name().to_string())
+        .unwrap_or_default()
 }

@@ -2,17 +2,15 @@
 //! In all-in-one mode the services still call each other over gRPC, on the
 //! ports this process bound.
 
-use std::net::{IpAddr, Ipv4Addr, TcpListener as StdListener};
+use std::net::TcpListener as StdListener;
 use std::sync::Arc;
 
 use anyhow::Context;
 use wf_common::events::{EventBus, InProcessBus, RedisBus};
 use wf_common::shutdown::{Shutdown, until_stopped};
 
-use crate::config::PlatformConfig;
-
-/// How many devices the all-in-one device-service keeps in memory.
-const ALL_IN_ONE_DEVICE_CACHE: usize = 100_000;
+use crate::config::{PlatformConfig, Role};
+use crate::serve::Target;
 
 /// Connects the configured event bus: Redis Streams (waiting for Redis
 /// with backoff when it is not reachable yet), or in-process.
@@ -39,53 +37,6 @@ fn concrete(port: u16) -> anyhow::Result<u16> {
     }
     let listener = StdListener::bind(("127.0.0.1", 0)).context("finding a free port")?;
     Ok(listener.local_addr()?.port())
-}
-
-/// In the all-in-one platform nothing outside the process needs the
-/// services' own ports: unless `internal.expose_services` is set, their
-/// HTTP and gRPC listeners left on the wildcard address listen on 127.0.0.1
-/// only, and gRPC ports left at the distributed defaults (50051-50054,
-/// inside the kernel's range of source ports) become free ports. The
-/// api-gateway and the MQTT listeners stay where they are configured.
-fn keep_services_internal(config: &mut PlatformConfig) {
-    if config.internal.expose_services {
-        return;
-    }
-    let loopback = IpAddr::V4(Ipv4Addr::LOCALHOST);
-    let internal = |host: &mut IpAddr| {
-        if host.is_unspecified() {
-            *host = loopback;
-        }
-    };
-    internal(&mut config.auth.host);
-    internal(&mut config.device.host);
-    internal(&mut config.firmware.host);
-    if config.mqtt_gateway.service_host.is_none() {
-        let mut host = config.mqtt_gateway.host;
-        internal(&mut host);
-        config.mqtt_gateway.service_host = Some(host);
-    }
-    let ephemeral = |port: &mut u16, default: u16| {
-        if *port == default {
-            *port = 0;
-        }
-    };
-    ephemeral(
-        &mut config.auth.grpc_port,
-        auth_service::Config::default().grpc_port,
-    );
-    ephemeral(
-        &mut config.device.grpc_port,
-        device_service::Config::default().grpc_port,
-    );
-    ephemeral(
-        &mut config.mqtt_gateway.grpc_port,
-        mqtt_gateway::Config::default().grpc_port,
-    );
-    ephemeral(
-        &mut config.firmware.grpc_port,
-        firmware_service::Config::default().grpc_port,
-    );
 }
 
 /// The ports the running platform listens on.
@@ -147,19 +98,11 @@ impl Platform {
     /// created or served, so a port that is taken stops the start before
     /// the first administrator exists. Ports configured as 0 are chosen
     /// here first, so each service can be told where the others are.
-    pub async fn start(mut config: PlatformConfig) -> anyhow::Result<Self> {
+    pub async fn start(config: PlatformConfig) -> anyhow::Result<Self> {
+        let mut config = config.complete(Role::Serve(Target::All))?;
         std::fs::create_dir_all(&config.data_dir).with_context(|| {
             format!("creating the data directory {}", config.data_dir.display())
         })?;
-        keep_services_internal(&mut config);
-        let token = match config.internal.token()? {
-            Some(token) => token,
-            None => wf_common::grpc::InternalToken::generate(),
-        };
-        config.auth.internal_token = token.clone();
-        config.device.internal_token = token.clone();
-        config.mqtt_gateway.internal_token = token.clone();
-        config.firmware.internal_token = token;
         config.device.grpc_port = concrete(config.device.grpc_port)?;
         config.mqtt_gateway.grpc_port = concrete(config.mqtt_gateway.grpc_port)?;
         config.firmware.http_port = concrete(config.firmware.http_port)?;
@@ -173,14 +116,6 @@ impl Platform {
         let (auth_http, auth_grpc) = (auth.http_port(), auth.grpc_port());
 
         config.device.auth_grpc_url = format!("http://127.0.0.1:{auth_grpc}");
-        config.device.issuer = config.auth.issuer.clone();
-        config.device.reset_status_on_start = true;
-        // One device-service writes the device database: it may keep devices
-        // in memory. A capacity set in the configuration is kept; 0 (the
-        // default, right for replicas) means the all-in-one capacity here.
-        if config.device.device_cache_capacity == 0 {
-            config.device.device_cache_capacity = ALL_IN_ONE_DEVICE_CACHE;
-        }
         config.device.auth_jwks_url = format!("http://127.0.0.1:{auth_http}/.well-known/jwks.json");
         config.device.mqtt_gateway_url =
             format!("http://127.0.0.1:{}", config.mqtt_gateway.grpc_port);
@@ -202,7 +137,6 @@ impl Platform {
 
         config.firmware.auth_grpc_url = config.device.auth_grpc_url.clone();
         config.firmware.auth_jwks_url = config.device.auth_jwks_url.clone();
-        config.firmware.issuer = config.auth.issuer.clone();
         config.firmware.device_service_url = format!("http://127.0.0.1:{device_grpc}");
         config.firmware.mqtt_gateway_url = format!("http://127.0.0.1:{mqtt_grpc}");
         if config.firmware.public_url == firmware_service::Config::default().public_url {
@@ -220,7 +154,6 @@ impl Platform {
         config.gateway.device_url = format!("http://127.0.0.1:{device_http}");
         config.gateway.firmware_url = format!("http://127.0.0.1:{firmware_http}");
         config.gateway.jwks_url = String::new();
-        config.gateway.issuer = config.auth.issuer.clone();
         // The console shows new devices the broker's real port.
         config.gateway.console.mqtt_port = mqtt_port;
         let gateway =
@@ -326,16 +259,14 @@ impl Platform {
             database_url: String::new(),
             signing_key_file: Default::default(),
             ..config.auth
-        }
-        .with_data_dir(dir);
+        };
         config.device = device_service::Config {
             host: localhost,
             http_port: 0,
             grpc_port: 0,
             database_url: String::new(),
             ..config.device
-        }
-        .with_data_dir(dir);
+        };
         config.mqtt_gateway = mqtt_gateway::Config {
             host: localhost,
             mqtt_port: 0,
@@ -352,10 +283,9 @@ impl Platform {
             upload_dir: Default::default(),
             ..config.firmware
         };
-        // Filled from the default data directory when the configuration was
-        // loaded; files belong under `dir`.
+        // Files belong under `dir`: completing the configuration puts them there.
         firmware.storage.local_dir = Default::default();
-        config.firmware = firmware.with_data_dir(dir);
+        config.firmware = firmware;
         config.gateway = api_gateway::Config {
             host: localhost,
             http_port: 0,
@@ -424,39 +354,4 @@ fn print_admin_banner(username: &str, generated: Option<&str>, http_port: u16) {
          -H 'content-type: application/json' -d '{{\"username\":\"{username}\",\"password\":\"...\"}}'"
     );
     println!();
-}
-
-#[cfg(test)]
-#[allow(clippy::unwrap_used)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn the_services_own_ports_stay_on_this_machine_by_default() {
-        let mut config = PlatformConfig::default();
-        config.device.host = "10.1.2.3".parse().unwrap();
-        config.firmware.grpc_port = 6000;
-        keep_services_internal(&mut config);
-        let loopback = IpAddr::V4(Ipv4Addr::LOCALHOST);
-        assert_eq!(config.auth.host, loopback);
-        assert_eq!(config.firmware.host, loopback);
-        assert_eq!(config.mqtt_gateway.service_host, Some(loopback));
-        // A host chosen on purpose is kept, and the public listeners stay public.
-        assert_eq!(config.device.host, "10.1.2.3".parse::<IpAddr>().unwrap());
-        assert!(config.mqtt_gateway.host.is_unspecified());
-        assert!(config.gateway.host.is_unspecified());
-        // gRPC ports at the distributed defaults become free ports; a
-        // configured one is kept.
-        assert_eq!(config.auth.grpc_port, 0);
-        assert_eq!(config.device.grpc_port, 0);
-        assert_eq!(config.mqtt_gateway.grpc_port, 0);
-        assert_eq!(config.firmware.grpc_port, 6000);
-
-        let mut exposed = PlatformConfig::default();
-        exposed.internal.expose_services = true;
-        keep_services_internal(&mut exposed);
-        assert!(exposed.auth.host.is_unspecified());
-        assert_eq!(exposed.auth.grpc_port, 50051);
-        assert_eq!(exposed.mqtt_gateway.service_host, None);
-    }
 }

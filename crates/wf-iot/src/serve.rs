@@ -6,7 +6,7 @@ use std::sync::Arc;
 use anyhow::Context;
 use wf_common::shutdown::until_stopped;
 
-use crate::config::PlatformConfig;
+use crate::config::{PlatformConfig, Role};
 use crate::platform::{Platform, event_bus};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
@@ -57,23 +57,26 @@ impl PortFlags {
     }
 }
 
+/// Runs `target` with a configuration [`PlatformConfig::complete`]d for
+/// it (completed here again, which changes nothing).
 pub async fn run(config: PlatformConfig, target: Target) -> anyhow::Result<()> {
+    let config = config.complete(Role::Serve(target))?;
     std::fs::create_dir_all(&config.data_dir)
         .with_context(|| format!("creating the data directory {}", config.data_dir.display()))?;
     let shutdown = wf_common::shutdown::signal();
+    if target == Target::All {
+        let platform = Platform::start(config).await?;
+        println!("{}", platform.ports.banner());
+        return platform.run_until_signal().await;
+    }
+    // Services running apart exchange events through Redis.
+    let bus = event_bus(&config).await?;
     match target {
-        Target::All => {
-            let platform = Platform::start(config).await?;
-            println!("{}", platform.ports.banner());
-            platform.run_until_signal().await
-        }
+        Target::All => unreachable!("started above"),
         Target::Auth => {
             // auth-service writes the audit entries the other services
             // publish, so it needs the bus they share.
-            let bus = distributed_bus(&config).await?;
-            let mut auth = config.auth;
-            auth.internal_token = config.internal.required_token()?;
-            let app = auth_service::Application::build(Arc::new(auth))
+            let app = auth_service::Application::build(Arc::new(config.auth))
                 .await?
                 .with_events(bus);
             tracing::info!(
@@ -84,14 +87,7 @@ pub async fn run(config: PlatformConfig, target: Target) -> anyhow::Result<()> {
             until_stopped("auth-service", app.run_until_stopped(shutdown)).await
         }
         Target::Device => {
-            let bus = distributed_bus(&config).await?;
-            let mut device = config.device;
-            device.internal_token = config.internal.required_token()?;
-            // Replicas share the permission answers they get.
-            if device.permission_cache_redis_url.trim().is_empty() {
-                device.permission_cache_redis_url = config.events.redis_url.clone();
-            }
-            let app = device_service::Application::build(Arc::new(device), bus).await?;
+            let app = device_service::Application::build(Arc::new(config.device), bus).await?;
             tracing::info!(
                 http_port = app.http_port(),
                 grpc_port = app.grpc_port(),
@@ -100,10 +96,7 @@ pub async fn run(config: PlatformConfig, target: Target) -> anyhow::Result<()> {
             until_stopped("device-service", app.run_until_stopped(shutdown)).await
         }
         Target::MqttGateway => {
-            let bus = distributed_bus(&config).await?;
-            let mut gateway = config.mqtt_gateway;
-            gateway.internal_token = config.internal.required_token()?;
-            let app = mqtt_gateway::Application::build(Arc::new(gateway), bus).await?;
+            let app = mqtt_gateway::Application::build(Arc::new(config.mqtt_gateway), bus).await?;
             tracing::info!(
                 mqtt_port = app.mqtt_port(),
                 http_port = app.http_port(),
@@ -113,13 +106,7 @@ pub async fn run(config: PlatformConfig, target: Target) -> anyhow::Result<()> {
             until_stopped("mqtt-gateway", app.run_until_stopped(shutdown)).await
         }
         Target::Firmware => {
-            let bus = distributed_bus(&config).await?;
-            let mut firmware = config.firmware;
-            firmware.internal_token = config.internal.required_token()?;
-            if firmware.permission_cache_redis_url.trim().is_empty() {
-                firmware.permission_cache_redis_url = config.events.redis_url.clone();
-            }
-            let app = firmware_service::Application::build(Arc::new(firmware), bus).await?;
+            let app = firmware_service::Application::build(Arc::new(config.firmware), bus).await?;
             tracing::info!(
                 http_port = app.http_port(),
                 grpc_port = app.grpc_port(),
@@ -128,12 +115,8 @@ pub async fn run(config: PlatformConfig, target: Target) -> anyhow::Result<()> {
             until_stopped("firmware-service", app.run_until_stopped(shutdown)).await
         }
         Target::Worker => {
-            let bus = distributed_bus(&config).await?;
-            let mut firmware = config.firmware;
-            firmware.internal_token = config.internal.required_token()?;
-            // Alone, the worker answers its own health and readiness probes.
-            firmware.worker.http_port = firmware.worker.http_port.or(Some(WORKER_HTTP_PORT));
-            let worker = firmware_service::worker::Worker::build(Arc::new(firmware), bus).await?;
+            let worker =
+                firmware_service::worker::Worker::build(Arc::new(config.firmware), bus).await?;
             tracing::info!(
                 name = worker.name(),
                 http_port = worker.http_port(),
@@ -142,25 +125,9 @@ pub async fn run(config: PlatformConfig, target: Target) -> anyhow::Result<()> {
             until_stopped("rollout worker", worker.run_until_stopped(shutdown)).await
         }
         Target::Gateway => {
-            let bus = distributed_bus(&config).await?;
             let app = api_gateway::Application::build(Arc::new(config.gateway), bus).await?;
             tracing::info!(http_port = app.http_port(), "api-gateway listening");
             until_stopped("api-gateway", app.run_until_stopped(shutdown)).await
         }
     }
-}
-
-/// Where a worker running alone serves `/healthz`, `/readyz` and
-/// `/metrics` unless `firmware.worker.http_port` says otherwise.
-pub const WORKER_HTTP_PORT: u16 = 8105;
-
-/// Services running apart exchange events through Redis.
-async fn distributed_bus(
-    config: &PlatformConfig,
-) -> anyhow::Result<Arc<dyn wf_common::events::EventBus>> {
-    anyhow::ensure!(
-        !config.events.redis_url.trim().is_empty(),
-        "a service running on its own needs events.redis_url (WF_IOT_EVENTS__REDIS_URL=redis://127.0.0.1:6379)"
-    );
-    event_bus(config).await
 }

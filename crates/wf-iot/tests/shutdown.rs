@@ -1,5 +1,6 @@
 //! Starting and stopping `wf-iot serve`: the start names the console, a
-//! held port stops it before anything says ready, naming the fix; while it
+//! configuration with problems or a held port stops it before anything
+//! says ready, naming the fix; while it
 //! drains it says what it waits for, and a second signal ends it at once;
 //! after a crash, a restart shows no device online that is not connected.
 
@@ -406,4 +407,70 @@ async fn the_start_names_the_console_and_wf_iot_toml_makes_a_moved_port_stick() 
         .await
         .unwrap();
     assert_eq!(page.status(), StatusCode::OK);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_configuration_with_problems_is_refused_naming_every_setting_before_anything_starts() {
+    let dir = tempfile::tempdir().unwrap();
+    let shared = free_port();
+    let mut cmd = serve_command(dir.path(), shared, shared, 0);
+    cmd.env("WF_IOT_AUTH__ISSUER", "acme-iot")
+        .env("WF_IOT_FIRMWARE__ISSUER", "someone-else");
+    let mut server = Server {
+        child: cmd.spawn().expect("wf-iot serve starts"),
+        log: dir.path().join("serve.log"),
+    };
+    let status = server.exit_within(Duration::from_secs(30)).await;
+    assert_eq!(status.code(), Some(2), "{}", server.log());
+    let log = server.log();
+    for named in [
+        "the configuration has 2 problems",
+        &format!("auth.http_port and device.http_port are both {shared}"),
+        "firmware.issuer \"someone-else\" differs from auth.issuer \"acme-iot\"",
+    ] {
+        assert!(log.contains(named), "{named:?} is not named:\n{log}");
+    }
+    // Nothing was created: no database, no key, no administrator.
+    assert!(!dir.path().join("data").exists(), "{log}");
+
+    // `wf-iot config --check` says the same without starting anything, for
+    // the whole platform or a service run alone.
+    let check = |service: &str, envs: &[(&str, &str)]| {
+        let mut cmd = Command::new(BIN);
+        for (key, _) in std::env::vars() {
+            if key.starts_with("WF_IOT_") {
+                cmd.env_remove(key);
+            }
+        }
+        cmd.current_dir(dir.path())
+            .args(["config", "--check", "--service", service])
+            .envs(envs.iter().copied())
+            .output()
+            .expect("wf-iot config runs")
+    };
+    let fine = check("all", &[]);
+    assert!(fine.status.success(), "{fine:?}");
+    assert!(String::from_utf8_lossy(&fine.stdout).contains("is usable"));
+    let alone = check("device", &[("WF_IOT_DEVICE__COMMAND_MAX_WAIT_SECS", "0")]);
+    assert_eq!(alone.status.code(), Some(2));
+    let errors = String::from_utf8_lossy(&alone.stderr);
+    for named in [
+        "the configuration has 3 problems",
+        "device.command_max_wait_secs: must be at least 1, not 0",
+        "WF_IOT_INTERNAL__TOKEN",
+        "events.redis_url",
+    ] {
+        assert!(errors.contains(named), "{named:?} is not named:\n{errors}");
+    }
+    let ready = check(
+        "device",
+        &[
+            (
+                "WF_IOT_INTERNAL__TOKEN",
+                "an-internal-token-of-32-characters",
+            ),
+            ("WF_IOT_EVENTS__REDIS_URL", "redis://127.0.0.1:6379"),
+        ],
+    );
+    assert!(ready.status.success(), "{ready:?}");
 }

@@ -53,6 +53,20 @@ pub struct HttpLimits {
     pub fd_reserve: usize,
 }
 
+impl HttpLimits {
+    /// Settings the listener cannot work with (`http_limits.*`).
+    pub fn check(&self, problems: &mut crate::config::Problems) {
+        problems.section("http_limits", |p| {
+            p.positive("header_read_timeout_secs", self.header_read_timeout_secs);
+            p.require(
+                self.max_header_bytes >= 1024,
+                "max_header_bytes",
+                format_args!("must be at least 1024, not {}", self.max_header_bytes),
+            );
+        });
+    }
+}
+
 impl Default for HttpLimits {
     fn default() -> Self {
         Self {
