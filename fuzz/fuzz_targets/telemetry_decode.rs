@@ -8,11 +8,17 @@
 use libfuzzer_sys::fuzz_target;
 use mqtt_gateway::domain::message::TsSource;
 use mqtt_gateway::domain::{decode, Decoded, Incoming, Route};
-use wf_common::events::{MetricValue, TelemetryMessage, is_metric_name};
+use wf_common::contract::{Event, MetricValue, StatusReason, TelemetryBatch, TelemetryMessage};
 
 /// The gateway's default payload limit.
 const MAX_PAYLOAD: usize = 64 * 1024;
 const RECEIVED_AT: i64 = 1_735_689_600_000;
+
+/// `event` as a consumer reads it back from the bus.
+fn across_the_bus<E: Event + PartialEq + std::fmt::Debug>(event: &E) -> E {
+    let json = serde_json::to_vec(event).expect("the event encodes");
+    serde_json::from_slice(&json).expect("the event decodes")
+}
 
 fuzz_target!(|data: &[u8]| {
     let (head, payload) = match data.iter().position(|&b| b == b'\n') {
@@ -52,8 +58,10 @@ fuzz_target!(|data: &[u8]| {
             for (name, value) in &t.values {
                 assert_ne!(name, "ts", "ts stored as a metric");
                 // What is acknowledged can be stored.
-                assert!(is_metric_name(name), "{name:?} acknowledged");
-                assert!(value.is_storable(), "{name} acknowledged with an unstorable value");
+                assert!(
+                    value.is_storable(),
+                    "{name} acknowledged with an unstorable value"
+                );
                 if let MetricValue::Number(n) = value {
                     assert!(n.is_finite(), "{name} = {n}");
                 }
@@ -62,23 +70,27 @@ fuzz_target!(|data: &[u8]| {
             let json = serde_json::to_vec(&t).expect("telemetry encodes");
             let back: TelemetryMessage = serde_json::from_slice(&json).expect("telemetry decodes");
             assert_eq!(back, t);
+            // And its producer may publish it.
+            let batch = TelemetryBatch { messages: vec![t] };
+            assert_eq!(batch.validate(), Ok(()));
         }
         Decoded::Status(s) => {
             assert_eq!(route, Route::Status);
-            assert_eq!(s.reason == "last_will", last_will);
+            assert_eq!(s.reason == StatusReason::LastWill, last_will);
+            assert_eq!(s.validate(), Ok(()));
+            assert_eq!(across_the_bus(&s), s);
         }
         Decoded::CommandResponded(c) => {
             assert_eq!(route, Route::CommandResponse);
             assert!(!c.command_id.is_empty());
-            assert!(
-                c.status == "succeeded" || c.status == "failed",
-                "{}",
-                c.status
-            );
+            assert_eq!(c.validate(), Ok(()));
+            assert_eq!(across_the_bus(&c), c);
         }
         Decoded::OtaProgress(p) => {
             assert_eq!(route, Route::OtaProgress);
-            assert!(!p.task_id.is_empty() && !p.state.is_empty());
+            assert!(!p.task_id.is_empty());
+            assert_eq!(p.validate(), Ok(()));
+            assert_eq!(across_the_bus(&p), p);
         }
         Decoded::Relayed => assert_eq!(route, Route::ShadowReported),
     }

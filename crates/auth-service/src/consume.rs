@@ -4,7 +4,7 @@
 use std::sync::Arc;
 
 use wf_common::audit::AuditEvent;
-use wf_common::events::{Delivery, EventBus, decode_all, run_consumer, topics};
+use wf_common::events::{Batch, EventBus, run_consumer};
 
 use crate::state::AppState;
 
@@ -18,20 +18,14 @@ const MAX_BATCH: usize = 256;
 /// written is retried; a redelivered event is stored once.
 pub async fn run(state: AppState, bus: Arc<dyn EventBus>, stop: impl Future<Output = ()> + Send) {
     let consumer = state.config.consumer_name.clone();
-    run_consumer(
-        bus,
-        topics::AUDIT_RECORDED,
-        GROUP.into(),
-        consumer,
-        MAX_BATCH,
-        stop,
-        |batch| store(state.clone(), batch),
-    )
+    run_consumer(bus, GROUP.into(), consumer, MAX_BATCH, stop, |batch| {
+        store(state.clone(), batch)
+    })
     .await;
 }
 
-async fn store(state: AppState, batch: Vec<Delivery>) -> anyhow::Result<()> {
-    for event in decode_all::<AuditEvent>(topics::AUDIT_RECORDED, &batch) {
+async fn store(state: AppState, batch: Batch<AuditEvent>) -> anyhow::Result<()> {
+    for event in batch.events() {
         let new = state.store.insert_audit_event(&event).await?;
         if !new {
             tracing::debug!(event_id = %event.event_id, "audit entry delivered again; stored once");

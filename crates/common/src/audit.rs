@@ -19,7 +19,8 @@ use axum::http::header::USER_AGENT;
 use axum::http::request::Parts;
 use serde::{Deserialize, Serialize};
 
-use crate::events::{EventBus, publish_json, topics};
+use crate::contract::{Event, topics};
+use crate::events::EventBus;
 use crate::net::IpRange;
 
 /// Outcomes an audit entry can have.
@@ -155,12 +156,29 @@ impl AuditEvent {
     }
 }
 
+impl Event for AuditEvent {
+    const TOPIC: &'static str = topics::AUDIT_RECORDED;
+
+    fn validate(&self) -> Result<(), String> {
+        if self.event_id.is_empty() {
+            return Err("event_id is empty".into());
+        }
+        if self.action.is_empty() {
+            return Err("action is empty".into());
+        }
+        if ![SUCCESS, FAILURE, DENIED].contains(&self.outcome.as_str()) {
+            return Err(format!("{:?} is not an outcome", self.outcome));
+        }
+        Ok(())
+    }
+}
+
 /// Publishes `event` on `audit.recorded`. Called after the change has
 /// committed; a failure does not undo it or fail the request, so it is
 /// logged with the whole entry and counted in
 /// `wf_audit_events_unpublished_total{action}`.
 pub async fn record(bus: &dyn EventBus, event: AuditEvent) {
-    if let Err(e) = publish_json(bus, topics::AUDIT_RECORDED, std::slice::from_ref(&event)).await {
+    if let Err(e) = crate::events::publish(bus, std::slice::from_ref(&event)).await {
         metrics::counter!("wf_audit_events_unpublished_total", "action" => event.action.clone())
             .increment(1);
         tracing::error!(
@@ -222,5 +240,10 @@ mod tests {
         assert_eq!(a.request_id.as_deref(), Some("req-1"));
         let json = serde_json::to_vec(&a).unwrap();
         assert_eq!(serde_json::from_slice::<AuditEvent>(&json).unwrap(), a);
+        assert_eq!(a.validate(), Ok(()));
+        assert_eq!(b.validate(), Ok(()));
+        let mut odd = a.clone();
+        odd.outcome = "maybe".into();
+        assert!(odd.validate().is_err());
     }
 }

@@ -10,29 +10,25 @@
 //!   same consumer after a restart, and claimed by others once idle.
 //!
 //! Handlers must be idempotent: a delivery can arrive twice.
+//!
+//! What travels is the event contract ([`crate::contract`]): services
+//! publish payload types with [`publish`] (or [`Encoded`] and
+//! [`publish_confirmed`]), each on its own topic and validated first, and
+//! consume them with [`run_consumer`], which hands out [`Batch`]es of one
+//! payload type. The [`EventBus`] trait itself moves bytes on named topics,
+//! for the implementations of the bus.
 
 use std::collections::HashMap;
+use std::marker::PhantomData;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
-use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 use tokio::sync::{mpsc, oneshot};
 
-/// Topic names, as DESIGN.md fixes them.
-pub mod topics {
-    pub const DEVICE_DATA_RECEIVED: &str = "device.data.received";
-    pub const DEVICE_STATUS_CHANGED: &str = "device.status.changed";
-    pub const DEVICE_COMMAND_RESPONDED: &str = "device.command.responded";
-    pub const DEVICE_OTA_PROGRESS: &str = "device.ota.progress";
-    pub const DEVICE_DELETED: &str = "device.deleted";
-    pub const MQTT_BROKER_HEARTBEAT: &str = "mqtt.broker.heartbeat";
-    /// An operator's change, for auth-service's audit log
-    /// ([`crate::audit::AuditEvent`]).
-    pub const AUDIT_RECORDED: &str = "audit.recorded";
-}
+use crate::contract::Event;
 
 #[derive(Debug, thiserror::Error)]
 pub enum BusError {
@@ -40,6 +36,10 @@ pub enum BusError {
     Unavailable(String),
     #[error("malformed event: {0}")]
     Malformed(String),
+    /// An event its producer was about to publish failed
+    /// [`Event::validate`]; nothing was published.
+    #[error("invalid {topic} event: {reason}")]
+    Invalid { topic: &'static str, reason: String },
 }
 
 impl From<redis::RedisError> for BusError {
@@ -59,7 +59,9 @@ pub struct Delivery {
 }
 
 impl Delivery {
-    pub fn decode<T: DeserializeOwned>(&self) -> Result<T, BusError> {
+    /// The payload as an event of type `E` (see [`crate::contract`] for
+    /// what decoding checks and what it leaves to the consumer).
+    pub fn decode<E: Event>(&self) -> Result<E, BusError> {
         serde_json::from_slice(&self.payload).map_err(|e| BusError::Malformed(e.to_string()))
     }
 
@@ -159,51 +161,143 @@ pub trait Subscription: Send {
     async fn ack(&mut self, ids: &[String]) -> Result<(), BusError>;
 }
 
-/// Serializes each item as one event and publishes them.
-pub async fn publish_json<T: Serialize>(
+/// Events of one payload type, validated and serialized, ready for their
+/// topic. A retry publishes the same bytes again.
+pub struct Encoded<E> {
+    payloads: Vec<Vec<u8>>,
+    event: PhantomData<fn(&E)>,
+}
+
+impl<E: Event> Encoded<E> {
+    pub fn new() -> Self {
+        Self {
+            payloads: Vec::new(),
+            event: PhantomData,
+        }
+    }
+
+    /// `events`, all of them or none: the first that fails validation is
+    /// the error.
+    pub fn of(events: &[E]) -> Result<Self, BusError> {
+        let mut encoded = Self::new();
+        for event in events {
+            encoded.push(event)?;
+        }
+        Ok(encoded)
+    }
+
+    /// Adds `event` after the others once it passes [`Event::validate`];
+    /// `Err` leaves the rest as they were.
+    pub fn push(&mut self, event: &E) -> Result<(), BusError> {
+        event.validate().map_err(|reason| BusError::Invalid {
+            topic: E::TOPIC,
+            reason,
+        })?;
+        let payload = serde_json::to_vec(event).map_err(|e| BusError::Malformed(e.to_string()))?;
+        self.payloads.push(payload);
+        Ok(())
+    }
+
+    /// How many events.
+    pub fn len(&self) -> usize {
+        self.payloads.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.payloads.is_empty()
+    }
+}
+
+impl<E: Event> Default for Encoded<E> {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+/// Publishes `events` in order on their topic, each as one event, once
+/// every one of them passes [`Event::validate`]: when one does not,
+/// nothing is published.
+pub async fn publish<E: Event>(bus: &dyn EventBus, events: &[E]) -> Result<(), BusError> {
+    let encoded = Encoded::of(events)?;
+    bus.publish(E::TOPIC, encoded.payloads).await
+}
+
+/// Publishes `events` in order on their topic and tells when they are safe
+/// (see [`Confirmation`]).
+pub async fn publish_confirmed<E: Event>(
     bus: &dyn EventBus,
-    topic: &str,
-    items: &[T],
-) -> Result<(), BusError> {
-    let payloads = items
-        .iter()
-        .map(|i| serde_json::to_vec(i).map_err(|e| BusError::Malformed(e.to_string())))
-        .collect::<Result<Vec<_>, _>>()?;
-    bus.publish(topic, payloads).await
+    events: &Encoded<E>,
+) -> Result<Confirmation, BusError> {
+    bus.publish_confirmed(E::TOPIC, events.payloads.clone())
+        .await
 }
 
-/// Decodes each delivery of a batch, logging and skipping the ones that
-/// do not parse (a handler that failed on them would be retried forever).
-pub fn decode_all<T: serde::de::DeserializeOwned>(topic: &str, batch: &[Delivery]) -> Vec<T> {
-    batch
-        .iter()
-        .filter_map(|d| match d.decode::<T>() {
-            Ok(v) => Some(v),
-            Err(e) => {
-                tracing::warn!(topic, id = %d.id, error = %e, "skipping an undecodable event");
-                None
-            }
-        })
-        .collect()
+/// A batch of deliveries from the topic of `E`, as [`run_consumer`] hands
+/// them to its handler.
+pub struct Batch<E> {
+    deliveries: Vec<Delivery>,
+    event: PhantomData<fn() -> E>,
 }
 
-/// Consumes `topic` as a member of `group` until `stop` resolves. Each batch
-/// goes to `handle`; on success it is acknowledged, on failure it is retried
-/// (with backoff) before anything newer is read, so a database outage delays
-/// events but loses none. Handlers skip (and log) payloads they cannot
-/// decode rather than failing on them forever.
-pub async fn run_consumer<H, Fut>(
+impl<E: Event> Batch<E> {
+    pub fn new(deliveries: Vec<Delivery>) -> Self {
+        Self {
+            deliveries,
+            event: PhantomData,
+        }
+    }
+
+    /// How many deliveries, whether they decode or not.
+    pub fn len(&self) -> usize {
+        self.deliveries.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.deliveries.is_empty()
+    }
+
+    /// The events of the batch, in order. Deliveries that do not decode are
+    /// logged and skipped (a handler that failed on them would be retried
+    /// forever).
+    pub fn events(&self) -> Vec<E> {
+        self.events_where(|_| true)
+    }
+
+    /// [`Batch::events`] of the deliveries `keep` selects, looked at before
+    /// they are decoded.
+    pub fn events_where(&self, mut keep: impl FnMut(&Delivery) -> bool) -> Vec<E> {
+        self.deliveries
+            .iter()
+            .filter(|d| keep(d))
+            .filter_map(|d| match d.decode::<E>() {
+                Ok(event) => Some(event),
+                Err(e) => {
+                    tracing::warn!(topic = E::TOPIC, id = %d.id, error = %e, "skipping an undecodable event");
+                    None
+                }
+            })
+            .collect()
+    }
+}
+
+/// Consumes the topic of `E` as a member of `group` until `stop` resolves.
+/// Each batch goes to `handle`; on success it is acknowledged, on failure it
+/// is retried (with backoff) before anything newer is read, so a database
+/// outage delays events but loses none. [`Batch::events`] skips (and logs)
+/// payloads that do not decode rather than failing on them forever.
+pub async fn run_consumer<E, H, Fut>(
     bus: Arc<dyn EventBus>,
-    topic: &'static str,
     group: String,
     consumer: String,
     max_batch: usize,
     stop: impl Future<Output = ()> + Send,
     mut handle: H,
 ) where
-    H: FnMut(Vec<Delivery>) -> Fut + Send,
+    E: Event,
+    H: FnMut(Batch<E>) -> Fut + Send,
     Fut: Future<Output = anyhow::Result<()>> + Send,
 {
+    let topic = E::TOPIC;
     tokio::pin!(stop);
     let mut backoff = Duration::from_millis(100);
     let mut subscription: Option<Box<dyn Subscription>> = None;
@@ -255,7 +349,7 @@ pub async fn run_consumer<H, Fut>(
             }
         }
         let ids: Vec<String> = pending.iter().map(|d| d.id.clone()).collect();
-        match handle(pending.clone()).await {
+        match handle(Batch::new(pending.clone())).await {
             Ok(()) => {
                 pending.clear();
                 backoff = Duration::from_millis(100);
@@ -288,113 +382,6 @@ async fn sleep_or_stop(
     };
     *backoff = (*backoff * 2).min(Duration::from_secs(10));
     stopped
-}
-
-// ---------------------------------------------------------------------------
-// Event payloads
-
-/// A metric value: JSON numbers, booleans and strings.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(untagged)]
-pub enum MetricValue {
-    Bool(bool),
-    Number(f64),
-    Text(String),
-}
-
-/// The longest text value stored, in bytes.
-pub const MAX_TEXT_VALUE_BYTES: usize = 4096;
-
-/// Whether `name` can name a metric: 1 to 64 letters, digits, `.`, `_` or
-/// `-`. The gateway refuses telemetry with any other name, so that what it
-/// acknowledges can be stored.
-pub fn is_metric_name(name: &str) -> bool {
-    (1..=64).contains(&name.len())
-        && name
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'))
-}
-
-impl MetricValue {
-    /// Whether the store takes the value (text up to
-    /// [`MAX_TEXT_VALUE_BYTES`]).
-    pub fn is_storable(&self) -> bool {
-        !matches!(self, Self::Text(t) if t.len() > MAX_TEXT_VALUE_BYTES)
-    }
-}
-
-/// One telemetry message from one device (`devices/{id}/telemetry`).
-/// `device.data.received` carries a JSON array of these.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct TelemetryMessage {
-    pub device_id: String,
-    /// The device's timestamp (ms), or the time the gateway received it.
-    pub ts: i64,
-    pub values: Vec<(String, MetricValue)>,
-}
-
-/// `device.status.changed`.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct StatusChanged {
-    pub device_id: String,
-    pub online: bool,
-    /// When it happened (ms).
-    pub at: i64,
-    /// `connected`, `disconnected`, `status_message` or `last_will`
-    /// from the gateway; `gateway_lost` or `server_restart` from
-    /// device-service.
-    pub reason: String,
-    /// The embedded broker instance that holds the device's connection
-    /// (see [`BrokerHeartbeat`]); none with an external broker, whose
-    /// connections no gateway instance owns.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub broker: Option<String>,
-}
-
-/// `device.command.responded`, from `devices/{id}/commands/response`.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct CommandResponded {
-    pub device_id: String,
-    pub command_id: String,
-    /// `succeeded` or `failed` (anything else the device says is `failed`).
-    pub status: String,
-    #[serde(default)]
-    pub result: serde_json::Value,
-    pub at: i64,
-}
-
-/// `device.ota.progress`, from `devices/{id}/ota/progress`.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct OtaProgress {
-    pub device_id: String,
-    pub task_id: String,
-    pub state: String,
-    #[serde(default)]
-    pub progress: Option<f64>,
-    #[serde(default)]
-    pub error: Option<String>,
-    #[serde(default)]
-    pub version: Option<String>,
-    pub at: i64,
-}
-
-/// `mqtt.broker.heartbeat`: an embedded broker instance (one per
-/// mqtt-gateway process start) is alive and holds the connections its
-/// status events named, until `at + lease_ms`. When the lease lapses with
-/// no new heartbeat (a crashed or cut-off gateway), device-service takes
-/// that instance's devices offline.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct BrokerHeartbeat {
-    pub broker: String,
-    pub at: i64,
-    pub lease_ms: i64,
-}
-
-/// `device.deleted`.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct DeviceDeleted {
-    pub device_id: String,
-    pub at: i64,
 }
 
 // ---------------------------------------------------------------------------
@@ -915,37 +902,114 @@ impl Subscription for RedisSubscription {
 #[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
+    use crate::contract::{DeviceDeleted, StatusChanged, StatusReason, topics};
 
-    #[test]
-    fn telemetry_values_cross_the_bus_bit_for_bit() {
-        // Doubles whose shortest decimal form the default JSON parser reads
-        // back one unit in the last place off.
-        let values = [
-            1.0715660391465826e-75,
-            -1.81996730402717e-179,
-            -1.603964615428183e143,
-        ];
-        let msg = TelemetryMessage {
-            device_id: "d1".into(),
-            ts: 1,
-            values: values
-                .iter()
-                .enumerate()
-                .map(|(i, v)| (format!("m{i}"), MetricValue::Number(*v)))
-                .collect(),
-        };
-        let back: TelemetryMessage =
-            serde_json::from_slice(&serde_json::to_vec(&msg).unwrap()).unwrap();
-        for ((_, got), want) in back.values.iter().zip(values) {
-            let MetricValue::Number(got) = got else {
-                panic!("{got:?} is not a number")
-            };
-            assert_eq!(
-                got.to_bits(),
-                want.to_bits(),
-                "{want:e} came back as {got:e}"
-            );
+    fn deleted(device: &str) -> DeviceDeleted {
+        DeviceDeleted {
+            device_id: device.into(),
+            at: 1,
         }
+    }
+
+    #[tokio::test]
+    async fn an_invalid_event_is_refused_and_nothing_reaches_the_bus() {
+        let bus = InProcessBus::new();
+        let mut sub = bus
+            .subscribe(topics::DEVICE_DELETED, "g", "c")
+            .await
+            .unwrap();
+        let refused = publish(&bus, &[deleted("d1"), deleted("")]).await;
+        assert!(
+            matches!(
+                refused,
+                Err(BusError::Invalid {
+                    topic: topics::DEVICE_DELETED,
+                    ..
+                })
+            ),
+            "{refused:?}"
+        );
+        assert!(
+            sub.next(10, Duration::from_millis(200))
+                .await
+                .unwrap()
+                .is_empty(),
+            "part of a refused publish reached the bus"
+        );
+
+        let mut encoded = Encoded::new();
+        encoded.push(&deleted("d1")).unwrap();
+        assert!(encoded.push(&deleted("")).is_err());
+        assert_eq!(encoded.len(), 1);
+        let confirmation = publish_confirmed(&bus, &encoded).await.unwrap();
+        let got = drain(&mut sub, 1).await;
+        assert_eq!(got[0].decode::<DeviceDeleted>().unwrap(), deleted("d1"));
+        sub.ack(&[got[0].id.clone()]).await.unwrap();
+        confirmation.wait().await.unwrap();
+    }
+
+    #[tokio::test]
+    async fn events_go_out_on_their_own_topic_and_come_back_as_their_type() {
+        let bus = Arc::new(InProcessBus::new());
+        let mut status = bus
+            .subscribe(topics::DEVICE_STATUS_CHANGED, "g", "c")
+            .await
+            .unwrap();
+        bus.publish(topics::DEVICE_DELETED, vec![b"not json".to_vec()])
+            .await
+            .unwrap();
+        publish(bus.as_ref(), &[deleted("d1"), deleted("d2")])
+            .await
+            .unwrap();
+
+        let (tx, mut rx) = mpsc::unbounded_channel();
+        let stop = crate::shutdown::Shutdown::new();
+        let consumer = tokio::spawn(run_consumer::<DeviceDeleted, _, _>(
+            bus.clone(),
+            "g".into(),
+            "c".into(),
+            10,
+            stop.wait(),
+            move |batch| {
+                let _ = tx.send((batch.len(), batch.events()));
+                async { Ok(()) }
+            },
+        ));
+        let (deliveries, events) = tokio::time::timeout(Duration::from_secs(5), rx.recv())
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(deliveries, 3);
+        // The undecodable one is skipped.
+        assert_eq!(events, [deleted("d1"), deleted("d2")]);
+        stop.trigger();
+        consumer.await.unwrap();
+        assert!(
+            status
+                .next(10, Duration::from_millis(100))
+                .await
+                .unwrap()
+                .is_empty()
+        );
+
+        publish(
+            bus.as_ref(),
+            &[StatusChanged {
+                device_id: "d1".into(),
+                online: true,
+                at: 1,
+                reason: StatusReason::Connected,
+                broker: None,
+            }],
+        )
+        .await
+        .unwrap();
+        let got = drain(&mut status, 1).await;
+        let wire: serde_json::Value = serde_json::from_slice(&got[0].payload).unwrap();
+        assert_eq!(
+            wire,
+            serde_json::json!({"device_id": "d1", "online": true, "at": 1, "reason": "connected"})
+        );
     }
 
     async fn drain(sub: &mut Box<dyn Subscription>, n: usize) -> Vec<Delivery> {
@@ -1116,9 +1180,8 @@ mod tests {
     #[tokio::test]
     async fn a_consumer_stopped_while_it_waits_to_retry_ends() {
         let stop = crate::shutdown::Shutdown::new();
-        let consumer = tokio::spawn(run_consumer(
+        let consumer = tokio::spawn(run_consumer::<DeviceDeleted, _, _>(
             Arc::new(Unreachable),
-            "t",
             "g".into(),
             "c".into(),
             10,

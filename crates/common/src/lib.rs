@@ -6,6 +6,7 @@ pub mod audit;
 pub mod caller;
 pub mod clients;
 pub mod config;
+pub mod contract;
 pub mod db;
 pub mod error;
 pub mod events;

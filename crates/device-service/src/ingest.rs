@@ -8,13 +8,14 @@ use std::sync::atomic::{AtomicBool, Ordering as AtomicOrdering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use wf_common::events::{
-    BrokerHeartbeat, CommandResponded, Delivery, MAX_TEXT_VALUE_BYTES, OtaProgress, StatusChanged,
-    TelemetryMessage, decode_all, is_metric_name, publish_json, run_consumer, topics,
+use wf_common::contract::{
+    BrokerHeartbeat, CommandOutcome, CommandResponded, Event, MAX_TEXT_VALUE_BYTES, OtaProgress,
+    OtaState, StatusChanged, StatusReason, TelemetryBatch,
 };
+use wf_common::events::{Batch, publish, run_consumer};
 use wf_common::shutdown::Shutdown;
 
-use crate::domain::CommandStatus;
+use crate::domain::{CommandStatus, Reading};
 use crate::state::AppState;
 
 /// The consumer group of every device-service replica.
@@ -26,9 +27,9 @@ const GROUP: &str = "device-service";
 /// database commit serve the whole fleet.
 const TELEMETRY_EVENTS_PER_BATCH: usize = 1024;
 
-/// The most telemetry messages written in one transaction (full events
-/// carry up to 500 each).
-const MESSAGES_PER_TRANSACTION: usize = 32_000;
+/// The most readings (telemetry messages) written in one transaction (full
+/// events carry up to 500 each).
+const READINGS_PER_TRANSACTION: usize = 32_000;
 
 /// Values refused by the store are logged at most this often (each is counted).
 static REFUSED_LOG: wf_common::telemetry::LogEvery =
@@ -44,9 +45,8 @@ pub async fn run(state: AppState, stop: Shutdown) {
     let last_seen: Arc<Mutex<HashMap<String, i64>>> = Arc::default();
     let telemetry = {
         let last_seen = last_seen.clone();
-        consume(
+        consume::<TelemetryBatch, _, _>(
             &state,
-            topics::DEVICE_DATA_RECEIVED,
             TELEMETRY_EVENTS_PER_BATCH,
             &stop,
             move |state, batch| {
@@ -55,36 +55,24 @@ pub async fn run(state: AppState, stop: Shutdown) {
             },
         )
     };
-    let status = consume(
-        &state,
-        topics::DEVICE_STATUS_CHANGED,
-        256,
-        &stop,
-        |state, batch| async move { apply_status(&state, batch).await },
-    );
-    let responses = consume(
-        &state,
-        topics::DEVICE_COMMAND_RESPONDED,
-        256,
-        &stop,
-        |state, batch| async move { complete_commands(&state, batch).await },
-    );
-    let updates = consume(
-        &state,
-        topics::DEVICE_OTA_PROGRESS,
-        256,
-        &stop,
-        |state, batch| async move { record_firmware_versions(&state, batch).await },
-    );
+    let status = consume::<StatusChanged, _, _>(&state, 256, &stop, |state, batch| async move {
+        apply_status(&state, batch).await
+    });
+    let responses =
+        consume::<CommandResponded, _, _>(&state, 256, &stop, |state, batch| async move {
+            complete_commands(&state, batch).await
+        });
+    let updates = consume::<OtaProgress, _, _>(&state, 256, &stop, |state, batch| async move {
+        record_firmware_versions(&state, batch).await
+    });
     // Lapsed leases are swept only once the heartbeats published while
     // this process was away have been read: a lease is only as old as the
     // last heartbeat seen.
     let leases_current = Arc::new(AtomicBool::new(false));
     let leases = {
         let current = leases_current.clone();
-        consume(
+        consume::<BrokerHeartbeat, _, _>(
             &state,
-            topics::MQTT_BROKER_HEARTBEAT,
             HEARTBEATS_PER_BATCH,
             &stop,
             move |state, batch| {
@@ -113,21 +101,16 @@ pub async fn run(state: AppState, stop: Shutdown) {
     );
 }
 
-/// A consumer of `topic` in device-service's group: `handle` gets each
-/// batch of at most `max_batch` events until `stop` is triggered.
-async fn consume<H, Fut>(
-    state: &AppState,
-    topic: &'static str,
-    max_batch: usize,
-    stop: &Shutdown,
-    handle: H,
-) where
-    H: Fn(AppState, Vec<Delivery>) -> Fut + Send + Sync,
+/// A consumer of the topic of `E` in device-service's group: `handle` gets
+/// each batch of at most `max_batch` events until `stop` is triggered.
+async fn consume<E, H, Fut>(state: &AppState, max_batch: usize, stop: &Shutdown, handle: H)
+where
+    E: Event,
+    H: Fn(AppState, Batch<E>) -> Fut + Send + Sync,
     Fut: Future<Output = anyhow::Result<()>> + Send,
 {
     run_consumer(
         state.bus.clone(),
-        topic,
         GROUP.into(),
         state.config.consumer_name.clone(),
         max_batch,
@@ -140,25 +123,31 @@ async fn consume<H, Fut>(
 async fn store_telemetry(
     state: &AppState,
     last_seen: &Mutex<HashMap<String, i64>>,
-    batch: Vec<Delivery>,
+    batch: Batch<TelemetryBatch>,
 ) -> anyhow::Result<()> {
-    let mut messages: Vec<TelemetryMessage> =
-        decode_all::<Vec<TelemetryMessage>>(topics::DEVICE_DATA_RECEIVED, &batch)
-            .into_iter()
-            .flatten()
-            .collect();
-    // The gateway validates payloads; values that cannot be stored are still
+    let mut readings: Vec<Reading> = batch
+        .events()
+        .into_iter()
+        .flat_map(|b| b.messages)
+        .map(|m| Reading {
+            device_id: m.device_id,
+            ts: m.ts,
+            values: m.values,
+        })
+        .collect();
+    // The gateway publishes only what can be stored, and an event naming a
+    // metric badly does not decode; text too long for the store is still
     // dropped here, so one bad value can never hold up the batch forever.
-    for m in &mut messages {
-        m.values.retain(|(metric, value)| {
-            let ok = is_metric_name(metric) && value.is_storable();
+    for r in &mut readings {
+        r.values.retain(|(metric, value)| {
+            let ok = value.is_storable();
             if !ok {
                 metrics::counter!("wf_telemetry_values_rejected_total").increment(1);
                 if REFUSED_LOG.ready() {
                     tracing::warn!(
-                        device_id = %m.device_id,
+                        device_id = %r.device_id,
                         metric = %metric,
-                        "telemetry value not stored: invalid metric name or text over {MAX_TEXT_VALUE_BYTES} bytes \
+                        "telemetry value not stored: text over {MAX_TEXT_VALUE_BYTES} bytes \
                          (wf_telemetry_values_rejected_total counts every one)"
                     );
                 }
@@ -166,16 +155,16 @@ async fn store_telemetry(
             ok
         });
     }
-    messages.retain(|m| !m.values.is_empty());
-    if messages.is_empty() {
+    readings.retain(|r| !r.values.is_empty());
+    if readings.is_empty() {
         return Ok(());
     }
-    let offered: u64 = messages.iter().map(|m| m.values.len() as u64).sum();
+    let offered: u64 = readings.iter().map(|r| r.values.len() as u64).sum();
     let mut stored = 0;
-    for chunk in messages.chunks(MESSAGES_PER_TRANSACTION) {
+    for chunk in readings.chunks(READINGS_PER_TRANSACTION) {
         stored += state.store.insert_telemetry(chunk).await?;
     }
-    metrics::counter!("wf_telemetry_messages_stored_total").increment(messages.len() as u64);
+    metrics::counter!("wf_telemetry_messages_stored_total").increment(readings.len() as u64);
     metrics::counter!("wf_telemetry_values_stored_total").increment(stored);
     // A value whose (device, metric, ts) is stored already: a redelivered
     // event, or a device that sent two values with the same `ts`.
@@ -192,22 +181,22 @@ async fn store_telemetry(
     }
     let now = wf_common::now_millis();
     if let Ok(mut seen) = last_seen.lock() {
-        for m in &messages {
-            seen.insert(m.device_id.clone(), now);
+        for r in &readings {
+            seen.insert(r.device_id.clone(), now);
         }
     }
     Ok(())
 }
 
-async fn apply_status(state: &AppState, batch: Vec<Delivery>) -> anyhow::Result<()> {
-    for change in decode_all::<StatusChanged>(topics::DEVICE_STATUS_CHANGED, &batch) {
+async fn apply_status(state: &AppState, batch: Batch<StatusChanged>) -> anyhow::Result<()> {
+    for change in batch.events() {
         let applied = state
             .store
             .apply_status(
                 &change.device_id,
                 change.online,
                 change.at,
-                &change.reason,
+                change.reason.as_str(),
                 change.broker.as_deref(),
             )
             .await?;
@@ -219,8 +208,11 @@ async fn apply_status(state: &AppState, batch: Vec<Delivery>) -> anyhow::Result<
     Ok(())
 }
 
-async fn renew_broker_leases(state: &AppState, batch: Vec<Delivery>) -> anyhow::Result<()> {
-    for beat in decode_all::<BrokerHeartbeat>(topics::MQTT_BROKER_HEARTBEAT, &batch) {
+async fn renew_broker_leases(
+    state: &AppState,
+    batch: Batch<BrokerHeartbeat>,
+) -> anyhow::Result<()> {
+    for beat in batch.events() {
         state
             .store
             .renew_broker_lease(&beat.broker, beat.at.saturating_add(beat.lease_ms))
@@ -284,7 +276,7 @@ async fn sweep_once(state: &AppState, unknown: bool) -> anyhow::Result<usize> {
     for (device, broker) in lost {
         if state
             .store
-            .mark_offline_on(&device, &broker, now, "gateway_lost")
+            .mark_offline_on(&device, &broker, now, StatusReason::GatewayLost.as_str())
             .await?
         {
             tracing::info!(device_id = %device, broker = %broker, "device offline: its gateway instance stopped renewing its lease");
@@ -293,13 +285,13 @@ async fn sweep_once(state: &AppState, unknown: bool) -> anyhow::Result<usize> {
                 device_id: device,
                 online: false,
                 at: now,
-                reason: "gateway_lost".into(),
+                reason: StatusReason::GatewayLost,
                 broker: None,
             });
         }
     }
     if !changes.is_empty() {
-        publish_json(state.bus.as_ref(), topics::DEVICE_STATUS_CHANGED, &changes).await?;
+        publish(state.bus.as_ref(), &changes).await?;
     }
     Ok(changes.len())
 }
@@ -345,12 +337,11 @@ async fn redeliver_commands(state: AppState, device_id: String) {
     }
 }
 
-async fn complete_commands(state: &AppState, batch: Vec<Delivery>) -> anyhow::Result<()> {
-    for response in decode_all::<CommandResponded>(topics::DEVICE_COMMAND_RESPONDED, &batch) {
-        let status = if response.status == "succeeded" {
-            CommandStatus::Succeeded
-        } else {
-            CommandStatus::Failed
+async fn complete_commands(state: &AppState, batch: Batch<CommandResponded>) -> anyhow::Result<()> {
+    for response in batch.events() {
+        let status = match response.status {
+            CommandOutcome::Succeeded => CommandStatus::Succeeded,
+            CommandOutcome::Failed => CommandStatus::Failed,
         };
         let error = (status == CommandStatus::Failed).then_some("the device reported a failure");
         let completed = state
@@ -379,12 +370,12 @@ const MAX_VERSION_LEN: usize = 64;
 /// A device that reports a finished update (`succeeded`, after restarting
 /// into the new image) runs the version it names: the registry shows it.
 /// Whether the rollout counts it as a success is firmware-service's call.
-async fn record_firmware_versions(state: &AppState, batch: Vec<Delivery>) -> anyhow::Result<()> {
-    for report in decode_all::<OtaProgress>(topics::DEVICE_OTA_PROGRESS, &batch) {
-        let finished = matches!(
-            report.state.trim().to_ascii_lowercase().as_str(),
-            "succeeded" | "success"
-        );
+async fn record_firmware_versions(
+    state: &AppState,
+    batch: Batch<OtaProgress>,
+) -> anyhow::Result<()> {
+    for report in batch.events() {
+        let finished = report.state == OtaState::Succeeded;
         let Some(version) = report.version.as_deref().map(str::trim) else {
             continue;
         };

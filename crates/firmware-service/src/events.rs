@@ -5,9 +5,8 @@
 
 use std::sync::Arc;
 
-use wf_common::events::{
-    Delivery, DeviceDeleted, EventBus, OtaProgress, decode_all, run_consumer, topics,
-};
+use wf_common::contract::{DeviceDeleted, OtaProgress, OtaState};
+use wf_common::events::{Batch, EventBus, run_consumer};
 use wf_common::shutdown::Shutdown;
 
 use crate::domain::{ExecutionEvent, Reported};
@@ -23,7 +22,6 @@ pub async fn run(store: Store, bus: Arc<dyn EventBus>, consumer: String, stop: S
         let store = store.clone();
         run_consumer(
             bus.clone(),
-            topics::DEVICE_OTA_PROGRESS,
             GROUP.into(),
             consumer.clone(),
             128,
@@ -34,27 +32,26 @@ pub async fn run(store: Store, bus: Arc<dyn EventBus>, consumer: String, stop: S
             },
         )
     };
-    let deleted = run_consumer(
-        bus,
-        topics::DEVICE_DELETED,
-        GROUP.into(),
-        consumer,
-        64,
-        stop.wait(),
-        move |batch| {
-            let store = store.clone();
-            async move { cancel_deleted(&store, batch).await }
-        },
-    );
+    let deleted = run_consumer(bus, GROUP.into(), consumer, 64, stop.wait(), move |batch| {
+        let store = store.clone();
+        async move { cancel_deleted(&store, batch).await }
+    });
     tokio::join!(progress, deleted);
 }
 
-pub async fn apply_progress(store: &Store, batch: Vec<Delivery>) -> anyhow::Result<()> {
-    for p in decode_all::<OtaProgress>(topics::DEVICE_OTA_PROGRESS, &batch) {
-        let Some(reported) = Reported::parse(&p.state) else {
-            tracing::warn!(device_id = %p.device_id, task_id = %p.task_id, state = %p.state, "unknown OTA state reported");
-            continue;
-        };
+/// What a device's reported OTA state means to its execution.
+fn reported(state: OtaState) -> Reported {
+    match state {
+        OtaState::Downloading => Reported::Downloading,
+        OtaState::Installing => Reported::Installing,
+        OtaState::Succeeded => Reported::Succeeded,
+        OtaState::Failed => Reported::Failed,
+        OtaState::Rejected => Reported::Rejected,
+    }
+}
+
+pub async fn apply_progress(store: &Store, batch: Batch<OtaProgress>) -> anyhow::Result<()> {
+    for p in batch.events() {
         let Some(task) = store.get_task(&p.task_id).await? else {
             tracing::debug!(device_id = %p.device_id, task_id = %p.task_id, "progress for an unknown task");
             continue;
@@ -71,7 +68,7 @@ pub async fn apply_progress(store: &Store, batch: Vec<Delivery>) -> anyhow::Resu
             continue;
         };
         let event = ExecutionEvent::Report {
-            state: reported,
+            state: reported(p.state),
             progress: p.progress,
             version: p.version.as_deref(),
             error: p.error.as_deref(),
@@ -84,15 +81,15 @@ pub async fn apply_progress(store: &Store, batch: Vec<Delivery>) -> anyhow::Resu
                 }
             }
             Applied::Ignored(why) => {
-                tracing::debug!(task_id = %p.task_id, state = %p.state, why, "progress ignored");
+                tracing::debug!(task_id = %p.task_id, state = p.state.as_str(), why, "progress ignored");
             }
         }
     }
     Ok(())
 }
 
-async fn cancel_deleted(store: &Store, batch: Vec<Delivery>) -> anyhow::Result<()> {
-    for d in decode_all::<DeviceDeleted>(topics::DEVICE_DELETED, &batch) {
+async fn cancel_deleted(store: &Store, batch: Batch<DeviceDeleted>) -> anyhow::Result<()> {
+    for d in batch.events() {
         for task in store.open_tasks_of_device(&d.device_id).await? {
             let Some(rollout) = store.get_rollout(&task.rollout_id).await? else {
                 continue;

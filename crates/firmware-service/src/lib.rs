@@ -17,6 +17,7 @@
 //! a killed worker lose nothing and count nothing twice, is written down in
 //! `docs/architecture.md` ("Firmware rollouts").
 
+pub mod blobs;
 pub mod clients;
 pub mod domain;
 mod engine;
@@ -25,7 +26,6 @@ mod events;
 mod grpc;
 mod http;
 mod state;
-pub mod storage;
 pub mod store;
 pub mod worker;
 
@@ -48,8 +48,8 @@ use wf_common::events::EventBus;
 use wf_common::jwt::JwtVerifier;
 use wf_common::service::{Listeners, Runner};
 
+pub use blobs::{StorageBackend, StorageConfig};
 pub use state::AppState;
-pub use storage::{StorageBackend, StorageConfig};
 
 /// firmware-service configuration (`[firmware]` in the wf-iot config file).
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -313,7 +313,7 @@ impl Application {
     /// services are reached lazily, so they may start later.
     pub async fn build(config: Arc<Config>, bus: Arc<dyn EventBus>) -> anyhow::Result<Self> {
         let (store, links) = open_store(&config).await?;
-        let blobs = storage::open(&config.storage)
+        let blobs = blobs::open(&config.storage)
             .await
             .context("opening the firmware storage")?;
         std::fs::create_dir_all(&config.upload_dir).with_context(|| {

@@ -12,9 +12,9 @@ use wf_common::net::IpRange;
 pub use wf_common::permissions::Access;
 
 use crate::Config;
+use crate::blobs::BlobStore;
 use crate::clients::{AuthClient, DeviceClient};
 use crate::domain::{LinkSigner, PublicKeys};
-use crate::storage::BlobStore;
 use crate::store::Store;
 
 #[derive(Clone)]

@@ -21,7 +21,8 @@ use std::time::Duration;
 use anyhow::Context;
 use futures_util::StreamExt;
 use serde_json::json;
-use wf_common::events::{Delivery, EventBus, StatusChanged, decode_all, run_consumer, topics};
+use wf_common::contract::StatusChanged;
+use wf_common::events::{Batch, EventBus, run_consumer};
 use wf_common::service::Runner;
 
 use crate::Config;
@@ -168,7 +169,6 @@ impl Worker {
         );
         let comebacks = run_consumer(
             self.bus.clone(),
-            topics::DEVICE_STATUS_CHANGED,
             crate::events::GROUP.into(),
             self.config.worker.name.clone(),
             256,
@@ -419,10 +419,11 @@ impl Worker {
     /// worker's own loop ([`Worker::renotify_due`]), so that the status
     /// event is acknowledged at once (a device's acknowledgement of its own
     /// status message waits for every consumer of it).
-    async fn note_returning(&self, batch: Vec<Delivery>) -> anyhow::Result<()> {
+    async fn note_returning(&self, batch: Batch<StatusChanged>) -> anyhow::Result<()> {
         let due = tokio::time::Instant::now()
             + Duration::from_millis(self.config.worker.renotify_delay_ms);
-        let back = decode_all::<StatusChanged>(topics::DEVICE_STATUS_CHANGED, &batch)
+        let back = batch
+            .events()
             .into_iter()
             .filter(|c| c.online)
             .map(|c| (due, c.device_id));

@@ -25,8 +25,8 @@ pub mod domain;
 pub mod error;
 mod grpc;
 mod http;
-mod ingest;
 mod state;
+mod uplink;
 
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::sync::Arc;
@@ -44,8 +44,8 @@ use crate::broker::embedded::{BrokerSettings, EmbeddedBroker};
 use crate::broker::mosquitto::Bridge;
 use crate::clients::DeviceServiceAuthenticator;
 use crate::domain::DeviceId;
-use crate::ingest::{Batcher, Ingest};
 use crate::state::AppState;
+use crate::uplink::{Batcher, Ingest};
 
 /// mqtt-gateway configuration (`[mqtt_gateway]` in the wf-iot config file).
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -491,17 +491,12 @@ async fn heartbeat(bus: Arc<dyn EventBus>, broker: String, interval: Duration, s
             _ = ticks.tick() => {}
             () = stop.wait() => return,
         }
-        let beat = wf_common::events::BrokerHeartbeat {
+        let beats = [wf_common::contract::BrokerHeartbeat {
             broker: broker.clone(),
             at: wf_common::now_millis(),
             lease_ms,
-        };
-        let beats = [beat];
-        let published = wf_common::events::publish_json(
-            bus.as_ref(),
-            wf_common::events::topics::MQTT_BROKER_HEARTBEAT,
-            &beats,
-        );
+        }];
+        let published = wf_common::events::publish(bus.as_ref(), &beats);
         // A bus that is down does not hold up shutdown.
         let published = tokio::select! {
             published = published => published,

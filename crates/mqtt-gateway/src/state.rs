@@ -10,7 +10,7 @@ use crate::broker::BrokerLink;
 use crate::clients::DeviceAuthenticator;
 use crate::domain::{Route, TopicName};
 use crate::error::{Error, Result};
-use crate::ingest::Ingest;
+use crate::uplink::Ingest;
 
 #[derive(Clone)]
 pub struct AppState {

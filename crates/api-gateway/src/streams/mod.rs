@@ -12,9 +12,8 @@ use std::time::Duration;
 
 use serde_json::{Map, Value, json};
 use tokio::sync::broadcast;
-use wf_common::events::{
-    CommandResponded, Delivery, MetricValue, StatusChanged, TelemetryMessage, run_consumer, topics,
-};
+use wf_common::contract::{CommandResponded, Event, MetricValue, StatusChanged, TelemetryBatch};
+use wf_common::events::{Batch, run_consumer};
 use wf_common::{format_millis, now_millis};
 
 use crate::state::AppState;
@@ -71,49 +70,46 @@ impl Hub {
 
 /// Consumes the device topics into the hub until the gateway stops.
 pub async fn feed(state: AppState) {
-    let group = format!("api-gateway-{}", state.instance_id);
-    let consume = |topic: &'static str| {
-        let state = state.clone();
-        let group = group.clone();
-        async move {
-            let hub_state = state.clone();
-            run_consumer(
-                state.bus.clone(),
-                topic,
-                group,
-                state.instance_id.clone(),
-                512,
-                state.stop.wait(),
-                move |batch: Vec<Delivery>| {
-                    let state = hub_state.clone();
-                    async move {
-                        dispatch(&state, topic, &batch);
-                        Ok::<(), anyhow::Error>(())
-                    }
-                },
-            )
-            .await;
-        }
-    };
     tokio::join!(
-        consume(topics::DEVICE_DATA_RECEIVED),
-        consume(topics::DEVICE_STATUS_CHANGED),
-        consume(topics::DEVICE_COMMAND_RESPONDED),
+        consume::<TelemetryBatch>(state.clone()),
+        consume::<StatusChanged>(state.clone()),
+        consume::<CommandResponded>(state),
     );
 }
 
-fn dispatch(state: &AppState, topic: &str, batch: &[Delivery]) {
+/// Consumes the topic of `E` in this replica's own group.
+async fn consume<E: Streamed>(state: AppState) {
+    let group = format!("api-gateway-{}", state.instance_id);
+    let hub_state = state.clone();
+    run_consumer(
+        state.bus.clone(),
+        group,
+        state.instance_id.clone(),
+        512,
+        state.stop.wait(),
+        move |batch: Batch<E>| {
+            let state = hub_state.clone();
+            async move {
+                dispatch(&state, &batch);
+                Ok::<(), anyhow::Error>(())
+            }
+        },
+    )
+    .await;
+}
+
+fn dispatch<E: Streamed>(state: &AppState, batch: &Batch<E>) {
+    if !state.hub.has_subscribers() {
+        return;
+    }
     let max_age = Duration::from_secs(state.config.stream_max_event_age_secs);
-    for delivery in batch {
-        if !state.hub.has_subscribers() {
-            return;
-        }
-        if is_stale(&delivery.id, max_age, now_millis()) {
-            continue;
-        }
-        match events_of(topic, delivery) {
-            Ok(events) => events.into_iter().for_each(|e| state.hub.publish(e)),
-            Err(e) => tracing::debug!(topic, error = %e, "skipping an undecodable event"),
+    let now = now_millis();
+    for event in batch.events_where(|d| !is_stale(&d.id, max_age, now)) {
+        for e in event.stream_events() {
+            if !state.hub.has_subscribers() {
+                return;
+            }
+            state.hub.publish(e);
         }
     }
 }
@@ -132,17 +128,22 @@ fn is_stale(id: &str, max_age: Duration, now_ms: i64) -> bool {
         .is_ok_and(|added| now_ms.saturating_sub(added) > max_age.as_millis() as i64)
 }
 
-fn events_of(
-    topic: &str,
-    delivery: &Delivery,
-) -> Result<Vec<StreamEvent>, wf_common::events::BusError> {
-    Ok(match topic {
-        topics::DEVICE_DATA_RECEIVED => delivery
-            .decode::<Vec<TelemetryMessage>>()?
+/// A device event live streams show.
+trait Streamed: Event {
+    /// What streams show of the event: one stream event per device.
+    fn stream_events(self) -> Vec<StreamEvent>;
+}
+
+impl Streamed for TelemetryBatch {
+    fn stream_events(self) -> Vec<StreamEvent> {
+        self.messages
             .into_iter()
             .map(|m| {
-                let values: Map<String, Value> =
-                    m.values.into_iter().map(|(k, v)| (k, metric(v))).collect();
+                let values: Map<String, Value> = m
+                    .values
+                    .into_iter()
+                    .map(|(k, v)| (k.into_string(), metric(v)))
+                    .collect();
                 StreamEvent {
                     data: json!({
                         "device_id": m.device_id,
@@ -154,38 +155,41 @@ fn events_of(
                     kind: EventKind::Telemetry,
                 }
             })
-            .collect(),
-        topics::DEVICE_STATUS_CHANGED => {
-            let s: StatusChanged = delivery.decode()?;
-            vec![StreamEvent {
-                data: json!({
-                    "device_id": s.device_id,
-                    "online": s.online,
-                    "at": format_millis(s.at),
-                    "reason": s.reason,
-                })
-                .to_string(),
-                device_id: s.device_id,
-                kind: EventKind::Status,
-            }]
-        }
-        topics::DEVICE_COMMAND_RESPONDED => {
-            let c: CommandResponded = delivery.decode()?;
-            vec![StreamEvent {
-                data: json!({
-                    "device_id": c.device_id,
-                    "command_id": c.command_id,
-                    "status": c.status,
-                    "result": c.result,
-                    "at": format_millis(c.at),
-                })
-                .to_string(),
-                device_id: c.device_id,
-                kind: EventKind::CommandResponse,
-            }]
-        }
-        _ => Vec::new(),
-    })
+            .collect()
+    }
+}
+
+impl Streamed for StatusChanged {
+    fn stream_events(self) -> Vec<StreamEvent> {
+        vec![StreamEvent {
+            data: json!({
+                "device_id": self.device_id,
+                "online": self.online,
+                "at": format_millis(self.at),
+                "reason": self.reason,
+            })
+            .to_string(),
+            device_id: self.device_id,
+            kind: EventKind::Status,
+        }]
+    }
+}
+
+impl Streamed for CommandResponded {
+    fn stream_events(self) -> Vec<StreamEvent> {
+        vec![StreamEvent {
+            data: json!({
+                "device_id": self.device_id,
+                "command_id": self.command_id,
+                "status": self.status,
+                "result": self.result,
+                "at": format_millis(self.at),
+            })
+            .to_string(),
+            device_id: self.device_id,
+            kind: EventKind::CommandResponse,
+        }]
+    }
 }
 
 fn metric(v: MetricValue) -> Value {
@@ -199,21 +203,27 @@ fn metric(v: MetricValue) -> Value {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use wf_common::events::Delivery;
 
-    fn delivery(payload: Value) -> Delivery {
-        Delivery {
+    /// What streams show of one event of type `E` on the bus.
+    fn events_of<E: Streamed>(payload: Value) -> Vec<StreamEvent> {
+        let delivery = Delivery {
             id: "1".into(),
             payload: serde_json::to_vec(&payload).unwrap().into(),
-        }
+        };
+        Batch::<E>::new(vec![delivery])
+            .events()
+            .into_iter()
+            .flat_map(Streamed::stream_events)
+            .collect()
     }
 
     #[test]
     fn telemetry_becomes_one_event_per_message() {
-        let d = delivery(json!([
+        let events = events_of::<TelemetryBatch>(json!([
             {"device_id": "d1", "ts": 0, "values": [["temp", 21.5], ["on", true]]},
             {"device_id": "d2", "ts": 1000, "values": [["mode", "eco"]]},
         ]));
-        let events = events_of(topics::DEVICE_DATA_RECEIVED, &d).unwrap();
         assert_eq!(events.len(), 2);
         assert_eq!(events[0].device_id, "d1");
         assert_eq!(events[0].kind, EventKind::Telemetry);
@@ -224,20 +234,20 @@ mod tests {
 
     #[test]
     fn status_and_command_answers_keep_their_fields() {
-        let s =
-            delivery(json!({"device_id": "d1", "online": true, "at": 0, "reason": "connected"}));
-        let e = events_of(topics::DEVICE_STATUS_CHANGED, &s).unwrap();
+        let e = events_of::<StatusChanged>(
+            json!({"device_id": "d1", "online": true, "at": 0, "reason": "connected"}),
+        );
         let data: Value = serde_json::from_str(&e[0].data).unwrap();
         assert_eq!(data["online"], true);
         assert_eq!(data["reason"], "connected");
-        let c = delivery(
+        let e = events_of::<CommandResponded>(
             json!({"device_id": "d1", "command_id": "c1", "status": "succeeded", "result": {"x": 1}, "at": 0}),
         );
-        let e = events_of(topics::DEVICE_COMMAND_RESPONDED, &c).unwrap();
         assert_eq!(e[0].kind, EventKind::CommandResponse);
         let data: Value = serde_json::from_str(&e[0].data).unwrap();
+        assert_eq!(data["status"], "succeeded");
         assert_eq!(data["result"], json!({"x": 1}));
-        assert!(events_of(topics::DEVICE_STATUS_CHANGED, &delivery(json!("x"))).is_err());
+        assert!(events_of::<StatusChanged>(json!("x")).is_empty());
     }
 
     #[test]

@@ -8,7 +8,7 @@ use reqwest::header::{
     ACCEPT_LANGUAGE, CACHE_CONTROL, CONTENT_SECURITY_POLICY, CONTENT_TYPE, COOKIE, ETAG,
     IF_NONE_MATCH, LOCATION, SET_COOKIE,
 };
-use wf_common::events::{MetricValue, TelemetryMessage, topics};
+use wf_common::contract::{MetricName, MetricValue, TelemetryBatch, TelemetryMessage};
 
 use crate::helpers::{EventReader, TestApp, assert_error};
 
@@ -272,14 +272,16 @@ async fn a_fleet_stream_can_report_the_telemetry_rate() {
     let reading = TelemetryMessage {
         device_id: id.clone(),
         ts: wf_common::now_millis(),
-        values: vec![("temp".into(), MetricValue::Number(20.0))],
+        values: vec![(
+            MetricName::parse("temp").unwrap(),
+            MetricValue::Number(20.0),
+        )],
     };
     let mut seen = 0.0;
     for _ in 0..10 {
-        app.publish(
-            topics::DEVICE_DATA_RECEIVED,
-            &[vec![reading.clone(), reading.clone(), reading.clone()]],
-        )
+        app.publish(&[TelemetryBatch {
+            messages: vec![reading.clone(), reading.clone(), reading.clone()],
+        }])
         .await;
         let rate = events
             .next_named("rate", Duration::from_secs(5))

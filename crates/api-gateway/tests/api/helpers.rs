@@ -20,7 +20,8 @@ use futures_util::StreamExt;
 use reqwest::{Method, StatusCode};
 use serde_json::{Value, json};
 use tokio_stream::wrappers::TcpListenerStream;
-use wf_common::events::{EventBus, InProcessBus, publish_json};
+use wf_common::contract::Event;
+use wf_common::events::{EventBus, InProcessBus, publish};
 use wf_common::jwt::SigningKey;
 use wf_common::shutdown::Shutdown;
 use wf_proto::mqtt::mqtt_gateway_server::{MqttGateway, MqttGatewayServer};
@@ -369,8 +370,9 @@ impl TestApp {
             .to_string()
     }
 
-    pub async fn publish<T: serde::Serialize>(&self, topic: &str, items: &[T]) {
-        publish_json(self.bus.as_ref(), topic, items).await.unwrap();
+    /// Publishes `events` as their producer would.
+    pub async fn publish<E: Event>(&self, events: &[E]) {
+        publish(self.bus.as_ref(), events).await.unwrap();
     }
 
     /// auth-service's signing key, to forge tokens with.

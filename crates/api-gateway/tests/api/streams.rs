@@ -6,8 +6,11 @@ use std::sync::Arc;
 
 use reqwest::StatusCode;
 use serde_json::json;
+use wf_common::contract::{
+    CommandOutcome, CommandResponded, MetricName, MetricValue, StatusChanged, StatusReason,
+    TelemetryBatch, TelemetryMessage,
+};
 use wf_common::events::EventBus;
-use wf_common::events::{CommandResponded, MetricValue, StatusChanged, TelemetryMessage, topics};
 use wf_common::shutdown::Shutdown;
 
 use crate::helpers::{EventReader, TestApp, assert_error, now_secs};
@@ -23,12 +26,20 @@ async fn open(app: &TestApp, path: &str, token: &str) -> reqwest::Response {
         .unwrap()
 }
 
+fn name(metric: &str) -> MetricName {
+    MetricName::parse(metric).unwrap()
+}
+
 fn status(device_id: &str, online: bool) -> StatusChanged {
     StatusChanged {
         device_id: device_id.into(),
         online,
         at: wf_common::now_millis(),
-        reason: if online { "connected" } else { "disconnected" }.into(),
+        reason: if online {
+            StatusReason::Connected
+        } else {
+            StatusReason::Disconnected
+        },
         broker: None,
     }
 }
@@ -53,15 +64,14 @@ async fn a_device_stream_delivers_its_events_as_they_happen() {
         device_id: device.into(),
         ts: wf_common::now_millis(),
         values: vec![
-            ("temp".into(), MetricValue::Number(temp)),
-            ("burner".into(), MetricValue::Bool(true)),
+            (name("temp"), MetricValue::Number(temp)),
+            (name("burner"), MetricValue::Bool(true)),
         ],
     };
     // Another device's reading comes first and must not show up.
-    app.publish(
-        topics::DEVICE_DATA_RECEIVED,
-        &[vec![reading(&other, 99.0), reading(&id, 21.5)]],
-    )
+    app.publish(&[TelemetryBatch {
+        messages: vec![reading(&other, 99.0), reading(&id, 21.5)],
+    }])
     .await;
     let telemetry = events.next(WAIT).await.expect("telemetry");
     assert_eq!(telemetry.event, "telemetry");
@@ -69,22 +79,18 @@ async fn a_device_stream_delivers_its_events_as_they_happen() {
     assert_eq!(data["device_id"], id.as_str());
     assert_eq!(data["values"], json!({"temp": 21.5, "burner": true}));
 
-    app.publish(topics::DEVICE_STATUS_CHANGED, &[status(&id, true)])
-        .await;
+    app.publish(&[status(&id, true)]).await;
     let online = events.next(WAIT).await.expect("status");
     assert_eq!(online.event, "status");
     assert_eq!(online.json()["online"], true);
 
-    app.publish(
-        topics::DEVICE_COMMAND_RESPONDED,
-        &[CommandResponded {
-            device_id: id.clone(),
-            command_id: "cmd-1".into(),
-            status: "succeeded".into(),
-            result: json!({"rebooted": true}),
-            at: wf_common::now_millis(),
-        }],
-    )
+    app.publish(&[CommandResponded {
+        device_id: id.clone(),
+        command_id: "cmd-1".into(),
+        status: CommandOutcome::Succeeded,
+        result: json!({"rebooted": true}),
+        at: wf_common::now_millis(),
+    }])
     .await;
     let answer = events.next(WAIT).await.expect("command response");
     assert_eq!(answer.event, "command_response");
@@ -162,20 +168,16 @@ async fn the_fleet_stream_shows_each_user_the_devices_their_role_reaches() {
     assert!(admin_events.next_named("ready", WAIT).await.is_some());
     assert!(vera_events.next_named("ready", WAIT).await.is_some());
 
-    app.publish(
-        topics::DEVICE_STATUS_CHANGED,
-        &[status(&admins, true), status(&hers, true)],
-    )
-    .await;
+    app.publish(&[status(&admins, true), status(&hers, true)])
+        .await;
     // Telemetry is not part of the fleet stream.
-    app.publish(
-        topics::DEVICE_DATA_RECEIVED,
-        &[vec![TelemetryMessage {
+    app.publish(&[TelemetryBatch {
+        messages: vec![TelemetryMessage {
             device_id: hers.clone(),
             ts: wf_common::now_millis(),
-            values: vec![("temp".into(), MetricValue::Number(1.0))],
-        }]],
-    )
+            values: vec![(name("temp"), MetricValue::Number(1.0))],
+        }],
+    }])
     .await;
     let first = alice_events.next(WAIT).await.expect("alice's status");
     assert_eq!(first.event, "status");
@@ -190,11 +192,8 @@ async fn the_fleet_stream_shows_each_user_the_devices_their_role_reaches() {
 
     // A device created after the stream opened shows up too.
     let newer = app.device(&alice, "Alice's new sensor").await;
-    app.publish(
-        topics::DEVICE_STATUS_CHANGED,
-        &[status(&admins, false), status(&newer, true)],
-    )
-    .await;
+    app.publish(&[status(&admins, false), status(&newer, true)])
+        .await;
     let next = alice_events
         .next(WAIT)
         .await

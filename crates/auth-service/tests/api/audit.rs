@@ -8,8 +8,9 @@ use auth_service::store::{MIGRATIONS, Store};
 use reqwest::StatusCode;
 use serde_json::{Value, json};
 use wf_common::audit::{AuditEvent, ClientInfo};
+use wf_common::contract::Event;
 use wf_common::db::Db;
-use wf_common::events::{EventBus, InProcessBus, publish_json, topics};
+use wf_common::events::{EventBus, InProcessBus};
 
 use crate::helpers::{TestApp, TestDatabase};
 
@@ -56,7 +57,7 @@ async fn entries(app: &TestApp, query: &str) -> Vec<Value> {
 }
 
 async fn publish(bus: &InProcessBus, event: &AuditEvent) {
-    publish_json(bus, topics::AUDIT_RECORDED, std::slice::from_ref(event))
+    wf_common::events::publish(bus, std::slice::from_ref(event))
         .await
         .unwrap();
 }
@@ -75,7 +76,7 @@ async fn redelivered_events_are_recorded_once_and_found_by_target() {
     publish(&bus, &command).await;
     publish(&bus, &event("device.create", "dev-420")).await;
     // An undecodable event is skipped, not retried forever.
-    bus.publish(topics::AUDIT_RECORDED, vec![b"not json".to_vec()])
+    bus.publish(AuditEvent::TOPIC, vec![b"not json".to_vec()])
         .await
         .unwrap();
     // Events are handled in order: once the last is stored, so are the rest.

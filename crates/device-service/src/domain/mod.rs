@@ -2,8 +2,10 @@
 
 mod command;
 mod device;
+mod reading;
 mod series;
 
 pub use command::{CommandName, CommandStatus};
 pub use device::{DeviceId, DeviceSecret, Tag, normalize_tags, secret_matches};
-pub use series::{Aggregation, Interval, MetricName, SeriesParams, SeriesShape, SeriesSpec};
+pub use reading::Reading;
+pub use series::{Aggregation, Interval, SeriesParams, SeriesShape, SeriesSpec};

@@ -1,22 +1,4 @@
-/// A metric name: 1–64 characters of letters, digits, `.`, `_` and `-`.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct MetricName(String);
-
-impl MetricName {
-    pub fn parse(s: &str) -> Result<Self, String> {
-        if wf_common::events::is_metric_name(s) {
-            Ok(Self(s.to_string()))
-        } else {
-            Err(format!(
-                "{s:?} is not a metric name (1 to 64 letters, digits, '.', '_' or '-')"
-            ))
-        }
-    }
-
-    pub fn as_str(&self) -> &str {
-        &self.0
-    }
-}
+use wf_common::contract::MetricName;
 
 /// How the values in one bucket are combined.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -156,7 +138,8 @@ impl SeriesSpec {
     /// Checks a series request at `now` (ms since the epoch), allowing at
     /// most `max_points` raw values or buckets.
     pub fn parse(params: SeriesParams<'_>, now: i64, max_points: i64) -> Result<Self, String> {
-        let metric = MetricName::parse(params.metric.ok_or("metric is required")?)?;
+        let metric = MetricName::parse(params.metric.ok_or("metric is required")?)
+            .map_err(|e| e.to_string())?;
         let to = parse_time("to", params.to)?.unwrap_or(now);
         let from = parse_time("from", params.from)?.unwrap_or(to.saturating_sub(DEFAULT_RANGE_MS));
         if from >= to {

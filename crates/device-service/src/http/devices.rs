@@ -6,8 +6,9 @@ use axum::extract::State;
 use axum::http::StatusCode;
 use serde::{Deserialize, Serialize};
 use wf_common::audit::Client;
+use wf_common::contract::DeviceDeleted;
 use wf_common::error::ErrorEnvelope;
-use wf_common::events::{DeviceDeleted, publish_json, topics};
+use wf_common::events::publish;
 use wf_common::extract::{self, Path, Query};
 use wf_common::format_millis;
 use wf_common::permissions::Scope;
@@ -393,7 +394,7 @@ pub async fn delete(
         device_id: id.clone(),
         at: wf_common::now_millis(),
     };
-    publish_json(state.bus.as_ref(), topics::DEVICE_DELETED, &[event])
+    publish(state.bus.as_ref(), &[event])
         .await
         .map_err(|e| Error::Internal(e.into()))?;
     sync_credentials(&state, &id, "").await;

@@ -4,6 +4,7 @@ use std::collections::HashMap;
 
 use sqlx::any::AnyRow;
 use sqlx::{AssertSqlSafe, Row};
+use wf_common::contract::StatusReason;
 use wf_common::db::{Dialect, flag, is_unique_violation, like_pattern, placeholders};
 
 use super::Store;
@@ -509,7 +510,7 @@ impl Store {
             .map(|r| r.try_get("id"))
             .collect::<sqlx::Result<_>>()?;
         for id in &ids {
-            self.apply_status(id, false, now, "server_restart", None)
+            self.apply_status(id, false, now, StatusReason::ServerRestart.as_str(), None)
                 .await?;
         }
         Ok(ids.len() as u64)

@@ -4,10 +4,11 @@ use std::collections::HashMap;
 
 use sqlx::any::AnyRow;
 use sqlx::{AssertSqlSafe, Row};
+use wf_common::contract::MetricValue;
 use wf_common::db::{Dialect, placeholders};
-use wf_common::events::{MetricValue, TelemetryMessage};
 
 use super::Store;
+use crate::domain::Reading;
 use crate::error::Result;
 
 /// Rows per INSERT statement: well under SQLite's bound-parameter limit.
@@ -66,12 +67,12 @@ pub struct Bucket {
 }
 
 impl Store {
-    /// Stores a batch of telemetry in one transaction: every value, and the
+    /// Stores a batch of readings in one transaction: every value, and the
     /// latest value per device and metric. Values already stored (same
     /// device, metric and timestamp) are left as they are, so a redelivered
     /// batch changes nothing. Returns how many values were new.
-    pub async fn insert_telemetry(&self, messages: &[TelemetryMessage]) -> Result<u64> {
-        let rows: Vec<Row6<'_>> = messages
+    pub async fn insert_telemetry(&self, readings: &[Reading]) -> Result<u64> {
+        let rows: Vec<Row6<'_>> = readings
             .iter()
             .flat_map(|m| {
                 m.values.iter().map(move |(metric, value)| {

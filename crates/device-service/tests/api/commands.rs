@@ -2,15 +2,20 @@
 
 use reqwest::{Method, StatusCode};
 use serde_json::{Value, json};
-use wf_common::events::{CommandResponded, StatusChanged, topics};
+use wf_common::contract::{CommandOutcome, CommandResponded, StatusChanged, StatusReason};
 
 use crate::helpers::{TestApp, assert_error, eventually};
 
-fn respond(device: &str, command_id: &str, status: &str, result: Value) -> CommandResponded {
+fn respond(
+    device: &str,
+    command_id: &str,
+    status: CommandOutcome,
+    result: Value,
+) -> CommandResponded {
     CommandResponded {
         device_id: device.into(),
         command_id: command_id.into(),
-        status: status.into(),
+        status,
         result,
         at: wf_common::now_millis(),
     }
@@ -51,10 +56,12 @@ async fn a_command_is_sent_and_its_response_recorded() {
     assert_eq!(published[0].1["params"]["value"], 21.5);
     assert!(published[0].1["expires_at"].is_string());
 
-    app.publish(
-        topics::DEVICE_COMMAND_RESPONDED,
-        &[respond("c-1", &id, "succeeded", json!({ "applied": true }))],
-    )
+    app.publish(&[respond(
+        "c-1",
+        &id,
+        CommandOutcome::Succeeded,
+        json!({ "applied": true }),
+    )])
     .await;
     let done = eventually("the response", || async {
         let c = app
@@ -70,11 +77,8 @@ async fn a_command_is_sent_and_its_response_recorded() {
     assert!(done["completed_at"].is_string());
 
     // A late or repeated response changes nothing.
-    app.publish(
-        topics::DEVICE_COMMAND_RESPONDED,
-        &[respond("c-1", &id, "failed", json!(null))],
-    )
-    .await;
+    app.publish(&[respond("c-1", &id, CommandOutcome::Failed, json!(null))])
+        .await;
     let again = app
         .get_json(
             &format!("/api/v1/devices/c-1/commands/{id}"),
@@ -88,15 +92,12 @@ async fn a_command_is_sent_and_its_response_recorded() {
         .json::<Value>()
         .await
         .unwrap();
-    app.publish(
-        topics::DEVICE_COMMAND_RESPONDED,
-        &[respond(
-            "other-device",
-            other["id"].as_str().unwrap(),
-            "succeeded",
-            json!(1),
-        )],
-    )
+    app.publish(&[respond(
+        "other-device",
+        other["id"].as_str().unwrap(),
+        CommandOutcome::Succeeded,
+        json!(1),
+    )])
     .await;
     let history = app
         .get_json("/api/v1/devices/c-1/commands", &app.admin_token)
@@ -135,10 +136,12 @@ async fn a_device_that_comes_back_gets_its_open_commands_again() {
         .unwrap();
         ids.push(command["id"].as_str().unwrap().to_string());
     }
-    app.publish(
-        topics::DEVICE_COMMAND_RESPONDED,
-        &[respond("back-1", &ids[0], "succeeded", json!(null))],
-    )
+    app.publish(&[respond(
+        "back-1",
+        &ids[0],
+        CommandOutcome::Succeeded,
+        json!(null),
+    )])
     .await;
     eventually("the answer", || async {
         let c = app
@@ -163,16 +166,13 @@ async fn a_device_that_comes_back_gets_its_open_commands_again() {
             .collect()
     };
     assert_eq!(published_ids(&app).len(), 3);
-    app.publish(
-        topics::DEVICE_STATUS_CHANGED,
-        &[StatusChanged {
-            device_id: "back-1".into(),
-            online: true,
-            at: wf_common::now_millis(),
-            reason: "connected".into(),
-            broker: None,
-        }],
-    )
+    app.publish(&[StatusChanged {
+        device_id: "back-1".into(),
+        online: true,
+        at: wf_common::now_millis(),
+        reason: StatusReason::Connected,
+        broker: None,
+    }])
     .await;
     // Only the open, unexpired command goes out again, once.
     eventually("the open command again", || async {
@@ -262,10 +262,12 @@ async fn the_fleet_wide_listing_shows_what_the_caller_may_see() {
     let fleet = app.get_json("/api/v1/commands", &viewer).await;
     assert_eq!(fleet["total"], 3, "the viewer role reaches the whole fleet");
     // Filtered by status.
-    app.publish(
-        topics::DEVICE_COMMAND_RESPONDED,
-        &[respond("f-admin", &ids[0], "succeeded", json!(null))],
-    )
+    app.publish(&[respond(
+        "f-admin",
+        &ids[0],
+        CommandOutcome::Succeeded,
+        json!(null),
+    )])
     .await;
     eventually("the answered command", || async {
         let done = app
@@ -311,14 +313,15 @@ async fn wait_true_returns_the_answer_or_the_timeout() {
             let sent = gateway.0.lock().unwrap().published.first().cloned();
             if let Some((_, payload)) = sent {
                 let id = payload["id"].as_str().unwrap().to_string();
-                let event = respond("w-1", &id, "error", json!({ "reason": "busy" }));
-                wf_common::events::publish_json(
-                    bus.as_ref(),
-                    topics::DEVICE_COMMAND_RESPONDED,
-                    &[event],
-                )
-                .await
-                .unwrap();
+                let event = respond(
+                    "w-1",
+                    &id,
+                    CommandOutcome::Failed,
+                    json!({ "reason": "busy" }),
+                );
+                wf_common::events::publish(bus.as_ref(), &[event])
+                    .await
+                    .unwrap();
                 return;
             }
             tokio::time::sleep(std::time::Duration::from_millis(20)).await;
@@ -412,11 +415,8 @@ async fn unanswered_commands_time_out_in_the_background() {
     })
     .await;
     // An answer after the deadline does not revive it.
-    app.publish(
-        topics::DEVICE_COMMAND_RESPONDED,
-        &[respond("t-1", &id, "succeeded", json!(null))],
-    )
-    .await;
+    app.publish(&[respond("t-1", &id, CommandOutcome::Succeeded, json!(null))])
+        .await;
     tokio::time::sleep(std::time::Duration::from_millis(200)).await;
     let c = app
         .get_json(

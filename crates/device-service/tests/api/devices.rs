@@ -4,9 +4,10 @@ use std::time::Duration;
 
 use reqwest::{Method, StatusCode};
 use serde_json::{Value, json};
-use wf_common::events::{
-    BrokerHeartbeat, DeviceDeleted, EventBus, OtaProgress, StatusChanged, topics,
+use wf_common::contract::{
+    BrokerHeartbeat, DeviceDeleted, Event, OtaProgress, OtaState, StatusChanged, StatusReason,
 };
+use wf_common::events::EventBus;
 use wf_proto::device::device_service_client::DeviceServiceClient;
 use wf_proto::device::{AuthenticateDeviceRequest, GetDeviceRequest, ListDevicesRequest};
 
@@ -83,7 +84,7 @@ async fn create_read_update_list_and_delete() {
 
     let mut deleted = app
         .bus
-        .subscribe(topics::DEVICE_DELETED, "test", "t")
+        .subscribe(DeviceDeleted::TOPIC, "test", "t")
         .await
         .unwrap();
     let resp = app
@@ -622,19 +623,16 @@ async fn status_follows_events_in_time_order() {
     let admin = app.admin_token.clone();
     app.device(&admin, json!({ "id": "s1", "name": "Sensor" }))
         .await;
-    let change = |online: bool, at: i64, reason: &str| StatusChanged {
+    let change = |online: bool, at: i64, reason: StatusReason| StatusChanged {
         device_id: "s1".into(),
         online,
         at,
-        reason: reason.into(),
+        reason,
         broker: None,
     };
     let t0 = wf_common::now_millis();
-    app.publish(
-        topics::DEVICE_STATUS_CHANGED,
-        &[change(true, t0, "connected")],
-    )
-    .await;
+    app.publish(&[change(true, t0, StatusReason::Connected)])
+        .await;
     let device = eventually("online", || async {
         let d = app.get_json("/api/v1/devices/s1", &admin).await;
         (d["online"] == true).then_some(d)
@@ -647,14 +645,11 @@ async fn status_follows_events_in_time_order() {
     );
 
     // An older event arriving late does not undo the newer one; a repeat is harmless.
-    app.publish(
-        topics::DEVICE_STATUS_CHANGED,
-        &[
-            change(false, t0 - 1000, "last_will"),
-            change(true, t0, "connected"),
-            change(false, t0 + 500, "disconnected"),
-        ],
-    )
+    app.publish(&[
+        change(false, t0 - 1000, StatusReason::LastWill),
+        change(true, t0, StatusReason::Connected),
+        change(false, t0 + 500, StatusReason::Disconnected),
+    ])
     .await;
     eventually("offline", || async {
         (app.get_json("/api/v1/devices/s1", &admin).await["online"] == false).then_some(())
@@ -684,7 +679,7 @@ async fn devices_of_a_gateway_instance_that_stops_renewing_its_lease_go_offline(
     }
     let mut announced = app
         .bus
-        .subscribe(topics::DEVICE_STATUS_CHANGED, "observer", "t")
+        .subscribe(StatusChanged::TOPIC, "observer", "t")
         .await
         .unwrap();
     let beat = |broker: &str, lease_ms: i64| BrokerHeartbeat {
@@ -696,23 +691,17 @@ async fn devices_of_a_gateway_instance_that_stops_renewing_its_lease_go_offline(
         device_id: device.into(),
         online: true,
         at: wf_common::now_millis(),
-        reason: "connected".into(),
+        reason: StatusReason::Connected,
         broker: broker.map(str::to_string),
     };
-    app.publish(
-        topics::MQTT_BROKER_HEARTBEAT,
-        &[beat("gw-lost", 1500), beat("gw-alive", 120_000)],
-    )
-    .await;
-    app.publish(
-        topics::DEVICE_STATUS_CHANGED,
-        &[
-            online("on-lost", Some("gw-lost")),
-            online("moved", Some("gw-lost")),
-            online("on-alive", Some("gw-alive")),
-            online("on-mosquitto", None),
-        ],
-    )
+    app.publish(&[beat("gw-lost", 1500), beat("gw-alive", 120_000)])
+        .await;
+    app.publish(&[
+        online("on-lost", Some("gw-lost")),
+        online("moved", Some("gw-lost")),
+        online("on-alive", Some("gw-alive")),
+        online("on-mosquitto", None),
+    ])
     .await;
     eventually("all four online", || async {
         let page = app.get_json("/api/v1/devices?status=online", &admin).await;
@@ -721,11 +710,7 @@ async fn devices_of_a_gateway_instance_that_stops_renewing_its_lease_go_offline(
     .await;
     // One device moves to the live instance before the lost one lapses.
     tokio::time::sleep(Duration::from_millis(200)).await;
-    app.publish(
-        topics::DEVICE_STATUS_CHANGED,
-        &[online("moved", Some("gw-alive"))],
-    )
-    .await;
+    app.publish(&[online("moved", Some("gw-alive"))]).await;
 
     let lapsed = std::time::Instant::now();
     eventually("the lost instance's device offline", || async {
@@ -752,7 +737,7 @@ async fn devices_of_a_gateway_instance_that_stops_renewing_its_lease_go_offline(
             .unwrap()
         {
             let change: StatusChanged = event.decode().unwrap();
-            if change.reason == "gateway_lost" {
+            if change.reason == StatusReason::GatewayLost {
                 lost.push(change.device_id);
             }
         }
@@ -813,16 +798,13 @@ async fn metrics_report_the_fleet_and_the_event_lag() {
     let admin = app.admin_token.clone();
     app.device(&admin, json!({ "id": "gauged-1", "name": "Gauged" }))
         .await;
-    app.publish(
-        topics::DEVICE_STATUS_CHANGED,
-        &[StatusChanged {
-            device_id: "gauged-1".into(),
-            online: true,
-            at: wf_common::now_millis(),
-            reason: "connected".into(),
-            broker: None,
-        }],
-    )
+    app.publish(&[StatusChanged {
+        device_id: "gauged-1".into(),
+        online: true,
+        at: wf_common::now_millis(),
+        reason: StatusReason::Connected,
+        broker: None,
+    }])
     .await;
     eventually("the gauges and the lag histogram on /metrics", || async {
         let page = app
@@ -852,10 +834,10 @@ async fn a_finished_update_records_the_devices_firmware_version() {
     let admin = app.admin_token.clone();
     app.device(&admin, json!({ "id": "ota-1", "name": "OTA one" }))
         .await;
-    let report = |state: &str, version: Option<&str>| OtaProgress {
+    let report = |state: OtaState, version: Option<&str>| OtaProgress {
         device_id: "ota-1".into(),
         task_id: "t1".into(),
-        state: state.into(),
+        state,
         progress: None,
         error: None,
         version: version.map(Into::into),
@@ -867,11 +849,8 @@ async fn a_finished_update_records_the_devices_firmware_version() {
             .await;
         resp.json::<Value>().await.unwrap()["firmware_version"].clone()
     };
-    app.publish(
-        topics::DEVICE_OTA_PROGRESS,
-        &[report("succeeded", Some("2.1.0"))],
-    )
-    .await;
+    app.publish(&[report(OtaState::Succeeded, Some("2.1.0"))])
+        .await;
     eventually("the new version in the registry", || async {
         (version().await == "2.1.0").then_some(())
     })
@@ -881,23 +860,27 @@ async fn a_finished_update_records_the_devices_firmware_version() {
     // every report before it was handled.
     app.device(&admin, json!({ "id": "ota-2", "name": "OTA two" }))
         .await;
-    let mut stray = report("succeeded", Some("3.0.0"));
+    let mut stray = report(OtaState::Succeeded, Some("3.0.0"));
     stray.device_id = "no-such-device".into();
-    let mut other = report("success", Some("5.0.0"));
-    other.device_id = "ota-2".into();
-    app.publish(
-        topics::DEVICE_OTA_PROGRESS,
-        &[
-            report("downloading", Some("9.9.9")),
-            report("failed", Some("9.9.8")),
-            report("succeeded", Some("bad\"version")),
-            report("succeeded", Some(&"1".repeat(65))),
-            report("succeeded", None),
-            stray,
-            other,
-        ],
-    )
+    app.publish(&[
+        report(OtaState::Downloading, Some("9.9.9")),
+        report(OtaState::Failed, Some("9.9.8")),
+        report(OtaState::Succeeded, Some("bad\"version")),
+        report(OtaState::Succeeded, Some(&"1".repeat(65))),
+        report(OtaState::Succeeded, None),
+        stray,
+    ])
     .await;
+    // As a gateway of an earlier release published it, the device's own
+    // word for the state passed on.
+    let other = json!({
+        "device_id": "ota-2", "task_id": "t2", "state": "success", "version": "5.0.0",
+        "at": wf_common::now_millis(),
+    });
+    app.bus
+        .publish(OtaProgress::TOPIC, vec![other.to_string().into_bytes()])
+        .await
+        .unwrap();
     eventually("the second device's version", || async {
         let resp = app
             .request(Method::GET, "/api/v1/devices/ota-2", Some(&admin), None)
@@ -942,47 +925,38 @@ async fn reads_through_the_device_cache_follow_every_write() {
 
     // Writes from events: status, telemetry (last seen), firmware version.
     let t0 = wf_common::now_millis();
-    app.publish(
-        topics::DEVICE_STATUS_CHANGED,
-        &[StatusChanged {
-            device_id: "c-1".into(),
-            online: true,
-            at: t0,
-            reason: "connected".into(),
-            broker: None,
-        }],
-    )
+    app.publish(&[StatusChanged {
+        device_id: "c-1".into(),
+        online: true,
+        at: t0,
+        reason: StatusReason::Connected,
+        broker: None,
+    }])
     .await;
     let online = eventually("online", || async {
         let d = read().await;
         (d["online"] == true).then_some(d)
     })
     .await;
-    app.publish(
-        topics::DEVICE_DATA_RECEIVED,
-        &[vec![crate::telemetry::message(
-            "c-1",
-            t0 + 60_000,
-            &[("temp", wf_common::events::MetricValue::Number(1.0))],
-        )]],
-    )
+    app.publish(&[crate::telemetry::batch(vec![crate::telemetry::message(
+        "c-1",
+        t0 + 60_000,
+        &[("temp", wf_common::contract::MetricValue::Number(1.0))],
+    )])])
     .await;
     eventually("last seen moved on", || async {
         (read().await["last_seen_at"] != online["last_seen_at"]).then_some(())
     })
     .await;
-    app.publish(
-        topics::DEVICE_OTA_PROGRESS,
-        &[OtaProgress {
-            device_id: "c-1".into(),
-            task_id: "t-1".into(),
-            state: "succeeded".into(),
-            progress: None,
-            error: None,
-            version: Some("4.2.0".into()),
-            at: t0,
-        }],
-    )
+    app.publish(&[OtaProgress {
+        device_id: "c-1".into(),
+        task_id: "t-1".into(),
+        state: OtaState::Succeeded,
+        progress: None,
+        error: None,
+        version: Some("4.2.0".into()),
+        at: t0,
+    }])
     .await;
     eventually("the new firmware version", || async {
         (read().await["firmware_version"] == "4.2.0").then_some(())

@@ -9,7 +9,8 @@ use std::sync::{Arc, Mutex};
 use reqwest::{Method, Response, StatusCode};
 use serde_json::Value;
 use tokio_stream::wrappers::TcpListenerStream;
-use wf_common::events::{EventBus, InProcessBus, publish_json};
+use wf_common::contract::Event;
+use wf_common::events::{EventBus, InProcessBus, publish};
 use wf_common::shutdown::Shutdown;
 use wf_proto::mqtt::mqtt_gateway_server::{MqttGateway, MqttGatewayServer};
 use wf_proto::mqtt::{
@@ -203,8 +204,9 @@ impl TestApp {
         resp.json().await.unwrap()
     }
 
-    pub async fn publish<T: serde::Serialize>(&self, topic: &str, items: &[T]) {
-        publish_json(self.bus.as_ref(), topic, items).await.unwrap();
+    /// Publishes `events` as their producer would.
+    pub async fn publish<E: Event>(&self, events: &[E]) {
+        publish(self.bus.as_ref(), events).await.unwrap();
     }
 
     pub fn grpc_url(&self) -> String {

@@ -99,19 +99,6 @@ pub enum Reported {
     Rejected,
 }
 
-impl Reported {
-    pub fn parse(s: &str) -> Option<Self> {
-        match s.trim().to_ascii_lowercase().as_str() {
-            "downloading" => Some(Self::Downloading),
-            "installing" => Some(Self::Installing),
-            "succeeded" | "success" => Some(Self::Succeeded),
-            "failed" | "failure" => Some(Self::Failed),
-            "rejected" => Some(Self::Rejected),
-            _ => None,
-        }
-    }
-}
-
 /// Something that happens to an execution.
 #[derive(Debug, Clone)]
 pub enum ExecutionEvent<'a> {
@@ -583,7 +570,5 @@ mod tests {
         for s in ExecutionState::ALL {
             assert_eq!(ExecutionState::parse(s.as_str()), Some(s));
         }
-        assert_eq!(Reported::parse("SUCCEEDED"), Some(Reported::Succeeded));
-        assert_eq!(Reported::parse("rebooting"), None);
     }
 }

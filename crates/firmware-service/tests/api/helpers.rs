@@ -16,7 +16,8 @@ use serde_json::{Value, json};
 use sha2::{Digest, Sha256};
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::TcpListenerStream;
-use wf_common::events::{EventBus, InProcessBus, OtaProgress, publish_json, topics};
+use wf_common::contract::OtaProgress;
+use wf_common::events::{EventBus, InProcessBus, publish};
 use wf_common::shutdown::Shutdown;
 use wf_proto::mqtt::mqtt_gateway_server::{MqttGateway, MqttGatewayServer};
 use wf_proto::mqtt::{
@@ -166,9 +167,7 @@ async fn report(bus: &InProcessBus, n: &Notification, state: &str, extra: Value)
         body.extend(extra.clone());
     }
     let event: OtaProgress = serde_json::from_value(body).unwrap();
-    publish_json(bus, topics::DEVICE_OTA_PROGRESS, &[event])
-        .await
-        .unwrap();
+    publish(bus, &[event]).await.unwrap();
 }
 
 async fn answer(

@@ -239,20 +239,16 @@ async fn a_device_that_comes_back_is_notified_again_at_once() {
     .await;
     // Both come online: only the one still notified hears again, long
     // before its 300 s timeout, and the rollout completes.
-    let back = |device: &str| wf_common::events::StatusChanged {
+    let back = |device: &str| wf_common::contract::StatusChanged {
         device_id: device.into(),
         online: true,
         at: wf_common::now_millis(),
-        reason: "connected".into(),
+        reason: wf_common::contract::StatusReason::Connected,
         broker: None,
     };
-    wf_common::events::publish_json(
-        app.bus.as_ref(),
-        wf_common::events::topics::DEVICE_STATUS_CHANGED,
-        &[back("gate-0001"), back("gate-0002")],
-    )
-    .await
-    .unwrap();
+    wf_common::events::publish(app.bus.as_ref(), &[back("gate-0001"), back("gate-0002")])
+        .await
+        .unwrap();
     let done = app.wait_rollout(&id, 20, |r| r["state"] != "running").await;
     assert_eq!(done["state"], "completed", "{done}");
     assert_eq!(done["counts"]["succeeded"], 2);

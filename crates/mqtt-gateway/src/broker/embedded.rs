@@ -51,7 +51,7 @@ use crate::access::{self, ConnectRequest, Refusal};
 use crate::clients::DeviceAuthenticator;
 use crate::domain::{DeviceId, Malformed, TopicName, may_publish, may_subscribe};
 use crate::error::{Error, Result};
-use crate::ingest::Ingest;
+use crate::uplink::Ingest;
 
 /// A listener that could not be bound, with the way to move it when its
 /// port is taken.

@@ -24,7 +24,7 @@ use bytes::Bytes;
 
 use crate::domain::{DeviceId, TopicName};
 use crate::error::Result;
-use crate::ingest::Ingest;
+use crate::uplink::Ingest;
 
 /// The platform's trusted path into the broker.
 #[async_trait]

@@ -51,7 +51,7 @@ use crate::MosquittoConfig;
 use crate::domain::topic::DEVICES_ROOT;
 use crate::domain::{DeviceId, Route, TopicName};
 use crate::error::{Error, Result};
-use crate::ingest::{Ack, Ingest};
+use crate::uplink::{Ack, Ingest};
 
 /// The largest packet MQTT can carry. Oversized payloads are dropped (and
 /// counted) by ingest; refusing them at the socket would drop the gateway's

@@ -4,8 +4,9 @@
 
 use serde::Deserialize;
 use serde_json::Value;
-use wf_common::events::{
-    CommandResponded, MetricValue, OtaProgress, StatusChanged, TelemetryMessage, is_metric_name,
+use wf_common::contract::{
+    CommandOutcome, CommandResponded, MetricName, MetricValue, OtaProgress, OtaState,
+    StatusChanged, StatusReason, TelemetryMessage,
 };
 
 /// The device topics (`devices/{id}/{suffix}`) the gateway understands.
@@ -145,11 +146,10 @@ pub fn decode(msg: &Incoming<'_>, max_payload_bytes: usize) -> Result<Decoded, M
                 online,
                 at,
                 reason: if msg.last_will {
-                    "last_will"
+                    StatusReason::LastWill
                 } else {
-                    "status_message"
-                }
-                .into(),
+                    StatusReason::StatusMessage
+                },
                 broker: None,
             }))
         }
@@ -168,12 +168,7 @@ pub fn decode(msg: &Incoming<'_>, max_payload_bytes: usize) -> Result<Decoded, M
             Ok(Decoded::CommandResponded(CommandResponded {
                 device_id,
                 command_id: id,
-                status: if status == "succeeded" {
-                    "succeeded"
-                } else {
-                    "failed"
-                }
-                .into(),
+                status: CommandOutcome::from_device(&status),
                 result: body.result,
                 at,
             }))
@@ -194,6 +189,9 @@ pub fn decode(msg: &Incoming<'_>, max_payload_bytes: usize) -> Result<Decoded, M
             ) else {
                 return Err(Malformed::MissingField);
             };
+            // A state no rollout knows moves nothing: refused like any
+            // value the gateway cannot read.
+            let state = OtaState::from_device(&state).ok_or(Malformed::BadValue)?;
             Ok(Decoded::OtaProgress(OtaProgress {
                 device_id,
                 task_id,
@@ -237,9 +235,7 @@ fn telemetry(
             source = TsSource::Device;
             continue;
         }
-        if !is_metric_name(&key) {
-            return Err(Malformed::BadMetricName);
-        }
+        let name = MetricName::try_from(key).map_err(|_| Malformed::BadMetricName)?;
         let value = match value {
             Value::Bool(b) => MetricValue::Bool(b),
             Value::String(s) => MetricValue::Text(s),
@@ -250,7 +246,7 @@ fn telemetry(
         if !value.is_storable() {
             return Err(Malformed::BadValue);
         }
-        values.push((key, value));
+        values.push((name, value));
     }
     if values.is_empty() {
         return Err(Malformed::NoValues);
@@ -427,18 +423,19 @@ mod tests {
         assert_eq!(t.ts, 1_735_689_600_000);
         assert_eq!(
             t.values,
-            vec![
-                ("count".to_string(), MetricValue::Number(3.0)),
-                ("door".to_string(), MetricValue::Text("open".into())),
-                ("ok".to_string(), MetricValue::Bool(true)),
-                ("temp".to_string(), MetricValue::Number(21.5)),
+            [
+                ("count", MetricValue::Number(3.0)),
+                ("door", MetricValue::Text("open".into())),
+                ("ok", MetricValue::Bool(true)),
+                ("temp", MetricValue::Number(21.5)),
             ]
+            .map(|(name, value)| (MetricName::parse(name).unwrap(), value))
         );
     }
 
     #[test]
     fn telemetry_the_store_would_not_take_is_refused_whole() {
-        let long_text = "x".repeat(wf_common::events::MAX_TEXT_VALUE_BYTES + 1);
+        let long_text = "x".repeat(wf_common::contract::MAX_TEXT_VALUE_BYTES + 1);
         for (payload, refused) in [
             (
                 json!({"fine": 1, "bad metric": 2}),
@@ -457,7 +454,7 @@ mod tests {
                 "{payload}"
             );
         }
-        let longest = "x".repeat(wf_common::events::MAX_TEXT_VALUE_BYTES);
+        let longest = "x".repeat(wf_common::contract::MAX_TEXT_VALUE_BYTES);
         let bytes = serde_json::to_vec(&json!({"m".repeat(64): longest})).unwrap();
         assert!(decode(&incoming(Route::Telemetry, &bytes), 64 * 1024).is_ok());
     }
@@ -574,14 +571,14 @@ mod tests {
             panic!("not a status")
         };
         assert!(s.online);
-        assert_eq!(s.reason, "status_message");
+        assert_eq!(s.reason, StatusReason::StatusMessage);
         let mut will = incoming(Route::Status, b"offline");
         will.last_will = true;
         let Ok(Decoded::Status(s)) = decode(&will, MAX) else {
             panic!("not a status")
         };
         assert!(!s.online);
-        assert_eq!(s.reason, "last_will");
+        assert_eq!(s.reason, StatusReason::LastWill);
         assert_eq!(
             decode(&incoming(Route::Status, b"sleeping"), MAX),
             Err(Malformed::BadStatus)
@@ -597,7 +594,7 @@ mod tests {
             panic!("not a response")
         };
         assert_eq!(c.command_id, "c1");
-        assert_eq!(c.status, "succeeded");
+        assert_eq!(c.status, CommandOutcome::Succeeded);
         assert_eq!(c.result, json!({"rebooted": true}));
         let Ok(Decoded::CommandResponded(c)) = decode_json(
             Route::CommandResponse,
@@ -605,7 +602,7 @@ mod tests {
         ) else {
             panic!("not a response")
         };
-        assert_eq!(c.status, "failed");
+        assert_eq!(c.status, CommandOutcome::Failed);
         assert_eq!(c.result, Value::Null);
         assert_eq!(
             decode_json(Route::CommandResponse, json!({"status": "succeeded"})),
@@ -629,13 +626,36 @@ mod tests {
             panic!("not progress")
         };
         assert_eq!(p.task_id, "t1");
-        assert_eq!(p.state, "downloading");
+        assert_eq!(p.state, OtaState::Downloading);
         assert_eq!(p.progress, Some(42.5));
         assert_eq!(p.error, None);
         assert_eq!(
             decode_json(Route::OtaProgress, json!({"task_id": "t1"})),
             Err(Malformed::MissingField)
         );
+        assert_eq!(
+            decode_json(Route::OtaProgress, json!({"task_id": "t1", "state": ""})),
+            Err(Malformed::MissingField)
+        );
+        // Said the way devices say it, published in the one form.
+        let Ok(Decoded::OtaProgress(p)) = decode_json(
+            Route::OtaProgress,
+            json!({"task_id": "t1", "state": " SUCCESS ", "version": "1.2.0"}),
+        ) else {
+            panic!("not progress")
+        };
+        assert_eq!(p.state, OtaState::Succeeded);
+        assert_eq!(p.version.as_deref(), Some("1.2.0"));
+        for unknown in ["rebooting", "done", "  "] {
+            assert_eq!(
+                decode_json(
+                    Route::OtaProgress,
+                    json!({"task_id": "t1", "state": unknown})
+                ),
+                Err(Malformed::BadValue),
+                "{unknown:?}"
+            );
+        }
     }
 
     #[test]

@@ -15,8 +15,8 @@ use wf_proto::mqtt::{
 
 use crate::domain::{DeviceId, TopicFilter};
 use crate::error::Error;
-use crate::ingest::DeviceMessage;
 use crate::state::AppState;
+use crate::uplink::DeviceMessage;
 
 /// Messages buffered per `SubscribeTopic` stream towards its client.
 const STREAM_BUFFER: usize = 256;

@@ -13,8 +13,8 @@ use rumqttc::{ConnectReturnCode, MqttOptions};
 use serde_json::json;
 use tokio_stream::StreamExt;
 use tonic::Code;
-use wf_common::events::{
-    CommandResponded, MetricValue, OtaProgress, StatusChanged, TelemetryMessage, topics,
+use wf_common::contract::{
+    CommandResponded, MetricValue, OtaProgress, StatusChanged, TelemetryMessage,
 };
 use wf_proto::mqtt::{PublishMessageRequest, SubscribeTopicRequest};
 
@@ -206,10 +206,8 @@ async fn device_messages_become_events() {
     let app = gateway(&broker).await;
     app.sync("d1", "s1").await.unwrap();
     let mut telemetry = app.telemetry().await;
-    let mut responses = app
-        .events::<CommandResponded>(topics::DEVICE_COMMAND_RESPONDED)
-        .await;
-    let mut progress = app.events::<OtaProgress>(topics::DEVICE_OTA_PROGRESS).await;
+    let mut responses = app.events::<CommandResponded>().await;
+    let mut progress = app.events::<OtaProgress>().await;
     let d1 = app.device("d1", "s1").await;
 
     d1.publish("devices/d1/telemetry", "not json").await;
@@ -234,10 +232,10 @@ async fn device_messages_become_events() {
     assert_eq!(t.device_id, "d1");
     assert_eq!(t.ts, ts);
     assert_eq!(
-        t.values,
-        vec![
-            ("door".to_string(), MetricValue::Text("open".into())),
-            ("temp".to_string(), MetricValue::Number(21.5)),
+        crate::helpers::values(&t),
+        [
+            ("door", MetricValue::Text("open".into())),
+            ("temp", MetricValue::Number(21.5)),
         ]
     );
     let r = responses.next().await;
@@ -268,9 +266,7 @@ async fn status_messages_and_the_last_will_report_online_and_offline() {
     };
     let app = gateway(&broker).await;
     app.sync("d1", "s1").await.unwrap();
-    let mut status = app
-        .events::<StatusChanged>(topics::DEVICE_STATUS_CHANGED)
-        .await;
+    let mut status = app.events::<StatusChanged>().await;
     let opts = with_will(app.options("d1", "s1"), "devices/d1/status");
     let d1 = TestDevice::connect(opts).await.unwrap();
     d1.publish("devices/d1/status", "online").await;

@@ -14,12 +14,12 @@ use rumqttc::{
     AsyncClient, ConnectReturnCode, ConnectionError, Event, EventLoop, LastWill, MqttOptions,
     Outgoing, Packet, QoS, SubscribeReasonCode, Transport,
 };
-use serde::de::DeserializeOwned;
 use tokio::sync::{mpsc, oneshot};
 use tokio::task::JoinHandle;
 use tokio_stream::wrappers::TcpListenerStream;
 use tonic::{Request, Response, Status};
-use wf_common::events::{BusError, EventBus, InProcessBus, Subscription};
+use wf_common::contract::{Event as BusEvent, TelemetryBatch, TelemetryMessage};
+use wf_common::events::{BusError, Delivery, EventBus, InProcessBus, Subscription};
 use wf_common::shutdown::Shutdown;
 use wf_proto::device::device_service_server::{DeviceService, DeviceServiceServer};
 use wf_proto::device::{
@@ -362,18 +362,19 @@ impl TestApp {
             .unwrap_or_else(|code| panic!("{id} refused: {code:?}"))
     }
 
-    /// Reads events of `topic` (one item per event).
-    pub async fn events<T: DeserializeOwned>(&self, topic: &str) -> Events<T> {
-        Events::new(self.bus.as_ref(), topic, false).await
+    /// Reads events of type `E` (one item per event).
+    pub async fn events<E: BusEvent>(&self) -> Events<E> {
+        Events::new(self.bus.as_ref(), E::TOPIC, |d| {
+            vec![d.decode::<E>().unwrap()]
+        })
+        .await
     }
 
     /// Reads `device.data.received`, one item per telemetry message.
-    pub async fn telemetry(&self) -> Events<wf_common::events::TelemetryMessage> {
-        Events::new(
-            self.bus.as_ref(),
-            wf_common::events::topics::DEVICE_DATA_RECEIVED,
-            true,
-        )
+    pub async fn telemetry(&self) -> Events<TelemetryMessage> {
+        Events::new(self.bus.as_ref(), TelemetryBatch::TOPIC, |d| {
+            d.decode::<TelemetryBatch>().unwrap().messages
+        })
         .await
     }
 
@@ -620,20 +621,29 @@ impl EventBus for GatedBus {
     }
 }
 
+/// A telemetry message's values, names as strings.
+pub fn values(t: &TelemetryMessage) -> Vec<(&str, wf_common::contract::MetricValue)> {
+    t.values
+        .iter()
+        .map(|(name, value)| (name.as_str(), value.clone()))
+        .collect()
+}
+
 /// Reads events of one topic from the bus as one consumer group.
 pub struct Events<T> {
     sub: Box<dyn Subscription>,
-    arrays: bool,
+    /// The items one delivery holds.
+    items: fn(&Delivery) -> Vec<T>,
     ready: VecDeque<T>,
 }
 
-impl<T: DeserializeOwned> Events<T> {
-    async fn new(bus: &dyn EventBus, topic: &str, arrays: bool) -> Self {
+impl<T> Events<T> {
+    async fn new(bus: &dyn EventBus, topic: &str, items: fn(&Delivery) -> Vec<T>) -> Self {
         static GROUPS: AtomicUsize = AtomicUsize::new(0);
         let group = format!("test-{}", GROUPS.fetch_add(1, Ordering::Relaxed));
         Self {
             sub: bus.subscribe(topic, &group, "c").await.unwrap(),
-            arrays,
+            items,
             ready: VecDeque::new(),
         }
     }
@@ -654,11 +664,7 @@ impl<T: DeserializeOwned> Events<T> {
             let batch = self.sub.next(100, left).await.unwrap();
             let ids: Vec<String> = batch.iter().map(|d| d.id.clone()).collect();
             for d in &batch {
-                if self.arrays {
-                    self.ready.extend(d.decode::<Vec<T>>().unwrap());
-                } else {
-                    self.ready.push_back(d.decode::<T>().unwrap());
-                }
+                self.ready.extend((self.items)(d));
             }
             self.sub.ack(&ids).await.unwrap();
         }

@@ -12,5 +12,5 @@ mod connect;
 mod external_broker;
 mod grpc;
 mod hooks;
-mod ingest;
 mod status;
+mod uplink;

@@ -3,13 +3,12 @@
 
 use std::time::Duration;
 
-use wf_common::events::{BrokerHeartbeat, StatusChanged, topics};
+use wf_common::contract::{BrokerHeartbeat, StatusChanged};
 
 use crate::helpers::{TestApp, TestDevice, with_will};
 
 async fn status_events(app: &TestApp) -> crate::helpers::Events<StatusChanged> {
-    app.events::<StatusChanged>(topics::DEVICE_STATUS_CHANGED)
-        .await
+    app.events::<StatusChanged>().await
 }
 
 fn assert_status(event: &StatusChanged, device: &str, online: bool, reason: &str) {
@@ -147,9 +146,7 @@ async fn an_embedded_broker_announces_its_lease_and_names_itself_in_status_event
         .broker_heartbeat_secs(1)
         .spawn()
         .await;
-    let mut beats = app
-        .events::<BrokerHeartbeat>(topics::MQTT_BROKER_HEARTBEAT)
-        .await;
+    let mut beats = app.events::<BrokerHeartbeat>().await;
     let first = beats.next().await;
     let second = beats.next().await;
     assert_eq!(first.broker, second.broker);
@@ -187,9 +184,7 @@ async fn an_embedded_broker_announces_its_lease_and_names_itself_in_status_event
     let mut status = status_events(&other).await;
     let _d2 = other.device("d2", "s2").await;
     assert_eq!(status.next().await.broker, None);
-    let mut none = other
-        .events::<BrokerHeartbeat>(topics::MQTT_BROKER_HEARTBEAT)
-        .await;
+    let mut none = other.events::<BrokerHeartbeat>().await;
     assert!(
         none.next_within(Duration::from_millis(1500))
             .await

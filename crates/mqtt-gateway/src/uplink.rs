@@ -1,6 +1,6 @@
-//! From accepted device messages to events: decoding, presence (online /
-//! offline), the live feed behind `SubscribeTopic`, and the batcher that
-//! publishes to the event bus.
+//! The uplink, from devices to the event bus: accepted device messages
+//! decoded into events, presence (online / offline), the live feed behind
+//! `SubscribeTopic`, and the batcher that publishes to the bus.
 //!
 //! Both broker modes feed the same [`Ingest`]: the embedded broker from its
 //! hooks ([`Ingest::accept`], with connections and last wills), the
@@ -11,7 +11,7 @@
 //! or 2 message on the embedded broker is acknowledged only once it is
 //! stored ([`Ingest::accept_durable`]): the broker's publish hook queues it
 //! in order and hands the broker a gate that opens on the bus's
-//! confirmation ([`EventBus::publish_confirmed`]: in the all-in-one mode,
+//! confirmation ([`publish_confirmed`]: in the all-in-one mode,
 //! device-service has committed it; on Redis, it is in the stream); the
 //! connection reads its next messages meanwhile, and its acknowledgements
 //! go out in order as their gates open. Everything else (QoS 0, connections, last wills, messages from
@@ -25,9 +25,11 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use tokio::sync::{broadcast, mpsc, oneshot};
-use wf_common::events::{
-    CommandResponded, Confirmation, EventBus, OtaProgress, StatusChanged, TelemetryMessage, topics,
+use wf_common::contract::{
+    CommandResponded, Event as ContractEvent, OtaProgress, StatusChanged, StatusReason,
+    TelemetryBatch, TelemetryMessage,
 };
+use wf_common::events::{Confirmation, Encoded, EventBus, publish_confirmed};
 use wf_common::shutdown::Shutdown;
 
 use crate::Config;
@@ -99,10 +101,10 @@ enum Event {
 impl Event {
     fn topic(&self) -> &'static str {
         match self {
-            Self::Telemetry(_) => topics::DEVICE_DATA_RECEIVED,
-            Self::Status(_) => topics::DEVICE_STATUS_CHANGED,
-            Self::CommandResponded(_) => topics::DEVICE_COMMAND_RESPONDED,
-            Self::OtaProgress(_) => topics::DEVICE_OTA_PROGRESS,
+            Self::Telemetry(_) => TelemetryBatch::TOPIC,
+            Self::Status(_) => StatusChanged::TOPIC,
+            Self::CommandResponded(_) => CommandResponded::TOPIC,
+            Self::OtaProgress(_) => OtaProgress::TOPIC,
         }
     }
 }
@@ -353,7 +355,7 @@ impl Ingest {
         };
         presence.entry(device.to_string()).or_default().connections += 1;
         // Queued under the lock, so online and offline keep their order.
-        self.enqueue(status(device, true, "connected"));
+        self.enqueue(status(device, true, StatusReason::Connected));
         metrics::gauge!("wf_mqtt_connected_devices").set(presence.len() as f64);
     }
 
@@ -373,9 +375,9 @@ impl Ingest {
         if entry.connections == 0 {
             presence.remove(device);
             let reason = if will_sent {
-                "last_will"
+                StatusReason::LastWill
             } else {
-                "disconnected"
+                StatusReason::Disconnected
             };
             self.enqueue(status(device, false, reason));
         }
@@ -483,18 +485,41 @@ fn device_suffix<'t>(device: &str, topic: &'t str) -> Option<&'t str> {
         .strip_prefix('/')
 }
 
-fn status(device: &str, online: bool, reason: &str) -> Event {
+fn status(device: &str, online: bool, reason: StatusReason) -> Event {
     Event::Status(StatusChanged {
         device_id: device.to_string(),
         online,
         at: wf_common::now_millis(),
-        reason: reason.to_string(),
+        reason,
         broker: None,
     })
 }
 
-/// A topic, its events, and the acknowledgements they release.
-type TopicBatch = (&'static str, Vec<Vec<u8>>, Vec<Ack>);
+/// One topic's part of a flush: its events, and the acknowledgements they
+/// release.
+struct Outgoing<E> {
+    events: Encoded<E>,
+    acks: Vec<Ack>,
+}
+
+impl<E: ContractEvent> Outgoing<E> {
+    fn new() -> Self {
+        Self {
+            events: Encoded::new(),
+            acks: Vec::new(),
+        }
+    }
+
+    /// Adds `event` and the acknowledgement it releases. An event that
+    /// fails validation is not passed on (the decoder never makes one);
+    /// its message is acknowledged with the others all the same.
+    fn push(&mut self, event: &E, ack: Option<Ack>) {
+        if let Err(e) = self.events.push(event) {
+            tracing::error!(error = %e, "an event failed validation and was not published");
+        }
+        self.acks.extend(ack);
+    }
+}
 
 /// Drains the ingest queue into the event bus: telemetry as
 /// `device.data.received` events of up to `batch_max_messages` messages
@@ -541,81 +566,82 @@ impl Batcher {
     }
 
     /// Publishes the batch; then, once the bus confirms a topic's events
-    /// (see [`EventBus::publish_confirmed`]), acknowledges the messages that
+    /// (see [`publish_confirmed`]), acknowledges the messages that
     /// made them to the broker, without holding up the next batch. Messages whose events
     /// are not confirmed are never acknowledged: an external broker's
     /// durable session delivers them again, and a device on the embedded
     /// broker sends them again.
     async fn flush(&self, batch: &mut Vec<Queued>, stop: &Shutdown) {
         let mut telemetry = Vec::new();
-        // Per topic: its events, and the acknowledgements they release.
-        let mut by_topic: [TopicBatch; 4] = [
-            (topics::DEVICE_DATA_RECEIVED, Vec::new(), Vec::new()),
-            (topics::DEVICE_STATUS_CHANGED, Vec::new(), Vec::new()),
-            (topics::DEVICE_COMMAND_RESPONDED, Vec::new(), Vec::new()),
-            (topics::DEVICE_OTA_PROGRESS, Vec::new(), Vec::new()),
-        ];
+        let mut telemetry_acks = Vec::new();
+        let mut status = Outgoing::<StatusChanged>::new();
+        let mut responses = Outgoing::<CommandResponded>::new();
+        let mut progress = Outgoing::<OtaProgress>::new();
         for Queued { event, ack, .. } in batch.drain(..) {
-            let encoded = match event {
+            match event {
                 Event::Telemetry(t) => {
                     telemetry.push(t);
-                    by_topic[0].2.extend(ack);
-                    continue;
+                    telemetry_acks.extend(ack);
                 }
-                Event::Status(s) => (1, serde_json::to_vec(&s)),
-                Event::CommandResponded(c) => (2, serde_json::to_vec(&c)),
-                Event::OtaProgress(p) => (3, serde_json::to_vec(&p)),
-            };
-            let (i, payload) = encoded;
-            by_topic[i].2.extend(ack);
-            if let Ok(payload) = payload {
-                by_topic[i].1.push(payload);
+                Event::Status(s) => status.push(&s, ack),
+                Event::CommandResponded(c) => responses.push(&c, ack),
+                Event::OtaProgress(p) => progress.push(&p, ack),
             }
         }
-        for chunk in telemetry.chunks(self.max_messages) {
-            if let Ok(payload) = serde_json::to_vec(chunk) {
-                by_topic[0].1.push(payload);
-            }
+        let mut batches = Outgoing::<TelemetryBatch>::new();
+        let mut telemetry = telemetry.into_iter().peekable();
+        while telemetry.peek().is_some() {
+            let messages = telemetry.by_ref().take(self.max_messages).collect();
+            batches.push(&TelemetryBatch { messages }, None);
         }
-        for (topic, payloads, acks) in by_topic {
-            if payloads.is_empty() {
-                // Nothing to pass on (an event that did not encode).
-                acks.into_iter().for_each(|ack| ack());
-                continue;
-            }
-            let Some(confirmation) = self.publish(topic, payloads, stop).await else {
-                continue;
-            };
-            if acks.is_empty() {
-                continue;
-            }
-            tokio::spawn(async move {
-                match confirmation.wait().await {
-                    Ok(()) => acks.into_iter().for_each(|ack| ack()),
-                    Err(e) => tracing::warn!(
-                        topic,
-                        error = %e,
-                        messages = acks.len(),
-                        "events not confirmed; their messages stay unacknowledged"
-                    ),
-                }
-            });
+        batches.acks = telemetry_acks;
+        self.release(batches, stop).await;
+        self.release(status, stop).await;
+        self.release(responses, stop).await;
+        self.release(progress, stop).await;
+    }
+
+    /// Publishes one topic's part of a flush; once the bus confirms it,
+    /// acknowledges its messages, in a task of their own.
+    async fn release<E: ContractEvent>(&self, outgoing: Outgoing<E>, stop: &Shutdown) {
+        let Outgoing { events, acks } = outgoing;
+        if events.is_empty() {
+            // Nothing to pass on (an event that did not pass validation).
+            acks.into_iter().for_each(|ack| ack());
+            return;
         }
+        let Some(confirmation) = self.publish(&events, stop).await else {
+            return;
+        };
+        if acks.is_empty() {
+            return;
+        }
+        tokio::spawn(async move {
+            match confirmation.wait().await {
+                Ok(()) => acks.into_iter().for_each(|ack| ack()),
+                Err(e) => tracing::warn!(
+                    topic = E::TOPIC,
+                    error = %e,
+                    messages = acks.len(),
+                    "events not confirmed; their messages stay unacknowledged"
+                ),
+            }
+        });
     }
 
     /// Publishes, retrying with backoff while the bus is unavailable; once
     /// shutdown is under way a failed publish is dropped and counted.
     /// The bus's confirmation, or `None` when the events are not on it.
-    async fn publish(
+    async fn publish<E: ContractEvent>(
         &self,
-        topic: &'static str,
-        payloads: Vec<Vec<u8>>,
+        events: &Encoded<E>,
         stop: &Shutdown,
     ) -> Option<Confirmation> {
-        let count = payloads.len() as u64;
+        let topic = E::TOPIC;
+        let count = events.len() as u64;
         let mut backoff = Duration::from_millis(50);
         loop {
-            match self.bus.publish_confirmed(topic, payloads.clone()).await {
+            match publish_confirmed(self.bus.as_ref(), events).await {
                 Ok(confirmation) => {
                     metrics::counter!("wf_mqtt_events_published_total", "topic" => topic)
                         .increment(count);

@@ -2,12 +2,15 @@
 //! and never block the good ones.
 
 use serde_json::json;
-use wf_common::events::{CommandResponded, EventBus, MetricValue, OtaProgress, topics};
+use wf_common::contract::{
+    CommandOutcome, CommandResponded, Event, MetricValue, OtaProgress, OtaState, TelemetryBatch,
+};
+use wf_common::events::EventBus;
 
 use rumqttc::QoS;
 use std::time::Duration;
 
-use crate::helpers::{TestApp, metric};
+use crate::helpers::{TestApp, metric, values};
 
 #[tokio::test]
 async fn telemetry_arrives_on_the_bus_with_its_values_and_timestamp() {
@@ -28,18 +31,15 @@ async fn telemetry_arrives_on_the_bus_with_its_values_and_timestamp() {
     assert_eq!(first.device_id, "d1");
     assert_eq!(first.ts, an_hour_ago);
     assert_eq!(
-        first.values,
-        vec![
-            ("alarm".to_string(), MetricValue::Bool(false)),
-            ("door".to_string(), MetricValue::Text("open".into())),
-            ("temp".to_string(), MetricValue::Number(21.5)),
+        values(&first),
+        [
+            ("alarm", MetricValue::Bool(false)),
+            ("door", MetricValue::Text("open".into())),
+            ("temp", MetricValue::Number(21.5)),
         ]
     );
     let second = telemetry.next().await;
-    assert_eq!(
-        second.values,
-        vec![("temp".to_string(), MetricValue::Number(22.0))]
-    );
+    assert_eq!(values(&second), [("temp", MetricValue::Number(22.0))]);
     assert!(
         second.ts >= before && second.ts <= wf_common::now_millis(),
         "a message without ts is stamped when received"
@@ -50,9 +50,7 @@ async fn telemetry_arrives_on_the_bus_with_its_values_and_timestamp() {
 async fn telemetry_is_batched_into_arrays() {
     let app = TestApp::spawn().await;
     let d1 = app.device("d1", "s1").await;
-    let mut events = app
-        .events::<Vec<wf_common::events::TelemetryMessage>>(topics::DEVICE_DATA_RECEIVED)
-        .await;
+    let mut events = app.events::<TelemetryBatch>().await;
     // At QoS 0 nobody waits for an acknowledgement, so batches linger
     // and fill up.
     for i in 0..200 {
@@ -66,7 +64,7 @@ async fn telemetry_is_batched_into_arrays() {
     let mut received = Vec::new();
     let mut event_count = 0;
     while received.len() < 200 {
-        received.extend(events.next().await);
+        received.extend(events.next().await.messages);
         event_count += 1;
     }
     assert_eq!(received.len(), 200);
@@ -111,10 +109,7 @@ async fn malformed_and_oversized_messages_are_counted_and_dropped() {
     d1.publish("devices/d1/telemetry", r#"{"good": 1}"#).await;
 
     let next = telemetry.next().await;
-    assert_eq!(
-        next.values,
-        vec![("good".to_string(), MetricValue::Number(1.0))]
-    );
+    assert_eq!(values(&next), [("good", MetricValue::Number(1.0))]);
 
     let metrics = app.metrics().await;
     for reason in [
@@ -144,9 +139,7 @@ async fn malformed_and_oversized_messages_are_counted_and_dropped() {
 #[tokio::test]
 async fn command_responses_become_command_responded_events() {
     let app = TestApp::spawn().await;
-    let mut responses = app
-        .events::<CommandResponded>(topics::DEVICE_COMMAND_RESPONDED)
-        .await;
+    let mut responses = app.events::<CommandResponded>().await;
     let d2 = app.device("d2", "s2").await;
 
     d2.publish(
@@ -163,18 +156,24 @@ async fn command_responses_become_command_responded_events() {
     let ok = responses.next().await;
     assert_eq!(ok.device_id, "d2");
     assert_eq!(ok.command_id, "cmd-1");
-    assert_eq!(ok.status, "succeeded");
+    assert_eq!(ok.status, CommandOutcome::Succeeded);
     assert_eq!(ok.result, json!({"uptime": 42}));
     let failed = responses.next().await;
     assert_eq!(failed.command_id, "cmd-2");
-    assert_eq!(failed.status, "failed");
+    assert_eq!(failed.status, CommandOutcome::Failed);
 }
 
 #[tokio::test]
 async fn ota_progress_becomes_ota_progress_events() {
     let app = TestApp::spawn().await;
-    let mut progress = app.events::<OtaProgress>(topics::DEVICE_OTA_PROGRESS).await;
+    let mut progress = app.events::<OtaProgress>().await;
     let d3 = app.device("d3", "s3").await;
+    // A state no rollout knows is refused as malformed, not passed on.
+    d3.publish(
+        "devices/d3/ota/progress",
+        json!({"task_id": "t-8", "state": "rebooting"}).to_string(),
+    )
+    .await;
     d3.publish(
         "devices/d3/ota/progress",
         json!({"task_id": "t-9", "state": "downloading", "progress": 40.0, "version": "1.2.0"})
@@ -184,10 +183,23 @@ async fn ota_progress_becomes_ota_progress_events() {
     let p = progress.next().await;
     assert_eq!(p.device_id, "d3");
     assert_eq!(p.task_id, "t-9");
-    assert_eq!(p.state, "downloading");
+    assert_eq!(p.state, OtaState::Downloading);
     assert_eq!(p.progress, Some(40.0));
     assert_eq!(p.version.as_deref(), Some("1.2.0"));
     assert_eq!(p.error, None);
+    assert!(
+        metric(
+            &app.metrics().await,
+            "wf_mqtt_malformed_messages_total{reason=\"bad_value\"}"
+        ) >= 1.0
+    );
+    // Said the way some devices say it, passed on in the one form.
+    d3.publish(
+        "devices/d3/ota/progress",
+        json!({"task_id": "t-9", "state": "SUCCESS", "version": "1.2.0"}).to_string(),
+    )
+    .await;
+    assert_eq!(progress.next().await.state, OtaState::Succeeded);
 }
 
 #[tokio::test]
@@ -227,7 +239,7 @@ async fn a_device_sends_on_while_its_messages_wait_and_their_acknowledgements_ke
     // stored until the test says so.
     let mut store = app
         .bus
-        .subscribe(topics::DEVICE_DATA_RECEIVED, "store", "c")
+        .subscribe(TelemetryBatch::TOPIC, "store", "c")
         .await
         .unwrap();
     let mut d1 = app.device("d1", "s1").await;
@@ -365,8 +377,8 @@ async fn timestamps_outside_the_accepted_window_are_refused_and_counted() {
     .await;
     let accepted = telemetry.next().await;
     assert_eq!(
-        accepted.values,
-        vec![("t".to_string(), MetricValue::Number(4.0))],
+        values(&accepted),
+        [("t", MetricValue::Number(4.0))],
         "only the value inside the window reaches the bus"
     );
     assert_eq!(accepted.ts, now);
