@@ -327,7 +327,10 @@ pub async fn run_consumer<E, H, Fut>(
         };
         if pending.is_empty() {
             let next = tokio::select! {
-                () = &mut stop => return,
+                () = &mut stop => {
+                    handle_queued(sub.as_mut(), topic, max_batch, &mut handle).await;
+                    return;
+                }
                 n = sub.next(max_batch, Duration::from_secs(1)) => n,
             };
             match next {
@@ -367,6 +370,57 @@ pub async fn run_consumer<E, H, Fut>(
                 }
             }
         }
+    }
+}
+
+/// How long a stopping consumer goes on handling what is already queued.
+const DRAIN_LIMIT: Duration = Duration::from_secs(5);
+
+/// A consumer stopped while it waited for events still handles those
+/// already queued for it (for at most [`DRAIN_LIMIT`]), so that what
+/// services stopped before it published (the offline events of a stopping
+/// gateway's devices) is not left behind; with the in-process bus it would
+/// be lost. What it cannot handle stays unacknowledged.
+async fn handle_queued<E, H, Fut>(
+    sub: &mut dyn Subscription,
+    topic: &'static str,
+    max_batch: usize,
+    handle: &mut H,
+) where
+    E: Event,
+    H: FnMut(Batch<E>) -> Fut + Send,
+    Fut: Future<Output = anyhow::Result<()>> + Send,
+{
+    let deadline = tokio::time::Instant::now() + DRAIN_LIMIT;
+    let mut handled = 0;
+    loop {
+        let read =
+            tokio::time::timeout_at(deadline, sub.next(max_batch, Duration::from_millis(50))).await;
+        let batch = match read {
+            Ok(Ok(batch)) if !batch.is_empty() => batch,
+            Ok(Ok(_)) => break,
+            Ok(Err(e)) => {
+                tracing::warn!(topic, error = %e, "reading the last events failed");
+                break;
+            }
+            Err(_) => {
+                tracing::warn!(topic, handled, "stopped with events still queued");
+                break;
+            }
+        };
+        let ids: Vec<String> = batch.iter().map(|d| d.id.clone()).collect();
+        if let Err(e) = handle(Batch::new(batch)).await {
+            tracing::warn!(topic, error = %e, "handling the last events failed");
+            break;
+        }
+        handled += ids.len();
+        if let Err(e) = sub.ack(&ids).await {
+            tracing::warn!(topic, error = %e, "acknowledging the last events failed");
+            break;
+        }
+    }
+    if handled > 0 {
+        tracing::info!(topic, handled, "handled the events queued before the stop");
     }
 }
 
@@ -1195,6 +1249,48 @@ mod tests {
             .await
             .expect("the consumer ended")
             .expect("without a panic");
+    }
+
+    #[tokio::test]
+    async fn a_consumer_stopped_while_it_waits_handles_what_was_queued_before_the_stop() {
+        let bus: Arc<dyn EventBus> = Arc::new(InProcessBus::new());
+        let stop = crate::shutdown::Shutdown::new();
+        let handled = Arc::new(Mutex::new(Vec::new()));
+        let seen = handled.clone();
+        let consumer = tokio::spawn(run_consumer::<DeviceDeleted, _, _>(
+            bus.clone(),
+            "g".into(),
+            "c".into(),
+            1,
+            stop.wait(),
+            move |batch| {
+                let seen = seen.clone();
+                async move {
+                    let mut seen = seen.lock().unwrap();
+                    seen.extend(batch.events().into_iter().map(|e| e.device_id));
+                    Ok(())
+                }
+            },
+        ));
+        // The consumer waits for its first event.
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        let deleted: Vec<DeviceDeleted> = (0..20)
+            .map(|i| DeviceDeleted {
+                device_id: format!("d-{i}"),
+                at: 1,
+            })
+            .collect();
+        // Queued and stopped at once, as a gateway's last offline events
+        // are just before the services behind it stop: one at a time, each
+        // would otherwise race the stop.
+        publish(bus.as_ref(), &deleted).await.unwrap();
+        stop.trigger();
+        tokio::time::timeout(Duration::from_secs(10), consumer)
+            .await
+            .expect("the consumer ended")
+            .expect("without a panic");
+        let expected: Vec<String> = (0..20).map(|i| format!("d-{i}")).collect();
+        assert_eq!(*handled.lock().unwrap(), expected);
     }
 
     #[tokio::test]

@@ -224,6 +224,11 @@ async fn renew_broker_leases(
 /// Heartbeats taken at once; a smaller batch means the consumer is current.
 const HEARTBEATS_PER_BATCH: usize = 256;
 
+/// The longest sweeping waits, after a start, for the heartbeats gateway
+/// instances published meanwhile: several of their intervals (5 s by
+/// default).
+const LEASE_CATCH_UP_LIMIT: Duration = Duration::from_secs(30);
+
 /// Devices taken offline per sweep at most (the next sweep goes on).
 const SWEEP_BATCH: i64 = 1000;
 
@@ -235,9 +240,15 @@ const UNKNOWN_BROKER_GRACE_MS: i64 = 30_000;
 /// its lease (a crashed or cut-off mqtt-gateway) go offline with reason
 /// `gateway_lost`, announced on the bus like any status change. Every
 /// replica sweeps; the conditional update lets one of them win per device.
+///
+/// Sweeping waits for the heartbeats published while this process was
+/// away, but not for ever: when none has come within
+/// [`LEASE_CATCH_UP_LIMIT`] of the start, no gateway instance is alive to
+/// send one, and the leases stored are as current as they will get.
 async fn sweep_lapsed_brokers(state: AppState, leases_current: Arc<AtomicBool>, stop: Shutdown) {
     let mut ticks = tokio::time::interval(Duration::from_secs(1));
     ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let started = tokio::time::Instant::now();
     let mut round: u64 = 0;
     loop {
         tokio::select! {
@@ -245,7 +256,14 @@ async fn sweep_lapsed_brokers(state: AppState, leases_current: Arc<AtomicBool>, 
             () = stop.wait() => return,
         }
         if !leases_current.load(AtomicOrdering::Acquire) {
-            continue;
+            if started.elapsed() < LEASE_CATCH_UP_LIMIT {
+                continue;
+            }
+            tracing::info!(
+                "no gateway heartbeat since the start: sweeping devices of gateway instances \
+                 by the leases stored"
+            );
+            leases_current.store(true, AtomicOrdering::Release);
         }
         round += 1;
         if let Err(e) = sweep_once(&state, round.is_multiple_of(10)).await {

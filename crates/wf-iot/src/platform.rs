@@ -349,6 +349,7 @@ fn print_admin_banner(username: &str, generated: Option<&str>, http_port: u16) {
         }
         None => println!("    password: the value of WF_IOT_ADMIN_PASSWORD"),
     }
+    println!("  A lost password is set anew with: wf-iot user reset-password {username}");
     println!(
         "  Log in: curl -s -X POST http://localhost:{http_port}/api/v1/auth/login \
          -H 'content-type: application/json' -d '{{\"username\":\"{username}\",\"password\":\"...\"}}'"

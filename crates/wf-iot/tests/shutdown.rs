@@ -180,7 +180,7 @@ async fn after_a_crash_a_restart_shows_no_device_online_that_is_not_connected() 
         .to_string();
 
     let mut options = rumqttc::MqttOptions::new("crash-1", "127.0.0.1", mqtt);
-    options.set_credentials("crash-1", secret);
+    options.set_credentials("crash-1", secret.clone());
     let (_client, mut event_loop) = rumqttc::AsyncClient::new(options, 10);
     let polling = tokio::spawn(async move { while event_loop.poll().await.is_ok() {} });
     eventually_within("the device online", Duration::from_secs(20), || async {
@@ -198,7 +198,8 @@ async fn after_a_crash_a_restart_shows_no_device_online_that_is_not_connected() 
         format!("http://127.0.0.1:{auth_http}"),
         format!("http://127.0.0.1:{device_http}"),
     );
-    server.child = serve_with_mqtt(dir.path(), auth_http, device_http, free_port());
+    let mqtt = free_port();
+    server.child = serve_with_mqtt(dir.path(), auth_http, device_http, mqtt);
     let token = login(&http, &auth).await;
     assert_eq!(
         online(&http, &devices, &token).await,
@@ -220,6 +221,55 @@ async fn after_a_crash_a_restart_shows_no_device_online_that_is_not_connected() 
         (latest["online"].as_bool(), latest["reason"].as_str()),
         (Some(false), Some("server_restart")),
         "{history}"
+    );
+
+    // A clean stop with the device connected: its disconnection is
+    // recorded before the services behind the gateway stop, so the next
+    // start has nothing to correct.
+    let mut options = rumqttc::MqttOptions::new("crash-1", "127.0.0.1", mqtt);
+    options.set_credentials("crash-1", secret);
+    let (_client, mut event_loop) = rumqttc::AsyncClient::new(options, 10);
+    let polling = tokio::spawn(async move { while event_loop.poll().await.is_ok() {} });
+    eventually_within(
+        "the device online again",
+        Duration::from_secs(20),
+        || async { (online(&http, &devices, &token).await == Some(true)).then_some(()) },
+    )
+    .await;
+    signal(&server.child, "TERM");
+    assert!(server.exit_within(Duration::from_secs(30)).await.success());
+    polling.abort();
+    let (auth_http, device_http) = (free_port(), free_port());
+    let (auth, devices) = (
+        format!("http://127.0.0.1:{auth_http}"),
+        format!("http://127.0.0.1:{device_http}"),
+    );
+    server.child = serve_with_mqtt(dir.path(), auth_http, device_http, free_port());
+    let token = login(&http, &auth).await;
+    let history: Value = http
+        .get(format!("{devices}/api/v1/devices/crash-1/status-history"))
+        .bearer_auth(&token)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let reasons: Vec<(Option<bool>, Option<&str>)> = history
+        .as_array()
+        .unwrap()
+        .iter()
+        .take(2)
+        .map(|h| (h["online"].as_bool(), h["reason"].as_str()))
+        .collect();
+    assert_eq!(
+        reasons,
+        [
+            (Some(false), Some("disconnected")),
+            (Some(true), Some("connected"))
+        ],
+        "{history}\n{}",
+        server.log()
     );
 }
 
@@ -373,7 +423,32 @@ async fn a_held_port_stops_the_start_naming_the_fix_before_anything_is_ready() {
         !log.contains("wf-iot is running"),
         "the banner came out:\n{log}"
     );
+    assert!(
+        !log.contains("created the first administrator"),
+        "an administrator was created:\n{log}"
+    );
     drop(held);
+    // Nothing was created, so a start on a free port makes the first
+    // administrator and shows its banner.
+    let mut server = Server {
+        child: serve_command(dir.path(), 0, 0, 0)
+            .spawn()
+            .expect("wf-iot serve starts"),
+        log: dir.path().join("serve.log"),
+    };
+    eventually_within(
+        "the first administrator",
+        Duration::from_secs(60),
+        || async {
+            let log = server.log();
+            (log.contains("created the first administrator")
+                && log.contains("wf-iot user reset-password admin"))
+            .then_some(())
+        },
+    )
+    .await;
+    signal(&server.child, "TERM");
+    assert!(server.exit_within(Duration::from_secs(30)).await.success());
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

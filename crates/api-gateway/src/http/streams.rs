@@ -5,9 +5,10 @@
 //!   may watch it: the gateway asks device-service exactly that, with the
 //!   caller's token, and passes a refusal (401/403/404) on as it is.
 //! - `GET /api/v1/devices/stream`: status changes of every device the
-//!   caller may see. Admins (superusers and the admin role, device-service's
-//!   own rule) see all. Everyone else sees the devices device-service lists
-//!   for them: the list is loaded when the stream opens and on every
+//!   caller may see, by device-service's own rule: a role of scope `fleet`
+//!   (and superusers) see all. A caller whose `device:read` reaches only
+//!   their own devices sees the devices device-service lists for them: the
+//!   list is loaded when the stream opens and on every
 //!   re-check, and a device that is not on it (created since) is looked up
 //!   once with the caller's token, a refusal remembered until the next
 //!   re-check. Lookups are budgeted per stream (a burst of status changes

@@ -390,8 +390,8 @@ pub async fn list(
 }
 
 /// Commands across the fleet, newest first: those to every device the
-/// caller may see (all devices for an administrator, their own for
-/// anyone else).
+/// caller's `device:read` reaches (the whole fleet, or with a role of
+/// scope `own` the devices the caller owns).
 #[utoipa::path(get, path = "/api/v1/commands", tag = "commands", security(("bearer" = [])), params(FleetListQuery),
     responses((status = 200, body = Paged<CommandDto>), (status = 422, body = ErrorEnvelope)))]
 pub async fn list_all(

@@ -236,6 +236,55 @@ async fn a_roles_scope_decides_whose_devices_it_reaches() {
         let resp = app.request(method.clone(), path, Some(&alice), None).await;
         assert_eq!(resp.status(), StatusCode::OK, "operator {method} {path}");
     }
+    // It changes, commands, re-keys and deletes another owner's device,
+    // while the built-in viewer role reads the whole fleet and changes none
+    // of it.
+    let victor = app.user("victor", &["viewer"]).await;
+    app.device(&bob, json!({ "id": "bob-2", "name": "Bob's second" }))
+        .await;
+    let changes = [
+        (
+            Method::PATCH,
+            "/api/v1/devices/bob-2",
+            Some(json!({ "name": "renamed by the team" })),
+        ),
+        (
+            Method::POST,
+            "/api/v1/devices/bob-2/commands",
+            Some(json!({ "name": "reboot" })),
+        ),
+        (Method::POST, "/api/v1/devices/bob-2/secret", None),
+        (Method::DELETE, "/api/v1/devices/bob-2", None),
+    ];
+    assert_eq!(app.get_json("/api/v1/devices", &victor).await["total"], 4);
+    let resp = app
+        .request(Method::GET, "/api/v1/devices/bob-2", Some(&victor), None)
+        .await;
+    assert_eq!(resp.status(), StatusCode::OK);
+    for (method, path, body) in changes.clone() {
+        let resp = app.request(method.clone(), path, Some(&victor), body).await;
+        assert_eq!(
+            resp.status(),
+            StatusCode::FORBIDDEN,
+            "viewer {method} {path}"
+        );
+    }
+    for (method, path, body) in changes {
+        let resp = app.request(method.clone(), path, Some(&alice), body).await;
+        assert!(
+            resp.status().is_success(),
+            "operator {method} {path}: {}",
+            resp.status()
+        );
+    }
+    let resp = app
+        .request(Method::GET, "/api/v1/devices/bob-2", Some(&bob), None)
+        .await;
+    assert_eq!(
+        resp.status(),
+        StatusCode::NOT_FOUND,
+        "deleted by the operator"
+    );
 
     // A role of scope own reaches its holder's devices only; another
     // owner's device is answered like an unknown one.

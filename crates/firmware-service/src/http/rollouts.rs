@@ -2,11 +2,12 @@
 //! with counts per state, pause / resume / cancel, and their executions
 //! with each one's history.
 //!
-//! Ownership: a rollout (and an upgrade task) belongs to its creator and is
-//! seen and controlled by them and by admins only; another owner's is
-//! answered 404. Targets resolve through device-service with the caller's
-//! visibility (an admin reaches every device, anyone else their own), so a
-//! device of another owner is answered exactly like an unknown id.
+//! Ownership: a rollout (and an upgrade task) belongs to its creator. A
+//! role of scope `fleet` reaches every rollout; one of scope `own` only its
+//! holder's, and another owner's is answered 404. Targets resolve through
+//! device-service with the caller's reach (the whole fleet, or the devices
+//! they own), so a device out of reach is answered exactly like an unknown
+//! id.
 
 use std::collections::{BTreeMap, HashSet};
 

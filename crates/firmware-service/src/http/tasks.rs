@@ -1,6 +1,7 @@
 //! Single-device upgrade tasks: a one-device rollout, addressed by its
 //! execution's id (the `task_id` the device sees). Owned like rollouts:
-//! seen and canceled by their creator and by admins only.
+//! a role of scope `fleet` reaches every task, one of scope `own` only its
+//! holder's.
 
 use axum::Json;
 use axum::extract::State;
