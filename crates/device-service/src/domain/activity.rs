@@ -132,7 +132,7 @@ pub fn online_per_bucket(
 mod tests {
     use super::*;
 
-    const NOW: i64 = 1_790_000_000_000;
+    const NOW: i64 = 1_789_999_980_000; // a whole minute since the epoch
 
     fn parse(
         from: Option<&str>,
@@ -175,7 +175,7 @@ mod tests {
             (Some("yesterday"), None, None, "RFC 3339"),
             (None, None, Some("fast"), "not an interval"),
             (None, None, Some("500ms"), "at least 1s"),
-            (None, None, Some("1s"), "3601 buckets"),
+            (None, None, Some("1s"), "3600 buckets"),
             (
                 Some("0"),
                 Some(&*format!("{}", 32 * 86_400_000_i64)),
