@@ -99,6 +99,21 @@ test('an administrator signs in and sees the fleet live on the dashboard', async
   await page.waitForFunction(() => Number(document.querySelector('#stat-online').textContent) >= 3, null, { timeout: 20000 });
   await page.waitForFunction(() => parseFloat(document.querySelector('#stat-rate').textContent) > 0, null, { timeout: 20000 });
   assert.equal(await page.locator('#whoami').textContent(), 'admin');
+  // History from device-service: messages per second and devices online
+  // per bucket, commands by outcome.
+  await page.waitForSelector('#activity-card[data-buckets]', { timeout: 20000 });
+  await page.waitForFunction(() => Number(document.querySelector('#chart-messages').dataset.points || 0) > 0, null, { timeout: 20000 });
+  await page.waitForFunction(() => Number(document.querySelector('#chart-online').dataset.points || 0) > 0, null, { timeout: 20000 });
+  assert.equal(await page.locator('#chart-messages svg path.line').count(), 1);
+  assert.equal(await page.locator('#commands-legend li').count(), 4);
+  // The simulated devices stand where their metadata puts them.
+  await page.waitForSelector('#fleet-map[data-devices="3"]');
+  await page.waitForFunction(() => document.querySelectorAll('#fleet-map a.map-device[data-online="true"]').length === 3, null, { timeout: 20000 });
+  assert.match(await page.locator('#map-legend').textContent(), /Online: 3/);
+  // Another range reloads the history.
+  await page.getByLabel('Time range').selectOption('900');
+  await page.waitForFunction(() => document.querySelector('#activity-card').dataset.interval === '30000', null, { timeout: 20000 });
+  await page.waitForFunction(() => Number(document.querySelector('#chart-messages').dataset.points || 0) > 0, null, { timeout: 20000 });
   await shot('02-dashboard');
 });
 
@@ -162,6 +177,38 @@ test('a device page charts live telemetry and edits the device', async () => {
   await page.waitForFunction((n) => Number(document.querySelector('#chart').dataset.points || 0) > n, rawBefore, { timeout: 20000 });
   assert.ok(await page.locator('#latest-values dd[data-metric="temperature"]').isVisible());
   assert.ok(await page.locator('#chart svg path.line').count() === 1);
+  // More metrics at once, each in its colour, with a legend.
+  await page.getByLabel('humidity').check();
+  await page.getByLabel('battery').check();
+  await page.waitForFunction(() => document.querySelectorAll('#chart svg path.line').length === 3, null, { timeout: 20000 });
+  const colors = await page.locator('#chart svg path.line').evaluateAll((paths) => paths.map((p) => p.getAttribute('stroke')));
+  assert.equal(new Set(colors).size, 3, colors.join());
+  assert.deepEqual(await page.locator('#chart .chart-legend li').allTextContents(), ['battery', 'humidity', 'temperature']);
+  // Dragging across the chart zooms into that time range; reset goes back.
+  const box = await page.locator('#chart svg').boundingBox();
+  const wide = Number(await page.locator('#chart').getAttribute('data-to')) - Number(await page.locator('#chart').getAttribute('data-from'));
+  await page.mouse.move(box.x + box.width * 0.5, box.y + box.height / 2);
+  await page.mouse.down();
+  await page.mouse.move(box.x + box.width * 0.7, box.y + box.height / 2, { steps: 5 });
+  await page.mouse.move(box.x + box.width * 0.9, box.y + box.height / 2, { steps: 5 });
+  await page.mouse.up();
+  await page.waitForSelector('#chart[data-zoomed="true"]');
+  await page.waitForFunction((w) => {
+    const c = document.querySelector('#chart');
+    return Number(c.dataset.to) - Number(c.dataset.from) < w / 2;
+  }, wide);
+  await page.getByRole('button', { name: 'Reset zoom' }).waitFor();
+  await shot('05a-device-metrics-zoomed');
+  await page.getByRole('button', { name: 'Reset zoom' }).click();
+  await page.waitForFunction(() => !document.querySelector('#chart').dataset.zoomed);
+  await page.getByLabel('battery').uncheck();
+  await page.waitForFunction(() => document.querySelectorAll('#chart svg path.line').length === 2, null, { timeout: 20000 });
+  // Readable details: the owner by name, four-digit years, reasons explained.
+  assert.equal(await page.locator('#device-owner').textContent(), 'admin (you)');
+  assert.match(await page.locator('#device-props').textContent(), /20\d\d/);
+  assert.match(await page.locator('#device-props').textContent(), /Location/);
+  await page.waitForSelector('#status-rows td[data-reason="connected"], #status-rows td[data-reason="status_message"]');
+  assert.match(await page.locator('#status-rows td[data-reason="connected"], #status-rows td[data-reason="status_message"]').first().textContent(), /Connected to the broker|Reported its status itself/);
 });
 
 test('a command is sent and the device answer shows', async () => {
@@ -173,6 +220,16 @@ test('a command is sent and the device answer shows', async () => {
   assert.equal(await page.locator('#command-result').getAttribute('data-status'), 'succeeded');
   await page.waitForFunction(() => document.querySelector('#command-rows').textContent.includes('reboot'));
   await shot('05-device');
+});
+
+test('a refused command clears the previous answer', async () => {
+  await page.getByLabel('Command', { exact: true }).fill('reboot');
+  await page.getByLabel(/Parameters/).fill('not json');
+  await page.getByRole('button', { name: 'Send command' }).click();
+  await page.locator('#command-form .form-error').waitFor({ state: 'visible' });
+  assert.equal(await page.locator('#command-result').isVisible(), false);
+  assert.equal(await page.locator('#command-result').getAttribute('data-status'), null);
+  await page.getByLabel(/Parameters/).fill('');
 });
 
 test('tags and metadata are edited in place', async () => {
@@ -214,6 +271,57 @@ test('a device links to its audit history, which lists its changes', async () =>
   await page.waitForSelector('#audit-rows td.empty');
   assert.match(page.url(), /target=no-such-target/);
   await shot('05b-device-audit');
+});
+
+test('bulk actions reach a filtered selection and report each device', async () => {
+  await go('/devices?tag=simulated');
+  await page.waitForFunction(() => document.querySelectorAll('#device-rows tr[data-device]').length === 3);
+  await page.getByLabel('Select every device on this page').check();
+  assert.equal(await page.locator('#bulk-count').textContent(), '3 selected');
+  // A tag added to all three.
+  await page.getByRole('button', { name: 'Add tag' }).click();
+  await page.locator('#b-tag').fill('bulk-tested');
+  await page.locator('#bulk-tag-submit').click();
+  await page.waitForSelector('#bulk-results[data-state="done"][data-action="add_tag"]', { timeout: 20000 });
+  assert.equal(await page.locator('#bulk-results').getAttribute('data-ok'), '3');
+  await page.waitForFunction(() => document.querySelectorAll('#device-rows .tags-cell').length === 3
+    && Array.from(document.querySelectorAll('#device-rows .tags-cell')).every((c) => c.textContent.includes('bulk-tested')));
+  // A command to the filtered selection: each device answers.
+  await page.getByRole('button', { name: 'Send command' }).click();
+  await page.locator('#b-cmd-name').fill('identify');
+  await page.locator('#b-cmd-params').fill('{"blink": 3}');
+  await page.locator('#b-cmd-timeout').fill('10');
+  await page.getByRole('button', { name: 'Send to the selected devices' }).click();
+  await page.waitForSelector('#bulk-results[data-state="done"][data-action="command"]', { timeout: 30000 });
+  assert.equal(await page.locator('#bulk-results').getAttribute('data-ok'), '3');
+  assert.equal(await page.locator('#bulk-rows tr[data-outcome="ok"]').count(), 3);
+  assert.match(await page.locator('#bulk-rows').textContent(), /Succeeded/);
+  assert.match(await page.locator('#bulk-summary').textContent(), /3 succeeded, 0 failed/);
+  await shot('05c-bulk-command');
+  // One device that answers and one that never connects: each outcome, and why.
+  await page.getByRole('button', { name: 'Clear selection' }).click();
+  await go('/devices');
+  await page.locator('tr[data-device="sim-00001"] input.row-select').check();
+  await page.locator('tr[data-device="console-boiler-01"] input.row-select').check();
+  await page.getByRole('button', { name: 'Send command' }).click();
+  await page.locator('#b-cmd-name').fill('ping');
+  await page.locator('#b-cmd-timeout').fill('2');
+  await page.getByRole('button', { name: 'Send to the selected devices' }).click();
+  await page.waitForSelector('#bulk-results[data-state="done"][data-action="command"]', { timeout: 30000 });
+  assert.equal(await page.locator('#bulk-rows tr[data-device="sim-00001"]').getAttribute('data-outcome'), 'ok');
+  const stuck = page.locator('#bulk-rows tr[data-device="console-boiler-01"]');
+  assert.equal(await stuck.getAttribute('data-outcome'), 'failed');
+  assert.match(await stuck.textContent(), /Timed out.*did not answer/);
+  // And the tag removed again.
+  await go('/devices?tag=bulk-tested');
+  await page.waitForFunction(() => document.querySelectorAll('#device-rows tr[data-device]').length === 3);
+  await page.getByLabel('Select every device on this page').check();
+  await page.getByRole('button', { name: 'Remove tag' }).click();
+  await page.locator('#b-tag').fill('bulk-tested');
+  await page.locator('#bulk-tag-submit').click();
+  await page.waitForSelector('#bulk-results[data-state="done"][data-action="remove_tag"]', { timeout: 20000 });
+  assert.equal(await page.locator('#bulk-results').getAttribute('data-ok'), '3');
+  await page.waitForSelector('#device-rows td.empty');
 });
 
 test('firmware is uploaded with a progress bar and listed with its digest', async () => {
@@ -400,9 +508,26 @@ test('the console switches to Simplified Chinese and back', async () => {
   assert.ok(await page.getByRole('button', { name: '新建设备' }).isVisible());
   await page.waitForSelector(`tr[data-device="${SIM_DEVICE}"]`);
   await shot('12-devices-zh');
+  // The bulk bar in Chinese.
+  await page.getByLabel('选择本页所有设备').check();
+  assert.match(await page.locator('#bulk-count').textContent(), /^已选择 \d+ 台$/);
+  await page.getByLabel('选择本页所有设备').uncheck();
   await go('/');
   await page.waitForFunction(() => Number(document.querySelector('#stat-total').textContent) >= 3);
+  await page.waitForFunction(() => Number(document.querySelector('#chart-messages').dataset.points || 0) > 0, null, { timeout: 20000 });
+  assert.ok(await page.getByText('每秒消息数', { exact: true }).isVisible());
+  assert.ok(await page.getByRole('heading', { name: '设备地图' }).isVisible());
+  await page.waitForSelector('#fleet-map a.map-device');
+  assert.match(await page.locator('#map-legend').textContent(), /在线: \d/);
+  assert.match(await page.locator('#commands-legend').textContent(), /成功/);
   await shot('13-dashboard-zh');
+  await go(`/devices/${SIM_DEVICE}`);
+  await page.waitForFunction(() => Number(document.querySelector('#chart').dataset.points || 0) > 0, null, { timeout: 20000 });
+  assert.ok(await page.getByText('重置缩放').count() === 1);
+  await page.waitForSelector('#status-rows td[data-reason="connected"], #status-rows td[data-reason="status_message"]');
+  assert.match(await page.locator('#status-rows td[data-reason="connected"], #status-rows td[data-reason="status_message"]').first().textContent(), /已连接到消息服务器|设备自行上报状态/);
+  assert.match(await page.locator('#device-props').textContent(), /20\d\d\/\d\d\/\d\d/);
+  await shot('13a-device-zh');
   await go('/admin/roles');
   await page.waitForSelector('tr[data-role="viewer"]');
   assert.match(await page.locator('tr[data-role="viewer"] td[data-scope]').textContent(), /全部设备/);
@@ -450,6 +575,8 @@ test('a viewer sees no write controls and the server refuses them anyway', async
   await go('/devices');
   await page.waitForSelector(`tr[data-device="${SIM_DEVICE}"]`);
   assert.equal(await page.getByRole('button', { name: 'New device' }).isVisible(), false);
+  assert.equal(await page.locator('#select-page').isVisible(), false);
+  assert.equal(await page.locator('#device-rows input.row-select').count(), 0);
   await go(`/devices/${SIM_DEVICE}`);
   await page.waitForFunction((id) => document.querySelector('#device-name').textContent.length > 0 && document.querySelector('#device-props').textContent.includes('simulated-sensor'), SIM_DEVICE);
   for (const name of ['Edit', 'Rotate secret', 'Delete', 'Send command', 'Transfer']) {

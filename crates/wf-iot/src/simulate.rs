@@ -180,7 +180,13 @@ impl Api {
                 .client
                 .post(format!("{}/api/v1/devices", self.device_url))
                 .bearer_auth(&self.token)
-                .json(&json!({ "id": id, "name": format!("Simulated {i}"), "device_type": device_type, "tags": ["simulated"] }))
+                .json(&json!({
+                    "id": id,
+                    "name": format!("Simulated {i}"),
+                    "device_type": device_type,
+                    "tags": ["simulated"],
+                    "metadata": { "location": location(i) },
+                }))
                 .send()
                 .await?;
             let resp = if resp.status() == reqwest::StatusCode::CONFLICT {
@@ -204,6 +210,26 @@ impl Api {
         }
         Ok(out)
     }
+}
+
+/// Where the `i`th simulated device (from 1) stands: around one of a few
+/// cities in turn, a few kilometres from its centre, the same on every run.
+fn location(i: usize) -> Value {
+    const CITIES: [(f64, f64); 8] = [
+        (45.764, 4.836),    // Lyon
+        (31.230, 121.474),  // Shanghai
+        (52.520, 13.405),   // Berlin
+        (-23.551, -46.633), // São Paulo
+        (41.878, -87.630),  // Chicago
+        (1.352, 103.820),   // Singapore
+        (-1.292, 36.822),   // Nairobi
+        (-33.869, 151.209), // Sydney
+    ];
+    let (lat, lon) = CITIES[(i - 1) % CITIES.len()];
+    // A deterministic spread of up to about 0.1° around the centre.
+    let spread = |salt: usize| ((i * 7919 + salt * 104_729) % 2001) as f64 / 10_000.0 - 0.1;
+    let round = |v: f64| (v * 100_000.0).round() / 100_000.0;
+    json!({ "lat": round(lat + spread(1)), "lon": round(lon + spread(2)) })
 }
 
 impl Api {

@@ -215,6 +215,7 @@ mod tests {
             "/api/v1/devices",
             "/api/v1/devices/d1",
             "/api/v1/devices/d1/telemetry",
+            "/api/v1/devices/activity",
             "/api/v1/commands",
         ] {
             assert_eq!(

@@ -11,8 +11,8 @@ pub struct DeviceId(String);
 
 impl DeviceId {
     pub fn parse(s: &str) -> Result<Self, String> {
-        if s == "summary" {
-            return Err("\"summary\" is reserved (GET /api/v1/devices/summary)".into());
+        if s == "summary" || s == "activity" {
+            return Err(format!("{s:?} is reserved (GET /api/v1/devices/{s})"));
         }
         let ok = (1..=128).contains(&s.len())
             && s.bytes()

@@ -1,10 +1,12 @@
 //! Device-domain types and rules, free of I/O.
 
+mod activity;
 mod command;
 mod device;
 mod reading;
 mod series;
 
+pub use activity::{ActivityParams, ActivitySpec, StatusChange, online_per_bucket};
 pub use command::{CommandName, CommandStatus};
 pub use device::{DeviceId, DeviceSecret, Tag, normalize_tags, secret_matches};
 pub use reading::Reading;

@@ -189,7 +189,7 @@ impl SeriesSpec {
 
 /// A time given as milliseconds since the epoch or RFC 3339; absent when
 /// missing or blank.
-fn parse_time(name: &str, value: Option<&str>) -> Result<Option<i64>, String> {
+pub(crate) fn parse_time(name: &str, value: Option<&str>) -> Result<Option<i64>, String> {
     let Some(v) = value.map(str::trim).filter(|v| !v.is_empty()) else {
         return Ok(None);
     };

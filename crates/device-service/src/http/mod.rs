@@ -1,5 +1,6 @@
 //! device-service's REST API under /api/v1/devices.
 
+mod activity;
 pub(crate) mod commands;
 mod devices;
 mod telemetry;
@@ -18,6 +19,7 @@ pub fn router(state: AppState) -> Router {
     let api = Router::new()
         .route("/api/v1/devices", get(devices::list).post(devices::create))
         .route("/api/v1/devices/summary", get(devices::summary))
+        .route("/api/v1/devices/activity", get(activity::activity))
         .route(
             "/api/v1/devices/{id}",
             get(devices::get)
@@ -66,6 +68,7 @@ pub fn router(state: AppState) -> Router {
     paths(
         devices::list, devices::create, devices::summary, devices::get, devices::update,
         devices::delete, devices::rotate_secret, devices::transfer, devices::status_history,
+        activity::activity,
         telemetry::latest, telemetry::series,
         commands::list, commands::list_all, commands::create, commands::get,
     ),

@@ -1,6 +1,7 @@
 //! device-service's tables: devices and tags, telemetry, status history and
 //! commands, on SQLite or MySQL/MariaDB.
 
+mod activity;
 mod cache;
 mod commands;
 mod devices;
@@ -11,6 +12,7 @@ use std::sync::Arc;
 use sqlx::migrate::Migrator;
 use wf_common::db::{Db, Migrations};
 
+pub use activity::CommandCounts;
 pub use commands::{CommandFilter, CommandRecord, NewCommand};
 pub use devices::{DeviceFilter, DeviceRecord, DeviceSort, DeviceUpdate, NewDevice, StatusRecord};
 pub use telemetry::{Bucket, LatestValue, RawPoint};

@@ -819,6 +819,7 @@ async fn the_openapi_document_lists_every_endpoint() {
     for (path, methods) in [
         ("/api/v1/devices", vec!["get", "post"]),
         ("/api/v1/devices/summary", vec!["get"]),
+        ("/api/v1/devices/activity", vec!["get"]),
         ("/api/v1/devices/{id}", vec!["get", "patch", "delete"]),
         ("/api/v1/devices/{id}/secret", vec!["post"]),
         ("/api/v1/devices/{id}/owner", vec!["put"]),

@@ -5,6 +5,7 @@
 
 mod helpers;
 
+mod activity;
 mod commands;
 mod devices;
 mod telemetry;

@@ -30,11 +30,16 @@
     return Object.prototype.hasOwnProperty.call(I18N, key) ? I18N[key] : String(value);
   }
 
+  // A date and time in the reader's language, always with a four-digit year.
+  const TIME_FORMAT = {
+    year: 'numeric', month: '2-digit', day: '2-digit', hour: '2-digit', minute: '2-digit', second: '2-digit',
+  };
+
   function fmtTime(value) {
     if (value === null || value === undefined || value === '') return '–';
     const d = typeof value === 'number' ? new Date(value) : new Date(String(value));
     if (Number.isNaN(d.getTime())) return String(value);
-    return d.toLocaleString(LANG, { dateStyle: 'short', timeStyle: 'medium' });
+    return d.toLocaleString(LANG, TIME_FORMAT);
   }
 
   function fmtNumber(n, digits) {
@@ -107,6 +112,17 @@
 
   function stateBadge(prefix, state) {
     return badge(label(prefix, state), STATE_KIND[state] || '');
+  }
+
+  // A status-history row, its reason explained.
+  function statusRow(at, online, reason) {
+    const known = reason && Object.prototype.hasOwnProperty.call(I18N, 'reason.' + reason);
+    return h('tr', {},
+      h('td', { text: fmtTime(at) }),
+      h('td', {}, statusBadge(online)),
+      h('td', { 'data-reason': reason || '' }, known
+        ? [h('span', { text: t('reason.' + reason) }), ' ', h('code', { class: 'muted small', text: reason })]
+        : reason || '–'));
   }
 
   function chips(values) {
@@ -507,8 +523,8 @@
 
   const NICE_INTERVALS = [1, 5, 10, 30, 60, 300, 900, 1800, 3600, 21600, 86400];
 
-  function intervalFor(rangeSecs) {
-    const ideal = rangeSecs / 120;
+  function intervalFor(rangeSecs, buckets) {
+    const ideal = rangeSecs / (buckets || 120);
     return NICE_INTERVALS.find((i) => i >= ideal) || 86400;
   }
 
@@ -528,58 +544,230 @@
     return ticks;
   }
 
-  // A line chart of [{ts, value}] between from and to (ms), drawn as SVG.
-  function drawChart(container, points, from, to, unitLabel) {
-    const NS = 'http://www.w3.org/2000/svg';
-    const s = (tag, attrs, ...children) => {
-      const el = document.createElementNS(NS, tag);
-      for (const [k, v] of Object.entries(attrs || {})) el.setAttribute(k, String(v));
-      for (const c of children) el.append(c instanceof Node ? c : document.createTextNode(String(c)));
-      return el;
-    };
-    const data = points.filter((p) => typeof p.value === 'number' && Number.isFinite(p.value));
-    if (data.length === 0) {
-      fill(container, h('p', { class: 'empty', text: t('device.no_data') }));
-      container.dataset.points = '0';
+  const SVG_NS = 'http://www.w3.org/2000/svg';
+
+  // An SVG element: svg('line', {x1: 0, ...}, child, ...).
+  function svg(tag, attrs, ...children) {
+    const el = document.createElementNS(SVG_NS, tag);
+    for (const [k, v] of Object.entries(attrs || {})) {
+      if (v !== null && v !== undefined) el.setAttribute(k, String(v));
+    }
+    for (const c of children.flat()) {
+      if (c !== null && c !== undefined) el.append(c instanceof Node ? c : document.createTextNode(String(c)));
+    }
+    return el;
+  }
+
+  // One colour per series, in order; the same metric keeps its colour.
+  const PALETTE = ['#1f5fbf', '#d9480f', '#2b8a3e', '#9c36b5', '#e67700', '#0b7285', '#c2255c', '#5c940d'];
+
+  function swatch(color) {
+    const el = h('span', { class: 'swatch' });
+    el.style.background = color;
+    return el;
+  }
+
+  // A time chart drawn as SVG: lines (one per series, each in its colour)
+  // or stacked bars (kind 'bars', one segment per series and bucket),
+  // between `from` and `to` (ms). series: [{key, label, color, points:
+  // [{ts, value, count}]}]. With `onZoom(from, to)`, dragging across the
+  // plot selects a time range.
+  function drawChart(container, opts) {
+    const { from, to, kind, onZoom } = opts;
+    const series = opts.series.map((se) => ({
+      ...se, points: se.points.filter((p) => typeof p.value === 'number' && Number.isFinite(p.value)),
+    }));
+    const total = series.reduce((n, se) => n + se.points.length, 0);
+    container.dataset.points = String(total);
+    container.dataset.series = String(series.filter((se) => se.points.length).length);
+    if (total === 0) {
+      fill(container, h('p', { class: 'empty', text: opts.empty || t('device.no_data') }));
       return;
     }
-    const width = Math.max(320, container.clientWidth || 800);
-    const height = 260;
-    const m = { l: 56, r: 16, t: 12, b: 30 };
-    const values = data.map((p) => p.value);
-    const ticks = niceTicks(Math.min(...values), Math.max(...values), 5);
+    const width = Math.max(280, container.clientWidth || 800);
+    const height = opts.height || 260;
+    const m = { l: 52, r: 12, t: 10, b: 28 };
+    const span = Math.max(1, to - from);
+    const x = (ts) => m.l + ((ts - from) / span) * (width - m.l - m.r);
+    // Bars stack per bucket; lines share one axis.
+    let stacks = null;
+    let values;
+    if (kind === 'bars') {
+      stacks = new Map();
+      for (const se of series) {
+        for (const p of se.points) stacks.set(p.ts, (stacks.get(p.ts) || 0) + Math.max(0, p.value));
+      }
+      values = [0, ...stacks.values()];
+    } else {
+      values = series.flatMap((se) => se.points.map((p) => p.value));
+      if (opts.zero) values.push(0);
+    }
+    let lo = Math.min(...values);
+    let hi = Math.max(...values);
+    if (opts.integer && hi - lo < 4) hi = lo + 4;
+    const ticks = niceTicks(lo, hi, 4).filter((v) => !opts.integer || Number.isInteger(v));
     const y0 = ticks[0];
     const y1 = ticks[ticks.length - 1];
-    const x = (ts) => m.l + ((ts - from) / Math.max(1, to - from)) * (width - m.l - m.r);
     const y = (v) => m.t + (1 - (v - y0) / Math.max(1e-12, y1 - y0)) * (height - m.t - m.b);
-    const svg = s('svg', { viewBox: `0 0 ${width} ${height}`, width, height, class: 'chart-svg', 'aria-hidden': 'true' });
+    const root = svg('svg', { viewBox: `0 0 ${width} ${height}`, width, height, class: 'chart-svg', 'aria-hidden': 'true' });
     for (const tv of ticks) {
-      svg.append(s('line', { x1: m.l, x2: width - m.r, y1: y(tv), y2: y(tv), class: 'grid' }));
-      svg.append(s('text', { x: m.l - 6, y: y(tv) + 4, 'text-anchor': 'end', class: 'tick' }, fmtNumber(tv, 2)));
+      root.append(svg('line', { x1: m.l, x2: width - m.r, y1: y(tv), y2: y(tv), class: 'grid' }));
+      root.append(svg('text', { x: m.l - 6, y: y(tv) + 4, 'text-anchor': 'end', class: 'tick' }, fmtNumber(tv, 2)));
     }
-    const span = to - from;
-    const timeFmt = span > 2 * 86400000
-      ? { month: 'short', day: 'numeric' }
-      : { hour: '2-digit', minute: '2-digit' };
-    for (let i = 0; i <= 5; i += 1) {
-      const ts = from + (span * i) / 5;
-      svg.append(s('text', { x: x(ts), y: height - 8, 'text-anchor': i === 0 ? 'start' : i === 5 ? 'end' : 'middle', class: 'tick' },
+    const timeFmt = span > 2 * 86400000 ? { month: 'short', day: 'numeric' }
+      : span > 3 * 3600000 ? { hour: '2-digit', minute: '2-digit' }
+        : { hour: '2-digit', minute: '2-digit', second: span < 600000 ? '2-digit' : undefined };
+    const labels = width < 420 ? 3 : 5;
+    for (let i = 0; i <= labels; i += 1) {
+      const ts = from + (span * i) / labels;
+      root.append(svg('text', { x: x(ts), y: height - 8, 'text-anchor': i === 0 ? 'start' : i === labels ? 'end' : 'middle', class: 'tick' },
         new Date(ts).toLocaleString(LANG, timeFmt)));
     }
-    svg.append(s('line', { x1: m.l, x2: m.l, y1: m.t, y2: height - m.b, class: 'axis' }));
-    svg.append(s('line', { x1: m.l, x2: width - m.r, y1: height - m.b, y2: height - m.b, class: 'axis' }));
-    const d = data.map((p, i) => (i === 0 ? 'M' : 'L') + x(p.ts).toFixed(1) + ',' + y(p.value).toFixed(1)).join(' ');
-    svg.append(s('path', { d, class: 'line' }));
-    if (data.length <= 150) {
-      for (const p of data) {
-        svg.append(s('circle', { cx: x(p.ts).toFixed(1), cy: y(p.value).toFixed(1), r: 2.5, class: 'dot' },
-          s('title', {}, fmtTime(p.ts) + ' · ' + fmtNumber(p.value, 3) + (p.count ? ' (n=' + p.count + ')' : ''))));
+    root.append(svg('line', { x1: m.l, x2: m.l, y1: m.t, y2: height - m.b, class: 'axis' }));
+    root.append(svg('line', { x1: m.l, x2: width - m.r, y1: height - m.b, y2: height - m.b, class: 'axis' }));
+    if (kind === 'bars') {
+      const bw = Math.max(1, ((opts.interval || span / 60) / span) * (width - m.l - m.r) - 1);
+      const base = new Map();
+      for (const se of series) {
+        for (const p of se.points) {
+          if (p.value <= 0) continue;
+          const under = base.get(p.ts) || 0;
+          base.set(p.ts, under + p.value);
+          root.append(svg('rect', {
+            x: x(p.ts).toFixed(1), y: y(under + p.value).toFixed(1), width: bw.toFixed(1),
+            height: Math.max(0.5, y(under) - y(under + p.value)).toFixed(1), fill: se.color, class: 'bar', 'data-series': se.key,
+          }, svg('title', {}, fmtTime(p.ts) + ' · ' + se.label + ': ' + fmtNumber(p.value, 0))));
+        }
+      }
+    } else {
+      for (const se of series) {
+        if (!se.points.length) continue;
+        const d = se.points.map((p, i) => (i === 0 ? 'M' : 'L') + x(p.ts).toFixed(1) + ',' + y(p.value).toFixed(1)).join(' ');
+        root.append(svg('path', { d, class: 'line', stroke: se.color, 'data-series': se.key }));
+        if (se.points.length <= 150) {
+          for (const p of se.points) {
+            root.append(svg('circle', { cx: x(p.ts).toFixed(1), cy: y(p.value).toFixed(1), r: 2.5, class: 'dot', fill: se.color },
+              svg('title', {}, fmtTime(p.ts) + ' · ' + se.label + ': ' + fmtNumber(p.value, 3) + (p.count ? ' (n=' + p.count + ')' : ''))));
+          }
+        }
       }
     }
-    const last = data[data.length - 1];
-    fill(container, svg, h('p', { class: 'chart-caption muted' },
-      t('device.chart_caption', { n: data.length, last: fmtNumber(last.value, 3), when: fmtTime(last.ts), what: unitLabel })));
-    container.dataset.points = String(data.length);
+    if (onZoom) wireZoom(root, { from, span, m, width, height, onZoom });
+    const children = [root];
+    if (opts.legend !== false && series.length > 1 && kind !== 'bars') {
+      children.push(h('ul', { class: 'legend chart-legend' }, series.map((se) => h('li', { 'data-series': se.key }, swatch(se.color), se.label))));
+    }
+    if (opts.caption) children.push(h('p', { class: 'chart-caption muted', text: opts.caption(series) }));
+    fill(container, children);
+  }
+
+  // Dragging across a chart selects the time range between the two ends.
+  function wireZoom(root, { from, span, m, width, height, onZoom }) {
+    const band = svg('rect', { class: 'zoom-band', y: m.t, height: height - m.t - m.b, x: 0, width: 0, visibility: 'hidden' });
+    root.append(band);
+    root.classList.add('zoomable');
+    const toX = (ev) => {
+      const box = root.getBoundingClientRect();
+      const vx = ((ev.clientX - box.left) / Math.max(1, box.width)) * width;
+      return Math.min(width - m.r, Math.max(m.l, vx));
+    };
+    const toTs = (vx) => from + ((vx - m.l) / (width - m.l - m.r)) * span;
+    let start = null;
+    root.addEventListener('pointerdown', (ev) => {
+      if (ev.button !== 0) return;
+      start = toX(ev);
+      root.setPointerCapture(ev.pointerId);
+      band.setAttribute('x', start);
+      band.setAttribute('width', 0);
+      band.setAttribute('visibility', 'visible');
+      ev.preventDefault();
+    });
+    root.addEventListener('pointermove', (ev) => {
+      if (start === null) return;
+      const now = toX(ev);
+      band.setAttribute('x', Math.min(start, now));
+      band.setAttribute('width', Math.abs(now - start));
+    });
+    const end = (ev) => {
+      if (start === null) return;
+      const stop = toX(ev);
+      const a = Math.min(start, stop);
+      const b = Math.max(start, stop);
+      start = null;
+      band.setAttribute('visibility', 'hidden');
+      if (b - a >= 6) onZoom(Math.round(toTs(a)), Math.round(toTs(b)));
+    };
+    root.addEventListener('pointerup', end);
+    root.addEventListener('pointercancel', () => { start = null; band.setAttribute('visibility', 'hidden'); });
+  }
+
+  // ------------------------------------------------------------------ map
+
+  // A device's position from its metadata: `location: {lat, lon}`, or
+  // `lat` and `lon` at the top level; decimal degrees (WGS 84).
+  function locationOf(device) {
+    const md = device && device.metadata;
+    if (!md || typeof md !== 'object') return null;
+    const src = md.location && typeof md.location === 'object' ? md.location : md;
+    const lat = Number(src.lat !== undefined ? src.lat : src.latitude);
+    const lon = Number(src.lon !== undefined ? src.lon : src.lng !== undefined ? src.lng : src.longitude);
+    if (src.lat === undefined && src.latitude === undefined) return null;
+    if (!Number.isFinite(lat) || !Number.isFinite(lon) || Math.abs(lat) > 90 || Math.abs(lon) > 180) return null;
+    return { lat, lon };
+  }
+
+  // Devices on a plain map: an equirectangular projection fitted to where
+  // the devices are, with a graticule and no tiles, so it works offline.
+  function drawMap(container, devices) {
+    const placed = devices.map((d) => ({ d, at: locationOf(d) })).filter((p) => p.at);
+    container.dataset.devices = String(placed.length);
+    if (!placed.length) {
+      fill(container, h('p', { class: 'empty', text: t('map.none') }));
+      return placed;
+    }
+    const lats = placed.map((p) => p.at.lat);
+    const lons = placed.map((p) => p.at.lon);
+    let [s, n, w, e] = [Math.min(...lats), Math.max(...lats), Math.min(...lons), Math.max(...lons)];
+    // At least 4° across, plus a margin, within the world.
+    const padLat = Math.max(2 - (n - s) / 2, 0) + (n - s) * 0.12 + 0.5;
+    const padLon = Math.max(2 - (e - w) / 2, 0) + (e - w) * 0.12 + 0.5;
+    s = Math.max(-90, s - padLat); n = Math.min(90, n + padLat);
+    w = Math.max(-180, w - padLon); e = Math.min(180, e + padLon);
+    const width = Math.max(280, container.clientWidth || 600);
+    // Longitude shrinks with latitude: scale x by the cosine at the middle.
+    const k = Math.cos(((s + n) / 2) * Math.PI / 180);
+    const aspect = ((e - w) * k) / Math.max(1e-6, n - s);
+    const height = Math.round(Math.min(420, Math.max(220, width / Math.max(0.5, aspect))));
+    const pad = 24;
+    const sx = (width - 2 * pad) / Math.max(1e-6, (e - w) * k);
+    const sy = (height - 2 * pad) / Math.max(1e-6, n - s);
+    const scale = Math.min(sx, sy);
+    const ox = (width - (e - w) * k * scale) / 2;
+    const oy = (height - (n - s) * scale) / 2;
+    const px = (lon) => ox + (lon - w) * k * scale;
+    const py = (lat) => oy + (n - lat) * scale;
+    const root = svg('svg', { viewBox: `0 0 ${width} ${height}`, width, height, class: 'map-svg' });
+    root.append(svg('rect', { x: px(w), y: py(n), width: px(e) - px(w), height: py(s) - py(n), class: 'map-sea' }));
+    const step = [0.1, 0.25, 0.5, 1, 2, 5, 10, 15, 30, 45].find((st) => Math.max(n - s, e - w) / st <= 8) || 45;
+    const deg = (v, pos, neg) => fmtNumber(Math.abs(v), 2) + '°' + (v === 0 ? '' : v > 0 ? pos : neg);
+    for (let lat = Math.ceil(s / step) * step; lat <= n; lat += step) {
+      root.append(svg('line', { x1: px(w), x2: px(e), y1: py(lat), y2: py(lat), class: lat === 0 ? 'graticule equator' : 'graticule' }));
+      root.append(svg('text', { x: px(w) + 3, y: py(lat) - 3, class: 'tick' }, deg(Number(lat.toFixed(4)), 'N', 'S')));
+    }
+    for (let lon = Math.ceil(w / step) * step; lon <= e; lon += step) {
+      root.append(svg('line', { x1: px(lon), x2: px(lon), y1: py(n), y2: py(s), class: 'graticule' }));
+      root.append(svg('text', { x: px(lon) + 3, y: py(s) - 4, class: 'tick' }, deg(Number(lon.toFixed(4)), 'E', 'W')));
+    }
+    // Offline devices first, so online ones are drawn on top.
+    placed.sort((a, b) => Number(a.d.online) - Number(b.d.online));
+    for (const { d, at } of placed) {
+      const title = `${d.name} (${d.id}) · ${d.online ? t('status.online') : t('status.offline')} · ${fmtNumber(at.lat, 4)}, ${fmtNumber(at.lon, 4)}`;
+      root.append(svg('a', { href: '/devices/' + enc(d.id), class: 'map-device', 'data-device': d.id, 'data-online': String(!!d.online) },
+        svg('circle', { cx: px(at.lon).toFixed(1), cy: py(at.lat).toFixed(1), r: 7, class: d.online ? 'pin online' : 'pin offline' }),
+        svg('title', {}, title)));
+    }
+    fill(container, root);
+    return placed;
   }
 
   // ------------------------------------------------------ device secrets
@@ -690,6 +878,13 @@
     });
   };
 
+  const COMMAND_PARTS = [
+    ['succeeded', '#1b7f4b'],
+    ['failed', '#b42318'],
+    ['timed_out', '#e08a00'],
+    ['open', '#8fa3bf'],
+  ];
+
   pages.dashboard = async () => {
     const tasks = [];
     if (can('device:read')) {
@@ -700,21 +895,142 @@
         $('#stat-offline').textContent = fmtNumber(s.offline, 0);
       };
       tasks.push(summary());
+      const map = fleetMap();
+      tasks.push(map.load());
       let pending = null;
       openStream('/api/v1/devices/stream?rate_secs=2', {
         rate: (r) => { $('#stat-rate').textContent = fmtNumber(r.telemetry_per_sec, 1); },
-        status: () => {
+        status: (st) => {
+          map.status(st);
           if (pending) return;
           pending = setTimeout(() => { pending = null; summary().catch(() => {}); }, 500);
         },
       });
       tasks.push(recentCommands());
+      tasks.push(activityCharts());
     }
-    if (can('firmware:read')) tasks.push(recentRollouts());
+    if (can('firmware:read')) tasks.push(recentRollouts(), activeRollouts());
     const results = await Promise.allSettled(tasks);
     const failed = results.find((r) => r.status === 'rejected');
     if (failed) flash(describe(failed.reason));
   };
+
+  // The fleet's history from device-service, reloaded every few seconds:
+  // messages per second, devices online, commands by outcome.
+  async function activityCharts() {
+    const select = $('#a-range');
+    let timer = null;
+    let busy = false;
+    let again = false;
+    const load = async () => {
+      clearTimeout(timer);
+      if (busy) {
+        again = true;
+        return;
+      }
+      busy = true;
+      const range = Number(select.value) * 1000;
+      const to = Date.now();
+      const from = to - range;
+      const interval = intervalFor(range / 1000, 60);
+      try {
+        const a = await api('GET', '/api/v1/devices/activity' + query({ from, to, interval: interval + 's' }));
+        const secs = a.interval_ms / 1000;
+        const now = Date.now();
+        // The bucket still filling would read low: rate it over its elapsed part.
+        const rate = a.buckets.map((b) => {
+          const elapsed = Math.min(secs, Math.max(1, (now - b.ts) / 1000));
+          return { ts: b.ts, value: b.messages / elapsed };
+        });
+        drawChart($('#chart-messages'), {
+          from: a.from, to: a.to, height: 180, zero: true, empty: t('dashboard.no_activity'),
+          series: [{ key: 'messages', label: t('dashboard.chart_messages'), color: PALETTE[0], points: rate }],
+        });
+        drawChart($('#chart-online'), {
+          from: a.from, to: a.to, height: 180, zero: true, integer: true, empty: t('dashboard.no_activity'),
+          series: [{ key: 'online', label: t('dashboard.online'), color: '#1b7f4b', points: a.buckets.map((b) => ({ ts: b.ts, value: b.online })) }],
+        });
+        const totals = {};
+        const series = COMMAND_PARTS.map(([key, color]) => {
+          totals[key] = a.buckets.reduce((n, b) => n + b.commands[key], 0);
+          return { key, color, label: label('cstatus', key), points: a.buckets.map((b) => ({ ts: b.ts, value: b.commands[key] })) };
+        });
+        const anyCommand = Object.values(totals).some((n) => n > 0);
+        drawChart($('#chart-commands'), {
+          from: a.from, to: a.to, height: 180, kind: 'bars', integer: true, interval: a.interval_ms,
+          empty: t('commands.none_in_range'),
+          series: anyCommand ? series : [],
+        });
+        fill($('#commands-legend'), COMMAND_PARTS.map(([key, color]) => h('li', { 'data-part': key }, swatch(color),
+          label('cstatus', key) + ': ', h('strong', { text: fmtNumber(totals[key], 0) }))));
+        $('#activity-card').dataset.buckets = String(a.buckets.length);
+        $('#activity-card').dataset.interval = String(a.interval_ms);
+        $('#activity-live').hidden = false;
+      } catch (e) {
+        $('#activity-live').hidden = true;
+        fill($('#chart-messages'), h('p', { class: 'form-error', role: 'alert', text: describe(e) }));
+      } finally {
+        busy = false;
+        timer = setTimeout(load, again ? 0 : 10000);
+        again = false;
+      }
+    };
+    select.addEventListener('change', load);
+    $('#activity-form').addEventListener('submit', (ev) => { ev.preventDefault(); load(); });
+    await load();
+  }
+
+  // The devices that have a location, on a map; their colour follows the
+  // fleet stream.
+  function fleetMap() {
+    const container = $('#fleet-map');
+    let devices = [];
+    let redraw = null;
+    const draw = () => {
+      const placed = drawMap(container, devices);
+      const online = placed.filter((p) => p.d.online).length;
+      fill($('#map-legend'),
+        h('li', {}, h('span', { class: 'swatch pin-online' }), t('dashboard.online') + ': ', h('strong', { text: online })),
+        h('li', {}, h('span', { class: 'swatch pin-offline' }), t('dashboard.offline') + ': ', h('strong', { text: placed.length - online })),
+        h('li', { class: 'muted' }, t('map.unplaced', { n: devices.length - placed.length })));
+    };
+    return {
+      async load() {
+        const list = await api('GET', '/api/v1/devices?limit=500&sort=id');
+        devices = list.items;
+        draw();
+      },
+      status(st) {
+        const d = devices.find((x) => x.id === st.device_id);
+        if (!d || d.online === st.online) return;
+        d.online = st.online;
+        if (!redraw) redraw = setTimeout(() => { redraw = null; draw(); }, 500);
+      },
+    };
+  }
+
+  async function activeRollouts() {
+    const tbody = $('#active-rollouts');
+    let timer = null;
+    const load = async () => {
+      clearTimeout(timer);
+      try {
+        const lists = await Promise.all(ACTIVE_ROLLOUT.map((state) => api('GET', '/api/v1/rollouts' + query({ state, limit: 20 }))));
+        const items = lists.flatMap((l) => l.items);
+        if (!items.length) emptyRow(tbody, 3, t('dashboard.no_active_rollouts'));
+        else {
+          fill(tbody, items.map((r) => h('tr', { 'data-rollout': r.id },
+            h('td', {}, h('a', { href: '/rollouts/' + enc(r.id), text: r.name }), ' ', h('span', { class: 'muted small', text: r.firmware_version })),
+            h('td', {}, stateBadge('rstate', r.state)),
+            h('td', {}, progressBar(r.counts, r.total, true)))));
+        }
+      } catch (e) {
+        emptyRow(tbody, 3, describe(e));
+      }
+      timer = setTimeout(load, 5000);
+    };
+    await load();
+  }
 
   async function recentRollouts() {
     const tbody = $('#recent-rollouts');
@@ -770,36 +1086,94 @@
 
   // --------------------------------------------------------------- devices
 
+  // Runs `fn(item)` over every item with at most `limit` at a time;
+  // `onDone(item, outcome)` follows each one as it finishes.
+  async function eachBounded(items, limit, fn, onDone) {
+    let next = 0;
+    const worker = async () => {
+      while (next < items.length) {
+        const item = items[next];
+        next += 1;
+        let outcome;
+        try {
+          outcome = { ok: true, value: await fn(item) };
+        } catch (e) {
+          outcome = { ok: false, error: e };
+        }
+        onDone(item, outcome);
+      }
+    };
+    await Promise.all(Array.from({ length: Math.min(limit, items.length) }, worker));
+  }
+
+  // The most devices one bulk action reaches, and how many requests it
+  // keeps in flight.
+  const BULK_MAX = 5000;
+  const BULK_CONCURRENCY = 4;
+
   pages.devices = async () => {
     const state = { offset: 0, limit: 25, filters: {} };
     const tbody = $('#device-rows');
     const params = new URLSearchParams(location.search);
     if (params.get('deleted')) flash(t('devices.deleted', { id: params.get('deleted') }), 'ok');
+    const bulkAllowed = can('device:write') || can('device:command');
+    // The selection: device id -> device, across pages.
+    const selected = new Map();
+    let shown = [];
+    let matching = 0;
+    const filterQuery = () => {
+      const f = state.filters;
+      return { name: f.name, status: f.status, type: f.type, tag: f.tag, sort: f.sort || '-created_at' };
+    };
+    const pageBox = $('#select-page');
+    pageBox.hidden = !bulkAllowed;
+    const renderSelection = () => {
+      const bar = $('#bulk-bar');
+      bar.hidden = !bulkAllowed || (selected.size === 0 && $('#bulk-results').hidden);
+      $('#bulk-count').textContent = t('bulk.selected', { n: selected.size });
+      const more = $('#select-matching');
+      more.hidden = !(matching > shown.length && shown.length > 0 && shown.every((d) => selected.has(d.id)) && selected.size < matching);
+      more.textContent = t('bulk.select_matching', { n: matching });
+      for (const b of ['#bulk-command', '#bulk-add-tag', '#bulk-remove-tag', '#bulk-delete']) $(b).disabled = selected.size === 0;
+      for (const box of $$('input.row-select', tbody)) box.checked = selected.has(box.value);
+      pageBox.checked = shown.length > 0 && shown.every((d) => selected.has(d.id));
+      pageBox.indeterminate = !pageBox.checked && shown.some((d) => selected.has(d.id));
+    };
     const load = async () => {
       try {
-        const f = state.filters;
-        const list = await api('GET', '/api/v1/devices' + query({
-          name: f.name, status: f.status, type: f.type, tag: f.tag, sort: f.sort || '-created_at',
-          limit: state.limit, offset: state.offset,
-        }));
-        if (!list.items.length) emptyRow(tbody, 7, t('devices.none'));
+        const list = await api('GET', '/api/v1/devices' + query({ ...filterQuery(), limit: state.limit, offset: state.offset }));
+        shown = list.items;
+        matching = list.total;
+        if (!list.items.length) emptyRow(tbody, 8, t('devices.none'));
         else {
           fill(tbody, list.items.map((d) => h('tr', { 'data-device': d.id },
+            h('td', { class: 'check-col' }, bulkAllowed ? h('input', {
+              type: 'checkbox', class: 'row-select', value: d.id, 'aria-label': t('bulk.select_device', { id: d.id }),
+              onchange: (ev) => {
+                if (ev.target.checked) selected.set(d.id, d);
+                else selected.delete(d.id);
+                renderSelection();
+              },
+            }) : null),
             h('td', {}, h('a', { href: '/devices/' + enc(d.id), class: 'mono', text: d.id })),
             h('td', { text: d.name }),
             h('td', { text: d.device_type || '–' }),
-            h('td', {}, chips(d.tags)),
+            h('td', { class: 'tags-cell' }, chips(d.tags)),
             h('td', { class: 'status-cell' }, statusBadge(d.online)),
             h('td', { class: 'seen-cell', text: fmtTime(d.last_seen_at) }),
             h('td', { text: d.firmware_version || '–' }))));
         }
         pager(state, list.total, load);
       } catch (e) {
-        emptyRow(tbody, 7, describe(e));
+        shown = [];
+        emptyRow(tbody, 8, describe(e));
         pagerOff();
       }
+      renderSelection();
     };
     filterForm(state, load);
+    // A new filter starts a new selection.
+    $('#filter-form').addEventListener('submit', () => { selected.clear(); });
     await load();
     openStream('/api/v1/devices/stream', {
       status: (s) => {
@@ -808,6 +1182,127 @@
         fill($('.status-cell', row), statusBadge(s.online));
         $('.seen-cell', row).textContent = fmtTime(s.at);
       },
+    });
+
+    // Selecting.
+    pageBox.addEventListener('change', () => {
+      for (const d of shown) {
+        if (pageBox.checked) selected.set(d.id, d);
+        else selected.delete(d.id);
+      }
+      renderSelection();
+    });
+    $('#select-matching').addEventListener('click', async () => {
+      const btn = $('#select-matching');
+      btn.disabled = true;
+      try {
+        if (matching > BULK_MAX) throw new Error(t('bulk.too_many', { n: matching, max: BULK_MAX }));
+        for (let offset = 0; offset < matching && offset < BULK_MAX; offset += 500) {
+          const list = await api('GET', '/api/v1/devices' + query({ ...filterQuery(), limit: 500, offset }));
+          for (const d of list.items) selected.set(d.id, d);
+          if (list.items.length < 500) break;
+        }
+      } catch (e) {
+        flash(e instanceof ApiError ? describe(e) : e.message);
+      } finally {
+        btn.disabled = false;
+        renderSelection();
+      }
+    });
+    $('#clear-selection').addEventListener('click', () => {
+      selected.clear();
+      $('#bulk-results').hidden = true;
+      renderSelection();
+    });
+
+    // Acting on the selection: each device separately, a few at a time,
+    // with its own outcome.
+    const commandForm = $('#bulk-command-form');
+    const tagForm = $('#bulk-tag-form');
+    let tagMode = 'add';
+    const showForm = (form) => {
+      for (const f of [commandForm, tagForm]) f.hidden = f !== form || !f.hidden;
+      if (form && !form.hidden) {
+        formError(form, null);
+        const first = $('input', form);
+        if (first) first.focus();
+      }
+    };
+    $('#bulk-command').addEventListener('click', () => showForm(commandForm));
+    $('#bulk-add-tag').addEventListener('click', () => { tagMode = 'add'; tagForm.hidden = true; showForm(tagForm); $('#bulk-tag-submit').textContent = t('bulk.add_tag'); });
+    $('#bulk-remove-tag').addEventListener('click', () => { tagMode = 'remove'; tagForm.hidden = true; showForm(tagForm); $('#bulk-tag-submit').textContent = t('bulk.remove_tag'); });
+    for (const f of [commandForm, tagForm]) $('.cancel', f).addEventListener('click', () => { f.hidden = true; });
+
+    const run = async (action, fn, describeOk) => {
+      const targets = Array.from(selected.values());
+      const results = $('#bulk-results');
+      const rows = $('#bulk-rows');
+      const summary = $('#bulk-summary');
+      results.hidden = false;
+      results.dataset.state = 'running';
+      results.dataset.action = action;
+      delete results.dataset.ok;
+      delete results.dataset.failed;
+      fill(rows, targets.map((d) => h('tr', { 'data-device': d.id, 'data-outcome': 'pending' },
+        h('td', {}, h('a', { href: '/devices/' + enc(d.id), class: 'mono', text: d.id })),
+        h('td', { class: 'outcome' }, badge(t('bulk.pending'), 'muted')),
+        h('td', { class: 'detail', text: '–' }))));
+      let ok = 0;
+      let failed = 0;
+      const progress = () => { summary.textContent = t('bulk.progress', { done: ok + failed, total: targets.length, ok, failed }); };
+      progress();
+      renderSelection();
+      await eachBounded(targets, BULK_CONCURRENCY, fn, (d, outcome) => {
+        const row = rows.querySelector(`tr[data-device="${CSS.escape(d.id)}"]`);
+        const [good, kind, text, detail] = outcome.ok ? describeOk(outcome.value) : [false, 'bad', t('bulk.failed'), describe(outcome.error)];
+        if (good) ok += 1;
+        else failed += 1;
+        if (row) {
+          row.dataset.outcome = good ? 'ok' : 'failed';
+          fill($('.outcome', row), badge(text, kind));
+          fill($('.detail', row), detail || '–');
+        }
+        progress();
+      });
+      results.dataset.state = 'done';
+      results.dataset.ok = String(ok);
+      results.dataset.failed = String(failed);
+      summary.textContent = t('bulk.summary', { ok, failed });
+      return { ok, failed };
+    };
+
+    onSubmit(commandForm, async () => {
+      const name = $('#b-cmd-name').value.trim();
+      if (!name) throw new Error(t('error.name_required'));
+      const cmdParams = parseJsonObject($('#b-cmd-params').value, t('commands.params'));
+      const timeout = Math.min(30, Math.max(1, Number($('#b-cmd-timeout').value) || 10));
+      await run('command', (d) => api('POST', '/api/v1/devices/' + enc(d.id) + '/commands?wait=true', { name, params: cmdParams, timeout_s: timeout }),
+        (c) => [c.status === 'succeeded', STATE_KIND[c.status] || 'info', label('cstatus', c.status),
+          c.error ? c.error : c.result !== null && c.result !== undefined ? h('code', { text: JSON.stringify(c.result) }) : null]);
+      commandForm.hidden = true;
+    });
+    onSubmit(tagForm, async () => {
+      const tag = $('#b-tag').value.trim();
+      if (!tag) throw new Error(t('bulk.tag_required'));
+      const adding = tagMode === 'add';
+      await run(adding ? 'add_tag' : 'remove_tag', async (d) => {
+        // The device as it is now, so a concurrent change of its tags is kept.
+        const fresh = await api('GET', '/api/v1/devices/' + enc(d.id));
+        const tags = adding ? Array.from(new Set([...fresh.tags, tag])) : fresh.tags.filter((x) => x !== tag);
+        if (tags.length === fresh.tags.length && tags.every((x, i) => x === fresh.tags[i])) return { unchanged: true, device: fresh };
+        return { device: await api('PATCH', '/api/v1/devices/' + enc(d.id), { tags }) };
+      }, (r) => [true, r.unchanged ? 'muted' : 'ok', r.unchanged ? t('bulk.unchanged') : t('bulk.done'), chips(r.device.tags)]);
+      tagForm.hidden = true;
+      await load();
+    });
+    $('#bulk-delete').addEventListener('click', async () => {
+      showForm(null);
+      const n = selected.size;
+      if (!(await confirmAction(t('bulk.delete_confirm', { n })))) return;
+      const outcome = await run('delete', (d) => api('DELETE', '/api/v1/devices/' + enc(d.id)), () => [true, 'ok', t('bulk.deleted'), null]);
+      for (const row of $$('#bulk-rows tr[data-outcome="ok"]')) selected.delete(row.dataset.device);
+      if (outcome.ok) flash(t('bulk.deleted_n', { n: outcome.ok }), 'ok');
+      await load();
     });
 
     const toggle = $('#new-device');
@@ -846,23 +1341,66 @@
         h('p', {}, h('a', { href: '/devices', text: t('nav.devices') }))));
       return;
     }
+    // The owner by name when the reader may look users up.
+    const owners = new Map();
+    const ownerName = (ownerId) => {
+      if (ME && ownerId === ME.id) return t('devices.owner_you', { name: ME.username });
+      return owners.get(ownerId) || null;
+    };
+    const resolveOwner = async () => {
+      const ownerId = device.owner_id;
+      if (owners.has(ownerId) || (ME && ownerId === ME.id) || !can('user:manage')) return;
+      try {
+        const u = await api('GET', '/api/v1/users/' + enc(ownerId));
+        owners.set(ownerId, u.full_name ? `${u.username} (${u.full_name})` : u.username);
+        render();
+      } catch {
+        // Unknown or gone: the id stays.
+      }
+    };
     const render = () => {
       $('#device-name').textContent = device.name;
       fill($('#device-status'), statusBadge(device.online));
+      const name = ownerName(device.owner_id);
       props($('#device-props'), [
         [t('devices.type'), device.device_type],
         [t('devices.tags'), chips(device.tags)],
         [t('devices.firmware'), device.firmware_version],
         [t('devices.last_seen'), fmtTime(device.last_seen_at)],
-        [t('devices.owner'), h('span', { class: 'mono', text: device.owner_id })],
+        [t('devices.owner'), name ? h('span', { id: 'device-owner', title: device.owner_id, text: name })
+          : h('span', { id: 'device-owner', class: 'mono', text: device.owner_id })],
         [t('common.created'), fmtTime(device.created_at)],
+        [t('devices.location'), locationOf(device) ? fmtNumber(locationOf(device).lat, 5) + ', ' + fmtNumber(locationOf(device).lon, 5) : null],
         [t('devices.metadata'), pre(device.metadata)],
       ]);
     };
     render();
+    resolveOwner();
 
     // Latest values, and the metrics the chart offers.
     const latest = new Map();
+    // Chosen metrics, each with its colour for as long as the page is open.
+    const chosen = new Set();
+    const colors = new Map();
+    const colorOf = (metric) => {
+      if (!colors.has(metric)) colors.set(metric, PALETTE[colors.size % PALETTE.length]);
+      return colors.get(metric);
+    };
+    const numeric = () => Array.from(latest.entries()).filter(([, v]) => typeof v.value === 'number' || typeof v.value === 'boolean').map(([m]) => m).sort();
+    const renderPicker = () => {
+      const metrics = numeric();
+      const box = $('#ch-metrics');
+      if (box.dataset.metrics === metrics.join()) return;
+      box.dataset.metrics = metrics.join();
+      if (!chosen.size && metrics.length) chosen.add(metrics.includes('temperature') ? 'temperature' : metrics[0]);
+      for (const m of metrics) colorOf(m);
+      fill(box, metrics.map((m) => h('label', { class: 'check metric-choice' },
+        h('input', { type: 'checkbox', name: 'metric', value: m, checked: chosen.has(m), onchange: (ev) => {
+          if (ev.target.checked) chosen.add(m);
+          else chosen.delete(m);
+          loadChart();
+        } }), swatch(colorOf(m)), ' ', m)));
+    };
     const renderLatest = () => {
       const dl = $('#latest-values');
       if (!latest.size) return;
@@ -871,13 +1409,7 @@
         h('dd', { 'data-metric': metric }, h('strong', { text: typeof v.value === 'number' ? fmtNumber(v.value, 3) : String(v.value) }),
           ' ', h('span', { class: 'muted small', text: fmtTime(v.ts) })),
       ]));
-      const select = $('#ch-metric');
-      const current = select.value;
-      const metrics = Array.from(latest.keys()).sort();
-      if (metrics.join() !== $$('option', select).map((o) => o.value).join()) {
-        fill(select, metrics.map((m) => h('option', { value: m, text: m })));
-        select.value = current && metrics.includes(current) ? current : metrics.includes('temperature') ? 'temperature' : metrics[0];
-      }
+      renderPicker();
     };
     const loadLatest = async () => {
       const l = await api('GET', base + '/telemetry/latest');
@@ -885,14 +1417,30 @@
       renderLatest();
     };
 
-    // The chart.
+    // The chart's window: a range ending now while data keeps coming,
+    // else ending where the data is; a zoom narrows it until reset.
+    const view = { zoom: null };
+    const windowFor = () => {
+      if (view.zoom) return view.zoom;
+      const range = Number($('#ch-range').value) * 1000;
+      const now = Date.now();
+      const newest = Math.max(0, ...Array.from(latest.values()).map((v) => v.ts || 0));
+      const to = newest && newest < now - range ? newest + Math.max(1000, range / 60) : now;
+      return { from: to - range, to, follow: to === now };
+    };
+    // A young device's data fits in the last 15 minutes; an old device
+    // keeps the default hour.
+    const created = Date.parse(device.created_at);
+    if (Number.isFinite(created) && Date.now() - created < 15 * 60000) $('#ch-range').value = '900';
+
     const chart = $('#chart');
     let chartBusy = false;
     let chartAgain = false;
     const loadChart = async () => {
-      const metric = $('#ch-metric').value;
-      if (!metric) {
-        fill(chart, h('p', { class: 'empty', text: t('device.no_data') }));
+      const metrics = Array.from(chosen).filter((m) => latest.has(m)).sort();
+      if (!metrics.length) {
+        chart.dataset.points = '0';
+        fill(chart, h('p', { class: 'empty', text: latest.size ? t('device.pick_metric') : t('device.no_data') }));
         return;
       }
       if (chartBusy) {
@@ -901,20 +1449,40 @@
       }
       chartBusy = true;
       try {
-        const range = Number($('#ch-range').value);
         const agg = $('#ch-agg').value;
-        const to = Date.now();
-        const from = to - range * 1000;
-        const params = { metric, from, to };
-        if (agg === 'raw') params.limit = 2000;
-        else {
-          params.interval = intervalFor(range) + 's';
-          params.agg = agg;
-        }
-        const series = await api('GET', base + '/telemetry' + query(params));
-        const points = (series.points || []).map((p) => ({ ts: p.ts, value: p.value, count: p.count }));
-        const what = agg === 'raw' ? metric : label('agg', agg) + ' · ' + metric;
-        drawChart(chart, points, series.from || from, series.to || to, what);
+        const { from, to } = windowFor();
+        const secs = Math.max(1, (to - from) / 1000);
+        const answers = await Promise.all(metrics.map((metric) => {
+          const params = { metric, from, to };
+          if (agg === 'raw') params.limit = 2000;
+          else {
+            params.interval = intervalFor(secs) + 's';
+            params.agg = agg;
+          }
+          return api('GET', base + '/telemetry' + query(params));
+        }));
+        const series = answers.map((a, i) => ({
+          key: metrics[i], label: metrics[i], color: colorOf(metrics[i]),
+          points: (a.points || []).map((p) => ({ ts: p.ts, value: typeof p.value === 'boolean' ? Number(p.value) : p.value, count: p.count })),
+        }));
+        const what = agg === 'raw' ? t('agg.raw') : label('agg', agg);
+        drawChart(chart, {
+          from, to, series,
+          onZoom: (a, b) => {
+            view.zoom = { from: a, to: Math.max(b, a + 1000), follow: false };
+            $('#zoom-reset').hidden = false;
+            chart.dataset.zoomed = 'true';
+            loadChart();
+          },
+          caption: (drawn) => {
+            const last = drawn.flatMap((se) => se.points.map((p) => p.ts)).reduce((a, b) => Math.max(a, b), 0);
+            const n = drawn.reduce((k, se) => k + se.points.length, 0);
+            return t('device.chart_caption_multi', { n, what, from: fmtTime(from), to: fmtTime(to), when: fmtTime(last) });
+          },
+        });
+        chart.dataset.metrics = metrics.join(',');
+        chart.dataset.from = String(from);
+        chart.dataset.to = String(to);
       } catch (e) {
         fill(chart, h('p', { class: 'form-error', role: 'alert', text: describe(e) }));
       } finally {
@@ -925,16 +1493,26 @@
         }
       }
     };
-    $('#chart-form').addEventListener('change', loadChart);
+    $('#chart-form').addEventListener('change', () => {
+      view.zoom = null;
+      $('#zoom-reset').hidden = true;
+      delete chart.dataset.zoomed;
+      loadChart();
+    });
     $('#chart-form').addEventListener('submit', (ev) => { ev.preventDefault(); loadChart(); });
+    $('#zoom-reset').addEventListener('click', () => {
+      view.zoom = null;
+      $('#zoom-reset').hidden = true;
+      delete chart.dataset.zoomed;
+      loadChart();
+    });
 
     // Status history and commands.
     const statusRows = $('#status-rows');
     const loadStatus = async () => {
       const items = await api('GET', base + '/status-history?limit=15');
       if (!items.length) return emptyRow(statusRows, 3);
-      fill(statusRows, items.map((s) => h('tr', {},
-        h('td', { text: fmtTime(s.time) }), h('td', {}, statusBadge(s.online)), h('td', { text: s.reason || '–' }))));
+      fill(statusRows, items.map((s) => statusRow(s.time, s.online, s.reason)));
     };
     const commandRows = $('#command-rows');
     const loadCommands = async () => {
@@ -962,13 +1540,14 @@
         const ts = Date.parse(m.ts) || Date.now();
         for (const [metric, value] of Object.entries(m.values || {})) latest.set(metric, { value, ts });
         renderLatest();
-        if (!chartTimer) chartTimer = setTimeout(() => { chartTimer = null; loadChart(); }, 2000);
+        // A zoomed or past window stays where it is.
+        if (!chartTimer && windowFor().follow) chartTimer = setTimeout(() => { chartTimer = null; loadChart(); }, 2000);
       },
       status: (s) => {
         device.online = s.online;
         device.last_seen_at = s.at;
         render();
-        statusRows.prepend(h('tr', {}, h('td', { text: fmtTime(s.at) }), h('td', {}, statusBadge(s.online)), h('td', { text: s.reason || '–' })));
+        statusRows.prepend(statusRow(s.at, s.online, s.reason));
       },
       command_response: () => { loadCommands().catch(() => {}); },
     });
@@ -978,6 +1557,10 @@
     const result = $('#command-result');
     onSubmit(cmdForm, async () => {
       const name = $('#cmd-name').value.trim();
+      // A previous answer must not stand for this command.
+      result.hidden = true;
+      delete result.dataset.status;
+      result.replaceChildren();
       if (!name) throw new Error(t('error.name_required'));
       const params = parseJsonObject($('#cmd-params').value, t('commands.params'));
       const timeout = Math.min(30, Math.max(1, Number($('#cmd-timeout').value) || 10));
