@@ -1,15 +1,19 @@
-//! `wf-iot bench ...`: throughput measured end to end on this machine.
+//! `wf-iot bench ...`: throughput and memory measured on this machine, the
+//! server in a process of its own (`wf-iot serve`) and the load generated
+//! from this one, and the peer a user would pick instead measured in the
+//! same run with the same load: a bare Mosquitto for ingest, nginx for the
+//! API (each where it is installed).
 
 use std::sync::Arc;
-use std::sync::atomic::Ordering;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use anyhow::Context;
-use rumqttc::QoS;
+use rumqttc::{AsyncClient, Event, MqttOptions, Packet, QoS};
 use serde_json::json;
 
-use crate::platform::Platform;
-use crate::simulate::{Api, Stats, connect};
+use crate::bench_peers::{BareMosquitto, Nginx, Serve};
+use crate::simulate::{Api, Credentials, Device, Stats, connect, device_ids};
 
 #[derive(clap::Subcommand, Debug)]
 pub enum Bench {
@@ -17,9 +21,19 @@ pub enum Bench {
     Ingest(IngestArgs),
     /// An OTA rollout from start until every execution is final, all-in-one.
     Ota(crate::bench_ota::OtaBenchArgs),
-    /// Authenticated `GET /api/v1/devices/{id}` through the api-gateway and
-    /// straight to device-service, in one run.
+    /// Authenticated `GET /api/v1/devices/{id}` through the api-gateway,
+    /// straight to device-service, and through nginx, in one run.
     Api(ApiArgs),
+    /// Start to ready and resident memory of the all-in-one platform: a
+    /// first start, then a start on the existing data directory, idle.
+    Start(StartArgs),
+}
+
+#[derive(clap::Args, Debug)]
+pub struct StartArgs {
+    /// Seconds the started platform idles before its memory is read.
+    #[arg(long, default_value_t = 2)]
+    pub settle: u64,
 }
 
 #[derive(clap::Args, Debug)]
@@ -46,6 +60,9 @@ pub struct IngestArgs {
     /// Give up waiting for stored messages after this many seconds.
     #[arg(long, default_value_t = 120)]
     pub timeout: u64,
+    /// Skip the bare Mosquitto measured with the same load.
+    #[arg(long)]
+    pub no_peer: bool,
 }
 
 pub async fn run(bench: Bench) -> anyhow::Result<()> {
@@ -53,60 +70,83 @@ pub async fn run(bench: Bench) -> anyhow::Result<()> {
         Bench::Ingest(args) => ingest(args).await,
         Bench::Ota(args) => crate::bench_ota::run(args).await,
         Bench::Api(args) => api(args).await,
+        Bench::Start(args) => start(args).await,
     }
 }
 
-async fn ingest(args: IngestArgs) -> anyhow::Result<()> {
-    anyhow::ensure!(
-        args.devices > 0 && args.messages > 0,
-        "--devices and --messages must be positive"
-    );
-    let dir = tempfile::tempdir()?;
-    let password = wf_common::random::password();
-    let platform = Platform::start_local(dir.path(), &password).await?;
-    let ports = platform.ports;
-    let api = Api::login(
-        &format!("http://127.0.0.1:{}", ports.auth_http),
-        &format!("http://127.0.0.1:{}", ports.device_http),
-        "admin",
-        &password,
-    )
-    .await?;
-    let creds = api.provision("bench", args.devices, "bench-sensor").await?;
-    let stats = Arc::new(Stats::default());
-    let mut devices = Vec::with_capacity(creds.len());
-    for c in &creds {
-        devices.push(
-            connect(
-                c,
-                "127.0.0.1",
-                ports.mqtt,
-                stats.clone(),
-                0.0,
-                args.inflight,
-            )
-            .await?,
-        );
+/// What one broker did with the load: acknowledged, and delivered (stored
+/// by wf-iot, relayed to the subscriber by Mosquitto).
+struct Delivered {
+    sent: u64,
+    acked: u64,
+    acked_in: Duration,
+    delivered: u64,
+    delivered_in: Duration,
+    errors: u64,
+}
+
+impl Delivered {
+    fn ack_rate(&self) -> f64 {
+        self.acked as f64 / self.acked_in.as_secs_f64()
     }
-    let store = device_service::store::Store::new(
-        device_service::connect_db(&platform.config.device).await?,
-    );
-    eprintln!(
-        "{} devices connected; publishing {} messages (QoS 1, {} in flight per connection)",
-        devices.len(),
-        args.messages,
-        args.inflight
-    );
-    // Connections published their "online" status; count acknowledgements
-    // of telemetry only.
+
+    fn rate(&self) -> f64 {
+        self.delivered as f64 / self.delivered_in.as_secs_f64()
+    }
+}
+
+/// Connects a device per credential to the broker on `port`.
+async fn connect_all(
+    creds: &[Credentials],
+    port: u16,
+    stats: &Arc<Stats>,
+    inflight: u16,
+) -> anyhow::Result<Vec<Device>> {
+    let mut devices = Vec::with_capacity(creds.len());
+    for c in creds {
+        devices.push(connect(c, "127.0.0.1", port, stats.clone(), 0.0, inflight).await?);
+    }
+    Ok(devices)
+}
+
+/// Disconnects every device and waits (up to 10 s) until each connection
+/// is closed, so that none keeps reconnecting in the background of the
+/// next measurement.
+async fn disconnect_all(devices: Vec<Device>, stats: &Stats) {
+    for d in &devices {
+        let _ = d.client.disconnect().await;
+    }
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while stats.connected.load(Ordering::Relaxed) > 0 && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    drop(devices);
+}
+
+/// Publishes `messages` telemetry messages of three metrics at QoS 1,
+/// spread over `devices`, and waits for their acknowledgements; then for
+/// `delivered()` to reach `messages` (polled). Each message has a distinct
+/// per-device timestamp: (device, metric, timestamp) is the storage key,
+/// so a redelivered message is never counted twice.
+async fn drive<F, Fut>(
+    devices: &[Device],
+    stats: &Arc<Stats>,
+    messages: u64,
+    timeout: Duration,
+    mut delivered: F,
+) -> anyhow::Result<Delivered>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = anyhow::Result<u64>>,
+{
+    // The connections published their "online" status: count telemetry only.
     tokio::time::sleep(Duration::from_millis(200)).await;
     let acked_before = stats.acked.load(Ordering::Relaxed);
     let sent_before = stats.sent.load(Ordering::Relaxed);
-
     let started = Instant::now();
     let base_ts = wf_common::now_millis() - 86_400_000;
-    let per_device = args.messages / devices.len() as u64;
-    let extra = args.messages % devices.len() as u64;
+    let per_device = messages / devices.len() as u64;
+    let extra = messages % devices.len() as u64;
     let mut publishers = Vec::new();
     for (i, device) in devices.iter().enumerate() {
         let count = per_device + u64::from((i as u64) < extra);
@@ -115,8 +155,6 @@ async fn ingest(args: IngestArgs) -> anyhow::Result<()> {
         let stats = stats.clone();
         publishers.push(tokio::spawn(async move {
             for seq in 0..count {
-                // Distinct timestamps per device: (device, metric, ts) is the
-                // key that makes redelivery harmless.
                 let payload = json!({
                     "temperature": 20.0 + (seq % 100) as f64 / 10.0,
                     "humidity": 40.0 + (seq % 50) as f64,
@@ -139,122 +177,310 @@ async fn ingest(args: IngestArgs) -> anyhow::Result<()> {
     for p in publishers {
         p.await?;
     }
-    let target_acks = acked_before + args.messages;
-    let deadline = started + Duration::from_secs(args.timeout);
-    while stats.acked.load(Ordering::Relaxed) < target_acks && Instant::now() < deadline {
+    let deadline = started + timeout;
+    while stats.acked.load(Ordering::Relaxed) < acked_before + messages && Instant::now() < deadline
+    {
         tokio::time::sleep(Duration::from_millis(5)).await;
     }
-    let acked_at = started.elapsed();
+    let acked_in = started.elapsed();
     let acked = stats.acked.load(Ordering::Relaxed) - acked_before;
-
-    let mut stored = 0;
+    let mut count = 0;
     let mut last_progress = Instant::now();
     while Instant::now() < deadline {
-        stored = store
-            .count_values("temperature")
-            .await
-            .context("counting stored messages")? as u64;
-        if stored >= args.messages {
+        count = delivered().await?;
+        if count >= messages {
             break;
         }
         if last_progress.elapsed() >= Duration::from_secs(2) {
-            eprintln!("  stored {stored} of {}", args.messages);
+            eprintln!("  delivered {count} of {messages}");
             last_progress = Instant::now();
         }
-        tokio::time::sleep(Duration::from_millis(20)).await;
+        tokio::time::sleep(Duration::from_millis(10)).await;
     }
-    let stored_at = started.elapsed();
-    let sent = stats.sent.load(Ordering::Relaxed) - sent_before;
-    let rate = |n: u64, d: Duration| n as f64 / d.as_secs_f64();
+    Ok(Delivered {
+        sent: stats.sent.load(Ordering::Relaxed) - sent_before,
+        acked,
+        acked_in,
+        delivered: count,
+        delivered_in: started.elapsed(),
+        errors: stats.errors.load(Ordering::Relaxed),
+    })
+}
+
+/// The same load through a bare Mosquitto to one subscriber of every
+/// device's telemetry: what a user relaying MQTT without storing anything
+/// would get on this machine, now.
+async fn relay_with_mosquitto(
+    dir: &std::path::Path,
+    args: &IngestArgs,
+) -> anyhow::Result<Option<Delivered>> {
+    let Some(broker) = BareMosquitto::start(dir, args.inflight.max(20)).await? else {
+        eprintln!("mosquitto is not installed: no peer measured (apt-get install mosquitto)");
+        return Ok(None);
+    };
+    let received = Arc::new(AtomicU64::new(0));
+    let mut options = MqttOptions::new("bench-subscriber", "127.0.0.1", broker.port);
+    options.set_keep_alive(Duration::from_secs(30));
+    let (subscriber, mut events) = AsyncClient::new(options, 1024);
+    subscriber
+        .subscribe("devices/+/telemetry", QoS::AtLeastOnce)
+        .await?;
+    loop {
+        match events.poll().await? {
+            Event::Incoming(Packet::SubAck(_)) => break,
+            _ => continue,
+        }
+    }
+    let counter = received.clone();
+    let reader = tokio::spawn(async move {
+        while let Ok(event) = events.poll().await {
+            if let Event::Incoming(Packet::Publish(_)) = event {
+                counter.fetch_add(1, Ordering::Relaxed);
+            }
+        }
+    });
+    let creds: Vec<Credentials> = device_ids("bench", args.devices)
+        .into_iter()
+        .map(|id| Credentials {
+            id,
+            secret: "anonymous".into(),
+        })
+        .collect();
+    let stats = Arc::new(Stats::default());
+    let devices = connect_all(&creds, broker.port, &stats, args.inflight).await?;
+    eprintln!(
+        "bare Mosquitto: {} devices connected; publishing {} messages",
+        devices.len(),
+        args.messages
+    );
+    let figures = drive(
+        &devices,
+        &stats,
+        args.messages,
+        Duration::from_secs(args.timeout),
+        || {
+            let n = received.load(Ordering::Relaxed);
+            async move { Ok(n) }
+        },
+    )
+    .await?;
+    disconnect_all(devices, &stats).await;
+    let _ = subscriber.disconnect().await;
+    reader.abort();
+    broker.stop().await?;
+    Ok(Some(figures))
+}
+
+fn mib(bytes: u64) -> f64 {
+    bytes as f64 / (1024.0 * 1024.0)
+}
+
+async fn ingest(args: IngestArgs) -> anyhow::Result<()> {
+    anyhow::ensure!(
+        args.devices > 0 && args.messages > 0,
+        "--devices and --messages must be positive"
+    );
+    let dir = tempfile::tempdir()?;
+    let peer = if args.no_peer {
+        None
+    } else {
+        relay_with_mosquitto(dir.path(), &args).await?
+    };
+
+    let password = wf_common::random::password();
+    let server = Serve::start(dir.path(), &password, &[]).await?;
+    let idle = server.resident_bytes()?;
+    let api = Api::login(&server.auth_url(), &server.device_url(), "admin", &password).await?;
+    let creds = api.provision("bench", args.devices, "bench-sensor").await?;
+    let stats = Arc::new(Stats::default());
+    let devices = connect_all(&creds, server.ports.mqtt, &stats, args.inflight).await?;
+    // What the server stored, read from its database by this process.
+    let database = device_service::Config {
+        database_url: format!("sqlite://{}", server.data_dir.join("devices.db").display()),
+        database_max_connections: 1,
+        ..Default::default()
+    };
+    let store = device_service::store::Store::new(device_service::connect_db(&database).await?);
+    eprintln!(
+        "wf-iot serve (pid {}): {} devices connected; publishing {} messages \
+         (QoS 1, {} in flight per connection)",
+        server.pid(),
+        devices.len(),
+        args.messages,
+        args.inflight
+    );
+    let figures = drive(
+        &devices,
+        &stats,
+        args.messages,
+        Duration::from_secs(args.timeout),
+        || async {
+            Ok(store
+                .count_values("temperature")
+                .await
+                .context("counting stored messages")? as u64)
+        },
+    )
+    .await?;
+    let loaded = server.resident_bytes()?;
+    disconnect_all(devices, &stats).await;
+    server.stop().await?;
 
     println!(
-        "ingest benchmark: {} devices, {} messages of 3 metrics, QoS 1",
-        args.devices, args.messages
+        "ingest benchmark: {} devices, {} messages of 3 metrics, QoS 1, {} in flight per \
+         connection; the load from this process, the server in its own",
+        args.devices, args.messages, args.inflight
     );
-    println!(
-        "  broker ingress (publish -> PUBACK): {acked} acknowledged in {:.2} s = {:.0} msg/s",
-        acked_at.as_secs_f64(),
-        rate(acked, acked_at)
-    );
-    println!(
-        "  end to end (publish -> stored):     {stored} stored in {:.2} s = {:.0} msg/s",
-        stored_at.as_secs_f64(),
-        rate(stored, stored_at)
-    );
-    println!(
-        "  stored / ingress ratio:             {:.2}",
-        rate(stored, stored_at) / rate(acked, acked_at)
-    );
-    println!(
-        "  sent {sent}, stored {stored}, lost {}, publish errors {}",
-        sent.saturating_sub(stored),
-        stats.errors.load(Ordering::Relaxed)
-    );
-    for d in &devices {
-        let _ = d.client.disconnect().await;
+    if let Some(peer) = &peer {
+        println!(
+            "  wf-iot stored / bare Mosquitto relayed:    {:.2}",
+            figures.rate() / peer.rate()
+        );
     }
-    platform.stop().await?;
-    anyhow::ensure!(
-        stored == sent && sent == args.messages,
-        "messages were lost: sent {sent}, stored {stored}"
+    println!(
+        "  wf-iot (all-in-one), publish -> stored:    {} in {:.2} s = {:.0} msg/s",
+        figures.delivered,
+        figures.delivered_in.as_secs_f64(),
+        figures.rate()
     );
+    println!(
+        "  wf-iot, publish -> PUBACK (means stored):  {} in {:.2} s = {:.0} msg/s",
+        figures.acked,
+        figures.acked_in.as_secs_f64(),
+        figures.ack_rate()
+    );
+    if let Some(peer) = &peer {
+        println!(
+            "  bare Mosquitto, publish -> subscriber:     {} in {:.2} s = {:.0} msg/s",
+            peer.delivered,
+            peer.delivered_in.as_secs_f64(),
+            peer.rate()
+        );
+    }
+    println!(
+        "  wf-iot memory: {:.1} MiB idle after start, {:.1} MiB after the load",
+        mib(idle),
+        mib(loaded)
+    );
+    println!(
+        "  sent {}, stored {}, lost {}, publish errors {}",
+        figures.sent,
+        figures.delivered,
+        figures.sent.saturating_sub(figures.delivered),
+        figures.errors
+    );
+    anyhow::ensure!(
+        figures.delivered == figures.sent && figures.sent == args.messages,
+        "messages were lost: sent {}, stored {}",
+        figures.sent,
+        figures.delivered
+    );
+    if let Some(peer) = peer {
+        anyhow::ensure!(
+            peer.delivered >= args.messages,
+            "the bare Mosquitto relayed {} of {} messages",
+            peer.delivered,
+            args.messages
+        );
+    }
     Ok(())
 }
 
 async fn api(args: ApiArgs) -> anyhow::Result<()> {
     let dir = tempfile::tempdir()?;
     let password = wf_common::random::password();
-    let mut config = crate::config::PlatformConfig::load(None)?;
     // The limiter stays in the path, with limits no load generator reaches.
-    let generous = api_gateway::Limit {
-        per_second: 1e9,
-        burst: u32::MAX,
-    };
-    config.gateway.rate_limits.devices = api_gateway::GroupLimits {
-        per_user: generous,
-        per_ip: generous,
-    };
-    let platform = Platform::start_local_with(dir.path(), &password, config).await?;
-    let ports = platform.ports;
-    let api = Api::login(
-        &format!("http://127.0.0.1:{}", ports.auth_http),
-        &format!("http://127.0.0.1:{}", ports.device_http),
-        "admin",
-        &password,
-    )
-    .await?;
+    let generous: Vec<(String, String)> = ["PER_USER", "PER_IP"]
+        .into_iter()
+        .flat_map(|who| {
+            let key = |what: &str| format!("WF_IOT_GATEWAY__RATE_LIMITS__DEVICES__{who}__{what}");
+            [
+                (key("PER_SECOND"), "1000000000".to_string()),
+                (key("BURST"), u32::MAX.to_string()),
+            ]
+        })
+        .collect();
+    let server = Serve::start(dir.path(), &password, &generous).await?;
+    let api = Api::login(&server.auth_url(), &server.device_url(), "admin", &password).await?;
     api.provision("bench-api", 1, "bench-sensor").await?;
     let token = api.token().to_string();
     let duration = Duration::from_secs(args.duration);
     let path = "/api/v1/devices/bench-api-00001";
-    let through = api_gateway::load_test(
-        &format!("http://127.0.0.1:{}{path}", ports.gateway_http),
-        &token,
-        args.concurrency,
-        duration,
+    let nginx = Nginx::start(
+        dir.path(),
+        &format!("127.0.0.1:{}", server.ports.device_http),
     )
     .await?;
-    let direct = api_gateway::load_test(
-        &format!("http://127.0.0.1:{}{path}", ports.device_http),
-        &token,
-        args.concurrency,
-        duration,
-    )
-    .await?;
+    let measure = async |base: &str| {
+        api_gateway::load_test(&format!("{base}{path}"), &token, args.concurrency, duration).await
+    };
+    let through = measure(&server.gateway_url()).await?;
+    let proxied = match &nginx {
+        Some(nginx) => Some(measure(&format!("http://127.0.0.1:{}", nginx.port)).await?),
+        None => {
+            eprintln!("nginx is not installed: no peer measured (apt-get install nginx)");
+            None
+        }
+    };
+    let direct = measure(&server.device_url()).await?;
+    if let Some(nginx) = nginx {
+        nginx.stop().await?;
+    }
+    server.stop().await?;
+    let ratio = |a: &api_gateway::LoadReport, b: &api_gateway::LoadReport| {
+        a.rps / b.rps.max(f64::MIN_POSITIVE)
+    };
     println!(
-        "api benchmark: authenticated GET {path}, {} in flight, {} s each",
+        "api benchmark: authenticated GET {path}, {} in flight, {} s each; the load from \
+         this process, the server in its own",
         args.concurrency, args.duration
     );
-    println!("  through the api-gateway: {through}");
-    println!("  straight to device-service: {direct}");
+    if let Some(proxied) = &proxied {
+        println!(
+            "  api-gateway / nginx (plain proxy, same upstream): {:.2}",
+            ratio(&through, proxied)
+        );
+    }
     println!(
-        "  gateway / direct throughput: {:.2}",
-        through.rps / direct.rps.max(f64::MIN_POSITIVE)
+        "  api-gateway / straight to device-service:          {:.2}",
+        ratio(&through, &direct)
     );
-    platform.stop().await?;
+    println!("  through the api-gateway (token checked, rate limits on): {through}");
+    if let Some(proxied) = &proxied {
+        println!("  through nginx (nothing checked):                     {proxied}");
+    }
+    println!("  straight to device-service:                          {direct}");
     anyhow::ensure!(
-        through.errors == 0 && direct.errors == 0,
+        through.errors == 0 && direct.errors == 0 && proxied.is_none_or(|p| p.errors == 0),
         "requests failed during the benchmark"
+    );
+    Ok(())
+}
+
+async fn start(args: StartArgs) -> anyhow::Result<()> {
+    let dir = tempfile::tempdir()?;
+    let password = wf_common::random::password();
+    let first = Serve::start(dir.path(), &password, &[]).await?;
+    let first_start = first.start_to_ready;
+    first.stop().await?;
+    let again = Serve::start(dir.path(), &password, &[]).await?;
+    tokio::time::sleep(Duration::from_secs(args.settle)).await;
+    let idle = again.resident_bytes()?;
+    let restart = again.start_to_ready;
+    again.stop().await?;
+    println!("start benchmark: wf-iot serve, every service in one process");
+    println!(
+        "  first start (new data directory) to ready: {:.3} s",
+        first_start.as_secs_f64()
+    );
+    println!(
+        "  start on the existing data directory to ready: {:.3} s",
+        restart.as_secs_f64()
+    );
+    println!(
+        "  resident memory, idle {} s after that start: {:.1} MiB",
+        args.settle,
+        mib(idle)
     );
     Ok(())
 }

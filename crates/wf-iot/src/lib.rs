@@ -4,6 +4,7 @@
 
 pub mod bench;
 pub mod bench_ota;
+pub mod bench_peers;
 pub mod config;
 pub mod migrate;
 pub mod ota;
