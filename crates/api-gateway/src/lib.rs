@@ -154,11 +154,7 @@ impl Default for Config {
 impl Config {
     /// Settings the api-gateway cannot work with, named under `[gateway]`.
     pub fn check(&self, p: &mut wf_common::config::Problems) {
-        p.require(
-            !self.issuer.trim().is_empty(),
-            "issuer",
-            "must not be empty",
-        );
+        p.not_empty("issuer", &self.issuer);
         for (setting, url) in [
             ("auth_url", &self.auth_url),
             ("device_url", &self.device_url),

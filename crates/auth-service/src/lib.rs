@@ -125,11 +125,7 @@ impl Config {
 
     /// Settings auth-service cannot work with, named under `[auth]`.
     pub fn check(&self, p: &mut wf_common::config::Problems) {
-        p.require(
-            !self.issuer.trim().is_empty(),
-            "issuer",
-            "must not be empty",
-        );
+        p.not_empty("issuer", &self.issuer);
         p.positive("access_token_ttl_secs", self.access_token_ttl_secs);
         p.require(
             self.refresh_token_ttl_secs > self.access_token_ttl_secs,
@@ -146,11 +142,7 @@ impl Config {
         );
         p.positive("database_max_connections", self.database_max_connections);
         p.positive("max_body_bytes", self.max_body_bytes);
-        p.require(
-            !self.consumer_name.trim().is_empty(),
-            "consumer_name",
-            "must not be empty",
-        );
+        p.not_empty("consumer_name", &self.consumer_name);
         self.http_limits.check(p);
     }
 

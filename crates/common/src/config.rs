@@ -126,6 +126,11 @@ impl Problems {
         self.found.push(why.to_string());
     }
 
+    /// A text that must not be empty (nor only spaces).
+    pub fn not_empty(&mut self, setting: &str, value: &str) {
+        self.require(!value.trim().is_empty(), setting, "must not be empty");
+    }
+
     /// A value that must be at least 1.
     pub fn positive<N: PartialOrd + Default + std::fmt::Display>(
         &mut self,

@@ -136,11 +136,7 @@ impl Config {
 
     /// Settings device-service cannot work with, named under `[device]`.
     pub fn check(&self, p: &mut wf_common::config::Problems) {
-        p.require(
-            !self.issuer.trim().is_empty(),
-            "issuer",
-            "must not be empty",
-        );
+        p.not_empty("issuer", &self.issuer);
         p.positive("database_max_connections", self.database_max_connections);
         p.positive("max_series_points", self.max_series_points);
         p.positive("command_max_timeout_secs", self.command_max_timeout_secs);
@@ -154,11 +150,7 @@ impl Config {
         );
         p.positive("command_max_wait_secs", self.command_max_wait_secs);
         p.positive("max_body_bytes", self.max_body_bytes);
-        p.require(
-            !self.consumer_name.trim().is_empty(),
-            "consumer_name",
-            "must not be empty",
-        );
+        p.not_empty("consumer_name", &self.consumer_name);
         self.http_limits.check(p);
     }
 }

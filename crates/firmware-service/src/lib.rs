@@ -217,11 +217,7 @@ impl Config {
     /// Settings firmware-service and its worker cannot work with, named
     /// under `[firmware]`.
     pub fn check(&self, p: &mut wf_common::config::Problems) {
-        p.require(
-            !self.issuer.trim().is_empty(),
-            "issuer",
-            "must not be empty",
-        );
+        p.not_empty("issuer", &self.issuer);
         p.positive("database_max_connections", self.database_max_connections);
         p.require(
             wf_common::net::is_http_url(&self.public_url),
@@ -251,11 +247,7 @@ impl Config {
         }
         self.http_limits.check(p);
         p.section("worker", |p| {
-            p.require(
-                !self.worker.name.trim().is_empty(),
-                "name",
-                "must not be empty",
-            );
+            p.not_empty("name", &self.worker.name);
             p.positive("poll_interval_ms", self.worker.poll_interval_ms);
             p.positive("lease_secs", self.worker.lease_secs);
             p.positive("batch_size", self.worker.batch_size);

@@ -150,6 +150,18 @@ async fn online(http: &reqwest::Client, devices: &str, token: &str) -> Option<bo
     body["online"].as_bool()
 }
 
+/// `crash-1`'s status history, newest first.
+async fn status_history(http: &reqwest::Client, devices: &str, token: &str) -> Value {
+    http.get(format!("{devices}/api/v1/devices/crash-1/status-history"))
+        .bearer_auth(token)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap()
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn after_a_crash_a_restart_shows_no_device_online_that_is_not_connected() {
     let dir = tempfile::tempdir().unwrap();
@@ -207,15 +219,7 @@ async fn after_a_crash_a_restart_shows_no_device_online_that_is_not_connected() 
         "{}",
         server.log()
     );
-    let history: Value = http
-        .get(format!("{devices}/api/v1/devices/crash-1/status-history"))
-        .bearer_auth(&token)
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let history = status_history(&http, &devices, &token).await;
     let latest = &history[0];
     assert_eq!(
         (latest["online"].as_bool(), latest["reason"].as_str()),
@@ -246,15 +250,7 @@ async fn after_a_crash_a_restart_shows_no_device_online_that_is_not_connected() 
     );
     server.child = serve_with_mqtt(dir.path(), auth_http, device_http, free_port());
     let token = login(&http, &auth).await;
-    let history: Value = http
-        .get(format!("{devices}/api/v1/devices/crash-1/status-history"))
-        .bearer_auth(&token)
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let history = status_history(&http, &devices, &token).await;
     let reasons: Vec<(Option<bool>, Option<&str>)> = history
         .as_array()
         .unwrap()

@@ -3,6 +3,7 @@
 // Dynamic SQL here is assembled from constant fragments and `?`
 // placeholders only; every value is bound.
 
+use sqlx::any::AnyRow;
 use sqlx::{AssertSqlSafe, Row};
 
 use super::Store;
@@ -29,6 +30,24 @@ fn owned(owner_id: Option<&str>) -> &'static str {
 }
 
 impl Store {
+    /// Runs `sql` with `numbers` bound in order and then, for an owner,
+    /// the owner (the placeholder [`owned`] adds last).
+    async fn fetch_owned(
+        &self,
+        sql: String,
+        numbers: &[i64],
+        owner_id: Option<&str>,
+    ) -> Result<Vec<AnyRow>> {
+        let mut query = sqlx::query(AssertSqlSafe(sql));
+        for n in numbers {
+            query = query.bind(*n);
+        }
+        if let Some(owner) = owner_id {
+            query = query.bind(owner.to_string());
+        }
+        Ok(query.fetch_all(&self.db.pool).await?)
+    }
+
     /// Telemetry messages stored in `[from, to)` per bucket of
     /// `interval_ms` aligned to the epoch: `(bucket start, count)`, empty
     /// buckets absent. A message is one device's values at one time,
@@ -46,14 +65,9 @@ impl Store {
              GROUP BY bucket ORDER BY bucket",
             owned(owner_id)
         );
-        let mut query = sqlx::query(AssertSqlSafe(sql))
-            .bind(interval_ms)
-            .bind(from)
-            .bind(to);
-        if let Some(owner) = owner_id {
-            query = query.bind(owner.to_string());
-        }
-        let rows = query.fetch_all(&self.db.pool).await?;
+        let rows = self
+            .fetch_owned(sql, &[interval_ms, from, to], owner_id)
+            .await?;
         Ok(rows
             .iter()
             .map(|r| Ok((r.try_get("bucket")?, r.try_get("n")?)))
@@ -71,11 +85,7 @@ impl Store {
              ORDER BY h.device_id, h.online",
             owned(owner_id)
         );
-        let mut query = sqlx::query(AssertSqlSafe(sql)).bind(at);
-        if let Some(owner) = owner_id {
-            query = query.bind(owner.to_string());
-        }
-        let rows = query.fetch_all(&self.db.pool).await?;
+        let rows = self.fetch_owned(sql, &[at], owner_id).await?;
         // Two changes at the same millisecond: online (ordered last) wins.
         let mut last: Vec<(String, bool)> = Vec::new();
         for row in &rows {
@@ -104,11 +114,7 @@ impl Store {
              ORDER BY at, online, device_id",
             owned(owner_id)
         );
-        let mut query = sqlx::query(AssertSqlSafe(sql)).bind(from).bind(to);
-        if let Some(owner) = owner_id {
-            query = query.bind(owner.to_string());
-        }
-        let rows = query.fetch_all(&self.db.pool).await?;
+        let rows = self.fetch_owned(sql, &[from, to], owner_id).await?;
         Ok(rows
             .iter()
             .map(|r| {
@@ -136,14 +142,9 @@ impl Store {
              GROUP BY bucket, status ORDER BY bucket",
             owned(owner_id)
         );
-        let mut query = sqlx::query(AssertSqlSafe(sql))
-            .bind(interval_ms)
-            .bind(from)
-            .bind(to);
-        if let Some(owner) = owner_id {
-            query = query.bind(owner.to_string());
-        }
-        let rows = query.fetch_all(&self.db.pool).await?;
+        let rows = self
+            .fetch_owned(sql, &[interval_ms, from, to], owner_id)
+            .await?;
         let mut out: Vec<(i64, CommandCounts)> = Vec::new();
         for row in &rows {
             let bucket: i64 = row.try_get("bucket")?;
