@@ -111,8 +111,8 @@ test('an administrator signs in and sees the fleet live on the dashboard', async
   await page.waitForFunction(() => document.querySelectorAll('#fleet-map a.map-device[data-online="true"]').length === 3, null, { timeout: 20000 });
   assert.match(await page.locator('#map-legend').textContent(), /Online: 3/);
   // Another range reloads the history.
-  await page.getByLabel('Time range').selectOption('900');
-  await page.waitForFunction(() => document.querySelector('#activity-card').dataset.interval === '30000', null, { timeout: 20000 });
+  await page.getByLabel('Time range').selectOption('21600');
+  await page.waitForFunction(() => document.querySelector('#activity-card').dataset.interval === '900000', null, { timeout: 20000 });
   await page.waitForFunction(() => Number(document.querySelector('#chart-messages').dataset.points || 0) > 0, null, { timeout: 20000 });
   await shot('02-dashboard');
 });

@@ -42,16 +42,16 @@ pub async fn run(state: AppState, stop: Shutdown) {
     for status in ["succeeded", "failed", "timed_out"] {
         metrics::counter!("wf_commands_completed_total", "status" => status).increment(0);
     }
-    let last_seen: Arc<Mutex<HashMap<String, i64>>> = Arc::default();
+    let noted: Arc<Mutex<Noted>> = Arc::default();
     let telemetry = {
-        let last_seen = last_seen.clone();
+        let noted = noted.clone();
         consume::<TelemetryBatch, _, _>(
             &state,
             TELEMETRY_EVENTS_PER_BATCH,
             &stop,
             move |state, batch| {
-                let last_seen = last_seen.clone();
-                async move { store_telemetry(&state, &last_seen, batch).await }
+                let noted = noted.clone();
+                async move { store_telemetry(&state, &noted, batch).await }
             },
         )
     };
@@ -97,8 +97,19 @@ pub async fn run(state: AppState, stop: Shutdown) {
         sweep_lapsed_brokers(state.clone(), leases_current, stop.clone()),
         expire_commands(state.clone(), stop.clone()),
         count_devices(state.clone(), stop.clone()),
-        flush_last_seen(state.clone(), last_seen, stop.clone()),
+        flush_noted(&state, &noted, stop.clone()),
     );
+    // What the consumers handled while they stopped.
+    flush_once(&state, &noted).await;
+}
+
+/// What stored telemetry leaves to write later, in one write every few
+/// seconds rather than one per batch: when each device was last seen, and
+/// the messages stored per device and minute (the fleet's activity).
+#[derive(Default)]
+struct Noted {
+    last_seen: HashMap<String, i64>,
+    activity: HashMap<(String, i64), i64>,
 }
 
 /// A consumer of the topic of `E` in device-service's group: `handle` gets
@@ -122,7 +133,7 @@ where
 
 async fn store_telemetry(
     state: &AppState,
-    last_seen: &Mutex<HashMap<String, i64>>,
+    noted: &Mutex<Noted>,
     batch: Batch<TelemetryBatch>,
 ) -> anyhow::Result<()> {
     let mut readings: Vec<Reading> = batch
@@ -161,8 +172,11 @@ async fn store_telemetry(
     }
     let offered: u64 = readings.iter().map(|r| r.values.len() as u64).sum();
     let mut stored = 0;
+    let mut activity: HashMap<(String, i64), i64> = HashMap::new();
     for chunk in readings.chunks(READINGS_PER_TRANSACTION) {
-        stored += state.store.insert_telemetry(chunk).await?;
+        let inserted = state.store.insert_telemetry(chunk).await?;
+        stored += inserted;
+        count_messages(chunk, inserted, &mut activity);
     }
     metrics::counter!("wf_telemetry_messages_stored_total").increment(readings.len() as u64);
     metrics::counter!("wf_telemetry_values_stored_total").increment(stored);
@@ -180,12 +194,48 @@ async fn store_telemetry(
         }
     }
     let now = wf_common::now_millis();
-    if let Ok(mut seen) = last_seen.lock() {
+    if let Ok(mut noted) = noted.lock() {
         for r in &readings {
-            seen.insert(r.device_id.clone(), now);
+            noted.last_seen.insert(r.device_id.clone(), now);
+        }
+        for (key, n) in activity {
+            *noted.activity.entry(key).or_default() += n;
         }
     }
     Ok(())
+}
+
+/// Adds the messages of `chunk` that were stored to `activity`, per device
+/// and minute of their time. A message repeated in the chunk counts once;
+/// a chunk stored before (a redelivered event) counts nothing; one stored
+/// in part (some of its values were) counts its share.
+fn count_messages(chunk: &[Reading], inserted: u64, activity: &mut HashMap<(String, i64), i64>) {
+    let mut seen: HashMap<(&str, i64), usize> = HashMap::new();
+    for r in chunk {
+        seen.entry((r.device_id.as_str(), r.ts))
+            .and_modify(|values| *values = (*values).max(r.values.len()))
+            .or_insert(r.values.len());
+    }
+    let rows: u64 = seen.values().map(|&v| v as u64).sum();
+    if inserted == 0 || rows == 0 {
+        return;
+    }
+    let mut per_minute: HashMap<(&str, i64), i64> = HashMap::new();
+    for (device, ts) in seen.keys() {
+        *per_minute
+            .entry((*device, ts - ts.rem_euclid(60_000)))
+            .or_default() += 1;
+    }
+    for ((device, minute), n) in per_minute {
+        let counted = if inserted >= rows {
+            n
+        } else {
+            ((n as f64) * inserted as f64 / rows as f64).round() as i64
+        };
+        if counted > 0 {
+            *activity.entry((device.to_string(), minute)).or_default() += counted;
+        }
+    }
 }
 
 async fn apply_status(state: &AppState, batch: Batch<StatusChanged>) -> anyhow::Result<()> {
@@ -466,32 +516,97 @@ async fn count_devices(state: AppState, stop: Shutdown) {
     }
 }
 
-/// Writes last-seen times gathered from telemetry every few seconds rather
-/// than once per message.
-async fn flush_last_seen(
-    state: AppState,
-    last_seen: Arc<Mutex<HashMap<String, i64>>>,
-    stop: Shutdown,
-) {
-    let stopped = stop.wait();
-    tokio::pin!(stopped);
+/// Writes what [`Noted`] holds every 5 s until `stop`.
+async fn flush_noted(state: &AppState, noted: &Mutex<Noted>, stop: Shutdown) {
     let mut tick = tokio::time::interval(Duration::from_secs(5));
     loop {
-        let stopping = tokio::select! {
-            () = &mut stopped => true,
-            _ = tick.tick() => false,
-        };
-        let seen: Vec<(String, i64)> = last_seen
-            .lock()
-            .map(|mut m| m.drain().collect())
-            .unwrap_or_default();
-        if !seen.is_empty()
-            && let Err(e) = state.store.touch_last_seen(&seen).await
-        {
-            tracing::warn!(error = %e, "recording last-seen times failed");
+        tokio::select! {
+            () = stop.wait() => return,
+            _ = tick.tick() => {}
         }
-        if stopping {
-            return;
+        flush_once(state, noted).await;
+    }
+}
+
+async fn flush_once(state: &AppState, noted: &Mutex<Noted>) {
+    let Noted {
+        last_seen,
+        activity,
+    } = noted
+        .lock()
+        .map(|mut n| std::mem::take(&mut *n))
+        .unwrap_or_default();
+    let seen: Vec<(String, i64)> = last_seen.into_iter().collect();
+    if !seen.is_empty()
+        && let Err(e) = state.store.touch_last_seen(&seen).await
+    {
+        tracing::warn!(error = %e, "recording last-seen times failed");
+    }
+    let counts: Vec<(String, i64, i64)> = activity
+        .into_iter()
+        .map(|((device, minute), n)| (device, minute, n))
+        .collect();
+    if let Err(e) = state.store.add_activity(&counts).await {
+        tracing::warn!(error = %e, "recording the fleet's activity failed");
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use wf_common::contract::{MetricName, MetricValue};
+
+    use super::*;
+
+    fn reading(device: &str, ts: i64, metrics: &[&str]) -> Reading {
+        Reading {
+            device_id: device.into(),
+            ts,
+            values: metrics
+                .iter()
+                .map(|m| (MetricName::parse(m).unwrap(), MetricValue::Number(1.0)))
+                .collect(),
         }
+    }
+
+    fn counted(chunk: &[Reading], inserted: u64) -> Vec<(String, i64, i64)> {
+        let mut activity = HashMap::new();
+        count_messages(chunk, inserted, &mut activity);
+        let mut out: Vec<_> = activity
+            .into_iter()
+            .map(|((device, minute), n)| (device, minute, n))
+            .collect();
+        out.sort();
+        out
+    }
+
+    #[test]
+    fn stored_messages_are_counted_per_device_and_minute_once() {
+        let chunk = [
+            reading("a", 60_500, &["temp", "hum"]),
+            reading("a", 60_500, &["temp", "hum"]),
+            reading("a", 119_999, &["temp"]),
+            reading("a", 120_000, &["temp"]),
+            reading("b", 61_000, &["temp"]),
+        ];
+        // Five values are new: the repeated message counts once.
+        assert_eq!(
+            counted(&chunk, 5),
+            [
+                ("a".to_string(), 60_000, 2),
+                ("a".to_string(), 120_000, 1),
+                ("b".to_string(), 60_000, 1),
+            ]
+        );
+        // Redelivered: every value was stored before.
+        assert_eq!(counted(&chunk, 0), []);
+        // Stored in part: each device and minute counts its share.
+        let half = [
+            reading("c", 0, &["temp"]),
+            reading("c", 1, &["temp"]),
+            reading("c", 2, &["temp"]),
+            reading("c", 3, &["temp"]),
+        ];
+        assert_eq!(counted(&half, 2), [("c".to_string(), 0, 2)]);
     }
 }

@@ -1,3 +1,3 @@
 ALTER TABLE device_commands DROP KEY idx_device_commands_created;
 ALTER TABLE device_status_history DROP KEY idx_device_status_history_at;
-ALTER TABLE device_data DROP KEY idx_device_data_ts;
+DROP TABLE device_activity;

@@ -1,3 +1,3 @@
 DROP INDEX idx_device_commands_created;
 DROP INDEX idx_device_status_history_at;
-DROP INDEX idx_device_data_ts;
+DROP TABLE device_activity;

@@ -7,8 +7,9 @@ use super::series::{Interval, parse_time};
 pub const MAX_RANGE_MS: i64 = 31 * 86_400_000;
 /// The most buckets one activity request returns.
 pub const MAX_BUCKETS: i64 = 1_440;
-/// The narrowest bucket: one second.
-pub const MIN_INTERVAL_MS: i64 = 1_000;
+/// The narrowest bucket, and what every bucket is a multiple of: one
+/// minute, the resolution at which messages are counted.
+pub const MIN_INTERVAL_MS: i64 = 60_000;
 /// The default range: the hour before `to`.
 const DEFAULT_RANGE_MS: i64 = 3_600_000;
 
@@ -19,8 +20,8 @@ pub struct ActivityParams<'a> {
     pub from: Option<&'a str>,
     /// RFC 3339 or milliseconds since the epoch; default now.
     pub to: Option<&'a str>,
-    /// Bucket width (`10s`, `1m`, `1h`); default the range divided into 60
-    /// buckets, rounded up to whole seconds.
+    /// Bucket width, whole minutes (`1m`, `5m`, `1h`); default the range
+    /// divided into 60 buckets, rounded up to whole minutes.
     pub interval: Option<&'a str>,
 }
 
@@ -48,11 +49,12 @@ impl ActivitySpec {
             Some(text) => Interval::parse(text)?.millis(),
             None => {
                 let sixtieth = (span + 59) / 60;
-                (sixtieth + 999) / 1000 * 1000
+                ((sixtieth + MIN_INTERVAL_MS - 1) / MIN_INTERVAL_MS).max(1) * MIN_INTERVAL_MS
             }
         };
-        if interval_ms < MIN_INTERVAL_MS {
-            return Err("interval must be at least 1s".into());
+        // Messages are counted per minute.
+        if interval_ms < MIN_INTERVAL_MS || interval_ms % MIN_INTERVAL_MS != 0 {
+            return Err("interval must be a whole number of minutes (1m, 5m, 1h, ...)".into());
         }
         let spec = Self {
             from,
@@ -174,8 +176,10 @@ mod tests {
             (Some("1000"), Some("1000"), None, "before"),
             (Some("yesterday"), None, None, "RFC 3339"),
             (None, None, Some("fast"), "not an interval"),
-            (None, None, Some("500ms"), "at least 1s"),
-            (None, None, Some("1s"), "3600 buckets"),
+            (None, None, Some("500ms"), "whole number of minutes"),
+            (None, None, Some("10s"), "whole number of minutes"),
+            (None, None, Some("90s"), "whole number of minutes"),
+            (Some("0"), Some("172800000"), Some("1m"), "2880 buckets"),
             (
                 Some("0"),
                 Some(&*format!("{}", 32 * 86_400_000_i64)),
@@ -204,7 +208,7 @@ mod tests {
 
     #[test]
     fn online_devices_follow_the_changes() {
-        let spec = parse(Some("0"), Some("30000"), Some("10s")).unwrap();
+        let spec = parse(Some("0"), Some("180000"), Some("1m")).unwrap();
         let change = |device: &str, at: i64, online: bool| StatusChange {
             device_id: device.into(),
             at,
@@ -214,11 +218,11 @@ mod tests {
             spec,
             ["a".to_string()],
             &[
-                change("b", 1_000, true),
-                change("a", 12_000, false),
-                change("a", 15_000, true),
-                change("c", 19_999, true),
-                change("b", 25_000, false),
+                change("b", 6_000, true),
+                change("a", 72_000, false),
+                change("a", 90_000, true),
+                change("c", 119_999, true),
+                change("b", 150_000, false),
             ],
         );
         assert_eq!(counts, [2, 3, 2]);

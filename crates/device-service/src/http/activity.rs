@@ -22,8 +22,9 @@ pub struct ActivityQuery {
     from: Option<String>,
     /// RFC 3339 or milliseconds since the epoch; default now.
     to: Option<String>,
-    /// Bucket width, at least `1s` (`10s`, `1m`, `1h`); default the range
-    /// in 60 buckets. At most 1440 buckets.
+    /// Bucket width, whole minutes (`1m`, `5m`, `1h`), the resolution at
+    /// which messages are counted; default the range in 60 buckets. At most
+    /// 1440 buckets.
     interval: Option<String>,
 }
 
@@ -59,7 +60,7 @@ pub struct Activity {
 /// (all devices for a role of scope fleet, their own for scope own).
 #[utoipa::path(get, path = "/api/v1/devices/activity", tag = "devices", security(("bearer" = [])), params(ActivityQuery),
     responses((status = 200, body = Activity),
-        (status = 422, description = "A bad time or interval, from not before to, a range over 31 days, an interval under 1s, or more than 1440 buckets", body = ErrorEnvelope)))]
+        (status = 422, description = "A bad time or interval, from not before to, a range over 31 days, an interval that is not a whole number of minutes, or more than 1440 buckets", body = ErrorEnvelope)))]
 pub async fn activity(
     State(state): State<AppState>,
     caller: Caller,

@@ -6,6 +6,8 @@
 use sqlx::any::AnyRow;
 use sqlx::{AssertSqlSafe, Row};
 
+use wf_common::db::{Dialect, placeholders};
+
 use super::Store;
 use crate::domain::StatusChange;
 use crate::error::Result;
@@ -19,6 +21,9 @@ pub struct CommandCounts {
     /// Not answered yet (pending or sent).
     pub open: i64,
 }
+
+/// Counts written per statement (three parameters each).
+const ACTIVITY_ROWS_PER_STATEMENT: usize = 300;
 
 /// `AND device_id IN (...)` for an owner, or nothing.
 fn owned(owner_id: Option<&str>) -> &'static str {
@@ -48,10 +53,40 @@ impl Store {
         Ok(query.fetch_all(&self.db.pool).await?)
     }
 
+    /// Adds telemetry messages stored, `(device, minute start, count)`, to
+    /// the per-minute counts the activity is read from.
+    pub async fn add_activity(&self, counts: &[(String, i64, i64)]) -> Result<()> {
+        if counts.is_empty() {
+            return Ok(());
+        }
+        let tail = match self.db.dialect {
+            Dialect::Sqlite => {
+                " ON CONFLICT (minute, device_id) DO UPDATE SET \
+                 messages = device_activity.messages + excluded.messages"
+            }
+            Dialect::MySql => " ON DUPLICATE KEY UPDATE messages = messages + VALUES(messages)",
+        };
+        let mut tx = self.db.pool.begin().await?;
+        for chunk in counts.chunks(ACTIVITY_ROWS_PER_STATEMENT) {
+            let sql = format!(
+                "INSERT INTO device_activity (minute, device_id, messages) VALUES {}{tail}",
+                vec![format!("({})", placeholders(3)); chunk.len()].join(", ")
+            );
+            let mut query = sqlx::query(AssertSqlSafe(sql));
+            for (device, minute, n) in chunk {
+                query = query.bind(*minute).bind(device.as_str()).bind(*n);
+            }
+            query.execute(&mut *tx).await?;
+        }
+        tx.commit().await?;
+        Ok(())
+    }
+
     /// Telemetry messages stored in `[from, to)` per bucket of
-    /// `interval_ms` aligned to the epoch: `(bucket start, count)`, empty
-    /// buckets absent. A message is one device's values at one time,
-    /// however many metrics it carries.
+    /// `interval_ms` (whole minutes) aligned to the epoch: `(bucket start,
+    /// count)`, empty buckets absent. A message is one device's values at
+    /// one time, however many metrics it carries, counted in the minute of
+    /// its time.
     pub async fn messages_per_bucket(
         &self,
         owner_id: Option<&str>,
@@ -59,10 +94,14 @@ impl Store {
         to: i64,
         interval_ms: i64,
     ) -> Result<Vec<(i64, i64)>> {
+        let sum = match self.db.dialect {
+            Dialect::Sqlite => "SUM(messages)",
+            // MariaDB sums integers as decimals.
+            Dialect::MySql => "CAST(SUM(messages) AS SIGNED)",
+        };
         let sql = format!(
-            "SELECT (ts - (ts % ?)) AS bucket, COUNT(*) AS n FROM \
-             (SELECT DISTINCT device_id, ts FROM device_data WHERE ts >= ? AND ts < ?{}) m \
-             GROUP BY bucket ORDER BY bucket",
+            "SELECT (minute - (minute % ?)) AS bucket, {sum} AS n FROM device_activity \
+             WHERE minute >= ? AND minute < ?{} GROUP BY bucket ORDER BY bucket",
             owned(owner_id)
         );
         let rows = self

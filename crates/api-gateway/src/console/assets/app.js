@@ -932,7 +932,8 @@
       const range = Number(select.value) * 1000;
       const to = Date.now();
       const from = to - range;
-      const interval = intervalFor(range / 1000, 60);
+      // Activity is counted per minute: buckets are whole minutes.
+      const interval = Math.max(60, Math.ceil(intervalFor(range / 1000, 60) / 60) * 60);
       try {
         const a = await api('GET', '/api/v1/devices/activity' + query({ from, to, interval: interval + 's' }));
         const secs = a.interval_ms / 1000;
