@@ -229,6 +229,100 @@ impl Db {
     }
 }
 
+/// A value a listing's filter binds.
+#[derive(Debug, Clone)]
+pub enum Param {
+    Text(String),
+    Int(i64),
+}
+
+/// What a listing reads: `columns` of `table` (a table, or tables joined),
+/// its pages in `order`.
+#[derive(Debug, Clone, Copy)]
+pub struct Select<'a> {
+    pub columns: &'a str,
+    pub table: &'a str,
+    pub order: &'a str,
+}
+
+/// A filtered, paged listing: the conditions (`?` placeholders, joined by
+/// AND) with the values they bind, in order.
+#[derive(Debug, Default)]
+pub struct Listing {
+    conditions: Vec<String>,
+    params: Vec<Param>,
+}
+
+impl Listing {
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Adds a condition with the values of its placeholders, in order.
+    pub fn filter(
+        &mut self,
+        condition: impl Into<String>,
+        params: impl IntoIterator<Item = Param>,
+    ) {
+        self.conditions.push(condition.into());
+        self.params.extend(params);
+    }
+
+    /// `WHERE ...`, or nothing without a condition.
+    pub fn where_clause(&self) -> String {
+        if self.conditions.is_empty() {
+            String::new()
+        } else {
+            format!("WHERE {}", self.conditions.join(" AND "))
+        }
+    }
+
+    fn query<'q>(&self, sql: String) -> sqlx::query::Query<'q, Any, sqlx::any::AnyArguments> {
+        let mut query = sqlx::query(sqlx::AssertSqlSafe(sql));
+        for param in &self.params {
+            query = match param {
+                Param::Text(t) => query.bind(t.clone()),
+                Param::Int(n) => query.bind(*n),
+            };
+        }
+        query
+    }
+
+    /// One page of what `select` names, read with `from_row`, and how many
+    /// rows match in all.
+    pub async fn page<T>(
+        &self,
+        db: &Db,
+        select: Select<'_>,
+        limit: i64,
+        offset: i64,
+        from_row: impl Fn(&sqlx::any::AnyRow) -> sqlx::Result<T>,
+    ) -> Result<(Vec<T>, i64), sqlx::Error> {
+        let Select {
+            columns,
+            table,
+            order,
+        } = select;
+        use sqlx::Row;
+        let filter = self.where_clause();
+        let total: i64 = self
+            .query(format!("SELECT COUNT(*) AS n FROM {table} {filter}"))
+            .fetch_one(&db.pool)
+            .await?
+            .try_get("n")?;
+        let rows = self
+            .query(format!(
+                "SELECT {columns} FROM {table} {filter} ORDER BY {order} LIMIT ? OFFSET ?"
+            ))
+            .bind(limit)
+            .bind(offset)
+            .fetch_all(&db.pool)
+            .await?;
+        let items = rows.iter().map(from_row).collect::<sqlx::Result<_>>()?;
+        Ok((items, total))
+    }
+}
+
 /// `?, ?, ?` for an `IN (...)` list or a row of `n` values.
 pub fn placeholders(n: usize) -> String {
     vec!["?"; n].join(", ")

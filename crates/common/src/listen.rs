@@ -87,11 +87,70 @@ pub fn port_in_use_hint(port: u16, setting: &str) -> String {
     let flag = serve_flag(setting)
         .map(|f| format!("`wf-iot serve {f} <port>`, "))
         .unwrap_or_default();
+    let holder = port_holder(port).unwrap_or_else(|| "another program".to_string());
     format!(
-        "another program holds port {port}; stop it, or move this listener with \
+        "{holder} holds port {port}; stop it, or move this listener with \
          {flag}{setting} in the configuration file (./wf-iot.toml) or {env}=<port>",
         env = env_name(setting),
     )
+}
+
+/// The program listening on TCP `port`, as `name (pid N)`, when this
+/// process may see it (Linux: the listening socket in `/proc/net/tcp*`,
+/// then the process holding it among `/proc/*/fd`); `None` otherwise.
+pub fn port_holder(port: u16) -> Option<String> {
+    let inodes: Vec<String> = ["/proc/net/tcp", "/proc/net/tcp6"]
+        .iter()
+        .filter_map(|table| std::fs::read_to_string(table).ok())
+        .flat_map(|table| {
+            table
+                .lines()
+                .skip(1)
+                .filter_map(|line| listening_inode(line, port))
+                .collect::<Vec<_>>()
+        })
+        .collect();
+    if inodes.is_empty() {
+        return None;
+    }
+    let wanted: Vec<String> = inodes.iter().map(|i| format!("socket:[{i}]")).collect();
+    for entry in std::fs::read_dir("/proc").ok()?.flatten() {
+        let name = entry.file_name();
+        let Some(pid) = name
+            .to_str()
+            .filter(|n| n.bytes().all(|b| b.is_ascii_digit()))
+        else {
+            continue;
+        };
+        let Ok(fds) = std::fs::read_dir(entry.path().join("fd")) else {
+            continue;
+        };
+        let holds = fds.flatten().any(|fd| {
+            std::fs::read_link(fd.path())
+                .is_ok_and(|target| wanted.iter().any(|w| target.as_os_str() == w.as_str()))
+        });
+        if holds {
+            let command = std::fs::read_to_string(entry.path().join("comm")).unwrap_or_default();
+            let command = command.trim();
+            return Some(if command.is_empty() {
+                format!("process {pid}")
+            } else {
+                format!("{command} (pid {pid})")
+            });
+        }
+    }
+    None
+}
+
+/// The socket inode of a `/proc/net/tcp` line listening on `port`.
+fn listening_inode(line: &str, port: u16) -> Option<String> {
+    let fields: Vec<&str> = line.split_whitespace().collect();
+    let local = fields.get(1)?;
+    let state = fields.get(3)?;
+    let inode = fields.get(9)?;
+    let local_port = u16::from_str_radix(local.rsplit(':').next()?, 16).ok()?;
+    // 0A: LISTEN.
+    (local_port == port && *state == "0A" && *inode != "0").then(|| inode.to_string())
 }
 
 /// The `wf-iot serve` flag that moves the listener of `setting`, for the
@@ -134,6 +193,15 @@ mod tests {
         let message = format!("{err:#}");
         assert!(message.contains("test.http_port"), "{message}");
         assert!(message.contains("WF_IOT_TEST__HTTP_PORT"), "{message}");
+        // The holder is this very test process.
+        assert!(
+            message.contains(&format!(
+                "(pid {}) holds port {}",
+                std::process::id(),
+                addr.port()
+            )),
+            "{message}"
+        );
     }
 
     #[tokio::test]

@@ -519,7 +519,8 @@ pub fn reading(step: u64, phase: u64) -> String {
     json!({
         "temperature": 20.0 + (t / 30.0).sin() * 5.0,
         "humidity": 50.0 + (t / 45.0).cos() * 10.0,
-        "battery": 100.0 - (step % 1000) as f64 / 10.0,
+        // Discharges from 100 to 20 over 800 readings, then charges back.
+        "battery": 100.0 - ((t % 1600.0) - 800.0).abs().mul_add(-0.1, 80.0),
         "ts": wf_common::now_millis(),
     })
     .to_string()
@@ -703,9 +704,16 @@ mod tests {
             let v: serde_json::Value = serde_json::from_str(&super::reading(step, phase)).unwrap();
             v["temperature"].as_f64().unwrap()
         };
-        for step in 0..500 {
+        let battery = |step, phase| -> f64 {
+            let v: serde_json::Value = serde_json::from_str(&super::reading(step, phase)).unwrap();
+            v["battery"].as_f64().unwrap()
+        };
+        for step in 0..5000 {
             let jump = (temperature(step + 1, 3) - temperature(step, 3)).abs();
             assert!(jump < 0.2, "a jump of {jump} at step {step}");
+            let drop = (battery(step + 1, 3) - battery(step, 3)).abs();
+            assert!(drop < 0.11, "the battery jumped {drop} at step {step}");
+            assert!((20.0..=100.0).contains(&battery(step, 3)));
         }
         assert!((temperature(10, 0) - temperature(10, 5)).abs() > 0.5);
     }

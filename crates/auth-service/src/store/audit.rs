@@ -1,7 +1,8 @@
 // Dynamic SQL here is assembled from constant fragments and `?`
 // placeholders only; every value is bound.
-use sqlx::{AssertSqlSafe, Row as _};
+use sqlx::Row as _;
 use wf_common::audit::AuditEvent;
+use wf_common::db::{Listing, Param, Select};
 
 use super::Store;
 use crate::error::Result;
@@ -137,81 +138,56 @@ impl Store {
 
     /// Audit entries matching `filter`, newest first, with the total count.
     pub async fn list_audit(&self, filter: &AuditFilter) -> Result<(Vec<AuditRecord>, i64)> {
-        let mut conditions: Vec<&str> = Vec::new();
-        let mut text_args: Vec<String> = Vec::new();
-        let mut int_args: Vec<i64> = Vec::new();
+        let text = |v: &String| Param::Text(v.clone());
+        let mut listing = Listing::new();
         if let Some(a) = &filter.action {
-            conditions.push("action = ?");
-            text_args.push(a.clone());
+            listing.filter("action = ?", [text(a)]);
         }
         if let Some(t) = &filter.target {
-            conditions.push("target = ?");
-            text_args.push(t.clone());
+            listing.filter("target = ?", [text(t)]);
         }
         if let Some(a) = &filter.actor {
-            conditions.push("(actor_username = ? OR actor_id = ?)");
-            text_args.push(a.clone());
-            text_args.push(a.clone());
+            listing.filter("(actor_username = ? OR actor_id = ?)", [text(a), text(a)]);
         }
         if let Some(o) = &filter.outcome {
-            conditions.push("outcome = ?");
-            text_args.push(o.clone());
+            listing.filter("outcome = ?", [text(o)]);
         }
         if let Some(s) = filter.since {
-            conditions.push("at >= ?");
-            int_args.push(s);
+            listing.filter("at >= ?", [Param::Int(s)]);
         }
         if let Some(u) = filter.until {
-            conditions.push("at < ?");
-            int_args.push(u);
+            listing.filter("at < ?", [Param::Int(u)]);
         }
-        let where_clause = if conditions.is_empty() {
-            String::new()
-        } else {
-            format!("WHERE {}", conditions.join(" AND "))
-        };
-        let count_sql = format!("SELECT COUNT(*) AS n FROM audit_log {where_clause}");
-        let list_sql = format!(
-            "SELECT id, at, actor_id, actor_username, action, target, outcome, client_ip, \
-             user_agent, request_id, details FROM audit_log {where_clause} \
-             ORDER BY id DESC LIMIT ? OFFSET ?"
-        );
-        let mut count = sqlx::query(AssertSqlSafe(count_sql));
-        let mut list = sqlx::query(AssertSqlSafe(list_sql));
-        // Text conditions come before time conditions in the WHERE clause.
-        for a in &text_args {
-            count = count.bind(a.clone());
-            list = list.bind(a.clone());
-        }
-        for a in &int_args {
-            count = count.bind(*a);
-            list = list.bind(*a);
-        }
-        let total: i64 = count.fetch_one(&self.db.pool).await?.try_get("n")?;
-        let rows = list
-            .bind(filter.limit)
-            .bind(filter.offset)
-            .fetch_all(&self.db.pool)
+        let columns = "id, at, actor_id, actor_username, action, target, outcome, client_ip, \
+                       user_agent, request_id, details";
+        let (records, total) = listing
+            .page(
+                &self.db,
+                Select {
+                    columns,
+                    table: "audit_log",
+                    order: "id DESC",
+                },
+                filter.limit,
+                filter.offset,
+                |row| {
+                    let details: Option<String> = row.try_get("details")?;
+                    Ok(AuditRecord {
+                        id: row.try_get("id")?,
+                        at: row.try_get("at")?,
+                        actor_id: row.try_get("actor_id")?,
+                        actor_username: row.try_get("actor_username")?,
+                        action: row.try_get("action")?,
+                        target: row.try_get("target")?,
+                        outcome: row.try_get("outcome")?,
+                        client_ip: row.try_get("client_ip")?,
+                        user_agent: row.try_get("user_agent")?,
+                        request_id: row.try_get("request_id")?,
+                        details: details.and_then(|d| serde_json::from_str(&d).ok()),
+                    })
+                },
+            )
             .await?;
-        let records = rows
-            .iter()
-            .map(|row| {
-                let details: Option<String> = row.try_get("details")?;
-                Ok(AuditRecord {
-                    id: row.try_get("id")?,
-                    at: row.try_get("at")?,
-                    actor_id: row.try_get("actor_id")?,
-                    actor_username: row.try_get("actor_username")?,
-                    action: row.try_get("action")?,
-                    target: row.try_get("target")?,
-                    outcome: row.try_get("outcome")?,
-                    client_ip: row.try_get("client_ip")?,
-                    user_agent: row.try_get("user_agent")?,
-                    request_id: row.try_get("request_id")?,
-                    details: details.and_then(|d| serde_json::from_str(&d).ok()),
-                })
-            })
-            .collect::<sqlx::Result<_>>()?;
         Ok((records, total))
     }
 }

@@ -4,6 +4,7 @@ use std::collections::HashMap;
 // placeholders only; every value is bound.
 use sqlx::any::AnyRow;
 use sqlx::{AssertSqlSafe, Row};
+use wf_common::db::{Listing, Param, Select};
 use wf_common::permissions::Scope;
 
 use super::{RoleRef, Store, conflict_on_unique, flag, like_pattern, placeholders};
@@ -135,54 +136,34 @@ impl Store {
     }
 
     pub async fn list_users(&self, filter: &UserFilter) -> Result<(Vec<UserRecord>, i64)> {
-        let mut conditions = Vec::new();
+        let mut listing = Listing::new();
         // Usernames and e-mails are stored lower-case; the collation may be
         // case-sensitive (MySQL utf8mb4_bin), so compare lower-case throughout.
-        let pattern = filter
-            .search
-            .as_deref()
-            .map(|s| like_pattern(&s.to_lowercase()));
-        if pattern.is_some() {
-            conditions.push(
+        if let Some(search) = filter.search.as_deref() {
+            let pattern = Param::Text(like_pattern(&search.to_lowercase()));
+            listing.filter(
                 "(username LIKE ? ESCAPE '!' OR email LIKE ? ESCAPE '!' \
                  OR LOWER(full_name) LIKE ? ESCAPE '!')",
+                [pattern.clone(), pattern.clone(), pattern],
             );
         }
-        if filter.is_active.is_some() {
-            conditions.push("is_active = ?");
-        }
-        let where_clause = if conditions.is_empty() {
-            String::new()
-        } else {
-            format!("WHERE {}", conditions.join(" AND "))
-        };
-
-        let count_sql = format!("SELECT COUNT(*) AS n FROM users {where_clause}");
-        let list_sql = format!(
-            "SELECT {USER_COLUMNS} FROM users {where_clause} ORDER BY created_at, username LIMIT ? OFFSET ?"
-        );
-        let mut count = sqlx::query(AssertSqlSafe(count_sql));
-        let mut list = sqlx::query(AssertSqlSafe(list_sql));
-        if let Some(p) = &pattern {
-            for _ in 0..3 {
-                count = count.bind(p.clone());
-                list = list.bind(p.clone());
-            }
-        }
         if let Some(active) = filter.is_active {
-            count = count.bind(i64::from(active));
-            list = list.bind(i64::from(active));
+            listing.filter("is_active = ?", [Param::Int(i64::from(active))]);
         }
-        let total: i64 = count.fetch_one(&self.db.pool).await?.try_get("n")?;
-        let rows = list
-            .bind(filter.limit)
-            .bind(filter.offset)
-            .fetch_all(&self.db.pool)
+        let order = "created_at, username";
+        let (users, total) = listing
+            .page(
+                &self.db,
+                Select {
+                    columns: USER_COLUMNS,
+                    table: "users",
+                    order,
+                },
+                filter.limit,
+                filter.offset,
+                user_from_row,
+            )
             .await?;
-        let users = rows
-            .iter()
-            .map(user_from_row)
-            .collect::<sqlx::Result<_>>()?;
         Ok((users, total))
     }
 

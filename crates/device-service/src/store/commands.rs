@@ -1,6 +1,6 @@
 use sqlx::Row;
 use sqlx::any::AnyRow;
-use wf_common::db::is_unique_violation;
+use wf_common::db::{Listing, Param, Select, is_unique_violation};
 
 use super::Store;
 use crate::domain::CommandStatus;
@@ -130,46 +130,33 @@ impl Store {
         limit: i64,
         offset: i64,
     ) -> Result<(Vec<CommandRecord>, i64)> {
-        let mut clauses = Vec::new();
-        let mut binds: Vec<&str> = Vec::new();
+        let mut listing = Listing::new();
         if let Some(device) = &filter.device_id {
-            clauses.push("device_id = ?");
-            binds.push(device);
+            listing.filter("device_id = ?", [Param::Text(device.clone())]);
         }
         if let Some(owner) = &filter.owner_id {
-            clauses.push("device_id IN (SELECT id FROM devices WHERE owner_id = ?)");
-            binds.push(owner);
+            listing.filter(
+                "device_id IN (SELECT id FROM devices WHERE owner_id = ?)",
+                [Param::Text(owner.clone())],
+            );
         }
         if let Some(status) = filter.status {
-            clauses.push("status = ?");
-            binds.push(status.as_str());
+            listing.filter("status = ?", [Param::Text(status.as_str().to_string())]);
         }
-        let filter_sql = if clauses.is_empty() {
-            String::new()
-        } else {
-            format!("WHERE {}", clauses.join(" AND "))
-        };
-        let count_sql = format!("SELECT COUNT(*) AS n FROM device_commands {filter_sql}");
-        let list_sql = format!(
-            "SELECT {COLUMNS} FROM device_commands {filter_sql} \
-             ORDER BY created_at DESC, id DESC LIMIT ? OFFSET ?"
-        );
-        let mut count = sqlx::query(sqlx::AssertSqlSafe(count_sql));
-        let mut list = sqlx::query(sqlx::AssertSqlSafe(list_sql));
-        for value in binds {
-            count = count.bind(value);
-            list = list.bind(value);
-        }
-        let total: i64 = count.fetch_one(&self.db.pool).await?.try_get("n")?;
-        let rows = list
-            .bind(limit)
-            .bind(offset)
-            .fetch_all(&self.db.pool)
-            .await?;
-        Ok((
-            rows.iter().map(from_row).collect::<sqlx::Result<_>>()?,
-            total,
-        ))
+        let order = "created_at DESC, id DESC";
+        Ok(listing
+            .page(
+                &self.db,
+                Select {
+                    columns: COLUMNS,
+                    table: "device_commands",
+                    order,
+                },
+                limit,
+                offset,
+                from_row,
+            )
+            .await?)
     }
 
     /// A device's commands still waiting for its answer and not expired,

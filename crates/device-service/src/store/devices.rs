@@ -5,7 +5,9 @@ use std::collections::HashMap;
 use sqlx::any::AnyRow;
 use sqlx::{AssertSqlSafe, Row};
 use wf_common::contract::StatusReason;
-use wf_common::db::{Dialect, flag, is_unique_violation, like_pattern, placeholders};
+use wf_common::db::{
+    Dialect, Listing, Param, Select, flag, is_unique_violation, like_pattern, placeholders,
+};
 
 use super::Store;
 use crate::error::{Error, Result};
@@ -210,36 +212,35 @@ impl Store {
     }
 
     pub async fn list_devices(&self, f: &DeviceFilter) -> Result<(Vec<DeviceRecord>, i64)> {
-        let mut conditions: Vec<String> = Vec::new();
-        let mut args: Vec<String> = Vec::new();
+        let text = |v: &String| Param::Text(v.clone());
+        let mut listing = Listing::new();
         if !f.ids.is_empty() {
-            conditions.push(format!("id IN ({})", placeholders(f.ids.len())));
-            args.extend(f.ids.iter().cloned());
+            listing.filter(
+                format!("id IN ({})", placeholders(f.ids.len())),
+                f.ids.iter().map(text),
+            );
         }
         if let Some(name) = &f.name {
-            conditions.push("LOWER(name) LIKE ? ESCAPE '!'".into());
-            args.push(like_pattern(&name.to_lowercase()));
+            listing.filter(
+                "LOWER(name) LIKE ? ESCAPE '!'",
+                [Param::Text(like_pattern(&name.to_lowercase()))],
+            );
         }
         if let Some(t) = &f.device_type {
-            conditions.push("device_type = ?".into());
-            args.push(t.clone());
+            listing.filter("device_type = ?", [text(t)]);
         }
         if let Some(tag) = &f.tag {
-            conditions.push("id IN (SELECT device_id FROM device_tags WHERE tag = ?)".into());
-            args.push(tag.clone());
+            listing.filter(
+                "id IN (SELECT device_id FROM device_tags WHERE tag = ?)",
+                [text(tag)],
+            );
         }
         if let Some(owner) = &f.owner_id {
-            conditions.push("owner_id = ?".into());
-            args.push(owner.clone());
+            listing.filter("owner_id = ?", [text(owner)]);
         }
         if let Some(online) = f.online {
-            conditions.push(if online { "online = 1" } else { "online = 0" }.into());
+            listing.filter(if online { "online = 1" } else { "online = 0" }, []);
         }
-        let where_clause = if conditions.is_empty() {
-            String::new()
-        } else {
-            format!("WHERE {}", conditions.join(" AND "))
-        };
         let order = match f.sort {
             DeviceSort::CreatedAt => "created_at",
             DeviceSort::Name => "name",
@@ -247,24 +248,20 @@ impl Store {
             DeviceSort::Id => "id",
         };
         let dir = if f.descending { "DESC" } else { "ASC" };
-        let count_sql = format!("SELECT COUNT(*) AS n FROM devices {where_clause}");
-        let list_sql = format!(
-            "SELECT {COLUMNS} FROM devices {where_clause} ORDER BY {order} {dir}, id {dir} LIMIT ? OFFSET ?"
-        );
-        let mut count = sqlx::query(AssertSqlSafe(count_sql));
-        let mut list = sqlx::query(AssertSqlSafe(list_sql));
-        for a in &args {
-            count = count.bind(a.clone());
-            list = list.bind(a.clone());
-        }
-        let total: i64 = count.fetch_one(&self.db.pool).await?.try_get("n")?;
-        let rows = list
-            .bind(f.limit)
-            .bind(f.offset)
-            .fetch_all(&self.db.pool)
+        let order = format!("{order} {dir}, id {dir}");
+        let (mut devices, total): (Vec<DeviceRecord>, i64) = listing
+            .page(
+                &self.db,
+                Select {
+                    columns: COLUMNS,
+                    table: "devices",
+                    order: &order,
+                },
+                f.limit,
+                f.offset,
+                from_row,
+            )
             .await?;
-        let mut devices: Vec<DeviceRecord> =
-            rows.iter().map(from_row).collect::<sqlx::Result<_>>()?;
         let ids: Vec<String> = devices.iter().map(|d| d.id.clone()).collect();
         let mut tags = self.tags_of(&ids).await?;
         for d in &mut devices {

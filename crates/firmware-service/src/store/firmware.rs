@@ -1,6 +1,6 @@
 use sqlx::Row;
 use sqlx::any::AnyRow;
-use wf_common::db::is_unique_violation;
+use wf_common::db::{Listing, Param, Select, is_unique_violation};
 
 use super::Store;
 use crate::domain::ExecutionState;
@@ -111,31 +111,24 @@ impl Store {
         limit: i64,
         offset: i64,
     ) -> Result<(Vec<FirmwareRecord>, i64)> {
-        let filter = if device_type.is_some() {
-            "WHERE device_type = ?"
-        } else {
-            ""
-        };
-        let mut count = sqlx::query(sqlx::AssertSqlSafe(format!(
-            "SELECT COUNT(*) AS n FROM firmware {filter}"
-        )));
-        let mut list = sqlx::query(sqlx::AssertSqlSafe(format!(
-            "SELECT {COLUMNS} FROM firmware {filter} ORDER BY created_at DESC, id DESC LIMIT ? OFFSET ?"
-        )));
+        let mut listing = Listing::new();
         if let Some(t) = device_type {
-            count = count.bind(t.to_string());
-            list = list.bind(t.to_string());
+            listing.filter("device_type = ?", [Param::Text(t.to_string())]);
         }
-        let total: i64 = count.fetch_one(&self.db.pool).await?.try_get("n")?;
-        let rows = list
-            .bind(limit)
-            .bind(offset)
-            .fetch_all(&self.db.pool)
-            .await?;
-        Ok((
-            rows.iter().map(from_row).collect::<sqlx::Result<_>>()?,
-            total,
-        ))
+        let order = "created_at DESC, id DESC";
+        Ok(listing
+            .page(
+                &self.db,
+                Select {
+                    columns: COLUMNS,
+                    table: "firmware",
+                    order,
+                },
+                limit,
+                offset,
+                from_row,
+            )
+            .await?)
     }
 
     pub async fn firmware_in_use(&self, id: &str) -> Result<bool> {

@@ -2,7 +2,7 @@ use std::collections::HashMap;
 
 use sqlx::Row;
 use sqlx::any::AnyRow;
-use wf_common::db::placeholders;
+use wf_common::db::{Listing, Param, Select, placeholders};
 
 use super::Store;
 use super::firmware::state_list;
@@ -168,45 +168,28 @@ impl Store {
         limit: i64,
         offset: i64,
     ) -> Result<(Vec<RolloutRecord>, i64)> {
-        let filter = format!(
-            "WHERE kind = ?{}{}",
-            if state.is_some() {
-                " AND state = ?"
-            } else {
-                ""
-            },
-            if owner.is_some() {
-                " AND created_by = ?"
-            } else {
-                ""
-            },
-        );
-        let mut count = sqlx::query(sqlx::AssertSqlSafe(format!(
-            "SELECT COUNT(*) AS n FROM rollouts {filter}"
-        )))
-        .bind(kind.to_string());
-        let mut list = sqlx::query(sqlx::AssertSqlSafe(format!(
-            "SELECT {COLUMNS} FROM rollouts {filter} ORDER BY created_at DESC, id DESC LIMIT ? OFFSET ?"
-        )))
-        .bind(kind.to_string());
+        let mut listing = Listing::new();
+        listing.filter("kind = ?", [Param::Text(kind.to_string())]);
         if let Some(s) = state {
-            count = count.bind(s.as_str());
-            list = list.bind(s.as_str());
+            listing.filter("state = ?", [Param::Text(s.as_str().to_string())]);
         }
         if let Some(o) = owner {
-            count = count.bind(o.to_string());
-            list = list.bind(o.to_string());
+            listing.filter("created_by = ?", [Param::Text(o.to_string())]);
         }
-        let total: i64 = count.fetch_one(&self.db.pool).await?.try_get("n")?;
-        let rows = list
-            .bind(limit)
-            .bind(offset)
-            .fetch_all(&self.db.pool)
-            .await?;
-        Ok((
-            rows.iter().map(from_row).collect::<sqlx::Result<_>>()?,
-            total,
-        ))
+        let order = "created_at DESC, id DESC";
+        Ok(listing
+            .page(
+                &self.db,
+                Select {
+                    columns: COLUMNS,
+                    table: "rollouts",
+                    order,
+                },
+                limit,
+                offset,
+                from_row,
+            )
+            .await?)
     }
 
     /// Rollouts in any of `states`, oldest first.

@@ -1,6 +1,6 @@
 use sqlx::Row;
 use sqlx::any::AnyRow;
-use wf_common::db::placeholders;
+use wf_common::db::{Listing, Param, Select, placeholders};
 
 use super::Store;
 use super::firmware::state_list;
@@ -113,33 +113,25 @@ impl Store {
         limit: i64,
         offset: i64,
     ) -> Result<(Vec<TaskRecord>, i64)> {
-        let filter = if state.is_some() {
-            "WHERE rollout_id = ? AND state = ?"
-        } else {
-            "WHERE rollout_id = ?"
-        };
-        let mut count = sqlx::query(sqlx::AssertSqlSafe(format!(
-            "SELECT COUNT(*) AS n FROM firmware_upgrade_tasks {filter}"
-        )))
-        .bind(rollout_id.to_string());
-        let mut list = sqlx::query(sqlx::AssertSqlSafe(format!(
-            "SELECT {COLUMNS} FROM firmware_upgrade_tasks {filter} ORDER BY device_id LIMIT ? OFFSET ?"
-        )))
-        .bind(rollout_id.to_string());
+        let mut listing = Listing::new();
+        listing.filter("rollout_id = ?", [Param::Text(rollout_id.to_string())]);
         if let Some(s) = state {
-            count = count.bind(s.as_str());
-            list = list.bind(s.as_str());
+            listing.filter("state = ?", [Param::Text(s.as_str().to_string())]);
         }
-        let total: i64 = count.fetch_one(&self.db.pool).await?.try_get("n")?;
-        let rows = list
-            .bind(limit)
-            .bind(offset)
-            .fetch_all(&self.db.pool)
-            .await?;
-        Ok((
-            rows.iter().map(from_row).collect::<sqlx::Result<_>>()?,
-            total,
-        ))
+        let table = "firmware_upgrade_tasks";
+        Ok(listing
+            .page(
+                &self.db,
+                Select {
+                    columns: COLUMNS,
+                    table,
+                    order: "device_id",
+                },
+                limit,
+                offset,
+                from_row,
+            )
+            .await?)
     }
 
     /// A device's executions, newest first.
@@ -425,44 +417,27 @@ impl Store {
         limit: i64,
         offset: i64,
     ) -> Result<(Vec<(TaskRecord, super::RolloutRecord)>, i64)> {
-        let filter = format!(
-            "WHERE r.kind = 'task'{}{}",
-            if device_id.is_some() {
-                " AND t.device_id = ?"
-            } else {
-                ""
-            },
-            if owner.is_some() {
-                " AND r.created_by = ?"
-            } else {
-                ""
-            },
-        );
-        let mut count = sqlx::query(sqlx::AssertSqlSafe(format!(
-            "SELECT COUNT(*) AS n FROM firmware_upgrade_tasks t \
-             JOIN rollouts r ON r.id = t.rollout_id {filter}"
-        )));
-        let mut list = sqlx::query(sqlx::AssertSqlSafe(format!(
-            "SELECT t.id FROM firmware_upgrade_tasks t JOIN rollouts r ON r.id = t.rollout_id \
-             {filter} ORDER BY t.created_at DESC, t.id DESC LIMIT ? OFFSET ?"
-        )));
+        let mut listing = Listing::new();
+        listing.filter("r.kind = 'task'", []);
         if let Some(d) = device_id {
-            count = count.bind(d.to_string());
-            list = list.bind(d.to_string());
+            listing.filter("t.device_id = ?", [Param::Text(d.to_string())]);
         }
         if let Some(o) = owner {
-            count = count.bind(o.to_string());
-            list = list.bind(o.to_string());
+            listing.filter("r.created_by = ?", [Param::Text(o.to_string())]);
         }
-        let total: i64 = count.fetch_one(&self.db.pool).await?.try_get("n")?;
-        let ids: Vec<String> = list
-            .bind(limit)
-            .bind(offset)
-            .fetch_all(&self.db.pool)
-            .await?
-            .iter()
-            .map(|r| r.try_get("id"))
-            .collect::<sqlx::Result<_>>()?;
+        let (ids, total): (Vec<String>, i64) = listing
+            .page(
+                &self.db,
+                Select {
+                    columns: "t.id",
+                    table: "firmware_upgrade_tasks t JOIN rollouts r ON r.id = t.rollout_id",
+                    order: "t.created_at DESC, t.id DESC",
+                },
+                limit,
+                offset,
+                |r| r.try_get("id"),
+            )
+            .await?;
         let mut out = Vec::with_capacity(ids.len());
         for id in ids {
             if let Some(task) = self.get_task(&id).await?
