@@ -2,7 +2,7 @@
 //! follows a request through HTTP, gRPC and every log line it causes.
 
 use std::sync::OnceLock;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use axum::extract::{MatchedPath, Request};
 use axum::http::HeaderValue;
@@ -380,24 +380,7 @@ pub async fn request_context(service: &'static str, req: Request, next: Next) ->
         .await;
     let elapsed = start.elapsed();
     let status = response.status();
-    span.in_scope(|| {
-        if status.is_server_error() {
-            tracing::warn!(
-                status = status.as_u16(),
-                elapsed_ms = elapsed.as_millis() as u64,
-                "request failed"
-            );
-        } else {
-            tracing::debug!(
-                status = status.as_u16(),
-                elapsed_ms = elapsed.as_millis() as u64,
-                "request served"
-            );
-        }
-    });
-    if let Ok(v) = HeaderValue::from_str(&id) {
-        response.headers_mut().insert(REQUEST_ID_HEADER, v);
-    }
+    finish_response(&span, &mut response, &id, elapsed);
     let labels = [
         ("service", service.to_string()),
         ("method", method.to_string()),
@@ -416,6 +399,35 @@ pub fn grpc_request_id(metadata: &tonic::metadata::MetadataMap) -> String {
             .get(REQUEST_ID_HEADER)
             .and_then(|v| v.to_str().ok()),
     )
+}
+
+/// Logs how a request ended, in its span (a server error at warn, the rest
+/// at debug), and answers its request id in the response's header.
+pub fn finish_response(
+    span: &tracing::Span,
+    response: &mut Response,
+    request_id: &str,
+    elapsed: Duration,
+) {
+    let status = response.status();
+    span.in_scope(|| {
+        if status.is_server_error() {
+            tracing::warn!(
+                status = status.as_u16(),
+                elapsed_ms = elapsed.as_millis() as u64,
+                "request failed"
+            );
+        } else {
+            tracing::debug!(
+                status = status.as_u16(),
+                elapsed_ms = elapsed.as_millis() as u64,
+                "request served"
+            );
+        }
+    });
+    if let Ok(v) = HeaderValue::from_str(request_id) {
+        response.headers_mut().insert(REQUEST_ID_HEADER, v);
+    }
 }
 
 #[cfg(test)]

@@ -80,6 +80,22 @@ impl Process {
         Ok(())
     }
 
+    /// Waits until the process accepts connections on `port`.
+    async fn wait_listening(&mut self, port: u16) -> anyhow::Result<()> {
+        let started = Instant::now();
+        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+            self.check_running()?;
+            if started.elapsed() > START_LIMIT {
+                bail!(
+                    "{} did not listen on port {port} within {START_LIMIT:?}",
+                    self.name
+                );
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        Ok(())
+    }
+
     /// SIGTERM, then up to 30 s for the process to exit, then SIGKILL.
     async fn stop(&mut self) -> anyhow::Result<()> {
         if self.child.try_wait()?.is_some() {
@@ -253,14 +269,7 @@ impl BareMosquitto {
         let mut command = Command::new(program);
         command.arg("-c").arg(&config);
         let mut process = Process::spawn("mosquitto", command, dir.join("mosquitto.log"))?;
-        let started = Instant::now();
-        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
-            process.check_running()?;
-            if started.elapsed() > START_LIMIT {
-                bail!("mosquitto did not listen on port {port} within {START_LIMIT:?}");
-            }
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
+        process.wait_listening(port).await?;
         Ok(Some(Self { process, port }))
     }
 
@@ -313,14 +322,7 @@ impl Nginx {
             .arg(&config)
             .args(["-g", "daemon off;"]);
         let mut process = Process::spawn("nginx", command, prefix.join("logs/stdout.log"))?;
-        let started = Instant::now();
-        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
-            process.check_running()?;
-            if started.elapsed() > START_LIMIT {
-                bail!("nginx did not listen on port {port} within {START_LIMIT:?}");
-            }
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
+        process.wait_listening(port).await?;
         Ok(Some(Self { process, port }))
     }
 

@@ -62,24 +62,7 @@ pub async fn edge(State(state): State<AppState>, mut req: Request, next: Next) -
         with_request_id(request_id.to_string(), handled.instrument(span.clone())).await;
     let elapsed = start.elapsed();
     let status = response.status();
-    span.in_scope(|| {
-        if status.is_server_error() {
-            tracing::warn!(
-                status = status.as_u16(),
-                elapsed_ms = elapsed.as_millis() as u64,
-                "request failed"
-            );
-        } else {
-            tracing::debug!(
-                status = status.as_u16(),
-                elapsed_ms = elapsed.as_millis() as u64,
-                "request served"
-            );
-        }
-    });
-    if let Ok(v) = HeaderValue::from_str(&request_id) {
-        response.headers_mut().insert(REQUEST_ID_HEADER, v);
-    }
+    wf_common::telemetry::finish_response(&span, &mut response, &request_id, elapsed);
     let (requests, duration) = request_metrics(route.group.name(), status.as_u16());
     requests.increment(1);
     duration.record(elapsed.as_secs_f64());
