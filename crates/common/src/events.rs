@@ -409,9 +409,16 @@ async fn handle_queued<E, H, Fut>(
             }
         };
         let ids: Vec<String> = batch.iter().map(|d| d.id.clone()).collect();
-        if let Err(e) = handle(Batch::new(batch)).await {
-            tracing::warn!(topic, error = %e, "handling the last events failed");
-            break;
+        match tokio::time::timeout_at(deadline, handle(Batch::new(batch))).await {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => {
+                tracing::warn!(topic, error = %e, "handling the last events failed");
+                break;
+            }
+            Err(_) => {
+                tracing::warn!(topic, handled, "stopped while handling the last events");
+                break;
+            }
         }
         handled += ids.len();
         if let Err(e) = sub.ack(&ids).await {

@@ -69,14 +69,17 @@ pub async fn run(state: AppState, stop: Shutdown) {
     // this process was away have been read: a lease is only as old as the
     // last heartbeat seen.
     let leases_current = Arc::new(AtomicBool::new(false));
+    let leases_heard = Arc::new(AtomicBool::new(false));
     let leases = {
         let current = leases_current.clone();
+        let heard = leases_heard.clone();
         consume::<BrokerHeartbeat, _, _>(
             &state,
             HEARTBEATS_PER_BATCH,
             &stop,
             move |state, batch| {
                 let current = current.clone();
+                heard.store(true, AtomicOrdering::Release);
                 async move {
                     let caught_up = batch.len() < HEARTBEATS_PER_BATCH;
                     renew_broker_leases(&state, batch).await?;
@@ -94,7 +97,7 @@ pub async fn run(state: AppState, stop: Shutdown) {
         responses,
         updates,
         leases,
-        sweep_lapsed_brokers(state.clone(), leases_current, stop.clone()),
+        sweep_lapsed_brokers(state.clone(), leases_current, leases_heard, stop.clone()),
         expire_commands(state.clone(), stop.clone()),
         count_devices(state.clone(), stop.clone()),
         flush_noted(&state, &noted, stop.clone()),
@@ -292,10 +295,16 @@ const UNKNOWN_BROKER_GRACE_MS: i64 = 30_000;
 /// replica sweeps; the conditional update lets one of them win per device.
 ///
 /// Sweeping waits for the heartbeats published while this process was
-/// away, but not for ever: when none has come within
+/// away, but not for ever: when none at all has come within
 /// [`LEASE_CATCH_UP_LIMIT`] of the start, no gateway instance is alive to
-/// send one, and the leases stored are as current as they will get.
-async fn sweep_lapsed_brokers(state: AppState, leases_current: Arc<AtomicBool>, stop: Shutdown) {
+/// send one, and the leases stored are as current as they will get. While
+/// heartbeats are still being read, it waits for them.
+async fn sweep_lapsed_brokers(
+    state: AppState,
+    leases_current: Arc<AtomicBool>,
+    leases_heard: Arc<AtomicBool>,
+    stop: Shutdown,
+) {
     let mut ticks = tokio::time::interval(Duration::from_secs(1));
     ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let started = tokio::time::Instant::now();
@@ -306,7 +315,9 @@ async fn sweep_lapsed_brokers(state: AppState, leases_current: Arc<AtomicBool>, 
             () = stop.wait() => return,
         }
         if !leases_current.load(AtomicOrdering::Acquire) {
-            if started.elapsed() < LEASE_CATCH_UP_LIMIT {
+            if started.elapsed() < LEASE_CATCH_UP_LIMIT
+                || leases_heard.load(AtomicOrdering::Acquire)
+            {
                 continue;
             }
             tracing::info!(
@@ -540,14 +551,35 @@ async fn flush_once(state: &AppState, noted: &Mutex<Noted>) {
     if !seen.is_empty()
         && let Err(e) = state.store.touch_last_seen(&seen).await
     {
-        tracing::warn!(error = %e, "recording last-seen times failed");
+        tracing::warn!(error = %e, "recording last-seen times failed; trying again");
+        keep_noted(noted, |n| {
+            for (device, at) in seen {
+                let kept = n.last_seen.entry(device).or_default();
+                *kept = (*kept).max(at);
+            }
+        });
     }
-    let counts: Vec<(String, i64, i64)> = activity
+    // In key order, so that replicas writing the same rows take their
+    // locks in the same order.
+    let mut counts: Vec<(String, i64, i64)> = activity
         .into_iter()
         .map(|((device, minute), n)| (device, minute, n))
         .collect();
+    counts.sort_by(|a, b| (a.1, &a.0).cmp(&(b.1, &b.0)));
     if let Err(e) = state.store.add_activity(&counts).await {
-        tracing::warn!(error = %e, "recording the fleet's activity failed");
+        tracing::warn!(error = %e, "recording the fleet's activity failed; trying again");
+        keep_noted(noted, |n| {
+            for (device, minute, count) in counts {
+                *n.activity.entry((device, minute)).or_default() += count;
+            }
+        });
+    }
+}
+
+/// Puts back what a failed write took out, for the next flush.
+fn keep_noted(noted: &Mutex<Noted>, put_back: impl FnOnce(&mut Noted)) {
+    if let Ok(mut n) = noted.lock() {
+        put_back(&mut n);
     }
 }
 

@@ -6,7 +6,8 @@ CREATE TABLE device_activity (
     minute     BIGINT NOT NULL,
     device_id  VARCHAR(128) NOT NULL,
     messages   BIGINT NOT NULL,
-    PRIMARY KEY (minute, device_id)
+    PRIMARY KEY (minute, device_id),
+    KEY idx_device_activity_device (device_id)
 ) ENGINE=InnoDB DEFAULT CHARSET=utf8mb4 COLLATE=utf8mb4_bin;
 ALTER TABLE device_status_history ADD KEY idx_device_status_history_at (at);
 ALTER TABLE device_commands ADD KEY idx_device_commands_created (created_at);

@@ -8,5 +8,6 @@ CREATE TABLE device_activity (
     messages   INTEGER NOT NULL,
     PRIMARY KEY (minute, device_id)
 ) WITHOUT ROWID;
+CREATE INDEX idx_device_activity_device ON device_activity (device_id);
 CREATE INDEX idx_device_status_history_at ON device_status_history (at);
 CREATE INDEX idx_device_commands_created ON device_commands (created_at);

@@ -361,6 +361,7 @@ impl Store {
             "device_latest",
             "device_status_history",
             "device_commands",
+            "device_activity",
         ] {
             sqlx::query(AssertSqlSafe(format!(
                 "DELETE FROM {table} WHERE device_id = ?"
