@@ -273,6 +273,20 @@ test('a device links to its audit history, which lists its changes', async () =>
   await shot('05b-device-audit');
 });
 
+test('a selection grows from one page to every device matching the filter', async () => {
+  await go('/devices?limit=2');
+  await page.waitForFunction(() => document.querySelectorAll('#device-rows tr[data-device]').length === 2);
+  await page.getByLabel('Select every device on this page').check();
+  assert.equal(await page.locator('#bulk-count').textContent(), '2 selected');
+  const more = page.locator('#select-matching');
+  await more.waitFor({ state: 'visible' });
+  const total = Number((await more.textContent()).match(/Select all (\d+) devices matching the filter/)[1]);
+  assert.ok(total > 2, `${total} devices match`);
+  await more.click();
+  await page.waitForFunction((n) => document.querySelector('#bulk-count').textContent === `${n} selected`, total);
+  assert.ok(await more.isHidden());
+});
+
 test('bulk actions reach a filtered selection and report each device', async () => {
   await go('/devices?tag=simulated');
   await page.waitForFunction(() => document.querySelectorAll('#device-rows tr[data-device]').length === 3);

@@ -1113,9 +1113,11 @@
   const BULK_CONCURRENCY = 4;
 
   pages.devices = async () => {
-    const state = { offset: 0, limit: 25, filters: {} };
-    const tbody = $('#device-rows');
     const params = new URLSearchParams(location.search);
+    // Devices per page: ?limit= (1 to 500), 25 by default.
+    const perPage = Math.trunc(Number(params.get('limit')));
+    const state = { offset: 0, limit: perPage >= 1 && perPage <= 500 ? perPage : 25, filters: {} };
+    const tbody = $('#device-rows');
     if (params.get('deleted')) flash(t('devices.deleted', { id: params.get('deleted') }), 'ok');
     const bulkAllowed = can('device:write') || can('device:command');
     // The selection: device id -> device, across pages.
