@@ -1,7 +1,8 @@
 //! What device-service does with device events: stores telemetry, applies
 //! status changes, completes commands from their responses, records the
-//! firmware version a device runs after an update, and times out commands
-//! nobody answered.
+//! firmware version a device runs after an update, merges the state devices
+//! report into their shadows and answers their requests for it, runs fleet
+//! shadow jobs, and times out commands nobody answered.
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, Ordering as AtomicOrdering};
@@ -10,7 +11,7 @@ use std::time::Duration;
 
 use wf_common::contract::{
     BrokerHeartbeat, CommandOutcome, CommandResponded, Event, MAX_TEXT_VALUE_BYTES, OtaProgress,
-    OtaState, StatusChanged, StatusReason, TelemetryBatch,
+    OtaState, ShadowReported, ShadowRequested, StatusChanged, StatusReason, TelemetryBatch,
 };
 use wf_common::events::{Batch, publish, run_consumer};
 use wf_common::shutdown::Shutdown;
@@ -65,6 +66,23 @@ pub async fn run(state: AppState, stop: Shutdown) {
     let updates = consume::<OtaProgress, _, _>(&state, 256, &stop, |state, batch| async move {
         record_firmware_versions(&state, batch).await
     });
+    let reports = consume::<ShadowReported, _, _>(&state, 256, &stop, |state, batch| async move {
+        for report in batch.events() {
+            crate::shadows::reported(&state, &report.device_id, &report.state).await?;
+        }
+        Ok(())
+    });
+    let requests =
+        consume::<ShadowRequested, _, _>(&state, 256, &stop, |state, batch| async move {
+            for request in batch.events() {
+                if let Err(e) = crate::shadows::requested(&state, &request.device_id).await {
+                    // The device asks again; nothing is lost.
+                    tracing::warn!(device_id = %request.device_id, error = %e,
+                        "the shadow a device asked for could not be sent");
+                }
+            }
+            Ok(())
+        });
     // Lapsed leases are swept only once the heartbeats published while
     // this process was away have been read: a lease is only as old as the
     // last heartbeat seen.
@@ -96,11 +114,14 @@ pub async fn run(state: AppState, stop: Shutdown) {
         status,
         responses,
         updates,
+        reports,
+        requests,
         leases,
         sweep_lapsed_brokers(state.clone(), leases_current, leases_heard, stop.clone()),
         expire_commands(state.clone(), stop.clone()),
         count_devices(state.clone(), stop.clone()),
         flush_noted(&state, &noted, stop.clone()),
+        crate::shadows::run_jobs(state.clone(), stop.clone()),
     );
     // What the consumers handled while they stopped.
     flush_once(&state, &noted).await;
@@ -255,6 +276,10 @@ async fn apply_status(state: &AppState, batch: Batch<StatusChanged>) -> anyhow::
             .await?;
         tracing::debug!(device_id = %change.device_id, online = change.online, applied, "status change");
         if applied && change.online {
+            tokio::spawn(crate::shadows::device_connected(
+                state.clone(),
+                change.device_id.clone(),
+            ));
             tokio::spawn(redeliver_commands(state.clone(), change.device_id));
         }
     }

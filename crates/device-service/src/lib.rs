@@ -1,5 +1,6 @@
 //! device-service: the device registry and credentials, telemetry storage
-//! and queries, online status, and cloud-to-device commands.
+//! and queries, online status, cloud-to-device commands, and device state
+//! (shadows, server attributes, fleet shadow jobs).
 
 pub mod clients;
 pub mod domain;
@@ -7,6 +8,7 @@ pub mod error;
 mod grpc;
 mod http;
 mod ingest;
+mod shadows;
 mod state;
 pub mod store;
 
@@ -84,6 +86,11 @@ pub struct Config {
     /// device-service writing to its database, as in the all-in-one
     /// platform, which sets it; replicas sharing a database must leave it 0.
     pub device_cache_capacity: usize,
+    /// The largest shadow document (reported and desired together, as
+    /// compact JSON); an update that would exceed it is refused whole.
+    pub shadow_max_bytes: usize,
+    /// The deepest nesting of objects and arrays in a shadow section.
+    pub shadow_max_depth: usize,
     /// The secret every gRPC call between services carries. Not read from
     /// this section: `wf-iot serve` sets one for the whole platform, and
     /// services run apart take `internal.token`.
@@ -120,6 +127,8 @@ impl Default for Config {
             reset_status_on_start: false,
             command_redelivery_delay_ms: 1000,
             device_cache_capacity: 0,
+            shadow_max_bytes: 16 * 1024,
+            shadow_max_depth: 8,
             internal_token: Default::default(),
         }
     }
@@ -151,6 +160,8 @@ impl Config {
         p.positive("command_max_wait_secs", self.command_max_wait_secs);
         p.positive("max_body_bytes", self.max_body_bytes);
         p.not_empty("consumer_name", &self.consumer_name);
+        p.positive("shadow_max_bytes", self.shadow_max_bytes);
+        p.positive("shadow_max_depth", self.shadow_max_depth);
         self.http_limits.check(p);
     }
 }

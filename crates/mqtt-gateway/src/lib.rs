@@ -384,6 +384,7 @@ impl Application {
                     .context("[mqtt_gateway.mosquitto]")?,
             )),
         };
+        ingest.set_downlink(backend.link());
         let listeners = Listeners::bind(
             "mqtt-gateway",
             "mqtt_gateway",

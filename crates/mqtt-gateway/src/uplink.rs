@@ -26,13 +26,14 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use tokio::sync::{broadcast, mpsc, oneshot};
 use wf_common::contract::{
-    CommandResponded, Event as ContractEvent, OtaProgress, StatusChanged, StatusReason,
-    TelemetryBatch, TelemetryMessage,
+    CommandResponded, Event as ContractEvent, OtaProgress, ShadowReported, ShadowRequested,
+    StatusChanged, StatusReason, TelemetryBatch, TelemetryMessage,
 };
 use wf_common::events::{Confirmation, Encoded, EventBus, publish_confirmed};
 use wf_common::shutdown::Shutdown;
 
 use crate::Config;
+use crate::broker::BrokerLink;
 use crate::domain::message::{ReceiptClock, TsSource, TsWindow};
 use crate::domain::topic::DEVICES_ROOT;
 use crate::domain::{Decoded, Incoming, Malformed, Route, TopicName, decode};
@@ -96,6 +97,8 @@ enum Event {
     Status(StatusChanged),
     CommandResponded(CommandResponded),
     OtaProgress(OtaProgress),
+    ShadowReported(ShadowReported),
+    ShadowRequested(ShadowRequested),
 }
 
 impl Event {
@@ -105,6 +108,8 @@ impl Event {
             Self::Status(_) => StatusChanged::TOPIC,
             Self::CommandResponded(_) => CommandResponded::TOPIC,
             Self::OtaProgress(_) => OtaProgress::TOPIC,
+            Self::ShadowReported(_) => ShadowReported::TOPIC,
+            Self::ShadowRequested(_) => ShadowRequested::TOPIC,
         }
     }
 }
@@ -134,6 +139,8 @@ pub struct Ingest {
     /// named in every status event it reports (none with an external
     /// broker, or with the heartbeat off).
     broker: Option<String>,
+    /// The platform's publish, for refusals a device must hear of.
+    downlink: std::sync::OnceLock<Arc<dyn BrokerLink>>,
 }
 
 impl Ingest {
@@ -159,6 +166,7 @@ impl Ingest {
             ts_window: config.ts_window(),
             durable_ack_timeout: Duration::from_millis(config.durable_ack_timeout_ms.max(1)),
             broker,
+            downlink: std::sync::OnceLock::new(),
         });
         let batcher = Batcher {
             rx,
@@ -167,6 +175,48 @@ impl Ingest {
             linger: Duration::from_millis(config.batch_linger_ms),
         };
         (ingest, batcher)
+    }
+
+    /// Where refusals to devices are published (the broker's link, known
+    /// once the broker is built).
+    pub fn set_downlink(&self, link: Arc<dyn BrokerLink>) {
+        let _ = self.downlink.set(link);
+    }
+
+    /// Tells a device on `devices/{id}/shadow/rejected` why the gateway
+    /// refused its message on a shadow topic; the document is unchanged.
+    fn reject_shadow(&self, device: &str, suffix: &str, reason: Malformed) {
+        let Some(link) = self.downlink.get().cloned() else {
+            return;
+        };
+        let (code, message) = match reason {
+            Malformed::NotJson => ("not_json", "the state is not JSON".to_string()),
+            Malformed::NotObject => ("not_object", "the state must be a JSON object".to_string()),
+            Malformed::Oversized => (
+                "too_large",
+                format!("the message is over {} bytes", self.max_payload_bytes),
+            ),
+            _ => (
+                "not_allowed",
+                format!(
+                    "devices publish on shadow/reported and shadow/get; \
+                     shadow/{} is written by the platform",
+                    suffix.trim_start_matches("shadow").trim_start_matches('/')
+                ),
+            ),
+        };
+        let Ok(topic) = TopicName::parse(&format!("{DEVICES_ROOT}/{device}/shadow/rejected"))
+        else {
+            return;
+        };
+        let payload =
+            Bytes::from(serde_json::json!({"code": code, "message": message}).to_string());
+        metrics::counter!("wf_shadow_updates_rejected_total", "code" => code).increment(1);
+        tokio::spawn(async move {
+            if let Err(e) = link.publish(&topic, payload, 1, false).await {
+                tracing::warn!(topic = %topic, error = %e, "a shadow refusal could not be sent to the device");
+            }
+        });
     }
 
     /// Every accepted device message from now on.
@@ -319,9 +369,13 @@ impl Ingest {
             Ok(Decoded::Status(s)) => Some(Event::Status(s)),
             Ok(Decoded::CommandResponded(c)) => Some(Event::CommandResponded(c)),
             Ok(Decoded::OtaProgress(p)) => Some(Event::OtaProgress(p)),
-            Ok(Decoded::Relayed) => None,
+            Ok(Decoded::ShadowReported(r)) => Some(Event::ShadowReported(r)),
+            Ok(Decoded::ShadowRequested(r)) => Some(Event::ShadowRequested(r)),
             Err(reason) => {
                 self.malformed(device, topic, reason);
+                if suffix == "shadow" || suffix.starts_with("shadow/") {
+                    self.reject_shadow(device, suffix, reason);
+                }
                 return Err(reason);
             }
         };
@@ -577,6 +631,8 @@ impl Batcher {
         let mut status = Outgoing::<StatusChanged>::new();
         let mut responses = Outgoing::<CommandResponded>::new();
         let mut progress = Outgoing::<OtaProgress>::new();
+        let mut reports = Outgoing::<ShadowReported>::new();
+        let mut requests = Outgoing::<ShadowRequested>::new();
         for Queued { event, ack, .. } in batch.drain(..) {
             match event {
                 Event::Telemetry(t) => {
@@ -586,6 +642,8 @@ impl Batcher {
                 Event::Status(s) => status.push(&s, ack),
                 Event::CommandResponded(c) => responses.push(&c, ack),
                 Event::OtaProgress(p) => progress.push(&p, ack),
+                Event::ShadowReported(r) => reports.push(&r, ack),
+                Event::ShadowRequested(r) => requests.push(&r, ack),
             }
         }
         let mut batches = Outgoing::<TelemetryBatch>::new();
@@ -599,6 +657,8 @@ impl Batcher {
         self.release(status, stop).await;
         self.release(responses, stop).await;
         self.release(progress, stop).await;
+        self.release(reports, stop).await;
+        self.release(requests, stop).await;
     }
 
     /// Publishes one topic's part of a flush; once the bus confirms it,

@@ -28,7 +28,8 @@ impl Upstream {
 pub enum RouteGroup {
     /// `/api/v1/auth/*`: login, refresh, logout, the caller's own account.
     Auth,
-    /// `/api/v1/devices/*` except the live streams.
+    /// `/api/v1/devices/*` except the live streams, `/api/v1/commands` and
+    /// `/api/v1/shadow-jobs/*`.
     Devices,
     /// `/api/v1/firmware|rollouts|upgrade-tasks/*`.
     Firmware,
@@ -173,7 +174,7 @@ pub fn classify(method: &Method, path: &str) -> Route {
         ["devices", id, "stream"] if is_get && !id.is_empty() => {
             Route::new(Target::DeviceStream, G::Streams, BearerOrQuery)
         }
-        ["devices" | "commands", ..] => {
+        ["devices" | "commands" | "shadow-jobs", ..] => {
             Route::new(Target::Upstream(Upstream::Device), G::Devices, Bearer)
         }
         // Devices download images with their own credentials.
@@ -216,7 +217,11 @@ mod tests {
             "/api/v1/devices/d1",
             "/api/v1/devices/d1/telemetry",
             "/api/v1/devices/activity",
+            "/api/v1/devices/d1/shadow",
+            "/api/v1/devices/d1/attributes",
             "/api/v1/commands",
+            "/api/v1/shadow-jobs",
+            "/api/v1/shadow-jobs/j1",
         ] {
             assert_eq!(
                 route(Method::GET, path),

@@ -1,8 +1,9 @@
 //! The live-update feed: device events from the bus, fanned out in process
 //! to every open stream.
 //!
-//! Each replica consumes `device.data.received`, `device.status.changed`
-//! and `device.command.responded` in a consumer group of its own, so every
+//! Each replica consumes `device.data.received`, `device.status.changed`,
+//! `device.command.responded` and `device.shadow.updated` in a consumer
+//! group of its own, so every
 //! replica sees every event. A bounded broadcast channel hands each event,
 //! serialized once, to the streams; a stream that falls behind by more than
 //! the buffer is told how many events it missed.
@@ -12,7 +13,9 @@ use std::time::Duration;
 
 use serde_json::{Map, Value, json};
 use tokio::sync::broadcast;
-use wf_common::contract::{CommandResponded, Event, MetricValue, StatusChanged, TelemetryBatch};
+use wf_common::contract::{
+    CommandResponded, Event, MetricValue, ShadowUpdated, StatusChanged, TelemetryBatch,
+};
 use wf_common::events::{Batch, run_consumer};
 use wf_common::{format_millis, now_millis};
 
@@ -23,6 +26,8 @@ pub enum EventKind {
     Telemetry,
     Status,
     CommandResponse,
+    /// A change to the device's shadow document.
+    Shadow,
 }
 
 impl EventKind {
@@ -32,6 +37,7 @@ impl EventKind {
             Self::Telemetry => "telemetry",
             Self::Status => "status",
             Self::CommandResponse => "command_response",
+            Self::Shadow => "shadow",
         }
     }
 }
@@ -73,7 +79,8 @@ pub async fn feed(state: AppState) {
     tokio::join!(
         consume::<TelemetryBatch>(state.clone()),
         consume::<StatusChanged>(state.clone()),
-        consume::<CommandResponded>(state),
+        consume::<CommandResponded>(state.clone()),
+        consume::<ShadowUpdated>(state),
     );
 }
 
@@ -188,6 +195,25 @@ impl Streamed for CommandResponded {
             .to_string(),
             device_id: self.device_id,
             kind: EventKind::CommandResponse,
+        }]
+    }
+}
+
+impl Streamed for ShadowUpdated {
+    fn stream_events(self) -> Vec<StreamEvent> {
+        vec![StreamEvent {
+            data: json!({
+                "device_id": self.device_id,
+                "version": self.version,
+                "section": self.section,
+                "source": self.source,
+                "changes": self.changes,
+                "delta": self.delta,
+                "at": format_millis(self.at),
+            })
+            .to_string(),
+            device_id: self.device_id,
+            kind: EventKind::Shadow,
         }]
     }
 }

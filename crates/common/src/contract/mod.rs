@@ -1,6 +1,7 @@
 //! The event contract between services: the topic names, the payload each
 //! topic carries, and the vocabulary those payloads share (metric names and
-//! values, status reasons, command outcomes, OTA states). The bus that
+//! values, status reasons, command outcomes, OTA states, shadow sections
+//! and sources). The bus that
 //! carries the events is [`crate::events`]; this module knows nothing of it.
 //!
 //! Every payload type implements [`Event`], which ties it to its one topic:
@@ -25,6 +26,7 @@
 //! on [`topics::AUDIT_RECORDED`]) lives with the audit trail it feeds.
 
 mod device;
+mod shadow;
 mod telemetry;
 
 use serde::Serialize;
@@ -34,6 +36,7 @@ pub use device::{
     BrokerHeartbeat, CommandOutcome, CommandResponded, DeviceDeleted, OtaProgress, OtaState,
     StatusChanged, StatusReason,
 };
+pub use shadow::{ShadowReported, ShadowRequested, ShadowSection, ShadowSource, ShadowUpdated};
 pub use telemetry::{
     InvalidMetricName, MAX_TEXT_VALUE_BYTES, MetricName, MetricValue, TelemetryBatch,
     TelemetryMessage,
@@ -48,6 +51,9 @@ pub mod topics {
     pub const DEVICE_COMMAND_RESPONDED: &str = "device.command.responded";
     pub const DEVICE_OTA_PROGRESS: &str = "device.ota.progress";
     pub const DEVICE_DELETED: &str = "device.deleted";
+    pub const DEVICE_SHADOW_REPORTED: &str = "device.shadow.reported";
+    pub const DEVICE_SHADOW_REQUESTED: &str = "device.shadow.requested";
+    pub const DEVICE_SHADOW_UPDATED: &str = "device.shadow.updated";
     pub const MQTT_BROKER_HEARTBEAT: &str = "mqtt.broker.heartbeat";
     /// An operator's change, for auth-service's audit log
     /// ([`crate::audit::AuditEvent`]).

@@ -2,11 +2,15 @@
 //! grpc.health.v1 and reflection.
 
 use tonic::{Request, Response, Status};
+use wf_common::contract::{ShadowSection, ShadowSource};
 use wf_proto::device::device_service_server::{DeviceService, DeviceServiceServer};
 use wf_proto::device::{
     AuthenticateDeviceRequest, AuthenticateDeviceResponse, Device, GetDeviceRequest,
-    ListDevicesRequest, ListDevicesResponse,
+    GetShadowRequest, ListDevicesRequest, ListDevicesResponse, Shadow, UpdateDesiredRequest,
 };
+
+use crate::error::Error;
+use crate::shadows::{self, Author};
 
 use crate::domain::secret_matches;
 use crate::state::AppState;
@@ -36,8 +40,70 @@ fn to_proto(d: DeviceRecord) -> Device {
     }
 }
 
+fn shadow_to_proto(device_id: String, s: &crate::domain::Shadow) -> Shadow {
+    let json = |o: &crate::domain::Object| serde_json::Value::Object(o.clone()).to_string();
+    Shadow {
+        version: s.version,
+        reported_json: json(&s.reported),
+        desired_json: json(&s.desired),
+        delta_json: json(&s.delta()),
+        metadata_json: s.metadata().to_string(),
+        updated_at: s.updated_at.unwrap_or_default(),
+        device_id,
+    }
+}
+
+impl DeviceGrpc {
+    async fn existing(&self, device_id: &str) -> Result<(), Status> {
+        match self.state.store.get_device(device_id).await? {
+            Some(_) => Ok(()),
+            None => Err(Status::not_found(format!(
+                "no device with id {device_id:?}"
+            ))),
+        }
+    }
+}
+
 #[tonic::async_trait]
 impl DeviceService for DeviceGrpc {
+    async fn get_shadow(
+        &self,
+        request: Request<GetShadowRequest>,
+    ) -> Result<Response<Shadow>, Status> {
+        let id = request.into_inner().device_id;
+        self.existing(&id).await?;
+        let shadow = shadows::load(&self.state, &id).await?;
+        Ok(Response::new(shadow_to_proto(id, &shadow)))
+    }
+
+    async fn update_desired(
+        &self,
+        request: Request<UpdateDesiredRequest>,
+    ) -> Result<Response<Shadow>, Status> {
+        let req = request.into_inner();
+        self.existing(&req.device_id).await?;
+        let desired: serde_json::Value = serde_json::from_str(&req.desired_json)
+            .map_err(|e| Error::Validation(format!("desired_json is not JSON: {e}")))?;
+        let actor = (!req.actor.is_empty()).then_some(req.actor.as_str());
+        let updated = shadows::update(
+            &self.state,
+            &req.device_id,
+            ShadowSection::Desired,
+            &desired,
+            Author {
+                source: ShadowSource::User,
+                actor,
+            },
+            (req.expected_version != 0).then_some(req.expected_version),
+        )
+        .await
+        .map_err(|f| f.into_error(&shadows::limits(&self.state)))?;
+        Ok(Response::new(shadow_to_proto(
+            req.device_id,
+            &updated.shadow,
+        )))
+    }
+
     async fn get_device(
         &self,
         request: Request<GetDeviceRequest>,

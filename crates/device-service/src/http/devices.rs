@@ -228,6 +228,30 @@ pub struct ListQuery {
     sort: Option<String>,
     limit: Option<i64>,
     offset: Option<i64>,
+    /// `attr.{name}=value`: devices whose server attribute `name` has this
+    /// value (text, or the number or boolean it spells); several must all
+    /// match.
+    #[serde(rename = "attr.{name}")]
+    #[param(rename = "attr.{name}")]
+    #[allow(dead_code)]
+    attr: Option<String>,
+}
+
+/// The `attr.{name}=value` pairs of a query string.
+fn attribute_filters(raw: Option<&str>) -> Result<Vec<(String, String)>> {
+    let mut out = Vec::new();
+    for (key, value) in form_urlencoded::parse(raw.unwrap_or_default().as_bytes()) {
+        let Some(name) = key.strip_prefix("attr.") else {
+            continue;
+        };
+        crate::domain::check_attribute_name(name).map_err(Error::Validation)?;
+        wf_common::text::check_filter("attr", Some(&value)).map_err(Error::Validation)?;
+        out.push((name.to_string(), value.into_owned()));
+    }
+    if out.len() > 8 {
+        return Err(Error::Validation("at most 8 attr.{name} filters".into()));
+    }
+    Ok(out)
 }
 
 #[utoipa::path(get, path = "/api/v1/devices", tag = "devices", security(("bearer" = [])), params(ListQuery),
@@ -236,8 +260,10 @@ pub async fn list(
     State(state): State<AppState>,
     caller: Caller,
     Query(q): Query<ListQuery>,
+    axum::extract::RawQuery(raw): axum::extract::RawQuery,
 ) -> Result<Json<Paged<DeviceDto>>> {
     let access = caller.require(&state, Permission::DeviceRead).await?;
+    let attributes = attribute_filters(raw.as_deref())?;
     let Page { limit, offset } = Page::from_query(q.limit, q.offset)?;
     for (field, value) in [
         ("name", &q.name),
@@ -286,6 +312,7 @@ pub async fn list(
             name: q.name.filter(|n| !n.trim().is_empty()),
             device_type: q.device_type.filter(|t| !t.is_empty()),
             tag,
+            attributes,
             online,
             owner_id: access.owner_filter().map(str::to_string),
             sort,

@@ -3,6 +3,8 @@
 mod activity;
 pub(crate) mod commands;
 mod devices;
+mod shadow;
+mod shadow_jobs;
 mod telemetry;
 
 use axum::Router;
@@ -47,6 +49,21 @@ pub fn router(state: AppState) -> Router {
         )
         .route("/api/v1/commands", get(commands::list_all))
         .route(
+            "/api/v1/devices/{id}/shadow",
+            get(shadow::get).patch(shadow::update),
+        )
+        .route("/api/v1/devices/{id}/shadow/history", get(shadow::history))
+        .route(
+            "/api/v1/devices/{id}/attributes",
+            get(shadow::attributes).patch(shadow::update_attributes),
+        )
+        .route(
+            "/api/v1/shadow-jobs",
+            get(shadow_jobs::list).post(shadow_jobs::create),
+        )
+        .route("/api/v1/shadow-jobs/{id}", get(shadow_jobs::get))
+        .route("/api/v1/shadow-jobs/{id}/cancel", post(shadow_jobs::cancel))
+        .route(
             "/api/openapi.json",
             get(|| async { axum::Json(ApiDoc::openapi()) }),
         )
@@ -71,9 +88,12 @@ pub fn router(state: AppState) -> Router {
         activity::activity,
         telemetry::latest, telemetry::series,
         commands::list, commands::list_all, commands::create, commands::get,
+        shadow::get, shadow::update, shadow::history, shadow::attributes,
+        shadow::update_attributes,
+        shadow_jobs::create, shadow_jobs::list, shadow_jobs::get, shadow_jobs::cancel,
     ),
     modifiers(&BearerAuth, &PERMISSION_CHECKED),
-    tags((name = "devices"), (name = "telemetry"), (name = "commands")),
+    tags((name = "devices"), (name = "telemetry"), (name = "commands"), (name = "device state")),
 )]
 pub struct ApiDoc;
 

@@ -86,6 +86,8 @@ pub struct DeviceFilter {
     pub name: Option<String>,
     pub device_type: Option<String>,
     pub tag: Option<String>,
+    /// Server attributes the device has, by name and value as text.
+    pub attributes: Vec<(String, String)>,
     pub online: Option<bool>,
     pub owner_id: Option<String>,
     pub sort: DeviceSort,
@@ -235,6 +237,13 @@ impl Store {
                 [text(tag)],
             );
         }
+        for (name, value) in &f.attributes {
+            let [quoted, raw] = crate::domain::attribute_filter_forms(value);
+            listing.filter(
+                "id IN (SELECT device_id FROM device_attributes WHERE name = ? AND value IN (?, ?))",
+                [text(name), Param::Text(quoted), Param::Text(raw)],
+            );
+        }
         if let Some(owner) = &f.owner_id {
             listing.filter("owner_id = ?", [text(owner)]);
         }
@@ -362,6 +371,10 @@ impl Store {
             "device_status_history",
             "device_commands",
             "device_activity",
+            "device_shadows",
+            "device_shadow_history",
+            "device_attributes",
+            "shadow_job_targets",
         ] {
             sqlx::query(AssertSqlSafe(format!(
                 "DELETE FROM {table} WHERE device_id = ?"

@@ -1,10 +1,11 @@
-//! device-service's tables: devices and tags, telemetry, status history and
-//! commands, on SQLite or MySQL/MariaDB.
+//! device-service's tables: devices and tags, telemetry, status history,
+//! commands, device state (shadows, attributes, shadow jobs), on SQLite or MySQL/MariaDB.
 
 mod activity;
 mod cache;
 mod commands;
 mod devices;
+mod shadows;
 mod telemetry;
 
 use std::sync::Arc;
@@ -15,6 +16,7 @@ use wf_common::db::{Db, Migrations};
 pub use activity::CommandCounts;
 pub use commands::{CommandFilter, CommandRecord, NewCommand};
 pub use devices::{DeviceFilter, DeviceRecord, DeviceSort, DeviceUpdate, NewDevice, StatusRecord};
+pub use shadows::{JobProgress, OpenTarget, ShadowChange, ShadowJobRecord, TargetState};
 pub use telemetry::{Bucket, LatestValue, RawPoint};
 
 static SQLITE: Migrator = sqlx::migrate!("./migrations/sqlite");

@@ -8,4 +8,5 @@ mod helpers;
 mod activity;
 mod commands;
 mod devices;
+mod shadow;
 mod telemetry;

@@ -528,6 +528,7 @@ mod tests {
                 "$share/wf-iot-gateway/devices/+/commands/response",
                 "$share/wf-iot-gateway/devices/+/ota/progress",
                 "$share/wf-iot-gateway/devices/+/shadow/reported",
+                "$share/wf-iot-gateway/devices/+/shadow/get",
             ]
         );
     }

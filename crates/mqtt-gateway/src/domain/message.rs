@@ -6,7 +6,7 @@ use serde::Deserialize;
 use serde_json::Value;
 use wf_common::contract::{
     CommandOutcome, CommandResponded, MetricName, MetricValue, OtaProgress, OtaState,
-    StatusChanged, StatusReason, TelemetryMessage,
+    ShadowReported, ShadowRequested, StatusChanged, StatusReason, TelemetryMessage,
 };
 
 /// The device topics (`devices/{id}/{suffix}`) the gateway understands.
@@ -16,20 +16,23 @@ pub enum Route {
     Status,
     CommandResponse,
     OtaProgress,
-    /// Reported shadow state: relayed to subscribers, no event of its own.
+    /// A partial reported state, merged into the device's shadow.
     ShadowReported,
+    /// The device asks for its whole shadow document.
+    ShadowGet,
     Unknown,
 }
 
 impl Route {
     /// The topic suffixes devices publish on (after `devices/{id}/`): the
     /// gateway takes these in, and the platform never publishes on them.
-    pub const UPSTREAM_SUFFIXES: [&'static str; 5] = [
+    pub const UPSTREAM_SUFFIXES: [&'static str; 6] = [
         "telemetry",
         "status",
         "commands/response",
         "ota/progress",
         "shadow/reported",
+        "shadow/get",
     ];
 
     /// Whether this is a route devices publish on.
@@ -45,6 +48,7 @@ impl Route {
             "commands/response" => Self::CommandResponse,
             "ota/progress" => Self::OtaProgress,
             "shadow/reported" => Self::ShadowReported,
+            "shadow/get" => Self::ShadowGet,
             _ => Self::Unknown,
         }
     }
@@ -57,6 +61,7 @@ impl Route {
             Self::CommandResponse => "command_response",
             Self::OtaProgress => "ota_progress",
             Self::ShadowReported => "shadow_reported",
+            Self::ShadowGet => "shadow_get",
             Self::Unknown => "unknown",
         }
     }
@@ -114,8 +119,8 @@ pub enum Decoded {
     Status(StatusChanged),
     CommandResponded(CommandResponded),
     OtaProgress(OtaProgress),
-    /// Valid, but published on no event topic.
-    Relayed,
+    ShadowReported(ShadowReported),
+    ShadowRequested(ShadowRequested),
 }
 
 /// One message from `device_id` on the route `route`.
@@ -203,10 +208,15 @@ pub fn decode(msg: &Incoming<'_>, max_payload_bytes: usize) -> Result<Decoded, M
             }))
         }
         Route::ShadowReported => match serde_json::from_slice::<Value>(msg.payload) {
-            Ok(Value::Object(_)) => Ok(Decoded::Relayed),
+            Ok(state @ Value::Object(_)) => Ok(Decoded::ShadowReported(ShadowReported {
+                device_id,
+                state,
+                at,
+            })),
             Ok(_) => Err(Malformed::NotObject),
             Err(_) => Err(Malformed::NotJson),
         },
+        Route::ShadowGet => Ok(Decoded::ShadowRequested(ShadowRequested { device_id, at })),
         Route::Unknown => Err(Malformed::UnknownTopic),
     }
 }
@@ -659,14 +669,36 @@ mod tests {
     }
 
     #[test]
-    fn unknown_suffixes_are_malformed_and_shadow_reports_are_relayed() {
+    fn unknown_suffixes_are_malformed_and_shadow_messages_make_events() {
         assert_eq!(
             decode(&incoming(Route::Unknown, b"{}"), MAX),
             Err(Malformed::UnknownTopic)
         );
         assert_eq!(
             decode(&incoming(Route::ShadowReported, br#"{"led": "on"}"#), MAX),
-            Ok(Decoded::Relayed)
+            Ok(Decoded::ShadowReported(ShadowReported {
+                device_id: "d1".into(),
+                state: json!({"led": "on"}),
+                at: 1_000,
+            }))
         );
+        assert_eq!(
+            decode(&incoming(Route::ShadowReported, b"[1]"), MAX),
+            Err(Malformed::NotObject)
+        );
+        assert_eq!(
+            decode(&incoming(Route::ShadowReported, b"{not json"), MAX),
+            Err(Malformed::NotJson)
+        );
+        assert_eq!(
+            decode(&incoming(Route::ShadowGet, b""), MAX),
+            Ok(Decoded::ShadowRequested(ShadowRequested {
+                device_id: "d1".into(),
+                at: 1_000,
+            }))
+        );
+        assert_eq!(Route::of("shadow/get"), Route::ShadowGet);
+        assert!(!Route::of("shadow/desired").is_upstream());
+        assert!(!Route::of("shadow/rejected").is_upstream());
     }
 }

@@ -24,7 +24,7 @@ use wf_common::shutdown::Shutdown;
 use wf_proto::device::device_service_server::{DeviceService, DeviceServiceServer};
 use wf_proto::device::{
     AuthenticateDeviceRequest, AuthenticateDeviceResponse, Device, GetDeviceRequest,
-    ListDevicesRequest, ListDevicesResponse,
+    GetShadowRequest, ListDevicesRequest, ListDevicesResponse, Shadow, UpdateDesiredRequest,
 };
 use wf_proto::mqtt::SyncDeviceCredentialsRequest;
 use wf_proto::mqtt::mqtt_gateway_client::MqttGatewayClient;
@@ -51,6 +51,17 @@ impl DeviceService for FakeDeviceService {
         &self,
         _: Request<ListDevicesRequest>,
     ) -> Result<Response<ListDevicesResponse>, Status> {
+        Err(Status::unimplemented("not needed by mqtt-gateway"))
+    }
+
+    async fn get_shadow(&self, _: Request<GetShadowRequest>) -> Result<Response<Shadow>, Status> {
+        Err(Status::unimplemented("not needed by mqtt-gateway"))
+    }
+
+    async fn update_desired(
+        &self,
+        _: Request<UpdateDesiredRequest>,
+    ) -> Result<Response<Shadow>, Status> {
         Err(Status::unimplemented("not needed by mqtt-gateway"))
     }
 

@@ -12,5 +12,6 @@ mod connect;
 mod external_broker;
 mod grpc;
 mod hooks;
+mod shadow;
 mod status;
 mod uplink;
