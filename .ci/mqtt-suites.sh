@@ -21,7 +21,11 @@
 #   reads; the server's memory stays within a budget and a well-behaved
 #   device is served after every probe.
 #
-# Usage: .ci/mqtt-suites.sh path/to/wf-iot [durability|hostile]...  (default: both)
+# shadow: device state with paho-mqtt devices (.ci/mqtt_shadow.py): reports,
+#   desired state with If-Match through the api-gateway, deltas on connect,
+#   shadow/get, refusals on shadow/rejected, a fleet shadow job to convergence.
+#
+# Usage: .ci/mqtt-suites.sh path/to/wf-iot [durability|hostile|shadow]...  (default: all)
 # paho-mqtt (pinned) comes from PyPI into a virtualenv in a temporary directory.
 
 set -euo pipefail
@@ -30,7 +34,7 @@ BIN=${1:?usage: $0 path/to/wf-iot [durability|hostile]...}
 shift
 SUITES=("$@")
 if ((${#SUITES[@]} == 0)); then
-    SUITES=(durability hostile)
+    SUITES=(durability hostile shadow)
 fi
 [[ -x "$BIN" ]] || { echo "not an executable: $BIN" >&2; exit 2; }
 HERE="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
@@ -55,8 +59,12 @@ for suite in "${SUITES[@]}"; do
         echo "--- hostile MQTT clients"
         "$VENV/bin/python" "$HERE/mqtt_hostile.py" "$BIN"
         ;;
+    shadow)
+        echo "--- device state with paho-mqtt devices"
+        "$VENV/bin/python" "$HERE/mqtt_shadow.py" "$BIN"
+        ;;
     *)
-        echo "unknown suite: $suite (durability or hostile)" >&2
+        echo "unknown suite: $suite (durability, hostile or shadow)" >&2
         exit 2
         ;;
     esac

@@ -31,10 +31,8 @@ import time
 from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
 
-import paho.mqtt.client as mqtt
-
-from wf_iot_harness import Server, create_devices, fail, http, login, stored, stored_rows, \
-    wait_until
+from wf_iot_harness import Client, Server, create_devices, fail, http, login, stored, \
+    stored_rows, wait_until
 
 # How much the server's resident memory may grow over the whole suite.
 RSS_BUDGET_MIB = 100
@@ -60,117 +58,6 @@ PAYLOAD_FORMAT_INVALID = 0x99
 
 def now_ms():
     return int(time.time() * 1000)
-
-
-class Client:
-    """A paho-mqtt connection that records what the broker answers: CONNACK,
-    SUBACKs and PUBACKs (PUBCOMPs) by message id, messages received, and the
-    connection's end. It never reconnects by itself."""
-
-    def __init__(self, device_id, secret, port, v5=True, will=None, clean=True):
-        self.device_id = device_id
-        self.v5 = v5
-        kwargs = {} if v5 else {"clean_session": clean}
-        self.client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=device_id,
-                                  protocol=mqtt.MQTTv5 if v5 else mqtt.MQTTv311,
-                                  reconnect_on_failure=False, **kwargs)
-        self.client.username_pw_set(device_id, secret)
-        if will:
-            self.client.will_set(*will)
-        self.cond = threading.Condition()
-        self.connack = None
-        self.closed = False
-        self.subacks = {}
-        self.pubacks = {}
-        self.messages = []
-        self.client.on_connect = self._on_connect
-        self.client.on_disconnect = self._on_disconnect
-        self.client.on_subscribe = self._on_subscribe
-        self.client.on_publish = self._on_publish
-        self.client.on_message = self._on_message
-        self.port = port
-
-    def _on_connect(self, client, userdata, flags, reason_code, properties):
-        with self.cond:
-            self.connack = reason_code.value
-            self.cond.notify_all()
-
-    def _on_disconnect(self, client, userdata, flags, reason_code, properties):
-        with self.cond:
-            self.closed = True
-            self.cond.notify_all()
-
-    def _on_subscribe(self, client, userdata, mid, reason_codes, properties):
-        with self.cond:
-            self.subacks[mid] = [rc.value for rc in reason_codes]
-            self.cond.notify_all()
-
-    def _on_publish(self, client, userdata, mid, reason_code, properties):
-        with self.cond:
-            self.pubacks[mid] = reason_code.value
-            self.cond.notify_all()
-
-    def _on_message(self, client, userdata, message):
-        with self.cond:
-            self.messages.append(message)
-            self.cond.notify_all()
-
-    def _wait(self, predicate, seconds):
-        with self.cond:
-            return self.cond.wait_for(predicate, seconds)
-
-    def connect(self, seconds=10):
-        """Connects and returns the CONNACK's reason code, or None when the
-        connection ended without one."""
-        try:
-            self.client.connect("127.0.0.1", self.port, keepalive=60)
-        except OSError:
-            self.closed = True
-            return None
-        self.client.loop_start()
-        self._wait(lambda: self.connack is not None or self.closed, seconds)
-        return self.connack
-
-    def subscribe(self, topic, qos=1, seconds=5):
-        """The SUBACK's reason codes, or None when the connection ended."""
-        result, mid = self.client.subscribe(topic, qos)
-        if result != mqtt.MQTT_ERR_SUCCESS:
-            return None
-        self._wait(lambda: mid in self.subacks or self.closed, seconds)
-        return self.subacks.get(mid)
-
-    def publish(self, topic, payload, qos=1, retain=False, seconds=15):
-        """The PUBACK's (PUBCOMP's) reason code, or None when none came (the
-        connection was closed)."""
-        info = self.client.publish(topic, payload, qos=qos, retain=retain)
-        if info.rc != mqtt.MQTT_ERR_SUCCESS:
-            return None
-        self._wait(lambda: info.mid in self.pubacks or self.closed, seconds)
-        return self.pubacks.get(info.mid)
-
-    def received(self):
-        with self.cond:
-            return list(self.messages)
-
-    def connected(self):
-        return self.connack == 0 and not self.closed
-
-    def drop(self):
-        """Ends the connection without DISCONNECT, as a lost network would."""
-        sock = self.client.socket()
-        if sock is not None:
-            try:
-                sock.shutdown(socket.SHUT_RDWR)
-            except OSError:
-                pass
-        self._wait(lambda: self.closed, 5)
-        self.client.loop_stop()
-
-    def close(self):
-        try:
-            self.client.disconnect()
-        finally:
-            self.client.loop_stop()
 
 
 # --- raw MQTT 3.1.1 packets, for clients paho cannot play ------------------

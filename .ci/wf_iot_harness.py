@@ -1,9 +1,10 @@
 """A real `wf-iot serve` for the MQTT suites in .ci/.
 
-Shared by ingest_durability.py and mqtt_hostile.py: free ports, the server
-process (all-in-one mode: SQLite, embedded broker, in-process events) on a
+Shared by ingest_durability.py, mqtt_hostile.py and mqtt_shadow.py: free
+ports, the server process (all-in-one mode: SQLite, embedded broker, in-process events) on a
 fresh data directory, the REST calls the suites need (login, registering
-devices, reading what was stored) and waiting for a condition.
+devices, reading what was stored), a recording paho-mqtt client, and
+waiting for a condition.
 """
 
 import json
@@ -13,9 +14,12 @@ import socket
 import sqlite3
 import subprocess
 import sys
+import threading
 import time
 import urllib.error
 import urllib.request
+
+import paho.mqtt.client as mqtt
 
 ADMIN_PASSWORD = "suite-admin-password"
 
@@ -132,12 +136,14 @@ class Server:
             return ""
 
 
-def http(method, url, body=None, token=None):
+def http(method, url, body=None, token=None, headers=None):
     data = json.dumps(body).encode() if body is not None else None
     req = urllib.request.Request(url, data=data, method=method)
     req.add_header("content-type", "application/json")
     if token:
         req.add_header("authorization", f"Bearer {token}")
+    for name, value in (headers or {}).items():
+        req.add_header(name, value)
     try:
         with urllib.request.urlopen(req, timeout=20) as r:
             return r.status, json.loads(r.read() or b"null")
@@ -200,3 +206,114 @@ def stored_rows(data_dir, device_id, metric=None, ts=None):
         return db.execute(query, args).fetchone()[0]
     finally:
         db.close()
+
+
+class Client:
+    """A paho-mqtt connection that records what the broker answers: CONNACK,
+    SUBACKs and PUBACKs (PUBCOMPs) by message id, messages received, and the
+    connection's end. It never reconnects by itself."""
+
+    def __init__(self, device_id, secret, port, v5=True, will=None, clean=True):
+        self.device_id = device_id
+        self.v5 = v5
+        kwargs = {} if v5 else {"clean_session": clean}
+        self.client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=device_id,
+                                  protocol=mqtt.MQTTv5 if v5 else mqtt.MQTTv311,
+                                  reconnect_on_failure=False, **kwargs)
+        self.client.username_pw_set(device_id, secret)
+        if will:
+            self.client.will_set(*will)
+        self.cond = threading.Condition()
+        self.connack = None
+        self.closed = False
+        self.subacks = {}
+        self.pubacks = {}
+        self.messages = []
+        self.client.on_connect = self._on_connect
+        self.client.on_disconnect = self._on_disconnect
+        self.client.on_subscribe = self._on_subscribe
+        self.client.on_publish = self._on_publish
+        self.client.on_message = self._on_message
+        self.port = port
+
+    def _on_connect(self, client, userdata, flags, reason_code, properties):
+        with self.cond:
+            self.connack = reason_code.value
+            self.cond.notify_all()
+
+    def _on_disconnect(self, client, userdata, flags, reason_code, properties):
+        with self.cond:
+            self.closed = True
+            self.cond.notify_all()
+
+    def _on_subscribe(self, client, userdata, mid, reason_codes, properties):
+        with self.cond:
+            self.subacks[mid] = [rc.value for rc in reason_codes]
+            self.cond.notify_all()
+
+    def _on_publish(self, client, userdata, mid, reason_code, properties):
+        with self.cond:
+            self.pubacks[mid] = reason_code.value
+            self.cond.notify_all()
+
+    def _on_message(self, client, userdata, message):
+        with self.cond:
+            self.messages.append(message)
+            self.cond.notify_all()
+
+    def _wait(self, predicate, seconds):
+        with self.cond:
+            return self.cond.wait_for(predicate, seconds)
+
+    def connect(self, seconds=10):
+        """Connects and returns the CONNACK's reason code, or None when the
+        connection ended without one."""
+        try:
+            self.client.connect("127.0.0.1", self.port, keepalive=60)
+        except OSError:
+            self.closed = True
+            return None
+        self.client.loop_start()
+        self._wait(lambda: self.connack is not None or self.closed, seconds)
+        return self.connack
+
+    def subscribe(self, topic, qos=1, seconds=5):
+        """The SUBACK's reason codes, or None when the connection ended."""
+        result, mid = self.client.subscribe(topic, qos)
+        if result != mqtt.MQTT_ERR_SUCCESS:
+            return None
+        self._wait(lambda: mid in self.subacks or self.closed, seconds)
+        return self.subacks.get(mid)
+
+    def publish(self, topic, payload, qos=1, retain=False, seconds=15):
+        """The PUBACK's (PUBCOMP's) reason code, or None when none came (the
+        connection was closed)."""
+        info = self.client.publish(topic, payload, qos=qos, retain=retain)
+        if info.rc != mqtt.MQTT_ERR_SUCCESS:
+            return None
+        self._wait(lambda: info.mid in self.pubacks or self.closed, seconds)
+        return self.pubacks.get(info.mid)
+
+    def received(self):
+        with self.cond:
+            return list(self.messages)
+
+    def connected(self):
+        return self.connack == 0 and not self.closed
+
+    def drop(self):
+        """Ends the connection without DISCONNECT, as a lost network would."""
+        sock = self.client.socket()
+        if sock is not None:
+            try:
+                sock.shutdown(socket.SHUT_RDWR)
+            except OSError:
+                pass
+        self._wait(lambda: self.closed, 5)
+        self.client.loop_stop()
+
+    def close(self):
+        try:
+            self.client.disconnect()
+        finally:
+            self.client.loop_stop()

@@ -84,6 +84,9 @@ impl DeviceService for DeviceGrpc {
         self.existing(&req.device_id).await?;
         let desired: serde_json::Value = serde_json::from_str(&req.desired_json)
             .map_err(|e| Error::Validation(format!("desired_json is not JSON: {e}")))?;
+        if req.actor.chars().count() > 128 {
+            return Err(Error::Validation("actor is longer than 128 characters".into()).into());
+        }
         let actor = (!req.actor.is_empty()).then_some(req.actor.as_str());
         let updated = shadows::update(
             &self.state,
