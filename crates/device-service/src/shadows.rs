@@ -460,7 +460,8 @@ async fn advance(state: &AppState, job: &ShadowJobRecord, budget: i64) -> Result
         {
             continue;
         }
-        let updated = match update(
+        let mut failed = None;
+        let next = match update(
             state,
             &device_id,
             ShadowSection::Desired,
@@ -470,58 +471,40 @@ async fn advance(state: &AppState, job: &ShadowJobRecord, budget: i64) -> Result
         )
         .await
         {
-            Ok(updated) => updated,
+            Ok(updated) if converged(wanted, &updated.shadow.reported) => TargetState::Converged,
+            Ok(updated)
+                if updated.delivered
+                    || (!updated.changed
+                        && push_delta(
+                            state,
+                            &device_id,
+                            updated.shadow.version,
+                            &updated.shadow.delta(),
+                        )
+                        .await) =>
+            {
+                TargetState::Delivered
+            }
+            // Delivered when the device connects.
+            Ok(_) | Err(Failure::Stale(_)) => continue,
             Err(Failure::Refused(refusal)) => {
                 tracing::warn!(job_id = %job.id, device_id = %device_id, code = refusal.code(),
-                        "shadow job not applied to a device: {}", refusal.message(&limits(state)));
-                state
-                    .store
-                    .move_target(
-                        &job.id,
-                        &device_id,
-                        &[TargetState::Applied],
-                        TargetState::Failed,
-                        now,
-                    )
-                    .await?;
-                continue;
+                    "shadow job not applied to a device: {}", refusal.message(&limits(state)));
+                TargetState::Failed
             }
-            Err(Failure::Stale(_)) => continue,
             Err(Failure::Error(e)) => {
                 // Back in the queue for the next tick.
-                state
-                    .store
-                    .move_target(
-                        &job.id,
-                        &device_id,
-                        &[TargetState::Applied],
-                        TargetState::Queued,
-                        now,
-                    )
-                    .await?;
-                return Err(e);
+                failed = Some(e);
+                TargetState::Queued
             }
-        };
-        let next = if converged(wanted, &updated.shadow.reported) {
-            TargetState::Converged
-        } else if updated.delivered
-            || (!updated.changed
-                && push_delta(
-                    state,
-                    &device_id,
-                    updated.shadow.version,
-                    &updated.shadow.delta(),
-                )
-                .await)
-        {
-            TargetState::Delivered
-        } else {
-            continue;
         };
         state
             .store
             .move_target(&job.id, &device_id, &[TargetState::Applied], next, now)
             .await?;
+        if let Some(e) = failed {
+            return Err(e);
+        }
     }
     state
         .store

@@ -7,8 +7,8 @@ use std::sync::Arc;
 use reqwest::StatusCode;
 use serde_json::json;
 use wf_common::contract::{
-    CommandOutcome, CommandResponded, MetricName, MetricValue, StatusChanged, StatusReason,
-    TelemetryBatch, TelemetryMessage,
+    CommandOutcome, CommandResponded, MetricName, MetricValue, ShadowSection, ShadowSource,
+    ShadowUpdated, StatusChanged, StatusReason, TelemetryBatch, TelemetryMessage,
 };
 use wf_common::events::EventBus;
 use wf_common::shutdown::Shutdown;
@@ -96,6 +96,30 @@ async fn a_device_stream_delivers_its_events_as_they_happen() {
     assert_eq!(answer.event, "command_response");
     assert_eq!(answer.json()["command_id"], "cmd-1");
     assert_eq!(answer.json()["result"], json!({"rebooted": true}));
+
+    app.publish(&[ShadowUpdated {
+        device_id: id.clone(),
+        version: 4,
+        section: ShadowSection::Desired,
+        source: ShadowSource::User,
+        actor: Some("u-1".into()),
+        changes: json!({"sampling_ms": 500}),
+        delta: json!({"sampling_ms": 500}),
+        at: wf_common::now_millis(),
+    }])
+    .await;
+    let shadow = events.next(WAIT).await.expect("shadow change");
+    assert_eq!(shadow.event, "shadow");
+    let data = shadow.json();
+    assert_eq!(
+        (
+            data["version"].clone(),
+            data["section"].clone(),
+            data["source"].clone()
+        ),
+        (json!(4), json!("desired"), json!("user"))
+    );
+    assert_eq!(data["delta"], json!({"sampling_ms": 500}));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
