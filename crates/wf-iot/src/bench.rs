@@ -27,6 +27,9 @@ pub enum Bench {
     /// Start to ready and resident memory of the all-in-one platform: a
     /// first start, then a start on the existing data directory, idle.
     Start(StartArgs),
+    /// A desired state change to a whole connected fleet by one shadow job,
+    /// until every device applied it and reported it back.
+    Shadow(crate::bench_shadow::ShadowBenchArgs),
 }
 
 #[derive(clap::Args, Debug)]
@@ -71,6 +74,7 @@ pub async fn run(bench: Bench) -> anyhow::Result<()> {
         Bench::Ota(args) => crate::bench_ota::run(args).await,
         Bench::Api(args) => api(args).await,
         Bench::Start(args) => start(args).await,
+        Bench::Shadow(args) => crate::bench_shadow::run(args).await,
     }
 }
 
@@ -271,7 +275,7 @@ async fn relay_with_mosquitto(
     Ok(Some(figures))
 }
 
-fn mib(bytes: u64) -> f64 {
+pub(crate) fn mib(bytes: u64) -> f64 {
     bytes as f64 / (1024.0 * 1024.0)
 }
 

@@ -50,14 +50,14 @@ pub fn resident_bytes(pid: u32) -> Option<u64> {
 }
 
 /// A child process, stopped (SIGTERM, then killed) when dropped.
-struct Process {
+pub struct Process {
     child: Child,
     name: &'static str,
     log: PathBuf,
 }
 
 impl Process {
-    fn spawn(name: &'static str, mut command: Command, log: PathBuf) -> anyhow::Result<Self> {
+    pub fn spawn(name: &'static str, mut command: Command, log: PathBuf) -> anyhow::Result<Self> {
         let out =
             std::fs::File::create(&log).with_context(|| format!("creating {}", log.display()))?;
         let child = command
@@ -70,7 +70,7 @@ impl Process {
     }
 
     /// Fails, with the end of its log, when the process has exited.
-    fn check_running(&mut self) -> anyhow::Result<()> {
+    pub fn check_running(&mut self) -> anyhow::Result<()> {
         if let Some(status) = self.child.try_wait()? {
             let log = std::fs::read_to_string(&self.log).unwrap_or_default();
             let tail: Vec<&str> = log.lines().rev().take(15).collect();
@@ -97,7 +97,7 @@ impl Process {
     }
 
     /// SIGTERM, then up to 30 s for the process to exit, then SIGKILL.
-    async fn stop(&mut self) -> anyhow::Result<()> {
+    pub async fn stop(&mut self) -> anyhow::Result<()> {
         if self.child.try_wait()?.is_some() {
             return Ok(());
         }

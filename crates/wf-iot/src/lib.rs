@@ -5,6 +5,7 @@
 pub mod bench;
 pub mod bench_ota;
 pub mod bench_peers;
+pub mod bench_shadow;
 pub mod config;
 pub mod migrate;
 pub mod ota;
