@@ -12,7 +12,7 @@ use sha2::{Digest, Sha256};
 
 use crate::ota::{Ota, OtaArgs};
 use crate::platform::Platform;
-use crate::simulate::{Api, Stats, connect_with_ota};
+use crate::simulate::{Api, Behaviour, Stats, connect_with};
 
 #[derive(clap::Args, Debug)]
 pub struct OtaBenchArgs {
@@ -107,15 +107,12 @@ pub async fn run(args: OtaBenchArgs) -> anyhow::Result<()> {
     })?;
     let devices: Vec<_> = futures_util::stream::iter(creds.iter())
         .map(|c| {
-            connect_with_ota(
-                c,
-                "127.0.0.1",
-                ports.mqtt,
-                stats.clone(),
-                0.0,
-                10,
-                Some(ota.clone()),
-            )
+            let behaviour = Behaviour {
+                inflight: 10,
+                ota: Some(ota.clone()),
+                ..Behaviour::default()
+            };
+            connect_with(c, "127.0.0.1", ports.mqtt, stats.clone(), behaviour)
         })
         .buffer_unordered(32)
         .collect::<Vec<_>>()

@@ -11,5 +11,6 @@ pub mod migrate;
 pub mod ota;
 pub mod platform;
 pub mod serve;
+pub mod sim_state;
 pub mod simulate;
 pub mod user;

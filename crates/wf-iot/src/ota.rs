@@ -23,6 +23,9 @@ use serde::Deserialize;
 use serde_json::json;
 use sha2::{Digest, Sha256};
 
+/// The version simulated devices run before any update, by default.
+pub const INITIAL_VERSION: &str = "1.0.0";
+
 #[derive(clap::Args, Debug, Clone)]
 pub struct OtaArgs {
     /// Percentage of devices whose updates fail (after downloading).
@@ -43,7 +46,7 @@ pub struct OtaArgs {
     #[arg(long = "ota-public-key")]
     pub ota_public_keys: Vec<String>,
     /// The version simulated devices run before any update.
-    #[arg(long, default_value = "1.0.0")]
+    #[arg(long, default_value = INITIAL_VERSION)]
     pub ota_initial_version: String,
     /// Picks which devices fail and which hang: the same seed and fleet
     /// size pick the same devices.
@@ -59,7 +62,7 @@ impl Default for OtaArgs {
             ota_install_ms: 500,
             ota_restart_ms: 500,
             ota_public_keys: Vec::new(),
-            ota_initial_version: "1.0.0".into(),
+            ota_initial_version: INITIAL_VERSION.into(),
             ota_seed: 1,
         }
     }
@@ -396,6 +399,15 @@ impl Ota {
         }
         let _ = client
             .publish(status, QoS::AtLeastOnce, false, "online")
+            .await;
+        // The device's state says which firmware it runs now.
+        let _ = client
+            .publish(
+                format!("devices/{device_id}/shadow/reported"),
+                QoS::AtLeastOnce,
+                false,
+                json!({ "fw_version": n.version }).to_string(),
+            )
             .await;
         self.stats.succeeded.fetch_add(1, Ordering::Relaxed);
         self.report(

@@ -1,8 +1,10 @@
 //! `wf-iot simulate`: a fleet of simulated devices. Provisions (or reuses)
 //! devices through the API, connects each over MQTT with its own
 //! credentials, publishes telemetry at a steady overall rate, and answers
-//! commands, failing a chosen share of them. A device whose connection is
-//! lost reconnects with backoff, as real firmware does.
+//! commands, failing a chosen share of them. Each device keeps a reported
+//! state and applies desired state (see [`crate::sim_state`]): its sampling
+//! interval paces its own telemetry. A device whose connection is lost
+//! reconnects with backoff, as real firmware does.
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -17,6 +19,8 @@ use rumqttc::{
 };
 use serde_json::{Value, json};
 use wf_common::retry::Backoff;
+
+use crate::sim_state::DeviceState;
 
 #[derive(clap::Args, Debug, Clone)]
 pub struct SimulateArgs {
@@ -72,6 +76,8 @@ pub struct Stats {
     pub connected: AtomicU64,
     /// Connections lost and made again.
     pub reconnects: AtomicU64,
+    /// Desired state applied and refused.
+    pub state: crate::sim_state::StateStats,
     /// Commands decided so far, and each one's answer (`true`: fails), so a
     /// redelivered command gets the answer it got the first time.
     decided: AtomicU64,
@@ -298,20 +304,48 @@ async fn error_text(resp: reqwest::Response) -> String {
     }
 }
 
-/// A connected simulated device.
+/// A connected simulated device; a clone is another handle on the same
+/// connection.
+#[derive(Clone)]
 pub struct Device {
     pub id: String,
     pub client: AsyncClient,
+    /// Its reported state, when it keeps one.
+    pub state: Option<Arc<DeviceState>>,
+}
+
+/// How a simulated device behaves beyond telemetry.
+pub struct Behaviour {
+    /// Percentage of commands answered with a failure.
+    pub fail_commands: f64,
+    /// QoS 1 messages in flight at most.
+    pub inflight: u16,
+    /// Accepts over-the-air updates on `devices/{id}/ota`.
+    pub ota: Option<Arc<crate::ota::Ota>>,
+    /// Keeps a reported state with this sampling interval (ms) and applies
+    /// desired state.
+    pub sampling_ms: Option<u64>,
+}
+
+impl Default for Behaviour {
+    fn default() -> Self {
+        Self {
+            fail_commands: 0.0,
+            inflight: 100,
+            ota: None,
+            sampling_ms: None,
+        }
+    }
 }
 
 /// How many times a first connection refused with "server unavailable"
 /// (the registry did not answer in time) is tried again.
 const UNAVAILABLE_RETRIES: u32 = 5;
 
-/// Connects a device: its credentials, a last will that marks it offline,
-/// its command topic subscribed. The event loop runs on its own task,
-/// answering commands and counting acknowledgements; a lost connection is
-/// made again with backoff.
+/// Connects a device that answers commands: its credentials, a last will
+/// that marks it offline, its command topic subscribed. The event loop runs
+/// on its own task, answering commands and counting acknowledgements; a
+/// lost connection is made again with backoff.
 pub async fn connect(
     creds: &Credentials,
     host: &str,
@@ -320,20 +354,30 @@ pub async fn connect(
     fail_commands: f64,
     inflight: u16,
 ) -> anyhow::Result<Device> {
-    connect_with_ota(creds, host, port, stats, fail_commands, inflight, None).await
+    let behaviour = Behaviour {
+        fail_commands,
+        inflight,
+        ..Behaviour::default()
+    };
+    connect_with(creds, host, port, stats, behaviour).await
 }
 
-/// [`connect`], and with `ota` the device also accepts over-the-air
-/// updates on `devices/{id}/ota`.
-pub async fn connect_with_ota(
+/// [`connect`], with over-the-air updates and device state as `behaviour`
+/// says.
+pub async fn connect_with(
     creds: &Credentials,
     host: &str,
     port: u16,
     stats: Arc<Stats>,
-    fail_commands: f64,
-    inflight: u16,
-    ota: Option<Arc<crate::ota::Ota>>,
+    behaviour: Behaviour,
 ) -> anyhow::Result<Device> {
+    let Behaviour {
+        fail_commands,
+        inflight,
+        ota,
+        sampling_ms,
+    } = behaviour;
+    let state = sampling_ms.map(DeviceState::new);
     let mut options = MqttOptions::new(creds.id.clone(), host, port);
     options
         .set_credentials(creds.id.clone(), creds.secret.clone())
@@ -374,9 +418,19 @@ pub async fn connect_with_ota(
     }
     stats.connected.fetch_add(1, Ordering::Relaxed);
     let id = creds.id.clone();
+    let fw_version = {
+        let ota = ota.clone();
+        move |id: &str| {
+            ota.as_ref().map_or_else(
+                || crate::ota::INITIAL_VERSION.to_string(),
+                |o| o.running_version(id),
+            )
+        }
+    };
     let with_ota = ota.is_some();
-    subscribe_and_announce(&client, &id, with_ota)?;
+    subscribe_and_announce(&client, &id, with_ota, state.as_deref(), &fw_version(&id))?;
     let responder = client.clone();
+    let device_state = state.clone();
     tokio::spawn(async move {
         let mut up = true;
         let mut backoff = reconnect_backoff();
@@ -390,7 +444,16 @@ pub async fn connect_with_ota(
                     stats.connected.fetch_add(1, Ordering::Relaxed);
                     stats.reconnects.fetch_add(1, Ordering::Relaxed);
                     tracing::info!(device = %id, "reconnected");
-                    if subscribe_and_announce(&responder, &id, with_ota).is_err() {
+                    let fw = fw_version(&id);
+                    if subscribe_and_announce(
+                        &responder,
+                        &id,
+                        with_ota,
+                        device_state.as_deref(),
+                        &fw,
+                    )
+                    .is_err()
+                    {
                         stats.errors.fetch_add(1, Ordering::Relaxed);
                     }
                 }
@@ -406,6 +469,22 @@ pub async fn connect_with_ota(
                 Ok(Event::Incoming(Packet::Publish(p))) if p.topic.ends_with("/ota") => {
                     if let Some(ota) = &ota {
                         ota.accept(&responder, &id, &p.payload);
+                    }
+                }
+                Ok(Event::Incoming(Packet::Publish(p))) => {
+                    let known = device_state.as_deref().is_some_and(|state| {
+                        crate::sim_state::receive(
+                            &responder,
+                            &id,
+                            &p.topic,
+                            &p.payload,
+                            state,
+                            &fw_version(&id),
+                            &stats.state,
+                        )
+                    });
+                    if !known {
+                        tracing::debug!(device = %id, topic = %p.topic, "a message on a topic the device does not use");
                     }
                 }
                 // After DISCONNECT the event loop would reconnect: drop it
@@ -442,6 +521,7 @@ pub async fn connect_with_ota(
     Ok(Device {
         id: creds.id.clone(),
         client,
+        state,
     })
 }
 
@@ -457,12 +537,24 @@ fn jitter() -> Duration {
     Duration::from_millis(u64::from(u16::from_le_bytes([a, b])) % 500)
 }
 
-/// Subscribes to the device's command (and OTA) topic and publishes
-/// `online`. Queued without waiting, so the event loop can call it.
-fn subscribe_and_announce(client: &AsyncClient, id: &str, with_ota: bool) -> anyhow::Result<()> {
+/// Subscribes to the device's command (OTA and state) topics and publishes
+/// `online`, then its reported state. Queued without waiting, so the event
+/// loop can call it.
+fn subscribe_and_announce(
+    client: &AsyncClient,
+    id: &str,
+    with_ota: bool,
+    state: Option<&DeviceState>,
+    fw_version: &str,
+) -> anyhow::Result<()> {
     client.try_subscribe(format!("devices/{id}/commands"), QoS::AtLeastOnce)?;
     if with_ota {
         client.try_subscribe(crate::ota::Ota::topic(id), QoS::AtLeastOnce)?;
+    }
+    if state.is_some() {
+        for topic in crate::sim_state::topics(id) {
+            client.try_subscribe(topic, QoS::AtLeastOnce)?;
+        }
     }
     client.try_publish(
         format!("devices/{id}/status"),
@@ -470,6 +562,9 @@ fn subscribe_and_announce(client: &AsyncClient, id: &str, with_ota: bool) -> any
         false,
         "online",
     )?;
+    if let Some(state) = state {
+        crate::sim_state::announce(client, id, state, fw_version)?;
+    }
     Ok(())
 }
 
@@ -526,6 +621,73 @@ pub fn reading(step: u64, phase: u64) -> String {
     .to_string()
 }
 
+/// Publishes a device's telemetry every `sampling_ms` of its state, which a
+/// desired change may set at any time (the next message then follows the
+/// last by the new interval). The first message goes after `offset`.
+async fn publish_telemetry(
+    client: AsyncClient,
+    id: String,
+    state: Arc<DeviceState>,
+    phase: u64,
+    offset: Duration,
+    stats: Arc<Stats>,
+) {
+    let topic = format!("devices/{id}/telemetry");
+    let mut sampling = state.watch_sampling();
+    let mut next = tokio::time::Instant::now() + offset;
+    let mut last = None;
+    let mut step = 0;
+    loop {
+        tokio::select! {
+            () = tokio::time::sleep_until(next) => {
+                if client.try_publish(&topic, QoS::AtLeastOnce, false, reading(step, phase)).is_err() {
+                    stats.errors.fetch_add(1, Ordering::Relaxed);
+                }
+                step += 1;
+                let now = tokio::time::Instant::now();
+                last = Some(now);
+                next = now + Duration::from_millis(*sampling.borrow_and_update());
+            }
+            changed = sampling.changed() => {
+                if changed.is_err() {
+                    return;
+                }
+                let interval = Duration::from_millis(*sampling.borrow_and_update());
+                if let Some(last) = last {
+                    next = last + interval;
+                }
+            }
+        }
+    }
+}
+
+/// One line on what the fleet reports: how many devices sample at which
+/// interval (the three most common), and the desired keys applied and
+/// refused so far.
+fn state_summary(devices: &[Device], stats: &crate::sim_state::StateStats) -> String {
+    let mut by_interval: HashMap<u64, usize> = HashMap::new();
+    for state in devices.iter().filter_map(|d| d.state.as_ref()) {
+        *by_interval.entry(state.sampling_ms()).or_default() += 1;
+    }
+    let mut groups: Vec<(u64, usize)> = by_interval.into_iter().collect();
+    groups.sort_by(|a, b| b.1.cmp(&a.1).then(a.0.cmp(&b.0)));
+    let mut shown: Vec<String> = groups
+        .iter()
+        .take(3)
+        .map(|(ms, n)| format!("{n} at {ms} ms"))
+        .collect();
+    if groups.len() > 3 {
+        let rest: usize = groups[3..].iter().map(|(_, n)| n).sum();
+        shown.push(format!("{rest} at other intervals"));
+    }
+    format!(
+        "reported state: sampling_ms {}; desired keys applied {}, refused {}",
+        shown.join(", "),
+        stats.applied.load(Ordering::Relaxed),
+        stats.refused.load(Ordering::Relaxed),
+    )
+}
+
 pub async fn run(args: SimulateArgs) -> anyhow::Result<()> {
     anyhow::ensure!(args.devices > 0, "--devices must be at least 1");
     anyhow::ensure!(args.rate > 0.0, "--rate must be positive");
@@ -578,19 +740,19 @@ pub async fn run(args: SimulateArgs) -> anyhow::Result<()> {
         eprintln!("{}", ota.fates_summary());
     }
     let stats = Arc::new(Stats::default());
+    // Each device samples at the same interval at first, so that the fleet
+    // publishes --rate messages a second in all.
+    let sampling_ms = ((args.devices as f64 * 1000.0 / args.rate).round() as u64).max(1);
     let mut devices = Vec::with_capacity(creds.len());
     for c in &creds {
+        let behaviour = Behaviour {
+            fail_commands: args.fail_commands,
+            inflight: 100,
+            ota: Some(ota.clone()),
+            sampling_ms: Some(sampling_ms),
+        };
         devices.push(
-            connect_with_ota(
-                c,
-                &args.mqtt_host,
-                args.mqtt_port,
-                stats.clone(),
-                args.fail_commands,
-                100,
-                Some(ota.clone()),
-            )
-            .await?,
+            connect_with(c, &args.mqtt_host, args.mqtt_port, stats.clone(), behaviour).await?,
         );
     }
     // A broker that accepts the devices is not proof that it is this
@@ -615,22 +777,36 @@ pub async fn run(args: SimulateArgs) -> anyhow::Result<()> {
         );
     }
     eprintln!(
-        "{} devices connected and online; publishing {} messages/s (Ctrl-C stops)",
+        "{} devices connected and online; each publishes every {sampling_ms} ms, {} messages/s \
+         in all, until a desired sampling_ms changes it (Ctrl-C stops)",
         devices.len(),
         args.rate
     );
 
     let started = Instant::now();
     let deadline = args.duration.map(|d| started + Duration::from_secs(d));
-    let mut tick = tokio::time::interval(
-        Duration::from_secs_f64(1.0 / args.rate).max(Duration::from_micros(50)),
-    );
-    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Burst);
+    // Each device publishes on its own clock, the fleet's first messages
+    // spread evenly over one interval.
+    let mut publishers = tokio::task::JoinSet::new();
+    for (i, device) in devices.iter().enumerate() {
+        let Some(state) = device.state.clone() else {
+            continue;
+        };
+        let offset = Duration::from_secs_f64(i as f64 / args.rate);
+        publishers.spawn(publish_telemetry(
+            device.client.clone(),
+            device.id.clone(),
+            state,
+            i as u64,
+            offset,
+            stats.clone(),
+        ));
+    }
     let mut report = tokio::time::interval(Duration::from_secs(1));
     let stop = stop.wait();
     tokio::pin!(stop);
-    let mut seq: u64 = 0;
     let mut last_sent = 0;
+    let mut last_state = String::new();
     loop {
         tokio::select! {
             () = &mut stop => break,
@@ -648,6 +824,12 @@ pub async fn run(args: SimulateArgs) -> anyhow::Result<()> {
                     if reconnects > 0 { format!("  reconnects {reconnects}") } else { String::new() },
                 );
                 last_sent = sent;
+                // What the fleet reports, when it changed.
+                let state = state_summary(&devices, &stats.state);
+                if state != last_state {
+                    eprintln!("{state}");
+                    last_state = state;
+                }
                 if ota.stats.received.load(Ordering::Relaxed) > 0 {
                     eprintln!("{}", ota.summary());
                 }
@@ -655,20 +837,9 @@ pub async fn run(args: SimulateArgs) -> anyhow::Result<()> {
                     break;
                 }
             }
-            _ = tick.tick() => {
-                let device = &devices[(seq as usize) % devices.len()];
-                let topic = format!("devices/{}/telemetry", device.id);
-                // Each device's readings follow their own curve, one step
-                // per reading of that device.
-                let step = seq / devices.len() as u64;
-                let phase = (seq as usize % devices.len()) as u64;
-                if device.client.try_publish(topic, QoS::AtLeastOnce, false, reading(step, phase)).is_err() {
-                    stats.errors.fetch_add(1, Ordering::Relaxed);
-                }
-                seq += 1;
-            }
         }
     }
+    publishers.abort_all();
     for d in &devices {
         let _ = d
             .client

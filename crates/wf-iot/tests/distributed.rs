@@ -53,7 +53,7 @@ use wf_common::testing::mosquitto::{
     ADMIN as MOSQUITTO_ADMIN, ADMIN_PASSWORD as MOSQUITTO_ADMIN_PASSWORD, MosquittoServer,
 };
 use wf_iot::ota::{Ota, OtaArgs};
-use wf_iot::simulate::{Api, Credentials, Device, Stats, connect_with_ota};
+use wf_iot::simulate::{Api, Behaviour, Credentials, Device, Stats, connect, connect_with};
 
 const BIN: &str = env!("CARGO_BIN_EXE_wf-iot");
 const ADMIN_PASSWORD: &str = "e2e-admin-password";
@@ -824,17 +824,15 @@ async fn connect_devices(
             &format!("{} to connect to Mosquitto", c.id),
             Duration::from_secs(20),
             || async {
-                connect_with_ota(
-                    c,
-                    "127.0.0.1",
-                    port,
-                    stats.clone(),
-                    0.0,
-                    100,
-                    Some(ota.clone()),
-                )
-                .await
-                .ok()
+                // Devices that keep a state, as `wf-iot simulate`'s do.
+                let behaviour = Behaviour {
+                    ota: Some(ota.clone()),
+                    sampling_ms: Some(60_000),
+                    ..Behaviour::default()
+                };
+                connect_with(c, "127.0.0.1", port, stats.clone(), behaviour)
+                    .await
+                    .ok()
             },
         )
         .await;
@@ -876,17 +874,6 @@ async fn publish_readings(
             tokio::time::sleep(interval).await;
         }
     }
-}
-
-/// Handles on the same device connections, for a publishing task.
-fn clients_of(devices: &[Device]) -> Vec<Device> {
-    devices
-        .iter()
-        .map(|d| Device {
-            id: d.id.clone(),
-            client: d.client.clone(),
-        })
-        .collect()
 }
 
 async fn count(db: &Db, sql: &'static str, bind: Option<&str>) -> i64 {
@@ -1046,14 +1033,13 @@ async fn services_run_apart_and_survive_losing_replicas() {
         "a device to connect to mqtt-edge",
         Duration::from_secs(20),
         || async {
-            connect_with_ota(
+            connect(
                 &edge_creds[0],
                 "127.0.0.1",
                 cluster.edge_mqtt_port,
                 stats.clone(),
                 0.0,
                 100,
-                None,
             )
             .await
             .ok()
@@ -1172,6 +1158,41 @@ async fn services_run_apart_and_survive_losing_replicas() {
         started.elapsed().as_secs_f64()
     );
 
+    // A fleet change of device state: device-service publishes the desired
+    // sampling interval through mqtt-gateway to Mosquitto, each device
+    // applies it and reports it back over the bridge, and the job follows
+    // them to convergence. The devices now report the firmware they were
+    // updated to.
+    let (status, job) = operator
+        .post(
+            "/api/v1/shadow-jobs",
+            json!({ "desired": { "sampling_ms": 500 }, "target": { "type": DEVICE_TYPE } }),
+        )
+        .await;
+    assert_eq!(status, StatusCode::CREATED, "{job}");
+    let job_path = format!("/api/v1/shadow-jobs/{}", job["id"].as_str().unwrap());
+    let job = eventually_within(
+        "the shadow job to converge",
+        Duration::from_secs(60),
+        || async {
+            let job = operator.try_get(&job_path).await?;
+            (job["status"] == "completed").then_some(job)
+        },
+    )
+    .await;
+    assert_eq!(job["progress"]["converged"], DEVICES as u64, "{job}");
+    let (_, doc) = operator.get("/api/v1/devices/e2e-00001/shadow").await;
+    assert_eq!(
+        doc["reported"],
+        json!({ "sampling_ms": 500, "fw_version": "2.0.0" }),
+        "{doc}"
+    );
+    assert_eq!(doc["delta"], json!({}), "{doc}");
+    eprintln!(
+        "shadow job converged on {DEVICES} devices after {:.1} s",
+        started.elapsed().as_secs_f64()
+    );
+
     // Redis goes away for a while under load: every service says so on
     // /readyz and keeps running; once it is back they recover by themselves
     // and what devices published meanwhile is stored, once.
@@ -1179,7 +1200,7 @@ async fn services_run_apart_and_survive_losing_replicas() {
     let sent_outage = Arc::new(AtomicU64::new(0));
     let publishing = {
         let sent = sent_outage.clone();
-        let devices = clients_of(&devices);
+        let devices = devices.to_vec();
         tokio::spawn(async move {
             publish_readings(
                 &devices,
@@ -1240,7 +1261,7 @@ async fn services_run_apart_and_survive_losing_replicas() {
     let sent2 = Arc::new(AtomicU64::new(0));
     let publishing = {
         let sent2 = sent2.clone();
-        let devices = clients_of(&devices);
+        let devices = devices.to_vec();
         tokio::spawn(async move {
             publish_readings(&devices, base_ts2, 80, Duration::from_millis(100), &sent2).await;
         })

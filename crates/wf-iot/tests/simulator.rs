@@ -1,7 +1,8 @@
 //! `wf-iot simulate` against a running platform: it fails with a clear
 //! error when its broker is not the platform's, refuses to take over the
-//! devices of a simulation already running, and its devices reconnect by
-//! themselves after the broker restarts.
+//! devices of a simulation already running, its devices keep a reported
+//! state and apply desired changes (online or when they come back), and
+//! they reconnect by themselves after the broker restarts.
 
 #![allow(clippy::unwrap_used)]
 
@@ -343,5 +344,200 @@ async fn devices_reconnect_with_backoff_after_the_platform_restarts() {
     for d in &devices {
         let _ = d.client.disconnect().await;
     }
+    platform.stop().await.unwrap();
+}
+
+/// A device's shadow document, read over REST; `None` until the device
+/// exists.
+async fn shadow(platform: &Platform, api: &Api, id: &str) -> Option<Value> {
+    reqwest::Client::new()
+        .get(format!(
+            "{}/api/v1/devices/{id}/shadow",
+            device_url(platform)
+        ))
+        .bearer_auth(api.token())
+        .send()
+        .await
+        .ok()?
+        .error_for_status()
+        .ok()?
+        .json()
+        .await
+        .ok()
+}
+
+/// Sets desired state over REST.
+async fn desire(platform: &Platform, api: &Api, id: &str, desired: Value) {
+    let resp = reqwest::Client::new()
+        .patch(format!(
+            "{}/api/v1/devices/{id}/shadow",
+            device_url(platform)
+        ))
+        .bearer_auth(api.token())
+        .json(&json!({ "desired": desired }))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(
+        resp.status(),
+        StatusCode::OK,
+        "{}",
+        resp.text().await.unwrap()
+    );
+}
+
+/// How many temperature readings of `id` device-service stored between the
+/// two times (ms).
+async fn readings(platform: &Platform, api: &Api, id: &str, from: i64, to: i64) -> usize {
+    let series: Value = reqwest::Client::new()
+        .get(format!(
+            "{}/api/v1/devices/{id}/telemetry?metric=temperature&from={from}&to={to}&limit=1000",
+            device_url(platform)
+        ))
+        .bearer_auth(api.token())
+        .send()
+        .await
+        .unwrap()
+        .error_for_status()
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    series["points"].as_array().unwrap().len()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn simulated_devices_report_their_state_and_apply_desired_changes() {
+    let dir = tempfile::tempdir().unwrap();
+    let platform = Platform::start_local(dir.path(), PASSWORD).await.unwrap();
+    let api = login(&platform).await;
+    let [one, two] = ["state-00001", "state-00002"];
+
+    // Two devices at one message a second each.
+    let log = dir.path().join("first.log");
+    let file = std::fs::File::create(&log).unwrap();
+    let mut first = simulate(
+        &platform,
+        platform.ports.mqtt,
+        &[
+            "--devices",
+            "2",
+            "--rate",
+            "2",
+            "--duration",
+            "60",
+            "--prefix",
+            "state",
+        ],
+    )
+    .stdout(file.try_clone().unwrap())
+    .stderr(file)
+    .spawn()
+    .unwrap();
+    // Each reports its state when it connects.
+    for id in [one, two] {
+        eventually_within(
+            &format!("{id} to report its state"),
+            Duration::from_secs(30),
+            || async {
+                let doc = shadow(&platform, &api, id).await?;
+                (doc["reported"] == json!({"sampling_ms": 1000, "fw_version": "1.0.0"}))
+                    .then_some(())
+            },
+        )
+        .await;
+    }
+
+    // A faster sampling rate, a firmware version (which only an update
+    // changes) and a key the simulator echoes.
+    desire(
+        &platform,
+        &api,
+        one,
+        json!({"sampling_ms": 200, "fw_version": "9.9.9", "mode": "eco"}),
+    )
+    .await;
+    let doc = eventually_within(
+        "the device to apply what it can",
+        Duration::from_secs(20),
+        || async {
+            let doc = shadow(&platform, &api, one).await?;
+            (doc["reported"]["sampling_ms"] == 200 && doc["reported"]["mode"] == "eco")
+                .then_some(doc)
+        },
+    )
+    .await;
+    assert_eq!(doc["reported"]["fw_version"], "1.0.0");
+    assert_eq!(doc["delta"], json!({"fw_version": "9.9.9"}));
+    // An interval out of range is refused: the device reports what it keeps.
+    desire(&platform, &api, two, json!({"sampling_ms": 5})).await;
+    // The answer changes nothing stored; the simulator counts the refusal.
+    eventually_within(
+        "the simulator to refuse the interval",
+        Duration::from_secs(20),
+        || async {
+            let text = std::fs::read_to_string(&log).ok()?;
+            text.contains("desired keys applied 2, refused 2")
+                .then_some(())
+        },
+    )
+    .await;
+    let doc = shadow(&platform, &api, two).await.unwrap();
+    assert_eq!(doc["reported"]["sampling_ms"], 1000);
+    assert_eq!(doc["delta"], json!({"sampling_ms": 5}));
+
+    // The new interval paces the device's telemetry: about five readings a
+    // second against one.
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let from = wf_common::now_millis();
+    tokio::time::sleep(Duration::from_secs(4)).await;
+    let to = wf_common::now_millis();
+    let (fast, slow) = (
+        readings(&platform, &api, one, from, to).await,
+        readings(&platform, &api, two, from, to).await,
+    );
+    assert!(
+        (14..=24).contains(&fast),
+        "{fast} readings at 200 ms in 4 s"
+    );
+    assert!((3..=5).contains(&slow), "{slow} readings at 1000 ms in 4 s");
+
+    kill(&first, "INT");
+    let status = tokio::task::spawn_blocking(move || first.wait())
+        .await
+        .unwrap()
+        .unwrap();
+    let text = std::fs::read_to_string(&log).unwrap();
+    assert!(status.success(), "{status}:\n{text}");
+    // The simulator shows what its fleet reports.
+    assert!(
+        text.contains("reported state: sampling_ms 1 at 200 ms, 1 at 1000 ms; desired keys applied 2, refused 2"),
+        "{text}"
+    );
+
+    // A change made while the device is away reaches it when it is back.
+    desire(&platform, &api, two, json!({"sampling_ms": 300})).await;
+    let (out, text) = finish(
+        simulate(
+            &platform,
+            platform.ports.mqtt,
+            &[
+                "--devices",
+                "2",
+                "--rate",
+                "2",
+                "--duration",
+                "4",
+                "--prefix",
+                "state",
+            ],
+        ),
+        Duration::from_secs(60),
+    )
+    .await;
+    assert!(out.status.success(), "{text}");
+    let doc = shadow(&platform, &api, two).await.unwrap();
+    assert_eq!(doc["reported"]["sampling_ms"], 300, "{doc}");
+    assert_eq!(doc["delta"], json!({}), "{doc}");
     platform.stop().await.unwrap();
 }
