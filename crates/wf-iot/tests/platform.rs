@@ -684,6 +684,105 @@ async fn every_change_an_operator_makes_is_in_the_audit_log() {
     assert_eq!(sent["details"]["name"], "reboot", "{sent}");
     assert_eq!(sent["details"]["command_id"], command["id"], "{sent}");
 
+    // Device state: desired state, server attributes, a fleet job and its
+    // cancellation.
+    let (status, body) = admin
+        .send(
+            admin
+                .request(
+                    Method::PATCH,
+                    &format!("/api/v1/devices/{device_id}/shadow"),
+                )
+                .json(&json!({ "desired": { "sampling_ms": 500, "led": true } })),
+            "req-shadow-update",
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    let changed = admin
+        .expect_entry(
+            "device.shadow.update",
+            &device_id,
+            "req-shadow-update",
+            by_admin,
+            "success",
+        )
+        .await;
+    assert_eq!(changed["details"]["version"], body["version"], "{changed}");
+    assert_eq!(
+        changed["details"]["desired_keys"],
+        json!(["led", "sampling_ms"]),
+        "{changed}"
+    );
+    let (status, body) = admin
+        .send(
+            admin
+                .request(
+                    Method::PATCH,
+                    &format!("/api/v1/devices/{device_id}/attributes"),
+                )
+                .json(&json!({ "site": "lyon" })),
+            "req-attributes-update",
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    let attributes = admin
+        .expect_entry(
+            "device.attributes.update",
+            &device_id,
+            "req-attributes-update",
+            by_admin,
+            "success",
+        )
+        .await;
+    assert_eq!(
+        attributes["details"]["names"],
+        json!(["site"]),
+        "{attributes}"
+    );
+    let (status, job) = admin
+        .send(
+            admin
+                .request(Method::POST, "/api/v1/shadow-jobs")
+                .json(&json!({
+                    "desired": { "sampling_ms": 250 },
+                    "target": { "attributes": { "site": "lyon" } },
+                    "rate_per_second": 1,
+                })),
+            "req-shadow-job",
+        )
+        .await;
+    assert_eq!(status, StatusCode::CREATED, "{job}");
+    let job_id = job["id"].as_str().unwrap();
+    let created = admin
+        .expect_entry(
+            "shadow_job.create",
+            job_id,
+            "req-shadow-job",
+            by_admin,
+            "success",
+        )
+        .await;
+    assert_eq!(created["details"]["devices"], 1, "{created}");
+    let (status, body) = admin
+        .send(
+            admin.request(
+                Method::POST,
+                &format!("/api/v1/shadow-jobs/{job_id}/cancel"),
+            ),
+            "req-shadow-job-cancel",
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    admin
+        .expect_entry(
+            "shadow_job.cancel",
+            job_id,
+            "req-shadow-job-cancel",
+            by_admin,
+            "success",
+        )
+        .await;
+
     // Handed to another owner, and back.
     for (to, request_id) in [
         ("nobody-such", ""),
@@ -904,7 +1003,7 @@ async fn every_change_an_operator_makes_is_in_the_audit_log() {
         )
         .await;
 
-    // The device's history, exactly: six changes (a refused transfer records nothing), newest first; a
+    // The device's history, exactly: eight changes (a refused transfer records nothing), newest first; a
     // prefix of its id matches nothing.
     let history: Vec<String> = admin
         .audit_of(&device_id)
@@ -917,6 +1016,8 @@ async fn every_change_an_operator_makes_is_in_the_audit_log() {
         [
             "device.delete",
             "device.transfer",
+            "device.attributes.update",
+            "device.shadow.update",
             "device.command",
             "device.secret_rotate",
             "device.update",
