@@ -406,6 +406,25 @@ async fn readings(platform: &Platform, api: &Api, id: &str, from: i64, to: i64) 
     series["points"].as_array().unwrap().len()
 }
 
+/// Two simulated devices, `state-00001` and `state-00002`, at one message
+/// a second each, for `duration` seconds.
+fn two_devices(platform: &Platform, duration: &str) -> Command {
+    simulate(
+        platform,
+        platform.ports.mqtt,
+        &[
+            "--devices",
+            "2",
+            "--rate",
+            "2",
+            "--duration",
+            duration,
+            "--prefix",
+            "state",
+        ],
+    )
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn simulated_devices_report_their_state_and_apply_desired_changes() {
     let dir = tempfile::tempdir().unwrap();
@@ -416,24 +435,11 @@ async fn simulated_devices_report_their_state_and_apply_desired_changes() {
     // Two devices at one message a second each.
     let log = dir.path().join("first.log");
     let file = std::fs::File::create(&log).unwrap();
-    let mut first = simulate(
-        &platform,
-        platform.ports.mqtt,
-        &[
-            "--devices",
-            "2",
-            "--rate",
-            "2",
-            "--duration",
-            "60",
-            "--prefix",
-            "state",
-        ],
-    )
-    .stdout(file.try_clone().unwrap())
-    .stderr(file)
-    .spawn()
-    .unwrap();
+    let mut first = two_devices(&platform, "60")
+        .stdout(file.try_clone().unwrap())
+        .stderr(file)
+        .spawn()
+        .unwrap();
     // Each reports its state when it connects.
     for id in [one, two] {
         eventually_within(
@@ -447,6 +453,11 @@ async fn simulated_devices_report_their_state_and_apply_desired_changes() {
         )
         .await;
     }
+
+    // Past the moment after connecting when the platform sends a device
+    // its pending delta (none here), so that each change below reaches
+    // each device once and the simulator's counts are exact.
+    tokio::time::sleep(Duration::from_secs(2)).await;
 
     // A faster sampling rate, a firmware version (which only an update
     // changes) and a key the simulator echoes.
@@ -517,24 +528,7 @@ async fn simulated_devices_report_their_state_and_apply_desired_changes() {
 
     // A change made while the device is away reaches it when it is back.
     desire(&platform, &api, two, json!({"sampling_ms": 300})).await;
-    let (out, text) = finish(
-        simulate(
-            &platform,
-            platform.ports.mqtt,
-            &[
-                "--devices",
-                "2",
-                "--rate",
-                "2",
-                "--duration",
-                "4",
-                "--prefix",
-                "state",
-            ],
-        ),
-        Duration::from_secs(60),
-    )
-    .await;
+    let (out, text) = finish(two_devices(&platform, "4"), Duration::from_secs(60)).await;
     assert!(out.status.success(), "{text}");
     let doc = shadow(&platform, &api, two).await.unwrap();
     assert_eq!(doc["reported"]["sampling_ms"], 300, "{doc}");

@@ -8,7 +8,7 @@ use reqwest::StatusCode;
 use serde_json::json;
 use wf_common::contract::{
     CommandOutcome, CommandResponded, MetricName, MetricValue, ShadowSection, ShadowSource,
-    ShadowUpdated, StatusChanged, StatusReason, TelemetryBatch, TelemetryMessage,
+    ShadowUpdated, StatusChanged, TelemetryBatch, TelemetryMessage,
 };
 use wf_common::events::EventBus;
 use wf_common::shutdown::Shutdown;
@@ -31,17 +31,7 @@ fn name(metric: &str) -> MetricName {
 }
 
 fn status(device_id: &str, online: bool) -> StatusChanged {
-    StatusChanged {
-        device_id: device_id.into(),
-        online,
-        at: wf_common::now_millis(),
-        reason: if online {
-            StatusReason::Connected
-        } else {
-            StatusReason::Disconnected
-        },
-        broker: None,
-    }
+    StatusChanged::plain(device_id, online, wf_common::now_millis())
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -65,6 +65,24 @@ pub struct StatusChanged {
     pub broker: Option<String>,
 }
 
+impl StatusChanged {
+    /// A device connected (`online`) or cleanly disconnected at `at` (ms),
+    /// on a connection no embedded broker instance holds.
+    pub fn plain(device_id: &str, online: bool, at: i64) -> Self {
+        Self {
+            device_id: device_id.into(),
+            online,
+            at,
+            reason: if online {
+                StatusReason::Connected
+            } else {
+                StatusReason::Disconnected
+            },
+            broker: None,
+        }
+    }
+}
+
 impl Event for StatusChanged {
     const TOPIC: &'static str = topics::DEVICE_STATUS_CHANGED;
 

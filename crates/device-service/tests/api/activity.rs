@@ -2,28 +2,12 @@
 
 use reqwest::{Method, StatusCode};
 use serde_json::{Value, json};
-use wf_common::contract::{
-    CommandOutcome, CommandResponded, MetricValue, StatusChanged, StatusReason,
-};
+use wf_common::contract::{CommandOutcome, CommandResponded, MetricValue, StatusChanged};
 
 use crate::helpers::{TestApp, assert_error, eventually};
 use crate::telemetry::{batch, message};
 
 const T0: i64 = 1_789_999_980_000; // a whole minute since the epoch
-
-fn status(device: &str, online: bool, at: i64) -> StatusChanged {
-    StatusChanged {
-        device_id: device.into(),
-        online,
-        at,
-        reason: if online {
-            StatusReason::Connected
-        } else {
-            StatusReason::Disconnected
-        },
-        broker: None,
-    }
-}
 
 /// `(messages, online)` of every bucket.
 fn counts(activity: &Value) -> Vec<(i64, i64)> {
@@ -90,9 +74,9 @@ async fn activity_counts_messages_online_devices_and_commands_per_bucket() {
     // act-a comes online before the range and leaves in minute 2; act-b
     // comes online in minute 1.
     app.publish(&[
-        status("act-a", true, T0 - 30_000),
-        status("act-b", true, T0 + 62_000),
-        status("act-a", false, T0 + 121_000),
+        StatusChanged::plain("act-a", true, T0 - 30_000),
+        StatusChanged::plain("act-b", true, T0 + 62_000),
+        StatusChanged::plain("act-a", false, T0 + 121_000),
     ])
     .await;
 

@@ -5,9 +5,7 @@ use std::sync::{Arc, Mutex};
 
 use reqwest::{Method, StatusCode};
 use serde_json::{Value, json};
-use wf_common::contract::{
-    ShadowReported, ShadowRequested, ShadowUpdated, StatusChanged, StatusReason,
-};
+use wf_common::contract::{ShadowReported, ShadowRequested, ShadowUpdated, StatusChanged};
 use wf_common::events::{EventBus, run_consumer};
 use wf_proto::device::device_service_client::DeviceServiceClient;
 use wf_proto::device::{GetShadowRequest, UpdateDesiredRequest};
@@ -59,18 +57,8 @@ fn published(app: &TestApp, topic: &str) -> Vec<Value> {
 }
 
 async fn online(app: &TestApp, id: &str, online: bool) {
-    app.publish(&[StatusChanged {
-        device_id: id.into(),
-        online,
-        at: wf_common::now_millis(),
-        reason: if online {
-            StatusReason::Connected
-        } else {
-            StatusReason::Disconnected
-        },
-        broker: None,
-    }])
-    .await;
+    app.publish(&[StatusChanged::plain(id, online, wf_common::now_millis())])
+        .await;
     eventually("the status applied", || async {
         let d = app
             .get_json(&format!("/api/v1/devices/{id}"), &app.admin_token)
