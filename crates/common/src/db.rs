@@ -85,6 +85,24 @@ fn prepare_url(url: &str, dialect: Dialect) -> Result<String, sqlx::Error> {
 }
 
 impl Db {
+    /// The row of `table` whose `id` is this one, read as `columns` with
+    /// `from_row`; `None` when there is none.
+    pub async fn find_by_id<T>(
+        &self,
+        table: &str,
+        columns: &str,
+        id: &str,
+        from_row: impl Fn(&sqlx::any::AnyRow) -> sqlx::Result<T>,
+    ) -> Result<Option<T>, sqlx::Error> {
+        let row = sqlx::query(sqlx::AssertSqlSafe(format!(
+            "SELECT {columns} FROM {table} WHERE id = ?"
+        )))
+        .bind(id)
+        .fetch_optional(&self.pool)
+        .await?;
+        row.as_ref().map(from_row).transpose()
+    }
+
     /// Opens a pool. For MySQL the database must exist (see
     /// [`Db::create_database_if_missing`]).
     pub async fn connect(url: &str, max_connections: u32) -> Result<Self, sqlx::Error> {

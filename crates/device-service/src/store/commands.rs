@@ -98,13 +98,10 @@ impl Store {
     }
 
     pub async fn get_command(&self, id: &str) -> Result<Option<CommandRecord>> {
-        let row = sqlx::query(sqlx::AssertSqlSafe(format!(
-            "SELECT {COLUMNS} FROM device_commands WHERE id = ?"
-        )))
-        .bind(id)
-        .fetch_optional(&self.db.pool)
-        .await?;
-        Ok(row.as_ref().map(from_row).transpose()?)
+        Ok(self
+            .db
+            .find_by_id("device_commands", COLUMNS, id, from_row)
+            .await?)
     }
 
     pub async fn command_by_idempotency_key(

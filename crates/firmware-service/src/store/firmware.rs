@@ -95,13 +95,10 @@ impl Store {
     }
 
     pub async fn get_firmware(&self, id: &str) -> Result<Option<FirmwareRecord>> {
-        let row = sqlx::query(sqlx::AssertSqlSafe(format!(
-            "SELECT {COLUMNS} FROM firmware WHERE id = ?"
-        )))
-        .bind(id)
-        .fetch_optional(&self.db.pool)
-        .await?;
-        Ok(row.as_ref().map(from_row).transpose()?)
+        Ok(self
+            .db
+            .find_by_id("firmware", COLUMNS, id, from_row)
+            .await?)
     }
 
     /// Newest first.

@@ -149,13 +149,10 @@ impl Store {
     }
 
     pub async fn get_rollout(&self, id: &str) -> Result<Option<RolloutRecord>> {
-        let row = sqlx::query(sqlx::AssertSqlSafe(format!(
-            "SELECT {COLUMNS} FROM rollouts WHERE id = ?"
-        )))
-        .bind(id)
-        .fetch_optional(&self.db.pool)
-        .await?;
-        Ok(row.as_ref().map(from_row).transpose()?)
+        Ok(self
+            .db
+            .find_by_id("rollouts", COLUMNS, id, from_row)
+            .await?)
     }
 
     /// Newest first, of one kind, optionally in one state and of one

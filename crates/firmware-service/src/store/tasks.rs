@@ -96,13 +96,10 @@ fn truncate(s: Option<String>, n: usize) -> Option<String> {
 
 impl Store {
     pub async fn get_task(&self, id: &str) -> Result<Option<TaskRecord>> {
-        let row = sqlx::query(sqlx::AssertSqlSafe(format!(
-            "SELECT {COLUMNS} FROM firmware_upgrade_tasks WHERE id = ?"
-        )))
-        .bind(id)
-        .fetch_optional(&self.db.pool)
-        .await?;
-        Ok(row.as_ref().map(from_row).transpose()?)
+        Ok(self
+            .db
+            .find_by_id("firmware_upgrade_tasks", COLUMNS, id, from_row)
+            .await?)
     }
 
     /// A rollout's executions in device order, optionally in one state.
