@@ -174,7 +174,7 @@ impl AppState {
             .store
             .get_user(id)
             .await?
-            .ok_or_else(|| Error::NotFound(format!("no user with id {id:?}")))?;
+            .ok_or_else(|| Error::no_such("user", id))?;
         self.guard_manage_user(caller, &target).await?;
         Ok(target)
     }

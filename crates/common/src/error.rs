@@ -176,6 +176,11 @@ pub enum Error {
 pub type Result<T, E = Error> = std::result::Result<T, E>;
 
 impl Error {
+    /// `404`: there is no `what` (a device, a rollout, ...) with this id.
+    pub fn no_such(what: &str, id: &str) -> Self {
+        Self::NotFound(format!("no {what} with id {id:?}"))
+    }
+
     /// A case of one service's own, answered over HTTP as `http` and over
     /// gRPC with `grpc` and the same message.
     pub fn specific(http: ApiError, grpc: tonic::Code) -> Self {

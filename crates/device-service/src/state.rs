@@ -101,7 +101,7 @@ impl AppState {
     pub async fn device_for(&self, access: &Access, id: &str) -> Result<DeviceRecord> {
         match self.store.get_device(id).await? {
             Some(d) if access.reaches(&d.owner_id) => Ok(d),
-            _ => Err(Error::NotFound(format!("no device with id {id:?}"))),
+            _ => Err(Error::no_such("device", id)),
         }
     }
 }

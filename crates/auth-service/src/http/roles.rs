@@ -56,7 +56,7 @@ async fn load(state: &AppState, id: &str) -> Result<RoleRecord> {
         .store
         .get_role(id)
         .await?
-        .ok_or_else(|| Error::NotFound(format!("no role with id {id:?}")))
+        .ok_or_else(|| Error::no_such("role", id))
 }
 
 #[derive(Serialize, utoipa::ToSchema)]

@@ -54,7 +54,7 @@ async fn load(state: &AppState, id: &str) -> Result<UserDto> {
         .store
         .get_user(id)
         .await?
-        .ok_or_else(|| Error::NotFound(format!("no user with id {id:?}")))?;
+        .ok_or_else(|| Error::no_such("user", id))?;
     let roles = state
         .store
         .roles_of_users(std::slice::from_ref(&user.id))
@@ -236,7 +236,7 @@ pub async fn update(
         .update_user(&id, &update, wf_common::now_millis())
         .await?
     {
-        return Err(Error::NotFound(format!("no user with id {id:?}")));
+        return Err(Error::no_such("user", &id));
     }
     state
         .audit_action(&caller, &client, "user.update", Some(id.clone()), None)
@@ -248,7 +248,7 @@ pub async fn update(
 /// out of administration.
 async fn guard_last_superuser(state: &AppState, id: &str) -> Result<()> {
     let Some(user) = state.store.get_user(id).await? else {
-        return Err(Error::NotFound(format!("no user with id {id:?}")));
+        return Err(Error::no_such("user", id));
     };
     if user.is_superuser
         && user.is_active
@@ -277,7 +277,7 @@ pub async fn delete(
     state.user_to_manage(&caller, &id).await?;
     guard_last_superuser(&state, &id).await?;
     if !state.store.delete_user(&id).await? {
-        return Err(Error::NotFound(format!("no user with id {id:?}")));
+        return Err(Error::no_such("user", &id));
     }
     state
         .audit_action(&caller, &client, "user.delete", Some(id), None)
@@ -303,7 +303,7 @@ pub async fn enable(
         .set_user_active(&id, true, wf_common::now_millis())
         .await?
     {
-        return Err(Error::NotFound(format!("no user with id {id:?}")));
+        return Err(Error::no_such("user", &id));
     }
     state
         .audit_action(&caller, &client, "user.enable", Some(id.clone()), None)
@@ -333,7 +333,7 @@ pub async fn disable(
     guard_last_superuser(&state, &id).await?;
     let now = wf_common::now_millis();
     if !state.store.set_user_active(&id, false, now).await? {
-        return Err(Error::NotFound(format!("no user with id {id:?}")));
+        return Err(Error::no_such("user", &id));
     }
     state.store.revoke_user_tokens(&id, now).await?;
     state

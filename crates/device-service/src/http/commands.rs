@@ -259,7 +259,7 @@ async fn load(state: &AppState, id: &str) -> Result<CommandRecord> {
         .store
         .get_command(id)
         .await?
-        .ok_or_else(|| Error::NotFound(format!("no command with id {id:?}")))
+        .ok_or_else(|| Error::no_such("command", id))
 }
 
 /// Waits until the command is final or `timeout` passes; with

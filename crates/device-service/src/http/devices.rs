@@ -379,7 +379,7 @@ pub async fn update(
         .update_device(&id, &update, wf_common::now_millis())
         .await?
     {
-        return Err(Error::NotFound(format!("no device with id {id:?}")));
+        return Err(Error::no_such("device", &id));
     }
     caller
         .record(
@@ -406,7 +406,7 @@ pub async fn delete(
     let access = caller.require(&state, Permission::DeviceWrite).await?;
     state.device_for(&access, &id).await?;
     if !state.store.delete_device(&id).await? {
-        return Err(Error::NotFound(format!("no device with id {id:?}")));
+        return Err(Error::no_such("device", &id));
     }
     caller
         .record(
@@ -510,7 +510,7 @@ pub async fn transfer(
         .set_owner(&id, owner_id, wf_common::now_millis())
         .await?
     {
-        return Err(Error::NotFound(format!("no device with id {id:?}")));
+        return Err(Error::no_such("device", &id));
     }
     caller
         .record(

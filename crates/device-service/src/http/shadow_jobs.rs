@@ -229,7 +229,7 @@ async fn load(state: &AppState, id: &str, caller: &Caller) -> Result<ShadowJobRe
     let access = caller.require(state, Permission::DeviceRead).await?;
     match state.store.get_shadow_job(id).await? {
         Some(job) if access.owner_filter().is_none() || job.created_by == caller.user_id => Ok(job),
-        _ => Err(Error::NotFound(format!("no shadow job with id {id:?}"))),
+        _ => Err(Error::no_such("shadow job", id)),
     }
 }
 

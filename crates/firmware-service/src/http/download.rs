@@ -231,7 +231,7 @@ pub async fn download(
     let firmware = state.store.get_firmware(&id).await?;
     let who = authorize(&state, &mut parts, &id, q.token.as_deref()).await?;
     let Some(firmware) = firmware else {
-        return Err(Error::NotFound(format!("no firmware with id {id:?}")));
+        return Err(Error::no_such("firmware", &id));
     };
     let size = u64::try_from(firmware.size).unwrap_or_default();
     let etag = format!("\"{}\"", firmware.sha256);

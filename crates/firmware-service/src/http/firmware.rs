@@ -518,7 +518,7 @@ pub async fn get(
     caller.require(&state, Permission::Read).await?;
     match state.store.get_firmware(&id).await? {
         Some(f) => Ok(Json(f.into())),
-        None => Err(Error::NotFound(format!("no firmware with id {id:?}"))),
+        None => Err(Error::no_such("firmware", &id)),
     }
 }
 
@@ -542,7 +542,7 @@ pub async fn delete(
 ) -> Result<StatusCode> {
     let access = caller.require(&state, Permission::Write).await?;
     let Some(firmware) = state.store.get_firmware(&id).await? else {
-        return Err(Error::NotFound(format!("no firmware with id {id:?}")));
+        return Err(Error::no_such("firmware", &id));
     };
     if !access.reaches(&firmware.created_by) {
         metrics::counter!("wf_firmware_refused_total", "reason" => "not_owner").increment(1);
@@ -555,7 +555,7 @@ pub async fn delete(
         ));
     }
     if !state.store.delete_firmware(&id).await? {
-        return Err(Error::NotFound(format!("no firmware with id {id:?}")));
+        return Err(Error::no_such("firmware", &id));
     }
     let details =
         serde_json::json!({"device_type": firmware.device_type, "version": firmware.version});

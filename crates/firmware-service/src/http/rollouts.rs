@@ -678,7 +678,7 @@ pub async fn list(
 async fn load(state: &AppState, access: &Access, id: &str) -> Result<RolloutRecord> {
     match state.store.get_rollout(id).await? {
         Some(r) if r.kind == KIND_ROLLOUT && access.reaches(&r.created_by) => Ok(r),
-        _ => Err(Error::NotFound(format!("no rollout with id {id:?}"))),
+        _ => Err(Error::no_such("rollout", id)),
     }
 }
 

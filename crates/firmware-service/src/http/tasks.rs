@@ -115,7 +115,7 @@ pub struct CreateRequest {
 /// A task the caller may see: another owner's is answered like an unknown
 /// one.
 async fn load(state: &AppState, access: &Access, id: &str) -> Result<(TaskRecord, RolloutRecord)> {
-    let not_found = || Error::NotFound(format!("no upgrade task with id {id:?}"));
+    let not_found = || Error::no_such("upgrade task", id);
     let task = state.store.get_task(id).await?.ok_or_else(not_found)?;
     let rollout = state
         .store
