@@ -5,8 +5,10 @@
 # simulated devices against it (telemetry, commands, over-the-air updates),
 # and drives the console in a real headless Chromium with Playwright
 # (e2e/console.test.mjs): sign-in, devices, a live chart, a command, a
-# firmware upload and a rollout run to completion, the Chinese console, a
-# viewer without write controls, an expired session. Screenshots of every
+# device's state (desired state with If-Match, a stale save refused, server
+# attributes) and a shadow job, a firmware upload and a rollout run to
+# completion, the Chinese console, a viewer without write controls, an
+# expired session. Screenshots of every
 # page go to test-artifacts/console/.
 #
 # Installs what is missing: Debian's chromium (and a CJK font for the

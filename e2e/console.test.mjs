@@ -50,6 +50,24 @@ async function login(username, password) {
   await loaded();
 }
 
+// A REST call with the signed-in user's token, behind the page's back.
+async function rest(method, path, body) {
+  return page.evaluate(async ({ method, path, body }) => {
+    const resp = await fetch(path, {
+      method,
+      headers: { 'content-type': 'application/json', authorization: 'Bearer ' + sessionStorage.getItem('wf.access') },
+      body: body === undefined ? undefined : JSON.stringify(body),
+    });
+    let json = null;
+    try {
+      json = await resp.json();
+    } catch {
+      json = null;
+    }
+    return { status: resp.status, body: json };
+  }, { method, path, body });
+}
+
 // Reloads the audit page until its rows name every one of `actions`
 // (entries from other services arrive through the event bus).
 async function auditShows(actions) {
@@ -271,6 +289,155 @@ test('a device links to its audit history, which lists its changes', async () =>
   await page.waitForSelector('#audit-rows td.empty');
   assert.match(page.url(), /target=no-such-target/);
   await shot('05b-device-audit');
+});
+
+test('a device\'s state tab shows its shadow and saves desired state onto the version shown', async () => {
+  const shadowPath = `/api/v1/devices/${SIM_DEVICE}/shadow`;
+  await go(`/devices/${SIM_DEVICE}`);
+  await page.getByRole('tab', { name: 'State' }).click();
+  assert.equal(new URL(page.url()).hash, '#state');
+  assert.equal(await page.getByRole('tab', { name: 'State' }).getAttribute('aria-selected'), 'true');
+  assert.equal(await page.locator('#chart').isVisible(), false);
+  await page.waitForSelector('#shadow-card[data-loaded="true"][data-version]');
+  // The page shows the document the API returns.
+  const doc = (await rest('GET', shadowPath)).body;
+  assert.deepEqual(JSON.parse(await page.locator('#shadow-reported-json').textContent()), doc.reported);
+  assert.deepEqual(JSON.parse(await page.locator('#shadow-desired-json').textContent()), doc.desired);
+  // Desired state set in the editor: it shows in desired, with the time
+  // it changed, and in the delta until the device reports it.
+  const editor = page.getByLabel('Desired state (JSON object)');
+  await editor.fill(JSON.stringify({ ...doc.desired, console_mode: 'eco', console_level: 3 }, null, 2));
+  await page.getByRole('button', { name: 'Save desired state' }).click();
+  await page.getByText(/^Desired state saved \(version \d+\)\.$/).waitFor();
+  const desired = () => page.locator('#shadow-desired-json').textContent().then(JSON.parse);
+  assert.equal((await desired()).console_mode, 'eco');
+  assert.equal((await desired()).console_level, 3);
+  assert.match(await page.locator('#shadow-desired-times').textContent(), /console_mode.*20\d\d/);
+  const delta = JSON.parse(await page.locator('#shadow-delta-json').textContent());
+  const reported = JSON.parse(await page.locator('#shadow-reported-json').textContent());
+  assert.ok(delta.console_mode === 'eco' || reported.console_mode === 'eco', JSON.stringify({ delta, reported }));
+  const saved = (await rest('GET', shadowPath)).body;
+  assert.equal(saved.desired.console_mode, 'eco');
+  assert.equal(await page.locator('#shadow-card').getAttribute('data-version'), String(saved.version));
+  // A key taken out of the editor is deleted.
+  const edited = JSON.parse(await editor.inputValue());
+  delete edited.console_level;
+  await editor.fill(JSON.stringify(edited, null, 2));
+  await page.getByRole('button', { name: 'Save desired state' }).click();
+  await page.waitForFunction(() => !JSON.parse(document.querySelector('#shadow-desired-json').textContent).console_level);
+  // The history says who changed what.
+  await page.waitForFunction(() => document.querySelectorAll('#shadow-history-rows tr[data-source="user"]').length >= 2);
+  const latest = page.locator('#shadow-history-rows tr[data-source="user"]').first();
+  assert.match(await latest.textContent(), /Desired.*User: admin \(you\).*"console_level":null/);
+  await shot('05d-device-state');
+
+  // Someone else changes the state behind the page's back: the stream
+  // brings the new version, the editor keeps the edit and warns; saving
+  // is refused (412) and the editor reloads.
+  await editor.fill(JSON.stringify({ ...edited, console_mode: 'boost' }, null, 2));
+  const before = Number(await page.locator('#shadow-card').getAttribute('data-version'));
+  const other = await rest('PATCH', shadowPath, { desired: { console_level: 7 } });
+  assert.equal(other.status, 200);
+  await page.waitForFunction((v) => Number(document.querySelector('#shadow-card').dataset.version) > v, before, { timeout: 20000 });
+  assert.equal((await desired()).console_level, 7);
+  await page.locator('#desired-stale').waitFor({ state: 'visible' });
+  await page.getByRole('button', { name: 'Save desired state' }).click();
+  const error = page.locator('#desired-form .form-error');
+  await error.waitFor({ state: 'visible' });
+  assert.match(await error.textContent(), /changed meanwhile \(now version \d+\), so your edit was not saved\. Reloaded/);
+  const reloaded = JSON.parse(await editor.inputValue());
+  assert.equal(reloaded.console_mode, 'eco', 'the edit was not applied');
+  assert.equal(reloaded.console_level, 7, 'the other change shows');
+  assert.equal(await page.locator('#desired-stale').isVisible(), false);
+  assert.equal((await rest('GET', shadowPath)).body.desired.console_mode, 'eco');
+  await shot('05e-device-state-conflict');
+  // A state the server refuses (nested deeper than 8 levels): its reason.
+  await editor.fill(JSON.stringify({ ...reloaded, deep: { a: { b: { c: { d: { e: { f: { g: { h: 1 } } } } } } } } }));
+  await page.getByRole('button', { name: 'Save desired state' }).click();
+  await page.waitForFunction(() => /deeper than 8 levels/.test(document.querySelector('#desired-form .form-error').textContent));
+  assert.match(await error.textContent(), /^Please check the values: /);
+  await page.getByRole('button', { name: 'Reload' }).click();
+  await error.waitFor({ state: 'hidden' });
+
+  // Server attributes: text stays text, JSON stays JSON, one is removed.
+  await page.locator('#attr-name').fill('site');
+  await page.locator('#attr-value').fill('lyon');
+  await page.getByRole('button', { name: 'Set attribute' }).click();
+  await page.waitForSelector('#attribute-rows tr[data-attribute="site"]');
+  await page.locator('#attr-name').fill('floor');
+  await page.locator('#attr-value').fill('2');
+  await page.getByRole('button', { name: 'Set attribute' }).click();
+  await page.waitForSelector('#attribute-rows tr[data-attribute="floor"]');
+  const attrs = (await rest('GET', `/api/v1/devices/${SIM_DEVICE}/attributes`)).body.attributes;
+  assert.deepEqual(attrs, { floor: 2, site: 'lyon' });
+  assert.equal(await page.locator('#attribute-rows tr[data-attribute="site"] td.value').textContent(), 'lyon');
+  await page.getByRole('button', { name: 'Change attribute site' }).click();
+  assert.equal(await page.locator('#attr-value').inputValue(), 'lyon');
+  await page.getByRole('button', { name: 'Delete attribute floor' }).click();
+  await page.locator('#confirm-dialog').getByRole('button', { name: 'Confirm' }).click();
+  await page.waitForFunction(() => !document.querySelector('#attribute-rows tr[data-attribute="floor"]'));
+  await page.locator('#attr-name').fill('');
+  await page.locator('#attr-value').fill('');
+  await shot('05f-device-attributes');
+  // The tab survives a reload; the overview is one click away.
+  await page.reload();
+  await loaded();
+  await page.waitForSelector('#shadow-card[data-loaded="true"]');
+  await page.getByRole('tab', { name: 'Overview' }).click();
+  assert.equal(new URL(page.url()).hash, '');
+  await page.waitForFunction(() => Number(document.querySelector('#chart').dataset.points || 0) > 0, null, { timeout: 20000 });
+});
+
+test('a shadow job sets desired state on the simulated devices and shows its progress', async () => {
+  await go('/');
+  await page.locator('.mainnav').getByRole('link', { name: 'Shadow jobs', exact: true }).click();
+  await page.waitForURL(/\/shadow-jobs$/);
+  await loaded();
+  await page.getByRole('button', { name: 'New shadow job' }).click();
+  await page.getByLabel('Desired state (JSON object)').fill('{"sampling_ms": 750}');
+  await page.getByLabel('Tag', { exact: true }).fill('simulated');
+  await page.getByLabel('Server attributes').fill('no equals sign');
+  await page.getByRole('button', { name: 'Start job' }).click();
+  const formError = page.locator('#job-form .form-error');
+  await formError.waitFor({ state: 'visible' });
+  assert.match(await formError.textContent(), /"no equals sign" is not name=value/);
+  await page.getByLabel('Server attributes').fill('');
+  await page.getByLabel('Devices per second').fill('2');
+  await page.getByRole('button', { name: 'Start job' }).click();
+  await page.waitForURL(/\/shadow-jobs\/[^/]+$/);
+  await loaded();
+  const jobId = new URL(page.url()).pathname.split('/').pop();
+  await page.waitForSelector('#job-progress[data-targeted="3"]');
+  // Every simulated device is connected: each one gets it.
+  await page.waitForSelector('#job-progress[data-delivered="3"]', { timeout: 30000 });
+  assert.match(await page.locator('#job-legend').textContent(), /Targeted: 3/);
+  assert.match(await page.locator('#job-props').textContent(), /tag simulated.*2 per second.*admin \(you\)/);
+  assert.deepEqual(JSON.parse(await page.locator('#job-desired').textContent()), { sampling_ms: 750 });
+  await shot('05g-shadow-job');
+  // Devices that apply their deltas complete it; else it is cancelled.
+  if ((await page.locator('#job-status').getAttribute('data-status')) === 'running') {
+    await page.getByRole('button', { name: 'Cancel job' }).click();
+    await page.locator('#confirm-dialog').getByRole('button', { name: 'Confirm' }).click();
+  }
+  await page.waitForSelector('#job-status[data-status="cancelled"], #job-status[data-status="completed"]');
+  assert.equal(await page.getByRole('button', { name: 'Cancel job' }).isVisible(), false);
+  const status = await page.locator('#job-status').getAttribute('data-status');
+  // The list shows it with its progress.
+  await page.locator('.crumbs').getByRole('link', { name: 'Shadow jobs' }).click();
+  await loaded();
+  const row = page.locator(`#job-rows tr[data-job="${jobId}"]`);
+  await row.waitFor();
+  assert.equal(await row.getAttribute('data-status'), status);
+  assert.match(await row.textContent(), /"sampling_ms":750.*tag simulated/);
+  assert.equal(await row.locator('.stackbar').count(), 1);
+  await shot('05h-shadow-jobs');
+  // The device's state holds it, and its history names the job.
+  await go(`/devices/${SIM_DEVICE}#state`);
+  await page.waitForSelector('#shadow-card[data-loaded="true"]');
+  assert.equal(JSON.parse(await page.locator('#shadow-desired-json').textContent()).sampling_ms, 750);
+  const byJob = page.locator('#shadow-history-rows tr[data-source="job"]').first();
+  await byJob.waitFor();
+  assert.equal(await byJob.getByRole('link', { name: 'Shadow job' }).getAttribute('href'), `/shadow-jobs/${jobId}`);
 });
 
 test('a selection grows from one page to every device matching the filter', async () => {
@@ -542,6 +709,25 @@ test('the console switches to Simplified Chinese and back', async () => {
   assert.match(await page.locator('#status-rows td[data-reason="connected"], #status-rows td[data-reason="status_message"]').first().textContent(), /已连接到消息服务器|设备自行上报状态/);
   assert.match(await page.locator('#device-props').textContent(), /20\d\d\/\d\d\/\d\d/);
   await shot('13a-device-zh');
+  // The device's state and the shadow jobs in Chinese.
+  await page.getByRole('tab', { name: '设备影子' }).click();
+  await page.waitForSelector('#shadow-card[data-loaded="true"]');
+  assert.ok(await page.getByRole('heading', { name: '上报状态' }).isVisible());
+  assert.ok(await page.getByRole('heading', { name: '服务端属性' }).isVisible());
+  assert.ok(await page.getByRole('button', { name: '保存期望状态' }).isVisible());
+  assert.match(await page.locator('#shadow-version').textContent(), /^版本 \d+$/);
+  assert.match(await page.locator('#shadow-history-rows').textContent(), /期望/);
+  await shot('13c-device-state-zh');
+  await page.locator('.mainnav').getByRole('link', { name: '影子任务', exact: true }).click();
+  await page.waitForURL(/\/shadow-jobs$/);
+  await loaded();
+  assert.ok(await page.getByRole('heading', { name: '影子任务', exact: true }).isVisible());
+  await page.waitForSelector('#job-rows tr[data-job]');
+  assert.match(await page.locator('#job-rows').textContent(), /已取消|已完成/);
+  assert.match(await page.locator('#job-rows').textContent(), /标签 simulated/);
+  await page.getByRole('button', { name: '新建影子任务' }).click();
+  assert.ok(await page.getByLabel('期望状态（JSON 对象）').isVisible());
+  await shot('13d-shadow-jobs-zh');
   await go('/admin/roles');
   await page.waitForSelector('tr[data-role="viewer"]');
   assert.match(await page.locator('tr[data-role="viewer"] td[data-scope]').textContent(), /全部设备/);
@@ -565,7 +751,7 @@ test('the account page says who is signed in', async () => {
 
 test('pages fit a tablet without sideways scrolling', async () => {
   await page.setViewportSize({ width: 820, height: 1180 });
-  for (const path of ['/', '/devices', `/devices/${SIM_DEVICE}`, '/rollouts', '/admin/users']) {
+  for (const path of ['/', '/devices', `/devices/${SIM_DEVICE}`, '/shadow-jobs', '/rollouts', '/admin/users']) {
     await go(path);
     const overflow = await page.evaluate(() => document.documentElement.scrollWidth - window.innerWidth);
     assert.ok(overflow <= 0, `${path} is ${overflow}px too wide`);
@@ -573,6 +759,13 @@ test('pages fit a tablet without sideways scrolling', async () => {
   await go(`/devices/${SIM_DEVICE}`);
   await page.waitForFunction(() => Number(document.querySelector('#chart').dataset.points || 0) > 0, null, { timeout: 20000 });
   await shot('14-tablet-device');
+  // The same page's State tab, opened by its address.
+  await page.goto(`${BASE}/devices/${SIM_DEVICE}#state`);
+  await page.waitForSelector('#shadow-card[data-loaded="true"]');
+  assert.equal(await page.getByRole('tab', { name: 'State' }).getAttribute('aria-selected'), 'true');
+  const overflow = await page.evaluate(() => document.documentElement.scrollWidth - window.innerWidth);
+  assert.ok(overflow <= 0, `the State tab is ${overflow}px too wide`);
+  await shot('14a-tablet-device-state');
   await page.setViewportSize({ width: 1366, height: 900 });
 });
 
@@ -597,6 +790,26 @@ test('a viewer sees no write controls and the server refuses them anyway', async
     assert.equal(await page.getByRole('button', { name, exact: true }).isVisible(), false, name);
   }
   assert.equal(await page.getByRole('link', { name: 'Audit history' }).isVisible(), false);
+  // The state can be read, not changed.
+  await page.getByRole('tab', { name: 'State' }).click();
+  await page.waitForSelector('#shadow-card[data-loaded="true"]');
+  assert.equal(JSON.parse(await page.locator('#shadow-desired-json').textContent()).sampling_ms, 750);
+  await page.waitForSelector('#attribute-rows tr[data-attribute="site"]');
+  for (const name of ['Save desired state', 'Reload', 'Set attribute', 'Change attribute site', 'Delete attribute site']) {
+    assert.equal(await page.getByRole('button', { name, exact: true }).isVisible(), false, name);
+  }
+  assert.equal(await page.locator('#desired-json').isVisible(), false);
+  assert.equal(await page.locator('#attribute-rows button').count(), 0);
+  await shot('15a-viewer-device-state');
+  await go('/shadow-jobs');
+  await page.waitForSelector('#job-rows tr[data-job]');
+  assert.equal(await page.getByRole('button', { name: 'New shadow job' }).isVisible(), false);
+  await page.locator('#job-rows tr[data-job] a').first().click();
+  await loaded();
+  await page.waitForSelector('#job-status[data-status]');
+  assert.equal(await page.getByRole('button', { name: 'Cancel job' }).isVisible(), false);
+  const refused = await rest('PATCH', `/api/v1/devices/${SIM_DEVICE}/shadow`, { desired: { console_mode: 'viewer' } });
+  assert.equal(refused.status, 403);
   await go('/firmware');
   await page.waitForSelector('#firmware-rows tr[data-firmware]');
   assert.equal(await page.getByRole('button', { name: 'Upload firmware' }).isVisible(), false);

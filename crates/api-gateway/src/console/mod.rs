@@ -42,6 +42,8 @@ pub enum Page {
     Dashboard,
     Devices,
     Device,
+    ShadowJobs,
+    ShadowJob,
     Firmware,
     Rollouts,
     Rollout,
@@ -53,11 +55,13 @@ pub enum Page {
 }
 
 impl Page {
-    pub const ALL: [Page; 12] = [
+    pub const ALL: [Page; 14] = [
         Page::Login,
         Page::Dashboard,
         Page::Devices,
         Page::Device,
+        Page::ShadowJobs,
+        Page::ShadowJob,
         Page::Firmware,
         Page::Rollouts,
         Page::Rollout,
@@ -74,6 +78,8 @@ impl Page {
             Self::Dashboard => "dashboard.html",
             Self::Devices => "devices.html",
             Self::Device => "device.html",
+            Self::ShadowJobs => "shadow_jobs.html",
+            Self::ShadowJob => "shadow_job.html",
             Self::Firmware => "firmware.html",
             Self::Rollouts => "rollouts.html",
             Self::Rollout => "rollout.html",
@@ -92,6 +98,8 @@ impl Page {
             Self::Dashboard => "dashboard",
             Self::Devices => "devices",
             Self::Device => "device",
+            Self::ShadowJobs => "shadow_jobs",
+            Self::ShadowJob => "shadow_job",
             Self::Firmware => "firmware",
             Self::Rollouts => "rollouts",
             Self::Rollout => "rollout",
@@ -110,6 +118,8 @@ impl Page {
             Self::Dashboard => "nav.dashboard",
             Self::Devices => "nav.devices",
             Self::Device => "device.title",
+            Self::ShadowJobs => "nav.shadow_jobs",
+            Self::ShadowJob => "shadow_job.title",
             Self::Firmware => "nav.firmware",
             Self::Rollouts => "nav.rollouts",
             Self::Rollout => "rollout.title",
@@ -126,6 +136,7 @@ impl Page {
         match self {
             Self::Dashboard => "dashboard",
             Self::Devices | Self::Device => "devices",
+            Self::ShadowJobs | Self::ShadowJob => "shadow_jobs",
             Self::Firmware => "firmware",
             Self::Rollouts | Self::Rollout => "rollouts",
             Self::Users => "users",
@@ -165,8 +176,8 @@ impl Console {
         &self.assets
     }
 
-    /// Renders `page` in `lang`; `subject` is the device or rollout id of
-    /// a detail page.
+    /// Renders `page` in `lang`; `subject` is the device, shadow job or
+    /// rollout id of a detail page.
     pub fn render(&self, page: Page, lang: Lang, subject: Option<&str>) -> anyhow::Result<String> {
         let catalog = self.catalogs.get(lang);
         let title = catalog
@@ -251,12 +262,17 @@ pub fn secure(h: &mut HeaderMap) {
     );
 }
 
-const TEMPLATES: [(&str, &str); 13] = [
+const TEMPLATES: [(&str, &str); 15] = [
     ("base.html", include_str!("templates/base.html")),
     ("login.html", include_str!("templates/login.html")),
     ("dashboard.html", include_str!("templates/dashboard.html")),
     ("devices.html", include_str!("templates/devices.html")),
     ("device.html", include_str!("templates/device.html")),
+    (
+        "shadow_jobs.html",
+        include_str!("templates/shadow_jobs.html"),
+    ),
+    ("shadow_job.html", include_str!("templates/shadow_job.html")),
     ("firmware.html", include_str!("templates/firmware.html")),
     ("rollouts.html", include_str!("templates/rollouts.html")),
     ("rollout.html", include_str!("templates/rollout.html")),
@@ -305,6 +321,8 @@ impl Page {
             Self::Account => Route::Plain("/account"),
             Self::Devices => Route::Plain("/devices"),
             Self::Device => Route::WithId("/devices/{id}"),
+            Self::ShadowJobs => Route::Plain("/shadow-jobs"),
+            Self::ShadowJob => Route::WithId("/shadow-jobs/{id}"),
             Self::Firmware => Route::Plain("/firmware"),
             Self::Rollouts => Route::Plain("/rollouts"),
             Self::Rollout => Route::WithId("/rollouts/{id}"),

@@ -115,8 +115,16 @@ const API_PREFIX: &str = "/api/v1/";
 /// First path segments of the web console (and `/` itself). Everything the
 /// console serves lives under these, so it never shadows `/api`, `/docs`,
 /// `/.well-known` or the ops endpoints.
-pub const CONSOLE_ROOTS: [&str; 8] = [
-    "login", "account", "devices", "firmware", "rollouts", "admin", "assets", "lang",
+pub const CONSOLE_ROOTS: [&str; 9] = [
+    "login",
+    "account",
+    "devices",
+    "shadow-jobs",
+    "firmware",
+    "rollouts",
+    "admin",
+    "assets",
+    "lang",
 ];
 
 /// Whether `path` belongs to the web console.
@@ -327,6 +335,8 @@ mod tests {
             "/assets/app.js",
             "/lang/zh-CN",
             "/rollouts/r1",
+            "/shadow-jobs",
+            "/shadow-jobs/j1",
         ] {
             let r = classify(&Method::GET, path);
             assert_eq!(r.target, Target::Console, "{path}");
@@ -341,6 +351,9 @@ mod tests {
             "/readyz",
             "/.well-known/jwks.json",
             "/devicesx",
+            "/shadow-jobsx",
+            "/api/v1/shadow-jobs",
+            "/api/v1/shadow-jobs/j1/cancel",
             "/elsewhere",
             "//devices",
         ] {

@@ -12,12 +12,14 @@ use wf_common::contract::{MetricName, MetricValue, TelemetryBatch, TelemetryMess
 
 use crate::helpers::{EventReader, TestApp, assert_error};
 
-const PAGES: [&str; 11] = [
+const PAGES: [&str; 13] = [
     "/",
     "/login",
     "/account",
     "/devices",
     "/devices/boiler-01",
+    "/shadow-jobs",
+    "/shadow-jobs/j-1",
     "/firmware",
     "/rollouts",
     "/rollouts/r-1",
@@ -168,7 +170,13 @@ async fn assets_are_embedded_and_revalidated_by_etag() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn unknown_pages_are_a_readable_404_and_the_apis_keep_their_envelope() {
     let app = TestApp::spawn().await;
-    for path in ["/devices/a/b", "/admin", "/admin/nothing", "/rollouts/r1/x"] {
+    for path in [
+        "/devices/a/b",
+        "/admin",
+        "/admin/nothing",
+        "/rollouts/r1/x",
+        "/shadow-jobs/j1/x",
+    ] {
         let resp = page(&app, path, &[]).await;
         assert_eq!(resp.status(), StatusCode::NOT_FOUND, "{path}");
         assert_eq!(resp.headers()[CONTENT_TYPE], "text/html; charset=utf-8");
@@ -198,6 +206,24 @@ async fn page_shells_carry_no_data_and_the_server_still_refuses_a_viewer() {
     assert!(html.contains("id=\"new-user\" data-perm=\"user:manage\" hidden"));
     let devices = page(&app, "/devices", &[]).await.text().await.unwrap();
     assert!(devices.contains("id=\"new-device\" data-perm=\"device:write\" hidden"));
+    // A device's state: readable by all, its editors for writers only.
+    let device = page(&app, "/devices/boiler-01", &[])
+        .await
+        .text()
+        .await
+        .unwrap();
+    assert!(device.contains("role=\"tab\" id=\"tab-state\""));
+    assert!(device.contains("id=\"shadow-card\""));
+    assert!(device.contains(
+        "id=\"attribute-form\" class=\"form grid-form\" data-perm=\"device:write\" hidden"
+    ));
+    let jobs = page(&app, "/shadow-jobs", &[]).await.text().await.unwrap();
+    assert!(jobs.contains("id=\"new-job\" data-perm=\"device:write\" hidden"));
+    assert!(
+        jobs.contains(
+            "href=\"/shadow-jobs\" data-perm=\"device:read\" hidden aria-current=\"page\""
+        )
+    );
     // ...and the data behind it needs the permission.
     let anonymous = app
         .request(reqwest::Method::GET, "/api/v1/users", None, None)

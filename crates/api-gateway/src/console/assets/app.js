@@ -107,7 +107,7 @@
     succeeded: 'ok', completed: 'ok', online: 'ok', success: 'ok',
     failed: 'bad', timed_out: 'warn', aborted: 'bad', rejected: 'bad', failure: 'bad', denied: 'warn',
     running: 'info', notified: 'info', downloading: 'info', installing: 'info', sent: 'info',
-    paused: 'warn', pending: 'muted', queued: 'muted', scheduled: 'muted', canceled: 'muted',
+    paused: 'warn', pending: 'muted', queued: 'muted', scheduled: 'muted', canceled: 'muted', cancelled: 'muted',
   };
 
   function stateBadge(prefix, state) {
@@ -135,6 +135,73 @@
 
   function pre(value) {
     return h('pre', { class: 'json', text: JSON.stringify(value, null, 2) });
+  }
+
+  // Tabs: buttons with role=tab in a role=tablist, each showing the panel
+  // its aria-controls names. The chosen tab (other than the first) is kept
+  // in the address's #hash, so a reload or a link opens it; the arrow keys,
+  // Home and End move between tabs. `onShow(name)` follows every change.
+  function tabs(list, onShow) {
+    const all = $$('[role=tab]', list);
+    const show = (tab, focus) => {
+      for (const b of all) {
+        const on = b === tab;
+        b.setAttribute('aria-selected', String(on));
+        b.tabIndex = on ? 0 : -1;
+        document.getElementById(b.getAttribute('aria-controls')).hidden = !on;
+      }
+      if (focus) tab.focus();
+      const hash = tab === all[0] ? '' : '#' + tab.dataset.tab;
+      if (location.hash !== hash) history.replaceState(null, '', location.pathname + location.search + hash);
+      wireLanguageLinks();
+      if (onShow) onShow(tab.dataset.tab);
+    };
+    for (const b of all) {
+      b.addEventListener('click', () => show(b, false));
+      b.addEventListener('keydown', (ev) => {
+        const i = all.indexOf(b);
+        const to = { ArrowRight: i + 1, ArrowLeft: i - 1, Home: 0, End: all.length - 1 }[ev.key];
+        if (to === undefined) return;
+        ev.preventDefault();
+        show(all[(to + all.length) % all.length], true);
+      });
+    }
+    window.addEventListener('hashchange', () => {
+      const tab = all.find((b) => '#' + b.dataset.tab === location.hash);
+      if (tab) show(tab, false);
+    });
+    show(all.find((b) => '#' + b.dataset.tab === location.hash) || all[0], false);
+  }
+
+  // Users by id, for saying who owns or did something: the reader is
+  // "name (you)"; others go by username to those who may look users up
+  // (resolveUsers), else by id.
+  const users = new Map();
+
+  function userLabel(id) {
+    if (ME && id === ME.id) return t('devices.owner_you', { name: ME.username });
+    return users.get(id) || null;
+  }
+
+  function userCell(id) {
+    if (!id) return '–';
+    const name = userLabel(id);
+    return name ? h('span', { title: id, text: name }) : h('span', { class: 'mono', text: id });
+  }
+
+  // Looks the users not known yet up, once each; `then()` after each found.
+  function resolveUsers(ids, then) {
+    if (!can('user:manage')) return;
+    for (const id of new Set(ids)) {
+      if (!id || userLabel(id) || users.has(id)) continue;
+      users.set(id, null);
+      api('GET', '/api/v1/users/' + enc(id)).then((u) => {
+        users.set(id, u.full_name ? `${u.username} (${u.full_name})` : u.username);
+        then();
+      }).catch(() => {
+        // Unknown or gone: the id stays.
+      });
+    }
   }
 
   // --------------------------------------------------------- messages
@@ -300,9 +367,11 @@
     location.assign('/login?expired=1&next=' + encodeURIComponent(location.pathname + location.search));
   }
 
-  async function api(method, path, body) {
+  // A call to the REST API with the user's token; `extra` adds request
+  // headers (If-Match).
+  async function api(method, path, body, extra) {
     const send = () => {
-      const headers = {};
+      const headers = { ...(extra || {}) };
       if (Session.access) headers.authorization = 'Bearer ' + Session.access;
       let payload;
       if (body instanceof FormData) payload = body;
@@ -1066,23 +1135,48 @@
     ['canceled', ['canceled']],
   ];
 
-  function progressBar(counts, total, small) {
-    const bar = h('div', { class: 'stackbar' + (small ? ' small' : ''), role: 'img' });
-    const parts = [];
-    for (const [name, states] of BAR_PARTS) {
-      const n = states.reduce((sum, s) => sum + ((counts || {})[s] || 0), 0);
-      if (n > 0) {
-        const seg = h('span', { class: 'seg seg-' + name, title: label('bar', name) + ': ' + n });
-        seg.style.width = ((n / Math.max(1, total)) * 100).toFixed(2) + '%';
-        bar.append(seg);
-      }
-      parts.push([name, n]);
+  // A stacked bar of `parts` ([name, count] in order) out of `total`: one
+  // segment per part, coloured by its class seg-<name> and titled with the
+  // catalog's `<labels>.<name>`. Small: in a table row, with done/total
+  // beside it; else the bar, its parts kept for showBar().
+  function stackBar(parts, total, done, labels, ariaLabel, small) {
+    const bar = h('div', { class: 'stackbar' + (small ? ' small' : ''), role: 'img', 'aria-label': ariaLabel });
+    for (const [name, n] of parts) {
+      if (n <= 0) continue;
+      const seg = h('span', { class: 'seg seg-' + name, title: label(labels, name) + ': ' + n });
+      seg.style.width = ((n / Math.max(1, total)) * 100).toFixed(2) + '%';
+      bar.append(seg);
     }
-    const done = (counts || {}).succeeded || 0;
-    bar.setAttribute('aria-label', t('rollouts.bar_label', { done, total }));
     if (small) return h('span', { class: 'barwrap' }, bar, h('span', { class: 'muted small', text: done + '/' + total }));
     bar.parts = parts;
+    bar.labels = labels;
     return bar;
+  }
+
+  // Puts a big bar in place of the element with its id and lists its
+  // parts, then the total, in the legend `ul`.
+  function showBar(id, bar, ul, totalLabel, total) {
+    bar.classList.add('big');
+    bar.id = id;
+    document.getElementById(id).replaceWith(bar);
+    fill(ul, bar.parts.map(([name, n]) => h('li', { 'data-part': name }, h('span', { class: 'swatch seg-' + name }), label(bar.labels, name) + ': ', h('strong', { text: n }))),
+      h('li', { 'data-part': 'total' }, totalLabel + ': ', h('strong', { text: total })));
+  }
+
+  // A rollout's executions by state.
+  function progressBar(counts, total, small) {
+    const parts = BAR_PARTS.map(([name, states]) => [name, states.reduce((sum, s) => sum + ((counts || {})[s] || 0), 0)]);
+    const done = (counts || {}).succeeded || 0;
+    return stackBar(parts, total, done, 'bar', t('rollouts.bar_label', { done, total }), small);
+  }
+
+  // A shadow job's devices: converged, delivered but not reported back
+  // yet, pending (not delivered), failed.
+  function jobBar(p, small) {
+    const parts = [
+      ['converged', p.converged], ['delivered', p.delivered - p.converged], ['pending', p.pending], ['failed', p.failed],
+    ];
+    return stackBar(parts, p.targeted, p.converged, 'jobbar', t('jobs.bar_label', { done: p.converged, total: p.targeted }), small);
   }
 
   // --------------------------------------------------------------- devices
@@ -1332,6 +1426,246 @@
     });
   };
 
+  // ---------------------------------------------------------- device state
+
+  const hasOwn = (o, key) => Object.prototype.hasOwnProperty.call(o, key);
+  const isPlainObject = (v) => v !== null && typeof v === 'object' && !Array.isArray(v);
+
+  // The merge patch (RFC 7386) that turns the object `from` into `to`: new
+  // and changed keys with their values, removed keys as null, objects on
+  // both sides compared key by key.
+  function mergePatch(from, to) {
+    const patch = {};
+    for (const key of Object.keys(from)) {
+      if (!hasOwn(to, key)) patch[key] = null;
+    }
+    for (const [key, value] of Object.entries(to)) {
+      const old = hasOwn(from, key) ? from[key] : undefined;
+      if (isPlainObject(old) && isPlainObject(value)) {
+        const inner = mergePatch(old, value);
+        if (Object.keys(inner).length) patch[key] = inner;
+      } else if (JSON.stringify(old) !== JSON.stringify(value)) {
+        patch[key] = value;
+      }
+    }
+    return patch;
+  }
+
+  // The leaves of a shadow's metadata section (the time, in ms, each key
+  // last changed) by their dotted paths.
+  function leafTimes(meta, prefix) {
+    const out = [];
+    for (const [key, value] of Object.entries(meta || {})) {
+      const path = prefix ? prefix + '.' + key : key;
+      if (isPlainObject(value)) out.push(...leafTimes(value, path));
+      else out.push([path, value]);
+    }
+    return out;
+  }
+
+  // A server attribute as typed: JSON when it reads as JSON (a number,
+  // true, false, a quoted string, an object, a list), else the text.
+  function parseAttribute(text) {
+    const trimmed = text.trim();
+    try {
+      const value = JSON.parse(trimmed);
+      if (value !== null) return value;
+    } catch {
+      // Not JSON: the text itself.
+    }
+    return trimmed;
+  }
+
+  // The text that parseAttribute() reads back as `value`.
+  function attributeText(value) {
+    return typeof value === 'string' && parseAttribute(value) === value ? value : JSON.stringify(value);
+  }
+
+  // A device's State tab: its shadow (reported, desired, delta, each key's
+  // last change, the version), the desired state editor (saved with
+  // If-Match of the version it started from), the change history and the
+  // server attributes. load() when the tab is first shown; changed() on
+  // the live stream's shadow events.
+  function deviceState(base) {
+    const card = $('#shadow-card');
+    const form = $('#desired-form');
+    const editor = $('#desired-json');
+    const stale = $('#desired-stale');
+    let shadow = null;
+    // What the editor was filled from: {version, desired, text}.
+    let editing = null;
+    let loaded = false;
+
+    const startEditing = () => {
+      editing = { version: shadow.version, desired: shadow.desired, text: JSON.stringify(shadow.desired, null, 2) };
+      editor.value = editing.text;
+      $('#desired-base').textContent = t('shadow.editing_version', { version: shadow.version });
+      stale.hidden = true;
+    };
+    // Shows `doc`; the editor follows unless it holds the user's changes
+    // (`fresh`: follows anyway), which are then marked as based on an
+    // older version.
+    const render = (doc, fresh) => {
+      // An answer older than what shows (the stream was faster) only
+      // refills the editor.
+      if (!shadow || doc.version >= shadow.version) {
+        shadow = doc;
+        card.dataset.version = String(doc.version);
+        $('#shadow-version').textContent = t('shadow.version', { version: doc.version });
+        $('#shadow-updated').textContent = doc.updated_at ? t('shadow.updated', { when: fmtTime(doc.updated_at) }) : t('shadow.never');
+        for (const name of ['reported', 'desired']) {
+          $(`#shadow-${name}-json`).textContent = JSON.stringify(doc[name], null, 2);
+          const leaves = leafTimes((doc.metadata || {})[name]);
+          props($(`#shadow-${name}-times`), leaves.length
+            ? leaves.map(([path, ms]) => [path, fmtTime(ms)])
+            : [['–', t('shadow.empty_' + name)]]);
+        }
+        $('#shadow-delta-json').textContent = JSON.stringify(doc.delta, null, 2);
+        $('#shadow-delta-note').textContent = Object.keys(doc.delta).length ? '' : t('shadow.in_sync');
+      }
+      if (fresh || !editing || editor.value === editing.text) startEditing();
+      else if (shadow.version !== editing.version) {
+        stale.textContent = t('shadow.stale', { version: shadow.version });
+        stale.hidden = false;
+      }
+    };
+    const loadShadow = async (fresh) => render(await api('GET', base + '/shadow'), fresh);
+
+    // The change history, newest first.
+    const hist = { offset: 0, limit: 10 };
+    const historyRows = $('#shadow-history-rows');
+    const author = (c) => {
+      if (c.source === 'job' && c.actor) return h('a', { href: '/shadow-jobs/' + enc(c.actor), title: c.actor, text: label('source', 'job') });
+      if (c.source === 'user') return [label('source', 'user') + ': ', userCell(c.actor)];
+      return label('source', c.source);
+    };
+    let lastHistory = [];
+    const renderHistory = () => {
+      if (!lastHistory.length) return emptyRow(historyRows, 5, t('shadow.no_history'));
+      fill(historyRows, lastHistory.map((c) => h('tr', { 'data-version': c.version, 'data-source': c.source },
+        h('td', { text: c.version }),
+        h('td', { text: fmtTime(c.at) }),
+        h('td', { text: label('section', c.section) }),
+        h('td', {}, author(c)),
+        h('td', {}, h('code', { class: 'changes', text: JSON.stringify(c.changes) })))));
+      return undefined;
+    };
+    const loadHistory = async () => {
+      try {
+        const list = await api('GET', base + '/shadow/history' + query({ limit: hist.limit, offset: hist.offset }));
+        lastHistory = list.items;
+        renderHistory();
+        resolveUsers(lastHistory.filter((c) => c.source === 'user').map((c) => c.actor), renderHistory);
+        pager(hist, list.total, loadHistory);
+      } catch (e) {
+        emptyRow(historyRows, 5, describe(e));
+        pagerOff();
+      }
+    };
+
+    // Server attributes.
+    const attrRows = $('#attribute-rows');
+    const attrForm = $('#attribute-form');
+    const renderAttributes = (attrs) => {
+      const names = Object.keys(attrs || {}).sort();
+      if (!names.length) return emptyRow(attrRows, 3, t('attributes.none'));
+      const writable = can('device:write');
+      fill(attrRows, names.map((name) => h('tr', { 'data-attribute': name },
+        h('td', {}, h('code', { text: name })),
+        h('td', { class: 'value' }, typeof attrs[name] === 'string' ? attrs[name] : h('code', { text: JSON.stringify(attrs[name]) })),
+        writable ? h('td', { class: 'row-actions' }, [
+          h('button', {
+            type: 'button', class: 'small', 'aria-label': t('attributes.edit_label', { name }),
+            onclick: () => {
+              $('#attr-name').value = name;
+              $('#attr-value').value = attributeText(attrs[name]);
+              $('#attr-value').focus();
+            },
+          }, t('common.edit')),
+          h('button', {
+            type: 'button', class: 'small danger', 'aria-label': t('attributes.delete_label', { name }),
+            onclick: async () => {
+              if (!(await confirmAction(t('attributes.delete_confirm', { name })))) return;
+              try {
+                renderAttributes((await api('PATCH', base + '/attributes', { [name]: null })).attributes);
+                flash(t('attributes.deleted', { name }), 'ok');
+              } catch (e) {
+                flash(describe(e));
+              }
+            },
+          }, t('common.delete')),
+        ]) : h('td', {}))));
+      return undefined;
+    };
+    const loadAttributes = async () => renderAttributes((await api('GET', base + '/attributes')).attributes);
+    onSubmit(attrForm, async () => {
+      const name = $('#attr-name').value.trim();
+      if (!name) throw new Error(t('attributes.name_required'));
+      const value = parseAttribute($('#attr-value').value);
+      renderAttributes((await api('PATCH', base + '/attributes', { [name]: value })).attributes);
+      attrForm.reset();
+      flash(t('attributes.saved', { name }), 'ok');
+    });
+
+    // Saving desired state: only what the user changed, and only onto the
+    // version the editor started from.
+    onSubmit(form, async () => {
+      if (!editing) throw new Error(t('error.unexpected'));
+      if (!editor.value.trim()) throw new Error(t('shadow.desired_empty'));
+      const wanted = parseJsonObject(editor.value, t('shadow.desired_json'));
+      const patch = mergePatch(editing.desired, wanted);
+      if (!Object.keys(patch).length) {
+        flash(t('shadow.unchanged'), 'ok');
+        return;
+      }
+      let doc;
+      try {
+        doc = await api('PATCH', base + '/shadow', { desired: patch }, { 'if-match': '"' + editing.version + '"' });
+      } catch (e) {
+        if (e.status !== 412) throw e;
+        // Changed meanwhile: nothing was applied. Start again from now.
+        await loadShadow(true);
+        throw new Error(t('shadow.conflict', { version: shadow.version }));
+      }
+      render(doc, true);
+      flash(t('shadow.saved', { version: doc.version }), 'ok');
+      hist.offset = 0;
+      await loadHistory();
+    });
+    $('#desired-reload').addEventListener('click', async () => {
+      formError(form, null);
+      try {
+        await loadShadow(true);
+      } catch (e) {
+        formError(form, e);
+      }
+    });
+
+    let timer = null;
+    return {
+      async load() {
+        if (loaded) return;
+        loaded = true;
+        const results = await Promise.allSettled([loadShadow(true), loadHistory(), loadAttributes()]);
+        const failed = results.find((r) => r.status === 'rejected');
+        if (failed) flash(describe(failed.reason));
+        card.dataset.loaded = 'true';
+      },
+      // The shadow changed (or the stream reconnected): reload what shows it.
+      changed() {
+        if (!loaded || timer) return;
+        timer = setTimeout(() => {
+          timer = null;
+          loadShadow(false).catch((e) => flash(describe(e)));
+          if (hist.offset === 0) loadHistory();
+        }, 200);
+      },
+      live(on) {
+        $('#shadow-live').hidden = !on;
+      },
+    };
+  }
+
   pages.device = async () => {
     const id = BODY.dataset.subject;
     const base = '/api/v1/devices/' + enc(id);
@@ -1344,27 +1678,11 @@
         h('p', {}, h('a', { href: '/devices', text: t('nav.devices') }))));
       return;
     }
-    // The owner by name when the reader may look users up.
-    const owners = new Map();
-    const ownerName = (ownerId) => {
-      if (ME && ownerId === ME.id) return t('devices.owner_you', { name: ME.username });
-      return owners.get(ownerId) || null;
-    };
-    const resolveOwner = async () => {
-      const ownerId = device.owner_id;
-      if (owners.has(ownerId) || (ME && ownerId === ME.id) || !can('user:manage')) return;
-      try {
-        const u = await api('GET', '/api/v1/users/' + enc(ownerId));
-        owners.set(ownerId, u.full_name ? `${u.username} (${u.full_name})` : u.username);
-        render();
-      } catch {
-        // Unknown or gone: the id stays.
-      }
-    };
     const render = () => {
       $('#device-name').textContent = device.name;
       fill($('#device-status'), statusBadge(device.online));
-      const name = ownerName(device.owner_id);
+      // The owner by name when the reader may look users up.
+      const name = userLabel(device.owner_id);
       props($('#device-props'), [
         [t('devices.type'), device.device_type],
         [t('devices.tags'), chips(device.tags)],
@@ -1378,7 +1696,7 @@
       ]);
     };
     render();
-    resolveOwner();
+    resolveUsers([device.owner_id], render);
 
     // Latest values, and the metrics the chart offers.
     const latest = new Map();
@@ -1529,16 +1847,35 @@
         h('td', {}, c.error ? h('span', { class: 'bad-text', text: c.error }) : c.result !== null && c.result !== undefined ? h('code', { text: JSON.stringify(c.result) }) : '–'))));
     };
 
+    // Overview and State tabs; the state loads when its tab is first shown,
+    // a chart drawn while hidden is drawn again at its width.
+    const shadowTab = deviceState(base);
+    let chartDrawn = false;
+    tabs($('#device-tabs'), (name) => {
+      if (name === 'state') shadowTab.load();
+      else if (chartDrawn) loadChart();
+    });
+
     const results = await Promise.allSettled([loadLatest(), loadStatus(), loadCommands()]);
     const failed = results.find((r) => r.status === 'rejected');
     if (failed) flash(describe(failed.reason));
     await loadChart();
+    chartDrawn = true;
 
     // Live updates.
     let chartTimer = null;
     openStream(base + '/stream', {
-      up: () => { $('#live-indicator').hidden = false; },
-      down: () => { $('#live-indicator').hidden = true; },
+      up: () => {
+        $('#live-indicator').hidden = false;
+        shadowTab.live(true);
+        // Changes made while the stream was down.
+        shadowTab.changed();
+      },
+      down: () => {
+        $('#live-indicator').hidden = true;
+        shadowTab.live(false);
+      },
+      shadow: () => shadowTab.changed(),
       telemetry: (m) => {
         const ts = Date.parse(m.ts) || Date.now();
         for (const [metric, value] of Object.entries(m.values || {})) latest.set(metric, { value, ts });
@@ -1628,6 +1965,7 @@
       const select = $('#t-owner');
       device = await api('PUT', base + '/owner', { owner_id: select.value });
       render();
+      resolveUsers([device.owner_id], render);
       panel('transfer-panel', false, transferToggle);
       flash(t('devices.transferred', { name: device.name, owner: select.selectedOptions[0].textContent }), 'ok');
     });
@@ -1648,6 +1986,129 @@
       } catch (e) {
         flash(describe(e));
       }
+    });
+  };
+
+  // ----------------------------------------------------------- shadow jobs
+
+  // "name=value" lines: the server attributes a job's devices must have.
+  function parseAttributeLines(text) {
+    const out = {};
+    for (const line of text.split('\n').map((l) => l.trim()).filter(Boolean)) {
+      const at = line.indexOf('=');
+      const name = at > 0 ? line.slice(0, at).trim() : '';
+      if (!name) throw new Error(t('jobs.bad_attribute', { line }));
+      out[name] = line.slice(at + 1).trim();
+    }
+    return out;
+  }
+
+  pages.shadow_jobs = async () => {
+    const state = { offset: 0, limit: 25 };
+    const tbody = $('#job-rows');
+    let timer = null;
+    let shown = [];
+    const render = () => {
+      if (!shown.length) return emptyRow(tbody, 6, t('jobs.none'));
+      fill(tbody, shown.map((j) => h('tr', { 'data-job': j.id, 'data-status': j.status },
+        h('td', {}, h('a', { href: '/shadow-jobs/' + enc(j.id), text: fmtTime(j.created_at) })),
+        h('td', {}, h('code', { text: JSON.stringify(j.desired) })),
+        h('td', { text: describeTarget(j.target) }),
+        h('td', {}, stateBadge('jstate', j.status)),
+        h('td', {}, jobBar(j.progress, true)),
+        h('td', {}, userCell(j.created_by)))));
+      return undefined;
+    };
+    const load = async () => {
+      clearTimeout(timer);
+      try {
+        const list = await api('GET', '/api/v1/shadow-jobs' + query({ limit: state.limit, offset: state.offset }));
+        shown = list.items;
+        render();
+        resolveUsers(shown.map((j) => j.created_by), render);
+        pager(state, list.total, load);
+        if (shown.some((j) => j.status === 'running')) timer = setTimeout(load, 3000);
+      } catch (e) {
+        emptyRow(tbody, 6, describe(e));
+        pagerOff();
+      }
+    };
+    await load();
+
+    const toggle = $('#new-job');
+    const form = $('#job-form');
+    toggle.addEventListener('click', () => panel('job-panel', $('#job-panel').hidden, toggle));
+    $('.cancel', form).addEventListener('click', () => panel('job-panel', false, toggle));
+    onSubmit(form, async () => {
+      const desired = parseJsonObject($('#j-desired').value, t('jobs.desired'));
+      if (!Object.keys(desired).length) throw new Error(t('jobs.desired_required'));
+      const target = {};
+      const tag = $('#j-tag').value.trim();
+      if (tag) target.tag = tag;
+      const type = $('#j-type').value.trim();
+      if (type) target.type = type;
+      const attributes = parseAttributeLines($('#j-attributes').value);
+      if (Object.keys(attributes).length) target.attributes = attributes;
+      const ids = $('#j-ids').value.split(/[\s,]+/).filter(Boolean);
+      if (ids.length) target.device_ids = ids;
+      if (!Object.keys(target).length) throw new Error(t('jobs.target_required'));
+      const body = { desired, target };
+      const rate = $('#j-rate').value.trim();
+      if (rate) body.rate_per_second = Number(rate);
+      const created = await api('POST', '/api/v1/shadow-jobs', body);
+      location.assign('/shadow-jobs/' + enc(created.id));
+    });
+  };
+
+  pages.shadow_job = async () => {
+    const id = BODY.dataset.subject;
+    const base = '/api/v1/shadow-jobs/' + enc(id);
+    let timer = null;
+    let job = null;
+    const render = () => {
+      const j = job;
+      const status = $('#job-status');
+      fill(status, stateBadge('jstate', j.status));
+      status.dataset.status = j.status;
+      const p = j.progress;
+      showBar('job-bar', jobBar(p, false), $('#job-legend'), t('jobs.targeted'), p.targeted);
+      const card = $('#job-progress');
+      for (const key of ['targeted', 'delivered', 'converged', 'pending', 'failed']) card.dataset[key] = String(p[key]);
+      $('#job-desired').textContent = JSON.stringify(j.desired, null, 2);
+      props($('#job-props'), [
+        [t('jobs.target'), describeTarget(j.target)],
+        [t('jobs.rate'), j.rate_per_second ? t('jobs.rate_value', { n: j.rate_per_second }) : t('jobs.unlimited')],
+        [t('jobs.created_by'), userCell(j.created_by)],
+        [t('common.created'), fmtTime(j.created_at)],
+        [t('jobs.finished'), fmtTime(j.finished_at)],
+      ]);
+      const running = j.status === 'running';
+      $('#cancel-job').hidden = !(running && can('device:write'));
+      $('#live-indicator').hidden = !running;
+    };
+    // Reloaded every 2 s while the job runs.
+    const load = async () => {
+      clearTimeout(timer);
+      try {
+        job = await api('GET', base);
+      } catch (e) {
+        flash(describe(e));
+        return;
+      }
+      render();
+      resolveUsers([job.created_by], render);
+      if (job.status === 'running') timer = setTimeout(load, 2000);
+    };
+    await load();
+    $('#cancel-job').addEventListener('click', async () => {
+      if (!(await confirmAction(t('jobs.cancel_confirm')))) return;
+      try {
+        await api('POST', base + '/cancel');
+        flash(t('jobs.cancelled'), 'ok');
+      } catch (e) {
+        flash(describe(e));
+      }
+      await load();
     });
   };
 
@@ -1766,12 +2227,17 @@
 
   // -------------------------------------------------------------- rollouts
 
+  // A rollout's or shadow job's target: its filters, each of which must
+  // match.
   function describeTarget(target) {
     if (!target) return '–';
-    if (target.tag) return t('rollouts.target_tag', { tag: target.tag });
-    if (target.device_type) return t('rollouts.target_type', { type: target.device_type });
-    if (target.device_ids) return t('rollouts.target_devices', { n: target.device_ids.length });
-    return JSON.stringify(target);
+    const parts = [];
+    if (target.tag) parts.push(t('rollouts.target_tag', { tag: target.tag }));
+    const type = target.device_type || target.type;
+    if (type) parts.push(t('rollouts.target_type', { type }));
+    for (const [name, value] of Object.entries(target.attributes || {})) parts.push(t('target.attribute', { name, value }));
+    if (target.device_ids && target.device_ids.length) parts.push(t('rollouts.target_devices', { n: target.device_ids.length }));
+    return parts.length ? parts.join(' · ') : JSON.stringify(target);
   }
 
   const ACTIVE_ROLLOUT = ['scheduled', 'running', 'paused'];
@@ -1861,12 +2327,7 @@
       $('#rollout-name').textContent = r.name;
       fill($('#rollout-state'), stateBadge('rstate', r.state));
       $('#rollout-state').dataset.state = r.state;
-      const bar = progressBar(r.counts, r.total, false);
-      bar.classList.add('big');
-      bar.id = 'rollout-bar';
-      $('#rollout-bar').replaceWith(bar);
-      fill($('#rollout-legend'), bar.parts.map(([name, n]) => h('li', {}, h('span', { class: 'swatch seg-' + name }), label('bar', name) + ': ', h('strong', { text: n }))),
-        h('li', {}, t('rollouts.total') + ': ', h('strong', { text: r.total })));
+      showBar('rollout-bar', progressBar(r.counts, r.total, false), $('#rollout-legend'), t('rollouts.total'), r.total);
       const reason = $('#rollout-reason');
       reason.hidden = !r.reason;
       reason.textContent = r.reason || '';
@@ -2139,7 +2600,7 @@
 
   function wireLanguageLinks() {
     for (const a of $$('[data-lang-switch]')) {
-      a.href = '/lang/' + a.dataset.langSwitch + '?next=' + enc(location.pathname + location.search);
+      a.href = '/lang/' + a.dataset.langSwitch + '?next=' + enc(location.pathname + location.search + location.hash);
     }
   }
 
