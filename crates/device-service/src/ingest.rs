@@ -9,6 +9,7 @@ use std::sync::atomic::{AtomicBool, Ordering as AtomicOrdering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use futures_util::StreamExt;
 use wf_common::contract::{
     BrokerHeartbeat, CommandOutcome, CommandResponded, Event, MAX_TEXT_VALUE_BYTES, OtaProgress,
     OtaState, ShadowReported, ShadowRequested, StatusChanged, StatusReason, TelemetryBatch,
@@ -67,20 +68,29 @@ pub async fn run(state: AppState, stop: Shutdown) {
         record_firmware_versions(&state, batch).await
     });
     let reports = consume::<ShadowReported, _, _>(&state, 256, &stop, |state, batch| async move {
-        for report in batch.events() {
-            crate::shadows::reported(&state, &report.device_id, &report.state).await?;
-        }
+        let reports = batch.events().into_iter().map(|r| (r.device_id, r.state));
+        per_device(reports, |device_id, report| {
+            let state = state.clone();
+            async move { crate::shadows::reported(&state, &device_id, &report).await }
+        })
+        .await?;
         Ok(())
     });
     let requests =
         consume::<ShadowRequested, _, _>(&state, 256, &stop, |state, batch| async move {
-            for request in batch.events() {
-                if let Err(e) = crate::shadows::requested(&state, &request.device_id).await {
-                    // The device asks again; nothing is lost.
-                    tracing::warn!(device_id = %request.device_id, error = %e,
-                        "the shadow a device asked for could not be sent");
+            let requests = batch.events().into_iter().map(|r| (r.device_id, ()));
+            per_device(requests, |device_id, ()| {
+                let state = state.clone();
+                async move {
+                    if let Err(e) = crate::shadows::requested(&state, &device_id).await {
+                        // The device asks again; nothing is lost.
+                        tracing::warn!(device_id = %device_id, error = %e,
+                            "the shadow a device asked for could not be sent");
+                    }
+                    Ok::<_, crate::error::Error>(())
                 }
-            }
+            })
+            .await?;
             Ok(())
         });
     // Lapsed leases are swept only once the heartbeats published while
@@ -125,6 +135,49 @@ pub async fn run(state: AppState, stop: Shutdown) {
     );
     // What the consumers handled while they stopped.
     flush_once(&state, &noted).await;
+}
+
+/// How many devices' events [`per_device`] handles at once.
+const DEVICES_AT_ONCE: usize = 16;
+
+/// Handles `(device id, event)` pairs with `handle`: each device's in the
+/// order given, several devices at once. The first error, once all are
+/// handled (the batch is then delivered again, and handling is
+/// idempotent).
+async fn per_device<T, F, Fut, Err>(
+    events: impl Iterator<Item = (String, T)>,
+    handle: F,
+) -> Result<(), Err>
+where
+    F: Fn(String, T) -> Fut,
+    Fut: Future<Output = Result<(), Err>>,
+{
+    let mut order: Vec<String> = Vec::new();
+    let mut by_device: HashMap<String, Vec<T>> = HashMap::new();
+    for (device_id, event) in events {
+        by_device
+            .entry(device_id)
+            .or_insert_with_key(|id| {
+                order.push(id.clone());
+                Vec::new()
+            })
+            .push(event);
+    }
+    let handle = &handle;
+    let results: Vec<Result<(), Err>> = futures_util::stream::iter(order)
+        .map(|device_id| {
+            let events = by_device.remove(&device_id).unwrap_or_default();
+            async move {
+                for event in events {
+                    handle(device_id.clone(), event).await?;
+                }
+                Ok(())
+            }
+        })
+        .buffer_unordered(DEVICES_AT_ONCE)
+        .collect()
+        .await;
+    results.into_iter().collect()
 }
 
 /// What stored telemetry leaves to write later, in one write every few
@@ -614,6 +667,76 @@ mod tests {
     use wf_common::contract::{MetricName, MetricValue};
 
     use super::*;
+
+    #[tokio::test]
+    async fn each_devices_events_are_handled_in_order_while_devices_go_at_once() {
+        let seen = Mutex::new(Vec::new());
+        let events = [("a", 1), ("b", 1), ("a", 2), ("c", 1), ("b", 2), ("a", 3)];
+        let result: Result<(), String> = per_device(
+            events.iter().map(|(d, n)| (d.to_string(), *n)),
+            |device, n| {
+                let seen = &seen;
+                async move {
+                    // The first device's events take longest: the others
+                    // are not held up behind them.
+                    if device == "a" {
+                        tokio::time::sleep(Duration::from_millis(20)).await;
+                    }
+                    seen.lock().unwrap().push((device, n));
+                    Ok(())
+                }
+            },
+        )
+        .await;
+        result.unwrap();
+        let seen = seen.into_inner().unwrap();
+        assert_eq!(seen.len(), 6);
+        assert_eq!(
+            seen[..3].iter().filter(|(d, _)| d == "a").count(),
+            0,
+            "{seen:?}"
+        );
+        for device in ["a", "b", "c"] {
+            let order: Vec<i32> = seen
+                .iter()
+                .filter(|(d, _)| d == device)
+                .map(|(_, n)| *n)
+                .collect();
+            let mut sorted = order.clone();
+            sorted.sort_unstable();
+            assert_eq!(order, sorted, "{device}: {seen:?}");
+        }
+
+        // A failure stops that device's later events, not the others', and
+        // is what the batch returns.
+        let handled = Mutex::new(Vec::new());
+        let result = per_device(
+            events.iter().map(|(d, n)| (d.to_string(), *n)),
+            |device, n| {
+                let handled = &handled;
+                async move {
+                    if device == "a" && n == 2 {
+                        return Err(format!("{device} {n} failed"));
+                    }
+                    handled.lock().unwrap().push((device, n));
+                    Ok(())
+                }
+            },
+        )
+        .await;
+        assert_eq!(result, Err("a 2 failed".to_string()));
+        let mut handled = handled.into_inner().unwrap();
+        handled.sort();
+        assert_eq!(
+            handled,
+            [
+                ("a".into(), 1),
+                ("b".into(), 1),
+                ("b".into(), 2),
+                ("c".into(), 1)
+            ]
+        );
+    }
 
     fn reading(device: &str, ts: i64, metrics: &[&str]) -> Reading {
         Reading {

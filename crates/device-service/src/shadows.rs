@@ -6,6 +6,7 @@
 use std::collections::HashMap;
 use std::time::Duration;
 
+use futures_util::StreamExt;
 use serde_json::{Value, json};
 use wf_common::contract::{ShadowSection, ShadowSource, ShadowUpdated};
 use wf_common::events::publish;
@@ -394,6 +395,9 @@ pub async fn requested(state: &AppState, device_id: &str) -> Result<(), Error> {
 /// Targets applied per job and tick without a rate limit.
 const UNLIMITED_PER_TICK: i64 = 500;
 
+/// How many of a job's devices one step works on at once.
+const JOB_CONCURRENCY: usize = 16;
+
 const JOB_TICK: Duration = Duration::from_millis(250);
 
 /// Applies running fleet jobs to their devices, at each job's rate, until
@@ -436,75 +440,91 @@ pub async fn run_jobs(state: AppState, stop: Shutdown) {
     }
 }
 
-/// Applies `job` to at most `budget` of its queued devices.
-async fn advance(state: &AppState, job: &ShadowJobRecord, budget: i64) -> Result<(), Error> {
+/// One step of `job` on one of its queued devices: desired state set, then
+/// the target moved on to what came of it.
+async fn apply_to(
+    state: &AppState,
+    job: &ShadowJobRecord,
+    wanted: &Object,
+    device_id: String,
+) -> Result<(), Error> {
     let author = Author {
         source: ShadowSource::Job,
         actor: Some(&job.id),
     };
+    let now = now_millis();
+    if !state
+        .store
+        .move_target(
+            &job.id,
+            &device_id,
+            &[TargetState::Queued],
+            TargetState::Applied,
+            now,
+        )
+        .await?
+    {
+        return Ok(());
+    }
+    let mut failed = None;
+    let next = match update(
+        state,
+        &device_id,
+        ShadowSection::Desired,
+        &job.desired,
+        author,
+        None,
+    )
+    .await
+    {
+        Ok(updated) if converged(wanted, &updated.shadow.reported) => TargetState::Converged,
+        Ok(updated)
+            if updated.delivered
+                || (!updated.changed
+                    && push_delta(
+                        state,
+                        &device_id,
+                        updated.shadow.version,
+                        &updated.shadow.delta(),
+                    )
+                    .await) =>
+        {
+            TargetState::Delivered
+        }
+        // Delivered when the device connects.
+        Ok(_) | Err(Failure::Stale(_)) => return Ok(()),
+        Err(Failure::Refused(refusal)) => {
+            tracing::warn!(job_id = %job.id, device_id = %device_id, code = refusal.code(),
+                "shadow job not applied to a device: {}", refusal.message(&limits(state)));
+            TargetState::Failed
+        }
+        Err(Failure::Error(e)) => {
+            // Back in the queue for the next tick.
+            failed = Some(e);
+            TargetState::Queued
+        }
+    };
+    state
+        .store
+        .move_target(&job.id, &device_id, &[TargetState::Applied], next, now)
+        .await?;
+    failed.map_or(Ok(()), Err)
+}
+
+/// Applies `job` to at most `budget` of its queued devices, a few at a
+/// time (each one is a few reads and writes and a publish to the device).
+async fn advance(state: &AppState, job: &ShadowJobRecord, budget: i64) -> Result<(), Error> {
     let Value::Object(wanted) = &job.desired else {
         return Ok(());
     };
-    for device_id in state.store.queued_targets(&job.id, budget).await? {
-        let now = now_millis();
-        if !state
-            .store
-            .move_target(
-                &job.id,
-                &device_id,
-                &[TargetState::Queued],
-                TargetState::Applied,
-                now,
-            )
-            .await?
-        {
-            continue;
-        }
-        let mut failed = None;
-        let next = match update(
-            state,
-            &device_id,
-            ShadowSection::Desired,
-            &job.desired,
-            author,
-            None,
-        )
-        .await
-        {
-            Ok(updated) if converged(wanted, &updated.shadow.reported) => TargetState::Converged,
-            Ok(updated)
-                if updated.delivered
-                    || (!updated.changed
-                        && push_delta(
-                            state,
-                            &device_id,
-                            updated.shadow.version,
-                            &updated.shadow.delta(),
-                        )
-                        .await) =>
-            {
-                TargetState::Delivered
-            }
-            // Delivered when the device connects.
-            Ok(_) | Err(Failure::Stale(_)) => continue,
-            Err(Failure::Refused(refusal)) => {
-                tracing::warn!(job_id = %job.id, device_id = %device_id, code = refusal.code(),
-                    "shadow job not applied to a device: {}", refusal.message(&limits(state)));
-                TargetState::Failed
-            }
-            Err(Failure::Error(e)) => {
-                // Back in the queue for the next tick.
-                failed = Some(e);
-                TargetState::Queued
-            }
-        };
-        state
-            .store
-            .move_target(&job.id, &device_id, &[TargetState::Applied], next, now)
-            .await?;
-        if let Some(e) = failed {
-            return Err(e);
-        }
+    let queued = state.store.queued_targets(&job.id, budget).await?;
+    let results: Vec<Result<(), Error>> = futures_util::stream::iter(queued)
+        .map(|device_id| apply_to(state, job, wanted, device_id))
+        .buffer_unordered(JOB_CONCURRENCY)
+        .collect()
+        .await;
+    if let Some(e) = results.into_iter().find_map(Result::err) {
+        return Err(e);
     }
     state
         .store

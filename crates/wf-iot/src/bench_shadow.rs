@@ -160,11 +160,6 @@ pub async fn run(args: ShadowBenchArgs) -> anyhow::Result<()> {
     };
     let converged_in = started.elapsed();
     let loaded = server.resident_bytes()?;
-    for mut s in simulators {
-        s.stop().await?;
-    }
-    server.stop().await?;
-
     let count = |key: &str| progress[key].as_u64().unwrap_or(0);
     println!(
         "shadow benchmark: {} connected devices ({processes} simulator processes, telemetry \
@@ -204,6 +199,12 @@ pub async fn run(args: ShadowBenchArgs) -> anyhow::Result<()> {
         count("pending"),
         count("failed")
     );
+    // The figures are out before the processes stop, and a stop that fails
+    // fails the run.
+    for mut s in simulators {
+        s.stop().await?;
+    }
+    server.stop().await?;
     anyhow::ensure!(
         count("targeted") == args.devices as u64 && count("converged") == args.devices as u64,
         "not every device converged: {progress}"
