@@ -1524,7 +1524,13 @@
         $('#shadow-delta-note').textContent = Object.keys(doc.delta).length ? '' : t('shadow.in_sync');
       }
       if (fresh || !editing || editor.value === editing.text) startEditing();
-      else if (shadow.version !== editing.version) {
+      else if (!Object.keys(mergePatch(editing.desired, shadow.desired)).length) {
+        // Only what the device reported changed: the edit still applies
+        // to desired state as it is, onto the newer version.
+        editing.version = shadow.version;
+        $('#desired-base').textContent = t('shadow.editing_version', { version: shadow.version });
+        stale.hidden = true;
+      } else if (shadow.version !== editing.version) {
         stale.textContent = t('shadow.stale', { version: shadow.version });
         stale.hidden = false;
       }
