@@ -417,14 +417,18 @@ test('a shadow job sets desired state on the simulated devices and shows its pro
   assert.match(await page.locator('#job-props').textContent(), /tag simulated.*2 per second.*admin \(you\)/);
   assert.deepEqual(JSON.parse(await page.locator('#job-desired').textContent()), { sampling_ms: 750 });
   await shot('05g-shadow-job');
-  // Devices that apply their deltas complete it; else it is cancelled.
-  if ((await page.locator('#job-status').getAttribute('data-status')) === 'running') {
-    await page.getByRole('button', { name: 'Cancel job' }).click();
-    await page.locator('#confirm-dialog').getByRole('button', { name: 'Confirm' }).click();
-  }
-  await page.waitForSelector('#job-status[data-status="cancelled"], #job-status[data-status="completed"]');
+  // The simulated devices apply it and report it back: the job completes.
+  await page.waitForSelector('#job-status[data-status="completed"]', { timeout: 30000 });
   assert.equal(await page.getByRole('button', { name: 'Cancel job' }).isVisible(), false);
-  const status = await page.locator('#job-status').getAttribute('data-status');
+  const status = 'completed';
+  // Each device by id, converged; the state filter narrows the list.
+  await page.waitForFunction(() => document.querySelectorAll('#job-device-rows tr[data-state="converged"]').length === 3);
+  assert.equal(await page.locator(`#job-device-rows tr[data-device="${SIM_DEVICE}"] a`).getAttribute('href'), `/devices/${SIM_DEVICE}#state`);
+  const stateFilter = page.getByLabel('State', { exact: true });
+  await stateFilter.selectOption('pending');
+  await page.locator('#job-device-rows').getByText('No device of this job is in that state.').waitFor();
+  await stateFilter.selectOption('');
+  await page.waitForFunction(() => document.querySelectorAll('#job-device-rows tr[data-state]').length === 3);
   // The list shows it with its progress.
   await page.locator('.crumbs').getByRole('link', { name: 'Shadow jobs' }).click();
   await loaded();
@@ -441,6 +445,21 @@ test('a shadow job sets desired state on the simulated devices and shows its pro
   const byJob = page.locator('#shadow-history-rows tr[data-source="job"]').first();
   await byJob.waitFor();
   assert.equal(await byJob.getByRole('link', { name: 'Shadow job' }).getAttribute('href'), `/shadow-jobs/${jobId}`);
+
+  // A job that cannot finish (one of its devices never connects) shows
+  // that device pending, and is cancelled from its page.
+  const stuck = await rest('POST', '/api/v1/shadow-jobs', { desired: { console_note: 'held' }, target: { device_ids: [SIM_DEVICE, 'console-boiler-01'] } });
+  assert.equal(stuck.status, 201);
+  await go(`/shadow-jobs/${stuck.body.id}`);
+  await page.waitForSelector('#job-progress[data-converged="1"][data-pending="1"]', { timeout: 30000 });
+  await page.getByLabel('State', { exact: true }).selectOption('pending');
+  await page.waitForSelector('#job-device-rows tr[data-device="console-boiler-01"][data-state="pending"]');
+  assert.equal(await page.locator('#job-device-rows tr[data-device]').count(), 1);
+  await shot('05i-shadow-job-pending');
+  await page.getByRole('button', { name: 'Cancel job' }).click();
+  await page.locator('#confirm-dialog').getByRole('button', { name: 'Confirm' }).click();
+  await page.waitForSelector('#job-status[data-status="cancelled"]');
+  assert.equal(await page.getByRole('button', { name: 'Cancel job' }).isVisible(), false);
 });
 
 test('a selection grows from one page to every device matching the filter', async () => {

@@ -1,6 +1,7 @@
 //! The telemetry decoder: what a device publishes on its topics, decoded
 //! into events. Input: the topic suffix after `devices/{id}/` on the first
-//! line (`telemetry`, `status`, `commands/response`, ...; a trailing
+//! line (`telemetry`, `status`, `commands/response`, `shadow/reported`,
+//! `shadow/get`, ...; a trailing
 //! ` will` marks a last will), the payload after it.
 
 #![no_main]
@@ -92,6 +93,16 @@ fuzz_target!(|data: &[u8]| {
             assert_eq!(p.validate(), Ok(()));
             assert_eq!(across_the_bus(&p), p);
         }
-        Decoded::Relayed => assert_eq!(route, Route::ShadowReported),
+        Decoded::ShadowReported(r) => {
+            assert_eq!(route, Route::ShadowReported);
+            assert!(r.state.is_object(), "a report that is not an object: {}", r.state);
+            assert_eq!(r.validate(), Ok(()));
+            assert_eq!(across_the_bus(&r), r);
+        }
+        Decoded::ShadowRequested(r) => {
+            assert_eq!(route, Route::ShadowGet);
+            assert_eq!(r.validate(), Ok(()));
+            assert_eq!(across_the_bus(&r), r);
+        }
     }
 });

@@ -64,6 +64,10 @@ pub fn router(state: AppState) -> Router {
         .route("/api/v1/shadow-jobs/{id}", get(shadow_jobs::get))
         .route("/api/v1/shadow-jobs/{id}/cancel", post(shadow_jobs::cancel))
         .route(
+            "/api/v1/shadow-jobs/{id}/devices",
+            get(shadow_jobs::devices),
+        )
+        .route(
             "/api/openapi.json",
             get(|| async { axum::Json(ApiDoc::openapi()) }),
         )
@@ -90,7 +94,7 @@ pub fn router(state: AppState) -> Router {
         commands::list, commands::list_all, commands::create, commands::get,
         shadow::get, shadow::update, shadow::history, shadow::attributes,
         shadow::update_attributes,
-        shadow_jobs::create, shadow_jobs::list, shadow_jobs::get, shadow_jobs::cancel,
+        shadow_jobs::create, shadow_jobs::list, shadow_jobs::get, shadow_jobs::cancel, shadow_jobs::devices,
     ),
     modifiers(&BearerAuth, &PERMISSION_CHECKED),
     tags((name = "devices"), (name = "telemetry"), (name = "commands"), (name = "device state")),

@@ -19,7 +19,7 @@ use crate::domain::{DeviceId, Shadow, Tag, check_attribute_name};
 use crate::error::{Error, Result};
 use crate::shadows;
 use crate::state::{AppState, Caller, Permission};
-use crate::store::{DeviceFilter, JobProgress, ShadowJobRecord};
+use crate::store::{DeviceFilter, JobProgress, JobTargetRecord, ShadowJobRecord, TargetState};
 
 /// The most devices one job targets.
 pub const MAX_JOB_TARGETS: i64 = 100_000;
@@ -242,6 +242,120 @@ pub async fn get(
     Path(id): Path<String>,
 ) -> Result<Json<ShadowJobDto>> {
     Ok(Json(load(&state, &id, &caller).await?.into()))
+}
+
+#[derive(Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
+pub struct DevicesQuery {
+    /// Only devices where the job is `pending` (not delivered yet),
+    /// `delivered` (sent, not reported back yet), `converged` or `failed`.
+    #[param(value_type = Option<JobDeviceState>)]
+    state: Option<String>,
+    #[param(minimum = 1, maximum = 500, default = 50)]
+    limit: Option<i64>,
+    #[param(minimum = 0, default = 0)]
+    offset: Option<i64>,
+}
+
+/// Where a job is with a device, as its progress counts it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, utoipa::ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum JobDeviceState {
+    Pending,
+    Delivered,
+    Converged,
+    Failed,
+}
+
+impl JobDeviceState {
+    const ALL: [Self; 4] = [
+        Self::Pending,
+        Self::Delivered,
+        Self::Converged,
+        Self::Failed,
+    ];
+
+    fn name(self) -> &'static str {
+        match self {
+            Self::Pending => "pending",
+            Self::Delivered => "delivered",
+            Self::Converged => "converged",
+            Self::Failed => "failed",
+        }
+    }
+
+    fn of(state: TargetState) -> Self {
+        match state {
+            TargetState::Queued | TargetState::Applied => Self::Pending,
+            TargetState::Delivered => Self::Delivered,
+            TargetState::Converged => Self::Converged,
+            TargetState::Failed => Self::Failed,
+        }
+    }
+
+    /// The stored states this one stands for.
+    fn stored(self) -> Vec<TargetState> {
+        TargetState::ALL
+            .into_iter()
+            .filter(|s| Self::of(*s) == self)
+            .collect()
+    }
+}
+
+#[derive(Serialize, utoipa::ToSchema)]
+pub struct JobDeviceDto {
+    device_id: String,
+    state: JobDeviceState,
+    /// When the job last moved on with this device.
+    updated_at: String,
+}
+
+impl From<JobTargetRecord> for JobDeviceDto {
+    fn from(t: JobTargetRecord) -> Self {
+        Self {
+            device_id: t.device_id,
+            state: JobDeviceState::of(t.state),
+            updated_at: format_millis(t.updated_at),
+        }
+    }
+}
+
+/// The devices a job targets, by id, with where the job is with each:
+/// which are still pending, which did not report back, which failed.
+#[utoipa::path(get, path = "/api/v1/shadow-jobs/{id}/devices", tag = "device state", security(("bearer" = [])),
+    params(("id" = String, Path), DevicesQuery),
+    responses((status = 200, body = Paged<JobDeviceDto>), (status = 404, body = ErrorEnvelope),
+        (status = 422, body = ErrorEnvelope, description = "An unknown state, or limit or offset out of range")))]
+pub async fn devices(
+    State(state): State<AppState>,
+    caller: Caller,
+    Path(id): Path<String>,
+    Query(q): Query<DevicesQuery>,
+) -> Result<Json<Paged<JobDeviceDto>>> {
+    let Page { limit, offset } = Page::from_query(q.limit, q.offset)?;
+    let wanted = match q.state.as_deref().filter(|s| !s.is_empty()) {
+        None => Vec::new(),
+        Some(s) => JobDeviceState::ALL
+            .into_iter()
+            .find(|state| state.name() == s)
+            .ok_or_else(|| {
+                Error::Validation(format!(
+                    "unknown state {s:?}: pending, delivered, converged or failed"
+                ))
+            })?
+            .stored(),
+    };
+    let job = load(&state, &id, &caller).await?;
+    let (targets, total) = state
+        .store
+        .job_targets(&job.id, &wanted, limit, offset)
+        .await?;
+    Ok(Json(Paged {
+        items: targets.into_iter().map(JobDeviceDto::from).collect(),
+        total,
+        limit,
+        offset,
+    }))
 }
 
 #[utoipa::path(post, path = "/api/v1/shadow-jobs/{id}/cancel", tag = "device state", security(("bearer" = [])),

@@ -16,7 +16,9 @@ use wf_common::db::{Db, Migrations};
 pub use activity::CommandCounts;
 pub use commands::{CommandFilter, CommandRecord, NewCommand};
 pub use devices::{DeviceFilter, DeviceRecord, DeviceSort, DeviceUpdate, NewDevice, StatusRecord};
-pub use shadows::{JobProgress, OpenTarget, ShadowChange, ShadowJobRecord, TargetState};
+pub use shadows::{
+    JobProgress, JobTargetRecord, OpenTarget, ShadowChange, ShadowJobRecord, TargetState,
+};
 pub use telemetry::{Bucket, LatestValue, RawPoint};
 
 static SQLITE: Migrator = sqlx::migrate!("./migrations/sqlite");

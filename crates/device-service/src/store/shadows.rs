@@ -38,6 +38,18 @@ pub enum TargetState {
 }
 
 impl TargetState {
+    pub const ALL: [Self; 5] = [
+        Self::Queued,
+        Self::Applied,
+        Self::Delivered,
+        Self::Converged,
+        Self::Failed,
+    ];
+
+    pub fn parse(s: &str) -> Option<Self> {
+        Self::ALL.into_iter().find(|state| state.as_str() == s)
+    }
+
     pub fn as_str(self) -> &'static str {
         match self {
             Self::Queued => "queued",
@@ -47,6 +59,26 @@ impl TargetState {
             Self::Failed => "failed",
         }
     }
+}
+
+/// Where a job is with one device.
+#[derive(Debug, Clone)]
+pub struct JobTargetRecord {
+    pub device_id: String,
+    pub state: TargetState,
+    /// When the target last changed state (ms).
+    pub updated_at: i64,
+}
+
+fn target_from_row(row: &AnyRow) -> sqlx::Result<JobTargetRecord> {
+    let state: String = row.try_get("state")?;
+    Ok(JobTargetRecord {
+        device_id: row.try_get("device_id")?,
+        state: TargetState::parse(&state).ok_or_else(|| {
+            sqlx::Error::Decode(format!("unknown shadow job target state {state:?}").into())
+        })?,
+        updated_at: row.try_get("updated_at")?,
+    })
 }
 
 /// How far a job got.
@@ -359,14 +391,14 @@ impl Store {
     }
 
     pub async fn get_shadow_job(&self, id: &str) -> Result<Option<ShadowJobRecord>> {
-        let row = sqlx::query(sqlx::AssertSqlSafe(format!(
-            "SELECT {JOB_COLUMNS} FROM shadow_jobs WHERE id = ?"
-        )))
-        .bind(id)
-        .fetch_optional(&self.db.pool)
-        .await?;
-        let Some(row) = row else { return Ok(None) };
-        let mut jobs = vec![job_from_row(&row)?];
+        let Some(job) = self
+            .db
+            .find_by_id("shadow_jobs", JOB_COLUMNS, id, job_from_row)
+            .await?
+        else {
+            return Ok(None);
+        };
+        let mut jobs = vec![job];
         self.fill_progress(&mut jobs).await?;
         Ok(jobs.pop())
     }
@@ -404,6 +436,38 @@ impl Store {
             }
         }
         Ok(())
+    }
+
+    /// One page of a job's devices in any of `states` (all when empty), by
+    /// device id, and how many there are in all.
+    pub async fn job_targets(
+        &self,
+        job_id: &str,
+        states: &[TargetState],
+        limit: i64,
+        offset: i64,
+    ) -> Result<(Vec<JobTargetRecord>, i64)> {
+        let mut listing = Listing::new();
+        listing.filter("job_id = ?", [Param::Text(job_id.to_string())]);
+        if !states.is_empty() {
+            listing.filter(
+                format!("state IN ({})", placeholders(states.len())),
+                states.iter().map(|s| Param::Text(s.as_str().to_string())),
+            );
+        }
+        Ok(listing
+            .page(
+                &self.db,
+                Select {
+                    columns: "device_id, state, updated_at",
+                    table: "shadow_job_targets",
+                    order: "device_id",
+                },
+                limit,
+                offset,
+                target_from_row,
+            )
+            .await?)
     }
 
     /// Ends a running job; `false` when it is not running.

@@ -627,6 +627,65 @@ async fn a_fleet_job_reaches_every_targeted_device_and_completes_when_all_conver
     assert_eq!(history["items"][0]["source"], "job");
     assert_eq!(history["items"][0]["actor"], id.as_str());
 
+    // Which device is where, by id; a state narrows the list.
+    let devices = |query: &'static str| {
+        let (app, admin, path) = (&app, admin.clone(), path.clone());
+        async move {
+            app.get_json(&format!("{path}/devices{query}"), &admin)
+                .await
+        }
+    };
+    let all = devices("").await;
+    assert_eq!(all["total"], 3, "{all}");
+    let states: Vec<(&str, &str)> = all["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|d| {
+            (
+                d["device_id"].as_str().unwrap(),
+                d["state"].as_str().unwrap(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        states,
+        [
+            ("f-1", "delivered"),
+            ("f-2", "converged"),
+            ("f-3", "pending")
+        ]
+    );
+    assert!(all["items"][0]["updated_at"].is_string());
+    let pending = devices("?state=pending").await;
+    assert_eq!(pending["total"], 1);
+    assert_eq!(pending["items"][0]["device_id"], "f-3");
+    let page = devices("?limit=1&offset=1").await;
+    assert_eq!(
+        (page["total"].clone(), page["items"][0]["device_id"].clone()),
+        (json!(3), json!("f-2"))
+    );
+    for query in ["?state=queued", "?state=lost", "?limit=0"] {
+        let resp = app
+            .request(
+                Method::GET,
+                &format!("{path}/devices{query}"),
+                Some(&admin),
+                None,
+            )
+            .await;
+        assert_error(resp, StatusCode::UNPROCESSABLE_ENTITY, "validation_failed").await;
+    }
+    let resp = app
+        .request(
+            Method::GET,
+            "/api/v1/shadow-jobs/unknown/devices",
+            Some(&admin),
+            None,
+        )
+        .await;
+    assert_error(resp, StatusCode::NOT_FOUND, "not_found").await;
+
     report(&app, "f-1", json!({"sampling_ms": 500.0})).await;
     online(&app, "f-3", true).await;
     eventually("f-3 reached on connect", || async {
@@ -645,6 +704,7 @@ async fn a_fleet_job_reaches_every_targeted_device_and_completes_when_all_conver
         json!({"targeted": 3, "delivered": 3, "converged": 3, "pending": 0, "failed": 0})
     );
     assert!(job["finished_at"].is_string());
+    assert_eq!(devices("?state=converged").await["total"], 3);
     let resp = app
         .request(Method::POST, &format!("{path}/cancel"), Some(&admin), None)
         .await;

@@ -107,6 +107,7 @@
     succeeded: 'ok', completed: 'ok', online: 'ok', success: 'ok',
     failed: 'bad', timed_out: 'warn', aborted: 'bad', rejected: 'bad', failure: 'bad', denied: 'warn',
     running: 'info', notified: 'info', downloading: 'info', installing: 'info', sent: 'info',
+    converged: 'ok', delivered: 'info',
     paused: 'warn', pending: 'muted', queued: 'muted', scheduled: 'muted', canceled: 'muted', cancelled: 'muted',
   };
 
@@ -2092,6 +2093,27 @@
       $('#cancel-job').hidden = !(running && can('device:write'));
       $('#live-indicator').hidden = !running;
     };
+    // The job's devices, by id, of the state chosen.
+    const devices = { offset: 0, limit: 25 };
+    const deviceRows = $('#job-device-rows');
+    const loadDevices = async () => {
+      try {
+        const list = await api('GET', base + '/devices' + query({
+          state: $('#jd-state').value, limit: devices.limit, offset: devices.offset,
+        }));
+        if (!list.items.length) emptyRow(deviceRows, 3, t('jobs.no_devices'));
+        else {
+          fill(deviceRows, list.items.map((d) => h('tr', { 'data-device': d.device_id, 'data-state': d.state },
+            h('td', {}, h('a', { href: '/devices/' + enc(d.device_id) + '#state', text: d.device_id })),
+            h('td', {}, stateBadge('jobbar', d.state)),
+            h('td', { text: fmtTime(d.updated_at) }))));
+        }
+        pager(devices, list.total, loadDevices);
+      } catch (e) {
+        flash(describe(e));
+      }
+    };
+    $('#jd-state').addEventListener('change', () => { devices.offset = 0; loadDevices(); });
     // Reloaded every 2 s while the job runs.
     const load = async () => {
       clearTimeout(timer);
@@ -2102,6 +2124,7 @@
         return;
       }
       render();
+      await loadDevices();
       resolveUsers([job.created_by], render);
       if (job.status === 'running') timer = setTimeout(load, 2000);
     };
