@@ -347,14 +347,11 @@ async fn devices_reconnect_with_backoff_after_the_platform_restarts() {
     platform.stop().await.unwrap();
 }
 
-/// A device's shadow document, read over REST; `None` until the device
-/// exists.
-async fn shadow(platform: &Platform, api: &Api, id: &str) -> Option<Value> {
+/// `path` of device-service read over REST; `None` unless it answers 200
+/// (a device that does not exist yet).
+async fn read(platform: &Platform, api: &Api, path: &str) -> Option<Value> {
     reqwest::Client::new()
-        .get(format!(
-            "{}/api/v1/devices/{id}/shadow",
-            device_url(platform)
-        ))
+        .get(format!("{}{path}", device_url(platform)))
         .bearer_auth(api.token())
         .send()
         .await
@@ -364,6 +361,11 @@ async fn shadow(platform: &Platform, api: &Api, id: &str) -> Option<Value> {
         .json()
         .await
         .ok()
+}
+
+/// A device's shadow document.
+async fn shadow(platform: &Platform, api: &Api, id: &str) -> Option<Value> {
+    read(platform, api, &format!("/api/v1/devices/{id}/shadow")).await
 }
 
 /// Sets desired state over REST.
@@ -389,20 +391,15 @@ async fn desire(platform: &Platform, api: &Api, id: &str, desired: Value) {
 /// How many temperature readings of `id` device-service stored between the
 /// two times (ms).
 async fn readings(platform: &Platform, api: &Api, id: &str, from: i64, to: i64) -> usize {
-    let series: Value = reqwest::Client::new()
-        .get(format!(
-            "{}/api/v1/devices/{id}/telemetry?metric=temperature&from={from}&to={to}&limit=1000",
-            device_url(platform)
-        ))
-        .bearer_auth(api.token())
-        .send()
-        .await
-        .unwrap()
-        .error_for_status()
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let series = read(
+        platform,
+        api,
+        &format!(
+            "/api/v1/devices/{id}/telemetry?metric=temperature&from={from}&to={to}&limit=1000"
+        ),
+    )
+    .await
+    .unwrap();
     series["points"].as_array().unwrap().len()
 }
 
