@@ -186,6 +186,31 @@ async fn a_simulator_pointed_at_the_wrong_broker_fails_with_a_clear_error() {
     platform.stop().await.unwrap();
 }
 
+/// Starts `cmd` with its output going to the file `log`.
+fn spawn_logged(mut cmd: Command, log: &std::path::Path) -> Child {
+    let file = std::fs::File::create(log).unwrap();
+    cmd.stdout(file.try_clone().unwrap())
+        .stderr(file)
+        .spawn()
+        .unwrap()
+}
+
+/// Ctrl-C to a simulation started by [`spawn_logged`]: it must end
+/// cleanly. What it printed.
+async fn interrupt(child: Child, log: &std::path::Path) -> String {
+    kill(&child, "INT");
+    let status = tokio::task::spawn_blocking(move || {
+        let mut child = child;
+        child.wait()
+    })
+    .await
+    .unwrap()
+    .unwrap();
+    let text = std::fs::read_to_string(log).unwrap();
+    assert!(status.success(), "{status}:\n{text}");
+    text
+}
+
 /// Sends `signal` to a child process.
 fn kill(child: &Child, signal: &str) {
     let status = Command::new("kill")
@@ -203,16 +228,14 @@ async fn a_second_simulation_does_not_take_over_the_devices_of_a_running_one() {
     let ids = device_ids("sim", 3);
 
     let log = dir.path().join("first.log");
-    let file = std::fs::File::create(&log).unwrap();
-    let mut first = simulate(
-        &platform,
-        platform.ports.mqtt,
-        &["--devices", "3", "--duration", "60"],
-    )
-    .stdout(file.try_clone().unwrap())
-    .stderr(file)
-    .spawn()
-    .unwrap();
+    let mut first = spawn_logged(
+        simulate(
+            &platform,
+            platform.ports.mqtt,
+            &["--devices", "3", "--duration", "60"],
+        ),
+        &log,
+    );
     eventually_within(
         "the first simulation's devices online",
         Duration::from_secs(30),
@@ -252,13 +275,7 @@ async fn a_second_simulation_does_not_take_over_the_devices_of_a_running_one() {
     assert_eq!(resp.status(), StatusCode::NOT_FOUND);
 
     // Ctrl-C ends the first one cleanly.
-    kill(&first, "INT");
-    let status = tokio::task::spawn_blocking(move || first.wait())
-        .await
-        .unwrap()
-        .unwrap();
-    let text = std::fs::read_to_string(&log).unwrap();
-    assert!(status.success(), "{status}:\n{text}");
+    let text = interrupt(first, &log).await;
     assert!(text.contains("summary: 3 devices"), "{text}");
     platform.stop().await.unwrap();
 }
@@ -431,12 +448,7 @@ async fn simulated_devices_report_their_state_and_apply_desired_changes() {
 
     // Two devices at one message a second each.
     let log = dir.path().join("first.log");
-    let file = std::fs::File::create(&log).unwrap();
-    let mut first = two_devices(&platform, "60")
-        .stdout(file.try_clone().unwrap())
-        .stderr(file)
-        .spawn()
-        .unwrap();
+    let first = spawn_logged(two_devices(&platform, "60"), &log);
     // Each reports its state when it connects.
     for id in [one, two] {
         eventually_within(
@@ -510,13 +522,7 @@ async fn simulated_devices_report_their_state_and_apply_desired_changes() {
     );
     assert!((3..=5).contains(&slow), "{slow} readings at 1000 ms in 4 s");
 
-    kill(&first, "INT");
-    let status = tokio::task::spawn_blocking(move || first.wait())
-        .await
-        .unwrap()
-        .unwrap();
-    let text = std::fs::read_to_string(&log).unwrap();
-    assert!(status.success(), "{status}:\n{text}");
+    let text = interrupt(first, &log).await;
     // The simulator shows what its fleet reports.
     assert!(
         text.contains("reported state: sampling_ms 1 at 200 ms, 1 at 1000 ms; desired keys applied 2, refused 2"),

@@ -332,6 +332,7 @@ pub async fn devices(
     Path(id): Path<String>,
     Query(q): Query<DevicesQuery>,
 ) -> Result<Json<Paged<JobDeviceDto>>> {
+    let job = load(&state, &id, &caller).await?;
     let Page { limit, offset } = Page::from_query(q.limit, q.offset)?;
     let wanted = match q.state.as_deref().filter(|s| !s.is_empty()) {
         None => Vec::new(),
@@ -345,7 +346,6 @@ pub async fn devices(
             })?
             .stored(),
     };
-    let job = load(&state, &id, &caller).await?;
     let (targets, total) = state
         .store
         .job_targets(&job.id, &wanted, limit, offset)
